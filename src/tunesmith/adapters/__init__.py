@@ -1,0 +1,1 @@
+"""Adapters: LoRA/DoRA layers and the adapter file format come from PEFT; this wraps them."""

@@ -1,0 +1,38 @@
+"""The `tunesmith` command: one entry point, one sub-command per job.
+
+Errors a user can cause (TunesmithError) print as one clear message and exit with code 2, with no
+traceback; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from tunesmith import __version__
+from tunesmith.errors import TunesmithError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from tunesmith.cli import data, demo, generate, models, sft
+
+    parser = argparse.ArgumentParser(
+        prog="tunesmith", description="Fine-tune a language model into a specialist: cheaply, reversibly, measured.")
+    parser.add_argument("--version", action="version", version=f"tunesmith {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for module in (demo, sft, generate, data, models):
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.handler(args) or 0)
+    except TunesmithError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

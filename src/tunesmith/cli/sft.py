@@ -1,0 +1,28 @@
+"""`tunesmith sft`: supervised fine-tuning."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tunesmith.config.load import add_arguments, build_config
+from tunesmith.config.schema import SFTConfig
+
+
+def register(sub) -> None:
+    p = sub.add_parser("sft", help="supervised fine-tuning on demonstrations (lora, qlora or full)",
+                       description="Supervised fine-tuning on chat or prompt/completion JSONL.")
+    add_arguments(p, SFTConfig)
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    p.set_defaults(handler=run)
+
+
+def run(args) -> int:
+    from tunesmith.recipes.sft import run_sft
+
+    base = None
+    out = getattr(args, "out", None)
+    if getattr(args, "resume", False) and out and (Path(out) / "config.yaml").is_file():
+        base = Path(out) / "config.yaml"  # resume with the run's own settings; flags still override
+    cfg = build_config(SFTConfig, args, base_file=base)
+    run_sft(cfg, progress=args.progress)
+    return 0

@@ -1,0 +1,106 @@
+"""The config schema: dataclasses whose fields carry their CLI flag and help text.
+
+A field's `metadata` holds `flag` (the command-line option), `help` and, where the value is one of a
+fixed set, `choices`. `load.py` turns the schema into argparse options and validates YAML against it,
+so a new option is added in exactly one place.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from tunesmith.errors import ConfigError
+
+METHODS = ("lora", "qlora", "full")
+DEFAULT_LR = {"full": 1e-5, "lora": 2e-4, "qlora": 2e-4}
+
+
+def opt(default: Any, flag: str, help: str, choices: tuple[str, ...] | None = None) -> Any:
+    """A dataclass field with its command-line flag and help text."""
+    return field(default=default, metadata={"flag": flag, "help": help, "choices": choices})
+
+
+@dataclass
+class DataConfig:
+    train: str | None = opt(None, "--data", "training data, JSONL: chat `messages` or `prompt`/`completion`")
+    eval: str | None = opt(None, "--eval-data", "evaluation data in the same format")
+    eval_split: float = opt(0.0, "--eval-split", "fraction of the training data held out for eval when no --eval-data")
+    max_length: int = opt(512, "--max-length", "tokens per example (and per packed row)")
+    overlength: str = opt("truncate", "--overlength", "what to do with longer examples", ("truncate", "drop"))
+    packing: bool = opt(True, "--packing", "pack several examples per row, attention isolated per example")
+    train_on_prompt: bool = opt(False, "--train-on-prompt", "compute the loss on every token, not only the assistant's")
+
+
+@dataclass
+class LoraConfig:
+    r: int = opt(16, "--lora-r", "LoRA rank")
+    alpha: float = opt(32.0, "--lora-alpha", "LoRA alpha (scale = alpha / r)")
+    dropout: float = opt(0.05, "--lora-dropout", "dropout on the LoRA input")
+    target: str = opt("all-linear", "--target", "layers to adapt: all-linear, or a list such as q_proj,v_proj")
+
+
+@dataclass
+class TrainConfig:
+    lr: float | None = opt(None, "--lr", "peak learning rate (default: 1e-5 full, 2e-4 lora/qlora)")
+    epochs: int = opt(1, "--epochs", "passes over the training data")
+    max_steps: int | None = opt(None, "--max-steps", "optimizer steps; overrides --epochs")
+    batch_size: int = opt(8, "--batch-size", "examples per optimizer step (global)")
+    micro_batch_size: int | None = opt(None, "--micro-batch-size", "examples per forward; accumulation = batch / micro")
+    schedule: str = opt("cosine", "--schedule", "learning-rate decay after warm-up", ("cosine", "linear", "constant"))
+    warmup_ratio: float = opt(0.05, "--warmup-ratio", "fraction of the steps spent warming up")
+    weight_decay: float = opt(0.0, "--weight-decay", "AdamW weight decay")
+    max_grad_norm: float = opt(1.0, "--max-grad-norm", "clip the gradient norm to this (0: no clipping)")
+    seed: int = opt(42, "--seed", "seed for initialisation, data order and dropout")
+    gradient_checkpointing: bool = opt(False, "--gradient-checkpointing", "recompute activations in backward")
+    precision: str = opt("auto", "--precision", "auto: bf16 autocast where the device supports it", ("auto", "fp32", "bf16"))
+    eval_every: int = opt(0, "--eval-every", "evaluate every N steps (0: only at the end)")
+    save_every: int = opt(50, "--save-every", "checkpoint every N steps (0: only at the end)")
+    log_every: int = opt(1, "--log-every", "write metrics every N steps")
+
+
+@dataclass
+class SFTConfig:
+    model: str = opt("smollm2-135m-instruct", "--model", "alias, local Hugging Face directory or .gguf file")
+    method: str = opt("lora", "--method", "what trains", METHODS)
+    out: str | None = opt(None, "--out", "run directory")
+    overwrite: bool = opt(False, "--overwrite", "replace a non-empty run directory")
+    resume: bool = opt(False, "--resume", "continue from the last checkpoint in --out")
+    device: str = opt("auto", "--device", "auto, cpu, cuda or cuda:N")
+    data: DataConfig = field(default_factory=DataConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def validate(self) -> None:
+        """Check values that types alone cannot; fill derived defaults (learning rate per method)."""
+        if self.data.train is None:
+            raise ConfigError("data.train: no training data given (use --data FILE)")
+        if self.out is None:
+            raise ConfigError("out: no run directory given (use --out DIR)")
+        if self.overwrite and self.resume:
+            raise ConfigError("overwrite, resume: choose one; --resume continues the run that --overwrite would delete")
+        t = self.train
+        if t.lr is None:
+            t.lr = DEFAULT_LR[self.method]
+        if t.micro_batch_size is None:
+            t.micro_batch_size = t.batch_size
+        checks = [
+            (t.lr > 0, "train.lr", "must be > 0"),
+            (t.epochs >= 1, "train.epochs", "must be >= 1"),
+            (t.max_steps is None or t.max_steps >= 1, "train.max_steps", "must be >= 1"),
+            (t.batch_size >= 1, "train.batch_size", "must be >= 1"),
+            (t.micro_batch_size >= 1, "train.micro_batch_size", "must be >= 1"),
+            (t.batch_size % t.micro_batch_size == 0, "train.micro_batch_size",
+             f"must divide train.batch_size ({t.batch_size})"),
+            (0 <= t.warmup_ratio < 1, "train.warmup_ratio", "must be in [0, 1)"),
+            (t.max_grad_norm >= 0, "train.max_grad_norm", "must be >= 0"),
+            (t.log_every >= 1, "train.log_every", "must be >= 1"),
+            (t.save_every >= 0 and t.eval_every >= 0, "train.save_every/eval_every", "must be >= 0"),
+            (self.data.max_length >= 8, "data.max_length", "must be >= 8"),
+            (0 <= self.data.eval_split < 1, "data.eval_split", "must be in [0, 1)"),
+            (self.lora.r >= 1, "lora.r", "must be >= 1"),
+            (0 <= self.lora.dropout < 1, "lora.dropout", "must be in [0, 1)"),
+        ]
+        for ok, key, why in checks:
+            if not ok:
+                raise ConfigError(f"{key}: {why}")

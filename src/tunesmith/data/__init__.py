@@ -1,0 +1,1 @@
+"""Data: read and validate JSONL, render with the chat template, mask, pack, collate."""

@@ -1,0 +1,130 @@
+"""Read supervised fine-tuning data: OpenAI chat JSONL or prompt/completion JSONL.
+
+Accepted rows:
+  {"messages": [{"role": "system"|"user"|"assistant", "content": str, "weight": 0|1 (assistant only)}, ...]}
+  {"prompt": str, "completion": str}          (becomes one user turn and one assistant turn)
+
+Every problem is reported as `FILE:LINE: what is wrong`, all of them, not only the first.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from tunesmith.errors import DataError
+
+ROLES = ("system", "user", "assistant")
+
+
+@dataclass
+class Conversation:
+    messages: list[dict[str, Any]]  # {"role", "content", "weight"}; weight is 1/0 for assistant turns
+    where: str  # "FILE:LINE", for messages about this row
+
+
+@dataclass
+class ParsedFile:
+    path: Path
+    rows: list[Conversation] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+
+def iter_json_lines(path: Path) -> Iterator[tuple[int, Any, str | None]]:
+    """Yield (line number, parsed object, problem) for each non-blank line of a JSONL file."""
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise DataError([f"{path}: cannot read: {e.strerror or e}"]) from None
+    for number, raw in enumerate(data.split(b"\n"), start=1):
+        if not raw.strip():
+            continue
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            yield number, None, f"invalid UTF-8 at byte {e.start}"
+            continue
+        try:
+            yield number, json.loads(text), None
+        except json.JSONDecodeError as e:
+            yield number, None, f"bad JSON: {e.msg} (column {e.colno})"
+
+
+def _parse_messages(messages: Any) -> tuple[list[dict], str | None]:
+    if not isinstance(messages, list) or not messages:
+        return [], "`messages` must be a non-empty list"
+    out = []
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict):
+            return [], f"messages[{i}]: must be an object with `role` and `content`"
+        role = m.get("role")
+        if "role" not in m:
+            return [], f"messages[{i}]: missing `role`"
+        if role not in ROLES:
+            return [], f"messages[{i}].role: unknown role {role!r} (expected one of {', '.join(ROLES)})"
+        if "content" not in m:
+            return [], f"messages[{i}]: missing `content`"
+        if not isinstance(m["content"], str):
+            return [], f"messages[{i}].content: must be a string, got {type(m['content']).__name__}"
+        weight = m.get("weight", 1)
+        if role == "assistant" and (isinstance(weight, bool) or weight not in (0, 1)):
+            return [], f"messages[{i}].weight: must be 0 or 1, got {weight!r}"
+        if role != "assistant" and "weight" in m:
+            return [], f"messages[{i}].weight: only assistant messages take a weight"
+        out.append({"role": role, "content": m["content"], "weight": int(weight) if role == "assistant" else 0})
+    assistant = [m for m in out if m["role"] == "assistant"]
+    if not assistant:
+        return [], "no assistant turn: nothing to learn from"
+    if not any(m["weight"] for m in assistant):
+        return [], "every assistant turn has weight 0: nothing to learn from"
+    return out, None
+
+
+def parse_row(obj: Any) -> tuple[list[dict], str | None]:
+    """Messages of one row, or the reason it is malformed."""
+    if not isinstance(obj, dict):
+        return [], f"each line must be a JSON object, got {type(obj).__name__}"
+    if "messages" in obj:
+        return _parse_messages(obj["messages"])
+    if "prompt" in obj or "completion" in obj:
+        for key in ("prompt", "completion"):
+            if key not in obj:
+                return [], f"missing `{key}` (prompt/completion rows need both)"
+            if not isinstance(obj[key], str):
+                return [], f"`{key}`: must be a string, got {type(obj[key]).__name__}"
+        if not obj["completion"].strip():
+            return [], "`completion`: empty"
+        return _parse_messages([{"role": "user", "content": obj["prompt"]},
+                                {"role": "assistant", "content": obj["completion"]}])
+    return [], "missing `messages` (or `prompt` and `completion`)"
+
+
+def read_sft_file(path: str | Path) -> ParsedFile:
+    """Parse every line; collect rows and problems (does not raise for bad rows)."""
+    path = Path(path)
+    parsed = ParsedFile(path)
+    if not path.is_file():
+        raise DataError([f"{path}: no such file"])
+    seen_any = False
+    for number, obj, problem in iter_json_lines(path):
+        seen_any = True
+        if problem is None:
+            messages, problem = parse_row(obj)
+        if problem is not None:
+            parsed.problems.append(f"{path}:{number}: {problem}")
+        else:
+            parsed.rows.append(Conversation(messages, f"{path}:{number}"))
+    if not seen_any:
+        parsed.problems.append(f"{path}: empty file: no examples")
+    return parsed
+
+
+def load_sft_file(path: str | Path) -> list[Conversation]:
+    """All rows of a file, or a DataError listing every malformed row."""
+    parsed = read_sft_file(path)
+    if parsed.problems:
+        n = len(parsed.problems)
+        raise DataError(parsed.problems, f"{parsed.path}: {n} problem{'s' * (n != 1)}; nothing was trained")
+    return parsed.rows

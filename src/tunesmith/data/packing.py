@@ -1,0 +1,98 @@
+"""Pack several examples into rows of at most `max_length` tokens, and collate batches.
+
+In a packed row each example keeps its own position ids (restarting at 0). transformers builds a
+block-diagonal causal mask from position ids when no attention mask is given, so no token attends to
+another example. Targets are shifted here, inside each example: the last token of one example never
+learns to predict the first token of the next.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from tunesmith.data.templates import IGNORE, TokenizedExample
+
+
+def pack_examples(lengths: list[int], max_length: int) -> list[list[int]]:
+    """Group example indices into rows whose total length is <= max_length (first-fit decreasing).
+
+    Rows keep their examples in ascending index order so a batch packs the same way every time.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    rows: list[list[int]] = []
+    room: list[int] = []
+    for i in order:
+        if lengths[i] > max_length:
+            raise ValueError(f"example of {lengths[i]} tokens exceeds the row length {max_length}")
+        for r, free in enumerate(room):
+            if lengths[i] <= free:
+                rows[r].append(i)
+                room[r] -= lengths[i]
+                break
+        else:
+            rows.append([i])
+            room.append(max_length - lengths[i])
+    return [sorted(r) for r in rows]
+
+
+def shifted_targets(labels: list[int]) -> list[int]:
+    """targets[t] = labels[t + 1]: what position t predicts; the last position predicts nothing."""
+    return labels[1:] + [IGNORE]
+
+
+@dataclass
+class Batch:
+    input_ids: torch.Tensor  # [rows, length]
+    targets: torch.Tensor  # [rows, length], already shifted, IGNORE where no loss
+    position_ids: torch.Tensor | None  # packed rows: restarting per example
+    attention_mask: torch.Tensor | None  # unpacked rows: 1 for real tokens, 0 for padding
+    num_tokens: int  # real (non-padding) tokens
+    num_targets: int  # tokens the loss covers
+
+    def to(self, device: torch.device) -> "Batch":
+        move = lambda t: None if t is None else t.to(device, non_blocking=True)  # noqa: E731
+        return Batch(move(self.input_ids), move(self.targets), move(self.position_ids),
+                     move(self.attention_mask), self.num_tokens, self.num_targets)
+
+
+def collate_padded(examples: list[TokenizedExample], pad_id: int) -> Batch:
+    """One example per row, right-padded to the longest in the batch."""
+    width = max(len(e.input_ids) for e in examples)
+    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    targets = torch.full((len(examples), width), IGNORE, dtype=torch.long)
+    mask = torch.zeros((len(examples), width), dtype=torch.long)
+    for r, e in enumerate(examples):
+        n = len(e.input_ids)
+        ids[r, :n] = torch.tensor(e.input_ids)
+        targets[r, :n] = torch.tensor(shifted_targets(e.labels))
+        mask[r, :n] = 1
+    return Batch(ids, targets, None, mask, int(mask.sum()), int((targets != IGNORE).sum()))
+
+
+def collate_packed(examples: list[TokenizedExample], max_length: int, pad_id: int) -> Batch:
+    """Pack into as few rows as fit; every row is as wide as the fullest row."""
+    rows = pack_examples([len(e.input_ids) for e in examples], max_length)
+    width = max(sum(len(examples[i].input_ids) for i in row) for row in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    targets = torch.full((len(rows), width), IGNORE, dtype=torch.long)
+    positions = torch.zeros((len(rows), width), dtype=torch.long)
+    real = 0
+    for r, row in enumerate(rows):
+        at = 0
+        for i in row:
+            e = examples[i]
+            n = len(e.input_ids)
+            ids[r, at : at + n] = torch.tensor(e.input_ids)
+            targets[r, at : at + n] = torch.tensor(shifted_targets(e.labels))
+            positions[r, at : at + n] = torch.arange(n)
+            at += n
+        real += at
+        # the padding tail is its own "sequence" (positions restart at 0), isolated like the rest
+        positions[r, at:] = torch.arange(width - at)
+    return Batch(ids, targets, positions, None, real, int((targets != IGNORE).sum()))
+
+
+def collate(examples: list[TokenizedExample], packing: bool, max_length: int, pad_id: int) -> Batch:
+    return collate_packed(examples, max_length, pad_id) if packing else collate_padded(examples, pad_id)

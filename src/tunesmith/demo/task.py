@@ -1,0 +1,33 @@
+"""Definition of the bundled demo task: customer-support message -> JSON.
+
+The demo dataset (``data/support_train.jsonl`` / ``data/support_heldout.jsonl``)
+is produced by ``scripts/build_demo_data.py``. Each row is an OpenAI-style chat
+example whose system message is :data:`SYSTEM_PROMPT` and whose assistant
+message is ``json.dumps`` of a dict with exactly the keys in :data:`FIELDS`
+(in that order).
+"""
+
+from __future__ import annotations
+
+#: Output keys, in the order they appear in the reference answers.
+FIELDS: tuple[str, ...] = ("name", "order_id", "product", "intent", "urgency")
+
+#: Allowed values for the categorical fields.
+INTENTS: tuple[str, ...] = (
+    "refund",
+    "cancel_order",
+    "shipping_status",
+    "technical_issue",
+    "billing",
+    "account_access",
+    "product_question",
+)
+URGENCIES: tuple[str, ...] = ("low", "normal", "high")
+
+#: Short, fixed instruction used as the system message of every example.
+SYSTEM_PROMPT: str = (
+    "Convert the customer message to JSON with keys name, order_id, product, "
+    "intent, urgency. Use null if absent. "
+    "intent: refund|cancel_order|shipping_status|technical_issue|billing|"
+    "account_access|product_question. urgency: low|normal|high."
+)

@@ -1,0 +1,26 @@
+"""Errors a user can cause. The CLI prints them without a traceback and exits with code 2."""
+
+
+class TunesmithError(Exception):
+    """Base class for every error caused by user input (data, config, model name, paths)."""
+
+
+class DataError(TunesmithError):
+    """Malformed training data. Holds one message per problem, each `FILE:LINE: what is wrong`."""
+
+    def __init__(self, problems: list[str], summary: str | None = None):
+        self.problems = list(problems)
+        lines = ([summary] if summary else []) + self.problems
+        super().__init__("\n".join(lines))
+
+
+class ConfigError(TunesmithError):
+    """A bad config key or value; the message names the key (and the file, when there is one)."""
+
+
+class ModelError(TunesmithError):
+    """An unknown model alias or an unreadable model path."""
+
+
+class OutputError(TunesmithError):
+    """The output directory cannot be used as asked (not empty, nothing to resume, ...)."""

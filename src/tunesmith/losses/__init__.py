@@ -1,0 +1,1 @@
+"""Losses: small pure functions, tensors in, tensors out, the formula in each docstring."""

@@ -1,0 +1,108 @@
+"""Load a tokenizer and a causal LM from a local Hugging Face directory, full precision or NF4."""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from pathlib import Path
+
+import torch
+
+from tunesmith.errors import ConfigError, ModelError
+
+
+def quiet_libraries() -> None:
+    """Keep third-party chatter (load bars, optional-kernel notices) off a user's terminal."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    for name in ("transformers", "bitsandbytes", "peft", "accelerate"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+    except ImportError:  # pragma: no cover
+        pass
+    warnings.filterwarnings("ignore", module="peft")
+    warnings.filterwarnings("ignore", module="bitsandbytes")
+    warnings.filterwarnings("ignore", message=".*torch_dtype.*")
+    warnings.filterwarnings("ignore", category=FutureWarning)
+
+
+def select_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"device: unknown device '{name}' (auto, cpu, cuda or cuda:N)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device: '{name}' asked for but no CUDA device is available")
+    return device
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for `precision` on `device` (None: plain fp32)."""
+    if precision == "fp32":
+        return None
+    supported = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    if precision == "bf16":
+        if device.type == "cpu":
+            return torch.bfloat16  # works on CPU, slowly where the chip lacks bf16 instructions
+        if not supported:
+            raise ConfigError("train.precision: bf16 asked for but this GPU does not support it")
+        return torch.bfloat16
+    return torch.bfloat16 if supported else None  # auto
+
+
+def load_tokenizer(model_dir: Path):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if not getattr(tokenizer, "chat_template", None):
+        raise ModelError(f"{model_dir}: the tokenizer has no chat template; tunesmith renders data with it")
+    return tokenizer
+
+
+def nf4_config(compute_dtype: torch.dtype):
+    """4-bit NormalFloat with double quantization (the QLoRA paper's storage for the frozen base)."""
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=compute_dtype)
+
+
+def load_model(model_dir: Path, device: torch.device, quantize_4bit: bool = False,
+               compute_dtype: torch.dtype = torch.float32):
+    """The causal LM in float32 weights (or NF4 for QLoRA) on `device`, in eval mode."""
+    from transformers import AutoModelForCausalLM
+
+    quiet_libraries()
+    kwargs = {"dtype": torch.float32}
+    if quantize_4bit:
+        kwargs.update(quantization_config=nf4_config(compute_dtype), device_map={"": str(device)})
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(model_dir), **kwargs)
+    except (OSError, ValueError) as e:
+        raise ModelError(f"{model_dir}: cannot load model: {e}") from None
+    if not quantize_4bit:
+        model.to(device)
+    model.eval()
+    return model
+
+
+def weight_bytes(model: torch.nn.Module) -> int:
+    """Bytes held by parameters and buffers as stored (4-bit weights count as packed bytes)."""
+    return sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
+
+
+def fp32_weight_bytes(model: torch.nn.Module) -> int:
+    """What the same weights take in float32 (a 4-bit weight knows its logical shape)."""
+    total = 0
+    for p in model.parameters():
+        shape = getattr(getattr(p, "quant_state", None), "shape", None)
+        total += (torch.Size(shape).numel() if shape is not None else p.numel()) * 4
+    return total

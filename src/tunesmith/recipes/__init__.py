@@ -1,0 +1,1 @@
+"""Recipes: one file per training method, each reading top to bottom: setup -> loop -> save."""

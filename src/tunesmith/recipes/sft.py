@@ -1,0 +1,192 @@
+"""Supervised fine-tuning: LoRA, QLoRA (LoRA over an NF4 base) or full fine-tuning.
+
+    setup:  device -> model dir -> tokenizer -> data -> run dir -> model (+ adapter) -> optimizer
+    loop:   per optimizer step: its examples -> micro-batches -> loss / step tokens -> backward ->
+            clip -> AdamW -> log, evaluate, checkpoint
+    save:   adapter/ (PEFT format) or model/ (Hugging Face format), run.json, final metrics
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from tqdm import tqdm
+
+from tunesmith.adapters.lora import apply_lora, parameter_counts
+from tunesmith.atomic import atomic_directory, atomic_write_text
+from tunesmith.config.load import config_to_yaml
+from tunesmith.config.schema import SFTConfig
+from tunesmith.data.packing import collate
+from tunesmith.data.prepare import prepare_sft_data
+from tunesmith.models import load_model, load_tokenizer, resolve_model_dir, select_device
+from tunesmith.models.load import autocast_dtype, fp32_weight_bytes, weight_bytes
+from tunesmith.train.checkpoint import load_checkpoint, save_checkpoint
+from tunesmith.train.metrics import MetricsLog
+from tunesmith.train.order import split_micro, step_indices, steps_per_epoch
+from tunesmith.train.rundir import prepare_run_dir
+from tunesmith.train.schedule import build_optimizer, lr_multiplier, set_lr
+from tunesmith.train.step import evaluate_nll, batch_nll_sum, unwrap
+
+
+@dataclass
+class SFTResult:
+    run_dir: Path
+    output: Path  # adapter/ or model/
+    steps: int
+    final_loss: float | None
+    eval_loss: float | None
+    seconds: float
+    model: torch.nn.Module  # the trained model, still in memory (PEFT-wrapped for lora/qlora)
+
+
+def _gb(n: int) -> str:
+    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
+
+
+def run_sft(cfg: SFTConfig, say: Callable[[str], None] = print, progress: bool = True) -> SFTResult:
+    started = time.time()
+    # ---- setup -------------------------------------------------------------------------------
+    device = select_device(cfg.device)
+    amp_dtype = autocast_dtype(cfg.train.precision, device)
+    model_dir = resolve_model_dir(cfg.model)
+    tokenizer = load_tokenizer(model_dir)
+    data = prepare_sft_data(cfg.data, tokenizer, cfg.train.seed, cfg.train.epochs)
+    for line in data.notes:
+        say(f"data: {line}")
+    for line in data.warnings:
+        say(f"warning: {line}")
+
+    run_dir, resume_from = prepare_run_dir(cfg.out, cfg.overwrite, cfg.resume)
+    saved = dataclasses.replace(cfg, overwrite=False, resume=False)
+    atomic_write_text(run_dir / "config.yaml", config_to_yaml(
+        saved, f"# resolved config; rerun with: tunesmith sft --config {run_dir / 'config.yaml'} --out NEW_DIR"))
+
+    torch.manual_seed(cfg.train.seed)  # LoRA initialisation and dropout draw from this generator
+    quantized = cfg.method == "qlora"
+    model = load_model(model_dir, device, quantize_4bit=quantized,
+                       compute_dtype=amp_dtype or torch.float32)
+    if quantized:
+        say(f"qlora: base weights {_gb(weight_bytes(model))} in NF4 (double-quantized) "
+            f"vs {_gb(fp32_weight_bytes(model))} in fp32")
+    if cfg.method in ("lora", "qlora"):
+        model = apply_lora(model, cfg.lora)
+    else:
+        model.requires_grad_(True)
+    if cfg.train.gradient_checkpointing:
+        # non-reentrant checkpointing works with a frozen embedding (no input grads needed)
+        unwrap(model).gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    trainable, total = parameter_counts(model)
+    say(f"{cfg.method}: trainable params {trainable:,} of {total:,} ({100 * trainable / total:.4f}%)")
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = build_optimizer(params, cfg.train.lr, cfg.train.weight_decay)
+    n_train = len(data.train)
+    total_steps = cfg.train.max_steps or cfg.train.epochs * steps_per_epoch(n_train, cfg.train.batch_size)
+    warmup_steps = round(cfg.train.warmup_ratio * total_steps)
+    step, tokens_seen = 0, 0
+    if resume_from is not None:
+        state = load_checkpoint(resume_from, model, optimizer)
+        step, tokens_seen = state["step"], state.get("tokens_seen", 0)
+        say(f"resumed from {resume_from} at step {step}")
+    metrics = MetricsLog(run_dir / "metrics.jsonl", resume_step=step if resume_from else None)
+    pad_id = tokenizer.pad_token_id
+    say(f"training {n_train} examples, {total_steps} steps of {cfg.train.batch_size} "
+        f"(micro-batch {cfg.train.micro_batch_size}), lr {cfg.train.lr:g}, {device.type}"
+        + (f", autocast {amp_dtype}" if amp_dtype else ", fp32"))
+
+    def evaluate() -> float | None:
+        if not data.eval:
+            return None
+        return evaluate_nll(model, data.eval, cfg.train.micro_batch_size, cfg.data.packing,
+                            cfg.data.max_length, pad_id, device, amp_dtype)
+
+    def checkpoint(at_step: int) -> None:
+        save_checkpoint(run_dir, at_step, model, optimizer, {"tokens_seen": tokens_seen})
+
+    # ---- loop --------------------------------------------------------------------------------
+    model.train()
+    bar = tqdm(total=total_steps, initial=step, disable=not progress, unit="step", dynamic_ncols=True)
+    last_loss, eval_loss = None, None
+    while step < total_steps:
+        t0 = time.perf_counter()
+        lr = cfg.train.lr * lr_multiplier(step, total_steps, warmup_steps, cfg.train.schedule)
+        set_lr(optimizer, lr)
+        examples = [data.train[i] for i in step_indices(n_train, cfg.train.batch_size, cfg.train.seed, step)]
+        batches = [collate(micro, cfg.data.packing, cfg.data.max_length, pad_id)
+                   for micro in split_micro(examples, cfg.train.micro_batch_size)]
+        # Normalise by the trained-token count of the whole step, not per micro-batch: accumulated
+        # gradients then equal those of one big batch, and packed == unpacked exactly.
+        step_targets = sum(b.num_targets for b in batches)
+        loss_sum = 0.0
+        for batch in batches:
+            nll = batch_nll_sum(model, batch.to(device), amp_dtype)
+            (nll / max(1, step_targets)).backward()
+            loss_sum += nll.item()
+        if cfg.train.max_grad_norm > 0:
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.train.max_grad_norm))
+        else:
+            grad_norm = float(torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None]))
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        step_tokens = sum(b.num_tokens for b in batches)
+        tokens_seen += step_tokens
+        seconds = time.perf_counter() - t0
+        last_loss = loss_sum / max(1, step_targets)
+        record: dict[str, Any] = {"step": step, "loss": last_loss, "lr": lr, "grad_norm": grad_norm,
+                                  "tokens": step_tokens, "step_s": seconds,
+                                  "tokens_per_s": step_tokens / seconds, "epoch": step / steps_per_epoch(
+                                      n_train, cfg.train.batch_size)}
+        if cfg.train.eval_every and step % cfg.train.eval_every == 0 and step < total_steps:
+            eval_loss = evaluate()
+            if eval_loss is not None:
+                record["eval_loss"] = eval_loss
+        if step % cfg.train.log_every == 0 or "eval_loss" in record:
+            metrics.write(record)
+        bar.set_postfix(loss=f"{last_loss:.4f}", tok_s=f"{step_tokens / seconds:.0f}", refresh=False)
+        bar.update(1)
+        if cfg.train.save_every and step % cfg.train.save_every == 0 and step < total_steps:
+            checkpoint(step)
+    bar.close()
+
+    # ---- save --------------------------------------------------------------------------------
+    eval_loss = evaluate()
+    if eval_loss is not None:
+        metrics.write({"step": step, "eval_loss": eval_loss, "final": True})
+        say(f"eval loss {eval_loss:.4f} on {len(data.eval)} examples")
+    metrics.close()
+    checkpoint(step)  # lets `--resume --max-steps MORE` extend a finished run
+    output = save_trained(model, tokenizer, run_dir, cfg.method, model_dir)
+    seconds = time.time() - started
+    manifest = {"recipe": "sft", "method": cfg.method, "model": cfg.model, "model_dir": str(model_dir),
+                "steps": step, "train_examples": n_train, "eval_examples": len(data.eval),
+                "tokens_seen": tokens_seen, "final_loss": last_loss, "eval_loss": eval_loss,
+                "trainable_params": trainable, "total_params": total, "seconds": round(seconds, 2),
+                "output": output.name}
+    atomic_write_text(run_dir / "run.json", json.dumps(manifest, indent=2) + "\n")
+    say(f"saved {output} ({step} steps, {seconds:.0f} s)")
+    model.eval()
+    return SFTResult(run_dir, output, step, last_loss, eval_loss, seconds, model)
+
+
+def save_trained(model: torch.nn.Module, tokenizer, run_dir: Path, method: str, model_dir: Path) -> Path:
+    """adapter/ (PEFT: adapter_config.json + adapter_model.safetensors) or model/ (full weights)."""
+    if method in ("lora", "qlora"):
+        target = run_dir / "adapter"
+        # point the adapter at the local base so PEFT's own loaders find it without a hub
+        for peft_cfg in model.peft_config.values():
+            peft_cfg.base_model_name_or_path = str(model_dir)
+        with atomic_directory(target) as tmp:
+            model.save_pretrained(tmp)
+        return target
+    target = run_dir / "model"
+    with atomic_directory(target) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+    return target

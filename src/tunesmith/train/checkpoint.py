@@ -1,0 +1,97 @@
+"""Checkpoints: trainable weights, optimizer, RNG states and the step, written atomically.
+
+Layout of `RUN/checkpoints/step-00000050/`:
+  trainable.safetensors   the parameters that train (LoRA matrices, or every weight for full)
+  optimizer.safetensors   AdamW moments, keyed "<param index>.<name>"
+  rng.safetensors         torch CPU (and CUDA) generator states
+  state.json              step, optimizer hyper-parameters, Python RNG state, counters
+The data position is the step itself: the data order is a function of (seed, epoch) (`order.py`).
+No pickle anywhere: safetensors for tensors, JSON for the rest.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from tunesmith.atomic import atomic_directory
+
+STEP_DIR = re.compile(r"^step-(\d{8})$")
+
+
+def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.detach().contiguous().cpu() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def save_checkpoint(run_dir: Path, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                    extra: dict[str, Any], keep_last: int = 2) -> Path:
+    root = Path(run_dir) / "checkpoints"
+    target = root / f"step-{step:08d}"
+    opt_state = optimizer.state_dict()
+    opt_tensors = {
+        f"{index}.{name}": value.detach().contiguous().cpu()
+        for index, state in opt_state["state"].items()
+        for name, value in state.items()
+        if torch.is_tensor(value)
+    }
+    rng = {"torch_cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            rng[f"torch_cuda_{i}"] = s
+    py_version, py_state, py_gauss = random.getstate()
+    state = {
+        "step": step,
+        "param_groups": opt_state["param_groups"],
+        "python_rng": [py_version, list(py_state), py_gauss],
+        **extra,
+    }
+    with atomic_directory(target) as tmp:
+        save_file(trainable_state(model), tmp / "trainable.safetensors")
+        save_file(opt_tensors, tmp / "optimizer.safetensors")
+        save_file(rng, tmp / "rng.safetensors")
+        (tmp / "state.json").write_text(json.dumps(state, indent=1) + "\n")
+    for old in list_checkpoints(run_dir)[:-keep_last]:
+        shutil.rmtree(old, ignore_errors=True)
+    return target
+
+
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    root = Path(run_dir) / "checkpoints"
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if p.is_dir() and STEP_DIR.match(p.name) and (p / "state.json").is_file()]
+    return sorted(found, key=lambda p: p.name)
+
+
+def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """Restore weights, optimizer and RNG from `path` in place; return state.json's contents."""
+    state = json.loads((path / "state.json").read_text())
+    weights = load_file(path / "trainable.safetensors")
+    params = dict(model.named_parameters())
+    missing = set(weights) ^ {n for n, p in params.items() if p.requires_grad}
+    if missing:
+        raise ValueError(f"{path}: checkpoint does not match the model's trainable parameters "
+                         f"(e.g. {sorted(missing)[:3]})")
+    with torch.no_grad():
+        for name, value in weights.items():
+            params[name].copy_(value)
+    moments: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in load_file(path / "optimizer.safetensors").items():
+        index, name = key.split(".", 1)
+        moments.setdefault(int(index), {})[name] = value
+    optimizer.load_state_dict({"state": moments, "param_groups": state["param_groups"]})
+    rng = load_file(path / "rng.safetensors")
+    torch.set_rng_state(rng["torch_cpu"])
+    cuda_states = [rng[k] for k in sorted(k for k in rng if k.startswith("torch_cuda_"))]
+    if cuda_states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda_states)
+    version, py_state, gauss = state["python_rng"]
+    random.setstate((version, tuple(py_state), gauss))
+    return state

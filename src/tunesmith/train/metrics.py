@@ -1,0 +1,41 @@
+"""`metrics.jsonl`: one JSON object per logged step, appended and flushed as training goes."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+from tunesmith.atomic import atomic_write_text
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, float):
+        return round(value, 8) if math.isfinite(value) else None
+    return value
+
+
+class MetricsLog:
+    def __init__(self, path: Path, resume_step: int | None = None):
+        """Open for appending; when resuming at `resume_step`, drop records logged after it (they belong
+        to the part of the run that is about to be redone)."""
+        self.path = Path(path)
+        if resume_step is not None and self.path.exists():
+            kept = [line for line in self.path.read_text().splitlines()
+                    if line.strip() and json.loads(line).get("step", 0) <= resume_step]
+            atomic_write_text(self.path, "".join(line + "\n" for line in kept))
+        self._file = open(self.path, "a", encoding="utf-8")
+
+    def write(self, record: dict[str, Any]) -> None:
+        self._file.write(json.dumps({k: _clean(v) for k, v in record.items()}) + "\n")
+        self._file.flush()
+        os.fsync(self._file.fileno())
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]

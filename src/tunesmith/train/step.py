@@ -1,0 +1,54 @@
+"""Forward passes that return summed token losses: used for training and for evaluation."""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from tunesmith.data.packing import Batch, collate
+from tunesmith.data.templates import TokenizedExample
+from tunesmith.losses.sft import token_nll_sum
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The transformers model under a PEFT wrapper (LoRA layers stay injected in it)."""
+    get_base = getattr(model, "get_base_model", None)
+    return get_base() if callable(get_base) else model
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def batch_nll_sum(model: torch.nn.Module, batch: Batch, amp_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Σ token NLL over the batch's trained tokens.
+
+    Runs the decoder body, then the LM head only at trained positions (`token_nll_sum`), instead of
+    the model's own forward, which would build logits for every position.
+    """
+    inner = unwrap(model)
+    decoder, head = inner.get_decoder(), inner.get_output_embeddings()
+    device = batch.input_ids.device
+    with autocast(device, amp_dtype):
+        hidden = decoder(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                         position_ids=batch.position_ids, use_cache=False).last_hidden_state
+        return token_nll_sum(hidden, batch.targets, head.weight, getattr(head, "bias", None))
+
+
+@torch.no_grad()
+def evaluate_nll(model: torch.nn.Module, examples: list[TokenizedExample], micro_batch_size: int,
+                 packing: bool, max_length: int, pad_id: int, device: torch.device,
+                 amp_dtype: torch.dtype | None = None) -> float:
+    """Mean NLL per trained token over `examples` (dropout off)."""
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    for start in range(0, len(examples), micro_batch_size):
+        batch = collate(examples[start : start + micro_batch_size], packing, max_length, pad_id).to(device)
+        total += float(batch_nll_sum(model, batch, amp_dtype))
+        count += batch.num_targets
+    model.train(was_training)
+    return total / max(1, count)
