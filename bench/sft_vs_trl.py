@@ -72,8 +72,9 @@ def child_trl(a: argparse.Namespace) -> None:
 
     cfg = SFTConfig(
         output_dir=a.out, max_steps=a.steps, per_device_train_batch_size=BATCH, gradient_accumulation_steps=1,
-        learning_rate=LR, lr_scheduler_type="cosine", optim="adamw_torch", max_length=MAX_LEN, packing=False, padding_free=False,
-        assistant_only_loss=loss_on == "assistant", bf16=False, fp16=False, gradient_checkpointing=False,
+        learning_rate=LR, lr_scheduler_type="cosine", optim="adamw_torch", max_grad_norm=1.0,
+        max_length=MAX_LEN, packing=False, padding_free=False, assistant_only_loss=loss_on == "assistant",
+        bf16=False, fp16=False, gradient_checkpointing=False,  # TRL defaults both to True
         train_sampling_strategy="sequential", shuffle_dataset=False, seed=a.seed, data_seed=a.seed,
         logging_steps=1, save_strategy="no", report_to="none", dataloader_num_workers=0, use_cpu=True,
     )
@@ -127,9 +128,10 @@ def run_child(side: str, a: argparse.Namespace, data: str, out: str, packing: bo
 
 
 def row(name: str, step_s: list[float], step_tokens: list[int], w: int, maxrss_kib: int, **extra) -> dict:
-    secs, toks = sum(step_s[w:]), sum(step_tokens[w:])
-    return dict(side=name, steps_timed=len(step_s[w:]), timed_tokens=toks, timed_s=secs, tokens_per_s=toks / secs,
-                s_per_step=secs / len(step_s[w:]), peak_rss_mb=maxrss_kib / 1024, step_s=step_s,
+    secs, toks, timed = sum(step_s[w:]), sum(step_tokens[w:]), sorted(step_s[w:])
+    return dict(side=name, steps_timed=len(timed), timed_tokens=toks, timed_s=secs, tokens_per_s=toks / secs,
+                s_per_step=secs / len(timed), s_per_step_median=timed[len(timed) // 2],
+                step_s_spread=timed[-1] / timed[0], peak_rss_mb=maxrss_kib / 1024, step_s=step_s,
                 step_tokens=step_tokens, **extra)
 
 
@@ -238,11 +240,15 @@ def main() -> None:
     for r in table:
         r["tokens_per_s_ratio"] = r["tokens_per_s"] / base["tokens_per_s"]
         r["peak_rss_ratio"] = r["peak_rss_mb"] / base["peak_rss_mb"]
-    print(f"\n{'side':<18} {'steps timed':>11} {'tokens/s':>9} {'s/step':>7} {'peak RSS MB':>11} {'ratio tok/s':>11} "
-          f"{'ratio RSS':>9}")
+        if r["step_s_spread"] > 1.5:
+            notes.append(f"{r['side']}: slowest timed step {r['step_s_spread']:.1f}x the fastest: a busy machine? "
+                         "compare the median s/step, or rerun")
+    print(f"\n{'side':<18} {'steps timed':>11} {'tokens/s':>9} {'s/step':>7} {'(median)':>8} {'peak RSS MB':>11} "
+          f"{'ratio tok/s':>11} {'ratio RSS':>9}")
     for r in table:
         print(f"{r['side']:<18} {r['steps_timed']:>11} {r['tokens_per_s']:>9.1f} {r['s_per_step']:>7.2f} "
-              f"{r['peak_rss_mb']:>11.0f} {r['tokens_per_s_ratio']:>11.2f} {r['peak_rss_ratio']:>9.2f}")
+              f"{r['s_per_step_median']:>8.2f} {r['peak_rss_mb']:>11.0f} {r['tokens_per_s_ratio']:>11.2f} "
+              f"{r['peak_rss_ratio']:>9.2f}")
     for n in notes:
         print("note:", n)
     ts = next((r for r in table if r["side"] == "tunesmith"), None)

@@ -12,6 +12,16 @@ from tunesmith.data.formats import load_sft_file
 from tunesmith.data.templates import TokenizedExample, apply_length_policy, tokenize_conversations
 
 FEW_EXAMPLES = 1000
+MAX_EPOCHS = 3
+
+
+def epochs_warning(total_steps: int, batch_size: int, num_examples: int) -> str | None:
+    """A warning when the run passes over the data more than MAX_EPOCHS times (by --epochs or --max-steps)."""
+    epochs = total_steps * batch_size / max(1, num_examples)
+    if epochs <= MAX_EPOCHS + 1e-9:
+        return None
+    return (f"{epochs:.3g} epochs: more than {MAX_EPOCHS} passes over the same data raises the risk of "
+            "overfitting and of forgetting general skills")
 
 
 @dataclass
@@ -48,7 +58,7 @@ def _load(path: str, tokenizer, cfg: DataConfig, label: str, notes: list[str]) -
     return result.examples
 
 
-def prepare_sft_data(cfg: DataConfig, tokenizer, seed: int, epochs: int) -> PreparedData:
+def prepare_sft_data(cfg: DataConfig, tokenizer, seed: int) -> PreparedData:
     notes: list[str] = []
     train = _load(cfg.train, tokenizer, cfg, "train", notes)
     evaluation: list[TokenizedExample] = []
@@ -69,7 +79,4 @@ def prepare_sft_data(cfg: DataConfig, tokenizer, seed: int, epochs: int) -> Prep
     if len(train) < FEW_EXAMPLES:
         warnings.append(f"only {len(train)} training examples: fewer than {FEW_EXAMPLES} often under-specifies "
                         "the behaviour; watch the eval loss for overfitting")
-    if epochs > 3:
-        warnings.append(f"{epochs} epochs: more than 3 passes over the same data raises the risk of "
-                        "overfitting and of forgetting general skills")
     return PreparedData(train, evaluation, notes, warnings)

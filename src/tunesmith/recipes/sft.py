@@ -23,7 +23,7 @@ from tunesmith.atomic import atomic_directory, atomic_write_text
 from tunesmith.config.load import config_to_yaml
 from tunesmith.config.schema import SFTConfig
 from tunesmith.data.packing import collate
-from tunesmith.data.prepare import prepare_sft_data
+from tunesmith.data.prepare import epochs_warning, prepare_sft_data
 from tunesmith.models import load_model, load_tokenizer, resolve_model_dir, select_device
 from tunesmith.models.load import autocast_dtype, fp32_weight_bytes, weight_bytes
 from tunesmith.train.checkpoint import load_checkpoint, save_checkpoint
@@ -56,7 +56,7 @@ def run_sft(cfg: SFTConfig, say: Callable[[str], None] = print, progress: bool =
     amp_dtype = autocast_dtype(cfg.train.precision, device)
     model_dir = resolve_model_dir(cfg.model)
     tokenizer = load_tokenizer(model_dir)
-    data = prepare_sft_data(cfg.data, tokenizer, cfg.train.seed, cfg.train.epochs)
+    data = prepare_sft_data(cfg.data, tokenizer, cfg.train.seed)
     for line in data.notes:
         say(f"data: {line}")
     for line in data.warnings:
@@ -89,6 +89,9 @@ def run_sft(cfg: SFTConfig, say: Callable[[str], None] = print, progress: bool =
     n_train = len(data.train)
     total_steps = cfg.train.max_steps or cfg.train.epochs * steps_per_epoch(n_train, cfg.train.batch_size)
     warmup_steps = round(cfg.train.warmup_ratio * total_steps)
+    too_many = epochs_warning(total_steps, cfg.train.batch_size, n_train)
+    if too_many:
+        say(f"warning: {too_many}")
     step, tokens_seen = 0, 0
     if resume_from is not None:
         state = load_checkpoint(resume_from, model, optimizer)
