@@ -36,7 +36,7 @@ class DataConfig:
 class LoraConfig:
     r: int = opt(16, "--lora-r", "LoRA rank")
     alpha: float = opt(32.0, "--lora-alpha", "LoRA alpha (scale = alpha / r)")
-    dropout: float = opt(0.05, "--lora-dropout", "dropout on the LoRA input")
+    dropout: float = opt(0.0, "--lora-dropout", "dropout on the LoRA input (0 is fastest: CPU dropout masks cost ~40% of a step)")
     target: str = opt("all-linear", "--target", "layers to adapt: all-linear, or a list such as q_proj,v_proj")
 
 

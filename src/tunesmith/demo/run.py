@@ -30,11 +30,11 @@ MODEL = "smollm2-135m-instruct"
 def demo_config(out: Path, max_steps: int, seed: int) -> SFTConfig:
     cfg = SFTConfig(model=MODEL, method="lora", out=str(out), overwrite=True)
     cfg.data.train = str(TRAIN_FILE)
-    cfg.data.max_length = 512  # ~3 examples per packed row: little padding
+    cfg.data.max_length = 256
     cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout = 16, 32.0, 0.0
     cfg.train.max_steps = max_steps
     cfg.train.batch_size = 8
-    cfg.train.lr = 1e-3
+    cfg.train.lr = 2e-3
     cfg.train.warmup_ratio = 0.05
     cfg.train.seed = seed
     cfg.train.save_every = 0
@@ -42,13 +42,13 @@ def demo_config(out: Path, max_steps: int, seed: int) -> SFTConfig:
     return cfg
 
 
-def score_model(model, tokenizer, heldout, batch_size: int = 24) -> tuple[dict, list[str]]:
+def score_model(model, tokenizer, heldout, batch_size: int = 60) -> tuple[dict, list[str]]:
     from tunesmith.generation import generate_chat
 
     prompts = [[m for m in row.messages if m["role"] != "assistant"] for row in heldout]
     references = [json.loads(next(m["content"] for m in row.messages if m["role"] == "assistant"))
                   for row in heldout]
-    outputs = generate_chat(model, tokenizer, prompts, max_new_tokens=80, batch_size=batch_size)
+    outputs = generate_chat(model, tokenizer, prompts, max_new_tokens=64, batch_size=batch_size)
     return score_structured(outputs, references, FIELDS), outputs
 
 
@@ -58,7 +58,7 @@ def _check_out(out: Path) -> None:
         raise OutputError(f"{out}: directory is not empty and is not a tunesmith run; choose another --out")
 
 
-def run_demo(out: Path, max_steps: int = 60, seed: int = 0, limit: int | None = None,
+def run_demo(out: Path, max_steps: int = 72, seed: int = 0, limit: int | None = None,
              say: Callable[[str], None] = print, progress: bool = True) -> dict:
     from tunesmith.generation import load_for_inference
     from tunesmith.recipes.sft import run_sft
@@ -78,7 +78,7 @@ def run_demo(out: Path, max_steps: int = 60, seed: int = 0, limit: int | None = 
     result = run_sft(demo_config(out, max_steps, seed), say=say, progress=progress)
 
     say("3/3 scoring the tuned model ...")
-    tuned_model, tokenizer = load_for_inference(MODEL, [str(result.output)])
+    tuned_model, tokenizer = load_for_inference(MODEL, [str(result.output)], merge=True)
     tuned, tuned_outputs = score_model(tuned_model, tokenizer, heldout)
 
     seconds = round(time.time() - started, 1)

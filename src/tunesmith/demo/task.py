@@ -29,5 +29,6 @@ SYSTEM_PROMPT: str = (
     "Convert the customer message to JSON with keys name, order_id, product, "
     "intent, urgency. Use null if absent. "
     "intent: refund|cancel_order|shipping_status|technical_issue|billing|"
-    "account_access|product_question. urgency: low|normal|high."
+    "account_access|product_question. urgency: high if urgent, asap or a deadline; "
+    "low if no rush; else normal."
 )
