@@ -10,6 +10,7 @@ import torch
 from tunesmith.config.schema import DataConfig
 from tunesmith.data.formats import load_sft_file
 from tunesmith.data.templates import TokenizedExample, apply_length_policy, tokenize_conversations
+from tunesmith.errors import ConfigError, DataError
 
 FEW_EXAMPLES = 1000
 MAX_EPOCHS = 3
@@ -52,8 +53,6 @@ def _load(path: str, tokenizer, cfg: DataConfig, label: str, notes: list[str]) -
         notes.append(f"{label}: dropped {result.dropped_empty} example(s) whose trained tokens all lay past "
                      f"{cfg.max_length} tokens")
     if not result.examples:
-        from tunesmith.errors import DataError
-
         raise DataError([f"{path}: no example left after the length policy (max_length {cfg.max_length})"])
     return result.examples
 
@@ -69,8 +68,6 @@ def prepare_sft_data(cfg: DataConfig, tokenizer, seed: int) -> PreparedData:
         order = torch.randperm(len(train), generator=g).tolist()
         n_eval = max(1, round(cfg.eval_split * len(train)))
         if n_eval >= len(train):
-            from tunesmith.errors import ConfigError
-
             raise ConfigError(f"data.eval_split: {cfg.eval_split} leaves no training example out of {len(train)}")
         evaluation = [train[i] for i in sorted(order[:n_eval])]
         train = [train[i] for i in sorted(order[n_eval:])]

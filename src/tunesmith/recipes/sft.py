@@ -31,7 +31,7 @@ from tunesmith.train.metrics import MetricsLog
 from tunesmith.train.order import split_micro, step_indices, steps_per_epoch
 from tunesmith.train.rundir import prepare_run_dir
 from tunesmith.train.schedule import build_optimizer, lr_multiplier, set_lr
-from tunesmith.train.step import evaluate_nll, batch_nll_sum, unwrap
+from tunesmith.train.step import batch_nll_sum, evaluate_nll, unwrap
 
 
 @dataclass
@@ -143,9 +143,8 @@ def run_sft(cfg: SFTConfig, say: Callable[[str], None] = print, progress: bool =
         seconds = time.perf_counter() - t0
         last_loss = loss_sum / max(1, step_targets)
         record: dict[str, Any] = {"step": step, "loss": last_loss, "lr": lr, "grad_norm": grad_norm,
-                                  "tokens": step_tokens, "step_s": seconds,
-                                  "tokens_per_s": step_tokens / seconds, "epoch": step / steps_per_epoch(
-                                      n_train, cfg.train.batch_size)}
+                                  "tokens": step_tokens, "step_s": seconds, "tokens_per_s": step_tokens / seconds,
+                                  "epoch": step * cfg.train.batch_size / n_train}
         if cfg.train.eval_every and step % cfg.train.eval_every == 0 and step < total_steps:
             eval_loss = evaluate()
             if eval_loss is not None:
