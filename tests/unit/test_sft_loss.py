@@ -30,3 +30,22 @@ def test_chunking_does_not_change_the_sum():
                                                   ignore_index=IGNORE, reduction="sum")
     assert torch.allclose(full, chunked, atol=1e-5)
     assert torch.allclose(full, reference, atol=1e-5)
+
+
+def test_sequence_logps_sums_each_row():
+    from tunesmith.losses.sft import sequence_logps
+
+    torch.manual_seed(1)
+    w = torch.randn(30, 8)
+    hidden = torch.randn(3, 5, 8)
+    targets = torch.randint(0, 30, (3, 5))
+    targets[0, :2] = IGNORE
+    targets[2, :] = IGNORE  # a row without targets
+    logp = torch.log_softmax(hidden @ w.T, dim=-1)
+    expected = []
+    for r in range(3):
+        expected.append(sum(logp[r, t, targets[r, t]].item() for t in range(5) if targets[r, t] != IGNORE))
+    got = sequence_logps(hidden, targets, w, chunk_size=4)
+    assert torch.allclose(got, torch.tensor(expected), atol=1e-5)
+    assert got[2].item() == 0.0
+    assert torch.allclose(-got.sum(), token_nll_sum(hidden, targets, w), atol=1e-5)

@@ -1,4 +1,4 @@
-"""The supervised fine-tuning loss: next-token cross-entropy on the trained tokens only."""
+"""Log-probabilities of target tokens, and the supervised fine-tuning loss built on them."""
 
 from __future__ import annotations
 
@@ -8,23 +8,47 @@ import torch.nn.functional as F
 IGNORE = -100
 
 
+def target_logps(hidden: torch.Tensor, targets: torch.Tensor, lm_head_weight: torch.Tensor,
+                 lm_head_bias: torch.Tensor | None = None,
+                 chunk_size: int = 2048) -> tuple[torch.Tensor, torch.Tensor]:
+    """log p(y_t | tokens <= t) at every position with y_t != IGNORE, and the row each belongs to.
+
+        logp_t = log softmax(W h_t + b)[y_t]
+
+    hidden: [rows, T, H] final hidden states; targets: [rows, T] already shifted (position t predicts
+    y_t). Logits are computed only at trained positions (prompt and padding positions never get a
+    [vocabulary]-wide row: 49K floats each for SmolLM2), `chunk_size` rows per matmul.
+    """
+    keep = targets.reshape(-1) != IGNORE
+    rows = torch.arange(targets.shape[0], device=targets.device).repeat_interleave(targets.shape[1])[keep]
+    h = hidden.reshape(-1, hidden.shape[-1])[keep]
+    y = targets.reshape(-1)[keep]
+    parts = []
+    for start in range(0, h.shape[0], chunk_size):
+        logits = F.linear(h[start : start + chunk_size], lm_head_weight, lm_head_bias).float()
+        parts.append(-F.cross_entropy(logits, y[start : start + chunk_size], reduction="none"))
+    logps = torch.cat(parts) if parts else hidden.new_zeros(0, dtype=torch.float32)
+    return logps, rows
+
+
 def token_nll_sum(hidden: torch.Tensor, targets: torch.Tensor, lm_head_weight: torch.Tensor,
                   lm_head_bias: torch.Tensor | None = None, chunk_size: int = 2048) -> torch.Tensor:
-    """Sum of -log p(target_t | tokens <= t) over positions with target_t != IGNORE.
+    """Sum of next-token negative log-likelihoods over the trained positions:
 
         loss_sum = Σ_{t : y_t ≠ -100}  −log softmax(W h_t + b)[y_t]
 
-    hidden: [..., H] final hidden states; targets: [...] already shifted (position t predicts y_t).
-    Logits are computed only at trained positions (prompt and padding positions never get a
-    [vocabulary]-wide row: 49K floats each for SmolLM2), `chunk_size` rows per matmul.
     The caller divides by the number of trained tokens in the whole optimizer step, so every token
     weighs the same whatever micro-batch or packed row it sits in.
     """
-    keep = targets.reshape(-1) != IGNORE
-    h = hidden.reshape(-1, hidden.shape[-1])[keep]
-    y = targets.reshape(-1)[keep]
-    total = hidden.new_zeros((), dtype=torch.float32)
-    for start in range(0, h.shape[0], chunk_size):
-        logits = F.linear(h[start : start + chunk_size], lm_head_weight, lm_head_bias).float()
-        total = total + F.cross_entropy(logits, y[start : start + chunk_size], reduction="sum")
-    return total
+    logps, _ = target_logps(hidden, targets, lm_head_weight, lm_head_bias, chunk_size)
+    return -logps.sum()
+
+
+def sequence_logps(hidden: torch.Tensor, targets: torch.Tensor, lm_head_weight: torch.Tensor,
+                   lm_head_bias: torch.Tensor | None = None, chunk_size: int = 2048) -> torch.Tensor:
+    """Per-row sum of target log-probabilities, log π(y | x) = Σ_t logp_t: [rows].
+
+    One sequence per row (not packed); rows with no target get 0.
+    """
+    logps, rows = target_logps(hidden, targets, lm_head_weight, lm_head_bias, chunk_size)
+    return torch.zeros(targets.shape[0], dtype=logps.dtype, device=logps.device).index_add(0, rows, logps)

@@ -1,0 +1,52 @@
+"""Preference losses on sequence log-probabilities: DPO and IPO, registered by name.
+
+Inputs are per-pair sums of token log-probabilities over the completion tokens only:
+  logp_chosen = log πθ(y_w | x),  logp_rejected = log πθ(y_l | x)  (policy)
+  ref_chosen  = log π_ref(y_w | x), ref_rejected = log π_ref(y_l | x)  (reference)
+Each function returns (per-pair losses, chosen rewards, rejected rewards), where the implicit reward
+of a completion is r(x, y) = β · (log πθ(y|x) − log π_ref(y|x)).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+PreferenceLoss = Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+
+
+def _log_ratios(logp_chosen, logp_rejected, ref_chosen, ref_rejected):
+    return logp_chosen - ref_chosen, logp_rejected - ref_rejected
+
+
+def dpo_loss(logp_chosen: torch.Tensor, logp_rejected: torch.Tensor, ref_chosen: torch.Tensor,
+             ref_rejected: torch.Tensor, beta: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Direct Preference Optimization (Rafailov et al. 2023, eq. 7):
+
+        L = −log σ( β · [ (log πθ(y_w|x) − log π_ref(y_w|x)) − (log πθ(y_l|x) − log π_ref(y_l|x)) ] )
+
+    With the policy equal to the reference the margin is 0 and L = ln 2 ≈ 0.6931.
+    """
+    chosen, rejected = _log_ratios(logp_chosen, logp_rejected, ref_chosen, ref_rejected)
+    losses = -F.logsigmoid(beta * (chosen - rejected))
+    return losses, beta * chosen.detach(), beta * rejected.detach()
+
+
+def ipo_loss(logp_chosen: torch.Tensor, logp_rejected: torch.Tensor, ref_chosen: torch.Tensor,
+             ref_rejected: torch.Tensor, beta: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Identity Preference Optimization (Azar et al. 2023, eq. 17), with τ = β:
+
+        h = (log πθ(y_w|x) − log π_ref(y_w|x)) − (log πθ(y_l|x) − log π_ref(y_l|x))
+        L = (h − 1 / (2τ))²
+
+    It regresses the log-ratio margin to a finite target instead of pushing it to infinity, so it
+    does not over-fit deterministic preferences. Sequence log-probabilities are sums, as in the paper.
+    """
+    chosen, rejected = _log_ratios(logp_chosen, logp_rejected, ref_chosen, ref_rejected)
+    losses = (chosen - rejected - 1.0 / (2.0 * beta)) ** 2
+    return losses, beta * chosen.detach(), beta * rejected.detach()
+
+
+PREFERENCE_LOSSES: dict[str, PreferenceLoss] = {"dpo": dpo_loss, "ipo": ipo_loss}
