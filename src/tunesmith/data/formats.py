@@ -121,10 +121,15 @@ def read_sft_file(path: str | Path) -> ParsedFile:
     return parsed
 
 
+def problems_error(path: Path, problems: list[str]) -> DataError:
+    """One DataError for a whole file: a summary line, then every `FILE:LINE: problem`."""
+    n = len(problems)
+    return DataError(problems, f"{path}: {n} problem{'s' * (n != 1)}; nothing was trained")
+
+
 def load_sft_file(path: str | Path) -> list[Conversation]:
     """All rows of a file, or a DataError listing every malformed row."""
     parsed = read_sft_file(path)
     if parsed.problems:
-        n = len(parsed.problems)
-        raise DataError(parsed.problems, f"{parsed.path}: {n} problem{'s' * (n != 1)}; nothing was trained")
+        raise problems_error(parsed.path, parsed.problems)
     return parsed.rows
