@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from tunesmith.errors import DataError
 
@@ -101,24 +101,37 @@ def parse_row(obj: Any) -> tuple[list[dict], str | None]:
     return [], "missing `messages` (or `prompt` and `completion`)"
 
 
+def read_jsonl_rows(path: Path, parse: Callable[[Any], tuple[Any, list[str]]]) -> tuple[list[tuple[int, Any]], list[str]]:
+    """Run `parse` (object -> (value, problems)) on every line of a JSONL file.
+
+    Returns the (line number, value) of the rows without problems, and every problem as
+    `FILE:LINE: what is wrong` (`FILE: ...` for a missing or empty file). Shared by all data readers.
+    """
+    if not path.is_file():
+        raise DataError([f"{path}: no such file"])
+    rows, problems, seen_any = [], [], False
+    for number, obj, problem in iter_json_lines(path):
+        seen_any = True
+        value, row_problems = (None, [problem]) if problem is not None else parse(obj)
+        if row_problems:
+            problems.extend(f"{path}:{number}: {p}" for p in row_problems)
+        else:
+            rows.append((number, value))
+    if not seen_any:
+        problems.append(f"{path}: empty file: no examples")
+    return rows, problems
+
+
+def _parse_sft_row(obj: Any) -> tuple[list[dict], list[str]]:
+    messages, problem = parse_row(obj)
+    return messages, [problem] if problem is not None else []
+
+
 def read_sft_file(path: str | Path) -> ParsedFile:
     """Parse every line; collect rows and problems (does not raise for bad rows)."""
     path = Path(path)
-    parsed = ParsedFile(path)
-    if not path.is_file():
-        raise DataError([f"{path}: no such file"])
-    seen_any = False
-    for number, obj, problem in iter_json_lines(path):
-        seen_any = True
-        if problem is None:
-            messages, problem = parse_row(obj)
-        if problem is not None:
-            parsed.problems.append(f"{path}:{number}: {problem}")
-        else:
-            parsed.rows.append(Conversation(messages, f"{path}:{number}"))
-    if not seen_any:
-        parsed.problems.append(f"{path}: empty file: no examples")
-    return parsed
+    rows, problems = read_jsonl_rows(path, _parse_sft_row)
+    return ParsedFile(path, [Conversation(messages, f"{path}:{n}") for n, messages in rows], problems)
 
 
 def problems_error(path: Path, problems: list[str]) -> DataError:

@@ -18,8 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tunesmith.data.formats import ROLES, iter_json_lines, problems_error
-from tunesmith.errors import DataError
+from tunesmith.data.formats import ROLES, problems_error, read_jsonl_rows
 
 OPENAI_KEYS = ("input", "preferred_output", "non_preferred_output")
 COMMON_KEYS = ("prompt", "chosen", "rejected")
@@ -162,28 +161,15 @@ def parse_preference_row(obj: Any) -> tuple[tuple[list, list, list] | None, list
 def read_preference_file(path: str | Path) -> ParsedPreferenceFile:
     """Parse every line; collect pairs, problems and identical rows (does not raise for bad rows)."""
     path = Path(path)
-    parsed = ParsedPreferenceFile(path)
-    if not path.is_file():
-        raise DataError([f"{path}: no such file"])
-    seen_any = False
-    for number, obj, problem in iter_json_lines(path):
-        seen_any = True
-        if problem is not None:
-            parsed.problems.append(f"{path}:{number}: {problem}")
-            continue
-        sides, problems = parse_preference_row(obj)
-        if problems:
-            parsed.problems.extend(f"{path}:{number}: {p}" for p in problems)
-            continue
-        prompt, chosen, rejected = sides
+    rows, problems = read_jsonl_rows(path, parse_preference_row)
+    parsed = ParsedPreferenceFile(path, problems=problems)
+    for number, (prompt, chosen, rejected) in rows:
         if chosen == rejected:
             parsed.identical += 1
             parsed.identical_lines.append(number)
             continue
         parsed.pairs.append(PreferencePair(prompt, chosen, rejected, f"{path}:{number}"))
-    if not seen_any:
-        parsed.problems.append(f"{path}: empty file: no examples")
-    elif not parsed.pairs and not parsed.problems:
+    if rows and not parsed.pairs and not parsed.problems:
         parsed.problems.append(f"{path}: no usable pairs: all {parsed.identical} have identical chosen and rejected")
     return parsed
 
