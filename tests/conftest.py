@@ -69,3 +69,24 @@ def chat_rows(n: int, seed: int = 0) -> list[dict]:
 @pytest.fixture
 def chat_file(tmp_path) -> Path:
     return write_jsonl(tmp_path / "train.jsonl", chat_rows(24))
+
+
+def preference_rows(n: int, seed: int = 0) -> list[dict]:
+    """n small pairs in both accepted formats: the chosen side always answers with 'yes ...'."""
+    import random
+
+    rng = random.Random(seed)
+    words = "alpha beta gamma delta epsilon zeta eta theta".split()
+    rows = []
+    for i in range(n):
+        q = " ".join(rng.choice(words) for _ in range(rng.randint(3, 8)))
+        good = "yes " + " ".join(rng.choice(words) for _ in range(rng.randint(2, 5)))
+        bad = "no " + " ".join(rng.choice(words) for _ in range(rng.randint(2, 5)))
+        if i % 2:
+            rows.append({"input": {"messages": [{"role": "user", "content": q}]},
+                         "preferred_output": [{"role": "assistant", "content": good}],
+                         "non_preferred_output": [{"role": "assistant", "content": bad}]})
+        else:
+            rows.append({"prompt": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": q}],
+                         "chosen": good, "rejected": bad})
+    return rows

@@ -99,3 +99,33 @@ def test_peft_loads_the_adapter_and_reproduces_logits(tmp_path, tiny_dir):
         loaded = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(str(tiny_dir)), str(result.output))
         theirs = loaded.eval()(input_ids=ids).logits
     torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
+
+
+def test_qlora_gradients_unchanged_by_an_eval_pass(tiny_dir):
+    """An eval-mode forward (evaluation, DPO's reference) must not switch bitsandbytes to its CPU
+    inference kernel, which has no autograd and would silently cut gradients through the base."""
+    from tunesmith.config.schema import LoraConfig
+    from tunesmith.train.model_setup import build_trainable_model
+
+    cfg = SFTConfig(model="tiny-random-llama", method="qlora")
+    cfg.lora = LoraConfig(r=4, alpha=8.0, target="all-linear")
+    ids = torch.tensor([[5, 17, 99, 3, 42, 7]])
+
+    def grads(eval_first: bool) -> dict[str, torch.Tensor]:
+        model, _, _ = build_trainable_model(cfg, tiny_dir, torch.device("cpu"), None, lambda s: None)
+        for name, p in model.named_parameters():
+            if "lora_B" in name:  # a non-zero B, so gradients reach every lora_A through the base
+                torch.nn.init.normal_(p, std=0.1, generator=torch.Generator().manual_seed(len(name)))
+        if eval_first:
+            model.eval()
+            with torch.no_grad():
+                model(input_ids=ids)
+        model.train()
+        model(input_ids=ids, labels=ids).loss.backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    plain, after_eval = grads(False), grads(True)
+    first_layer = [n for n in plain if "layers.0." in n and "lora_A" in n]
+    assert first_layer and all(plain[n].abs().sum() > 0 for n in first_layer)
+    for name in plain:
+        assert torch.allclose(plain[name], after_eval[name], atol=1e-6), name

@@ -45,7 +45,31 @@ def test_sequence_logps_sums_each_row():
     expected = []
     for r in range(3):
         expected.append(sum(logp[r, t, targets[r, t]].item() for t in range(5) if targets[r, t] != IGNORE))
-    got = sequence_logps(hidden, targets, w, chunk_size=4)
+    got, counts = sequence_logps(hidden, targets, w, chunk_size=4)
     assert torch.allclose(got, torch.tensor(expected), atol=1e-5)
     assert got[2].item() == 0.0
+    assert counts.tolist() == [3, 5, 0]
     assert torch.allclose(-got.sum(), token_nll_sum(hidden, targets, w), atol=1e-5)
+
+
+def test_sequence_logps_splits_packed_rows_by_example_id():
+    from tunesmith.losses.sft import sequence_logps
+
+    torch.manual_seed(2)
+    w = torch.randn(30, 8)
+    hidden = torch.randn(2, 6, 8)
+    targets = torch.randint(0, 30, (2, 6))
+    # row 0 holds examples 2 (positions 0-2) and 0 (3-5); row 1 holds example 1 (0-3) and padding
+    example_ids = torch.tensor([[2, 2, 2, 0, 0, 0], [1, 1, 1, 1, -1, -1]])
+    targets[0, 2] = IGNORE  # each example's last position predicts nothing
+    targets[0, 5] = IGNORE
+    targets[1, 3:] = IGNORE
+    logp = torch.log_softmax(hidden @ w.T, dim=-1)
+    expected = torch.zeros(3)
+    for r in range(2):
+        for t in range(6):
+            if targets[r, t] != IGNORE:
+                expected[example_ids[r, t]] += logp[r, t, targets[r, t]]
+    got, counts = sequence_logps(hidden, targets, w, example_ids=example_ids, num_examples=3)
+    assert torch.allclose(got, expected, atol=1e-5)
+    assert counts.tolist() == [2, 3, 2]

@@ -10,13 +10,55 @@ def register(sub) -> None:
     dsub = p.add_subparsers(dest="data_command", metavar="ACTION", required=True)
     v = dsub.add_parser("validate", help="counts, token-length statistics and every malformed row")
     v.add_argument("file")
+    v.add_argument("--kind", choices=("sft", "preference"), default="sft",
+                   help="sft: chat or prompt/completion rows; preference: chosen/rejected pairs (dpo)")
     v.add_argument("--model", default="smollm2-135m-instruct", help="whose tokenizer and chat template to use")
     v.add_argument("--max-length", type=int, default=512)
-    v.add_argument("--train-on-prompt", action="store_true")
+    v.add_argument("--train-on-prompt", action="store_true", help="(sft) count every token as trained")
     v.set_defaults(handler=validate)
 
 
+def _length_lines(label: str, lengths: list[int], max_length: int) -> list[str]:
+    from tunesmith.data.prepare import length_stats
+
+    s = length_stats(lengths)
+    over = sum(n > max_length for n in lengths)
+    return [f"  {label}: min {s['min']}, median {s['median']:g}, p95 {s['p95']}, max {s['max']}; "
+            f"over --max-length {max_length}: {over}"]
+
+
 def validate(args) -> int:
+    return validate_preference(args) if args.kind == "preference" else validate_sft(args)
+
+
+def validate_preference(args) -> int:
+    from tunesmith.data.prepare import tokenize_pairs
+    from tunesmith.data.preference import read_preference_file
+    from tunesmith.models import load_tokenizer, resolve_model_dir
+
+    parsed = read_preference_file(args.file)
+    pairs = parsed.pairs
+    print(f"{parsed.path}: {len(pairs)} valid pair(s), {len(parsed.problems)} problem(s)")
+    if parsed.identical:
+        lines = ", ".join(map(str, parsed.identical_lines[:10])) + (", ..." if parsed.identical > 10 else "")
+        print(f"warning: {parsed.identical} pair(s) with identical chosen and rejected will be dropped (line {lines})")
+    if pairs:
+        multi = sum(1 for p in pairs if sum(m["role"] == "user" for m in p.prompt) > 1)
+        system = sum(1 for p in pairs if p.prompt[0]["role"] == "system")
+        print(f"  prompts: {system} with a system turn, {multi} multi-turn")
+        tokenizer = load_tokenizer(resolve_model_dir(args.model))
+        tokenized = tokenize_pairs(tokenizer, pairs)
+        for label, side in (("prompt + chosen tokens", "chosen"), ("prompt + rejected tokens", "rejected")):
+            for line in _length_lines(label, [len(getattr(t, side).input_ids) for t in tokenized], args.max_length):
+                print(line)
+        print(f"  completion tokens: chosen {sum(t.chosen.num_trained for t in tokenized):,}, "
+              f"rejected {sum(t.rejected.num_trained for t in tokenized):,}")
+    for problem in parsed.problems:
+        print(problem)
+    return 2 if parsed.problems else 0
+
+
+def validate_sft(args) -> int:
     from tunesmith.data.formats import read_sft_file
     from tunesmith.data.prepare import length_stats
     from tunesmith.data.templates import tokenize_conversations

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from tunesmith.config.load import add_arguments, build_config
+from tunesmith.config.load import add_arguments, build_run_config
 from tunesmith.config.schema import SFTConfig
 
 
@@ -19,10 +17,5 @@ def register(sub) -> None:
 def run(args) -> int:
     from tunesmith.recipes.sft import run_sft
 
-    base = None
-    out = getattr(args, "out", None)
-    if getattr(args, "resume", False) and out and (Path(out) / "config.yaml").is_file():
-        base = Path(out) / "config.yaml"  # resume with the run's own settings; flags still override
-    cfg = build_config(SFTConfig, args, base_file=base)
-    run_sft(cfg, progress=args.progress)
+    run_sft(build_run_config(SFTConfig, args), progress=args.progress)
     return 0

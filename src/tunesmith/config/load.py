@@ -195,6 +195,15 @@ def build_config(cls: type, args: argparse.Namespace | dict | None = None,
     return cfg
 
 
+def build_run_config(cls: type, args: argparse.Namespace) -> Any:
+    """A training command's config; `--resume` starts from the run's own saved config.yaml (flags still win)."""
+    base = None
+    out = getattr(args, "out", None)
+    if getattr(args, "resume", False) and out and (Path(out) / "config.yaml").is_file():
+        base = Path(out) / "config.yaml"
+    return build_config(cls, args, base_file=base)
+
+
 def config_to_dict(cfg: Any) -> dict:
     return dataclasses.asdict(cfg)
 

@@ -8,12 +8,16 @@ so a new option is added in exactly one place.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from tunesmith.errors import ConfigError
 
 METHODS = ("lora", "qlora", "full")
 DEFAULT_LR = {"full": 1e-5, "lora": 2e-4, "qlora": 2e-4}
+# Preference optimisation moves a model further per step than SFT (the loss pushes log-ratios apart
+# without bound), so its customary rates are lower: DPO papers use 5e-7..1e-6 for full fine-tuning.
+DPO_DEFAULT_LR = {"full": 1e-6, "lora": 5e-5, "qlora": 5e-5}
+PREFERENCE_LOSS_NAMES = ("dpo", "ipo")  # keys of tunesmith.losses.dpo.PREFERENCE_LOSSES (a test checks)
 
 
 def opt(default: Any, flag: str, help: str, choices: tuple[str, ...] | None = None) -> Any:
@@ -33,6 +37,17 @@ class DataConfig:
 
 
 @dataclass
+class PreferenceDataConfig:
+    train: str | None = opt(None, "--data", "preference pairs, JSONL: OpenAI `input`/`preferred_output`/"
+                            "`non_preferred_output` or `prompt`/`chosen`/`rejected`")
+    eval: str | None = opt(None, "--eval-data", "evaluation pairs in the same format")
+    eval_split: float = opt(0.0, "--eval-split", "fraction of the training pairs held out for eval when no --eval-data")
+    max_length: int = opt(512, "--max-length", "tokens per prompt + completion (and per packed row)")
+    overlength: str = opt("truncate", "--overlength", "what to do with longer pairs", ("truncate", "drop"))
+    packing: bool = opt(False, "--packing", "pack the chosen and rejected sequences of a micro-batch into rows")
+
+
+@dataclass
 class LoraConfig:
     r: int = opt(16, "--lora-r", "LoRA rank")
     alpha: float = opt(32.0, "--lora-alpha", "LoRA alpha (scale = alpha / r)")
@@ -42,7 +57,7 @@ class LoraConfig:
 
 @dataclass
 class TrainConfig:
-    lr: float | None = opt(None, "--lr", "peak learning rate (default: 1e-5 full, 2e-4 lora/qlora)")
+    lr: float | None = opt(None, "--lr", "peak learning rate (default sft: 1e-5 full, 2e-4 lora/qlora; dpo: 1e-6 full, 5e-5 lora/qlora)")
     epochs: int = opt(1, "--epochs", "passes over the training data")
     max_steps: int | None = opt(None, "--max-steps", "optimizer steps; overrides --epochs")
     batch_size: int = opt(8, "--batch-size", "examples per optimizer step (global)")
@@ -71,6 +86,8 @@ class SFTConfig:
     lora: LoraConfig = field(default_factory=LoraConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
+    default_lr: ClassVar[dict[str, float]] = DEFAULT_LR
+
     def validate(self) -> None:
         """Check values that types alone cannot; fill derived defaults (learning rate per method)."""
         if self.data.train is None:
@@ -81,7 +98,7 @@ class SFTConfig:
             raise ConfigError("overwrite, resume: choose one; --resume continues the run that --overwrite would delete")
         t = self.train
         if t.lr is None:
-            t.lr = DEFAULT_LR[self.method]
+            t.lr = self.default_lr[self.method]
         if t.micro_batch_size is None:
             t.micro_batch_size = t.batch_size
         checks = [
@@ -104,3 +121,28 @@ class SFTConfig:
         for ok, key, why in checks:
             if not ok:
                 raise ConfigError(f"{key}: {why}")
+
+
+@dataclass
+class DPOOptions:
+    beta: float = opt(0.1, "--beta", "strength of the pull towards the reference (DPO β; IPO τ)")
+    loss: str = opt("dpo", "--loss", "preference loss", PREFERENCE_LOSS_NAMES)
+    sft_weight: float = opt(0.0, "--sft-weight", "add this times the chosen answer's NLL per token (0: off)")
+    precompute_ref: bool = opt(False, "--precompute-ref", "compute the reference log-probs once before training "
+                               "(always on for full fine-tuning; saves lora/qlora one forward per step)")
+
+
+@dataclass
+class DPOConfig(SFTConfig):
+    """Direct preference optimisation: the SFT options that apply, preference data and `dpo.*`."""
+
+    data: PreferenceDataConfig = field(default_factory=PreferenceDataConfig)
+    dpo: DPOOptions = field(default_factory=DPOOptions)
+    default_lr: ClassVar[dict[str, float]] = DPO_DEFAULT_LR
+
+    def validate(self) -> None:
+        super().validate()
+        if not self.dpo.beta > 0:
+            raise ConfigError("dpo.beta: must be > 0")
+        if self.dpo.sft_weight < 0:
+            raise ConfigError("dpo.sft_weight: must be >= 0")

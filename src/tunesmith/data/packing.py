@@ -50,11 +50,12 @@ class Batch:
     attention_mask: torch.Tensor | None  # unpacked rows: 1 for real tokens, 0 for padding
     num_tokens: int  # real (non-padding) tokens
     num_targets: int  # tokens the loss covers
+    example_ids: torch.Tensor  # [rows, length]: index of the example (in the collated list) or -1 for padding
 
     def to(self, device: torch.device) -> "Batch":
         move = lambda t: None if t is None else t.to(device, non_blocking=True)  # noqa: E731
         return Batch(move(self.input_ids), move(self.targets), move(self.position_ids),
-                     move(self.attention_mask), self.num_tokens, self.num_targets)
+                     move(self.attention_mask), self.num_tokens, self.num_targets, move(self.example_ids))
 
 
 def collate_padded(examples: list[TokenizedExample], pad_id: int) -> Batch:
@@ -63,12 +64,14 @@ def collate_padded(examples: list[TokenizedExample], pad_id: int) -> Batch:
     ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
     targets = torch.full((len(examples), width), IGNORE, dtype=torch.long)
     mask = torch.zeros((len(examples), width), dtype=torch.long)
+    owner = torch.full((len(examples), width), -1, dtype=torch.long)
     for r, e in enumerate(examples):
         n = len(e.input_ids)
         ids[r, :n] = torch.tensor(e.input_ids)
         targets[r, :n] = torch.tensor(shifted_targets(e.labels))
         mask[r, :n] = 1
-    return Batch(ids, targets, None, mask, int(mask.sum()), int((targets != IGNORE).sum()))
+        owner[r, :n] = r
+    return Batch(ids, targets, None, mask, int(mask.sum()), int((targets != IGNORE).sum()), owner)
 
 
 def collate_packed(examples: list[TokenizedExample], max_length: int, pad_id: int) -> Batch:
@@ -78,6 +81,7 @@ def collate_packed(examples: list[TokenizedExample], max_length: int, pad_id: in
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     targets = torch.full((len(rows), width), IGNORE, dtype=torch.long)
     positions = torch.zeros((len(rows), width), dtype=torch.long)
+    owner = torch.full((len(rows), width), -1, dtype=torch.long)
     real = 0
     for r, row in enumerate(rows):
         at = 0
@@ -87,11 +91,12 @@ def collate_packed(examples: list[TokenizedExample], max_length: int, pad_id: in
             ids[r, at : at + n] = torch.tensor(e.input_ids)
             targets[r, at : at + n] = torch.tensor(shifted_targets(e.labels))
             positions[r, at : at + n] = torch.arange(n)
+            owner[r, at : at + n] = i
             at += n
         real += at
         # the padding tail is its own "sequence" (positions restart at 0), isolated like the rest
         positions[r, at:] = torch.arange(width - at)
-    return Batch(ids, targets, positions, None, real, int((targets != IGNORE).sum()))
+    return Batch(ids, targets, positions, None, real, int((targets != IGNORE).sum()), owner)
 
 
 def collate(examples: list[TokenizedExample], packing: bool, max_length: int, pad_id: int) -> Batch:

@@ -7,12 +7,14 @@ from dataclasses import dataclass, field
 
 import torch
 
-from tunesmith.config.schema import DataConfig
-from tunesmith.data.formats import load_sft_file
+from tunesmith.config.schema import DataConfig, PreferenceDataConfig
+from tunesmith.data.formats import Conversation, load_sft_file
+from tunesmith.data.preference import PreferencePair, load_preference_file
 from tunesmith.data.templates import TokenizedExample, apply_length_policy, tokenize_conversations
 from tunesmith.errors import ConfigError, DataError
 
 FEW_EXAMPLES = 1000
+FEW_PAIRS = 500
 MAX_EPOCHS = 3
 
 
@@ -57,6 +59,17 @@ def _load(path: str, tokenizer, cfg: DataConfig, label: str, notes: list[str]) -
     return result.examples
 
 
+def hold_out(items: list, fraction: float, seed: int, notes: list[str], unit: str) -> tuple[list, list]:
+    """(train, eval): a seeded random `fraction` of `items` held out, both in their original order."""
+    g = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(items), generator=g).tolist()
+    n_eval = max(1, round(fraction * len(items)))
+    if n_eval >= len(items):
+        raise ConfigError(f"data.eval_split: {fraction} leaves no training {unit} out of {len(items)}")
+    notes.append(f"held out {n_eval} training {unit}(s) for evaluation (--eval-split {fraction})")
+    return [items[i] for i in sorted(order[n_eval:])], [items[i] for i in sorted(order[:n_eval])]
+
+
 def prepare_sft_data(cfg: DataConfig, tokenizer, seed: int) -> PreparedData:
     notes: list[str] = []
     train = _load(cfg.train, tokenizer, cfg, "train", notes)
@@ -64,16 +77,90 @@ def prepare_sft_data(cfg: DataConfig, tokenizer, seed: int) -> PreparedData:
     if cfg.eval:
         evaluation = _load(cfg.eval, tokenizer, cfg, "eval", notes)
     elif cfg.eval_split > 0:
-        g = torch.Generator().manual_seed(seed)
-        order = torch.randperm(len(train), generator=g).tolist()
-        n_eval = max(1, round(cfg.eval_split * len(train)))
-        if n_eval >= len(train):
-            raise ConfigError(f"data.eval_split: {cfg.eval_split} leaves no training example out of {len(train)}")
-        evaluation = [train[i] for i in sorted(order[:n_eval])]
-        train = [train[i] for i in sorted(order[n_eval:])]
-        notes.append(f"held out {n_eval} training example(s) for evaluation (--eval-split {cfg.eval_split})")
+        train, evaluation = hold_out(train, cfg.eval_split, seed, notes, "example")
     warnings = []
     if len(train) < FEW_EXAMPLES:
         warnings.append(f"only {len(train)} training examples: fewer than {FEW_EXAMPLES} often under-specifies "
                         "the behaviour; watch the eval loss for overfitting")
     return PreparedData(train, evaluation, notes, warnings)
+
+
+# ---- preference pairs ---------------------------------------------------------------------------
+
+@dataclass
+class TokenizedPair:
+    chosen: TokenizedExample  # prompt + chosen completion; labels on the completion only
+    rejected: TokenizedExample  # prompt + rejected completion
+    where: str
+
+
+def _side(pair: PreferencePair, completion: list[dict]) -> Conversation:
+    # earlier assistant turns inside the prompt are context (weight 0); the completion is what is scored
+    prompt = [{**m, "weight": 0} for m in pair.prompt]
+    return Conversation(prompt + [{**m, "weight": 1} for m in completion], pair.where)
+
+
+def tokenize_pairs(tokenizer, pairs: list[PreferencePair]) -> list[TokenizedPair]:
+    """Chat-template both sides of every pair; the loss covers completion tokens only."""
+    chosen = tokenize_conversations(tokenizer, [_side(p, p.chosen) for p in pairs])
+    rejected = tokenize_conversations(tokenizer, [_side(p, p.rejected) for p in pairs])
+    return [TokenizedPair(c, r, p.where) for p, c, r in zip(pairs, chosen, rejected)]
+
+
+def apply_pair_length_policy(pairs: list[TokenizedPair], max_length: int, overlength: str, label: str,
+                             notes: list[str]) -> list[TokenizedPair]:
+    """The SFT length policy on both sides; a pair is kept only if both of its sides are."""
+    kept, truncated, dropped_long, dropped_empty = [], 0, 0, 0
+    for pair in pairs:
+        sides = [apply_length_policy([ex], max_length, overlength) for ex in (pair.chosen, pair.rejected)]
+        if all(side.examples for side in sides):
+            kept.append(TokenizedPair(sides[0].examples[0], sides[1].examples[0], pair.where))
+            truncated += any(side.truncated for side in sides)
+        elif any(side.dropped_overlength for side in sides):
+            dropped_long += 1
+        else:
+            dropped_empty += 1
+    if truncated:
+        notes.append(f"{label}: truncated {truncated} pair(s) to {max_length} tokens per side")
+    if dropped_long:
+        notes.append(f"{label}: dropped {dropped_long} pair(s) with a side longer than {max_length} tokens")
+    if dropped_empty:
+        notes.append(f"{label}: dropped {dropped_empty} pair(s) with a completion starting past {max_length} tokens")
+    return kept
+
+
+@dataclass
+class PreparedPreferences:
+    train: list[TokenizedPair]
+    eval: list[TokenizedPair]
+    notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+def _load_pairs(path: str, tokenizer, cfg: PreferenceDataConfig, label: str, notes: list[str],
+                warnings: list[str]) -> list[TokenizedPair]:
+    parsed = load_preference_file(path)
+    if parsed.identical:
+        lines = ", ".join(map(str, parsed.identical_lines[:10])) + (", ..." if parsed.identical > 10 else "")
+        warnings.append(f"{path}: dropped {parsed.identical} pair(s) whose chosen and rejected are identical "
+                        f"(line {lines})")
+    pairs = apply_pair_length_policy(tokenize_pairs(tokenizer, parsed.pairs), cfg.max_length, cfg.overlength,
+                                     label, notes)
+    if not pairs:
+        raise DataError([f"{path}: no pair left after the length policy (max_length {cfg.max_length})"])
+    return pairs
+
+
+def prepare_preference_data(cfg: PreferenceDataConfig, tokenizer, seed: int) -> PreparedPreferences:
+    notes: list[str] = []
+    warnings: list[str] = []
+    train = _load_pairs(cfg.train, tokenizer, cfg, "train", notes, warnings)
+    evaluation: list[TokenizedPair] = []
+    if cfg.eval:
+        evaluation = _load_pairs(cfg.eval, tokenizer, cfg, "eval", notes, warnings)
+    elif cfg.eval_split > 0:
+        train, evaluation = hold_out(train, cfg.eval_split, seed, notes, "pair")
+    if len(train) < FEW_PAIRS:
+        warnings.append(f"only {len(train)} training pairs: fewer than {FEW_PAIRS} rarely pins down a preference; "
+                        "watch the eval reward accuracy")
+    return PreparedPreferences(train, evaluation, notes, warnings)

@@ -27,6 +27,11 @@ class TokenizedExample:
     def num_trained(self) -> int:
         return sum(label != IGNORE for label in self.labels)
 
+    @property
+    def num_targets(self) -> int:
+        """Positions the loss covers once shifted: the first token is never predicted."""
+        return sum(label != IGNORE for label in self.labels[1:])
+
 
 def _render(tokenizer, messages: list[dict], add_generation_prompt: bool) -> str:
     plain = [{"role": m["role"], "content": m["content"]} for m in messages]

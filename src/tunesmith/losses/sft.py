@@ -45,10 +45,19 @@ def token_nll_sum(hidden: torch.Tensor, targets: torch.Tensor, lm_head_weight: t
 
 
 def sequence_logps(hidden: torch.Tensor, targets: torch.Tensor, lm_head_weight: torch.Tensor,
-                   lm_head_bias: torch.Tensor | None = None, chunk_size: int = 2048) -> torch.Tensor:
-    """Per-row sum of target log-probabilities, log π(y | x) = Σ_t logp_t: [rows].
+                   lm_head_bias: torch.Tensor | None = None, example_ids: torch.Tensor | None = None,
+                   num_examples: int | None = None, chunk_size: int = 2048) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sequence sum of target log-probabilities, log π(y | x) = Σ_t logp_t, and target counts.
 
-    One sequence per row (not packed); rows with no target get 0.
+    `example_ids` [rows, T] names the sequence each position belongs to (packed rows hold several);
+    without it each row is one sequence. Returns ([num_examples] sums, [num_examples] target counts);
+    a sequence with no target gets 0.
     """
-    logps, rows = target_logps(hidden, targets, lm_head_weight, lm_head_bias, chunk_size)
-    return torch.zeros(targets.shape[0], dtype=logps.dtype, device=logps.device).index_add(0, rows, logps)
+    logps, owner = target_logps(hidden, targets, lm_head_weight, lm_head_bias, chunk_size)
+    if example_ids is not None:
+        owner = example_ids.reshape(-1)[targets.reshape(-1) != IGNORE]
+    if num_examples is None:
+        num_examples = targets.shape[0] if example_ids is None else int(example_ids.max()) + 1
+    sums = torch.zeros(num_examples, dtype=logps.dtype, device=logps.device).index_add(0, owner, logps)
+    counts = torch.bincount(owner, minlength=num_examples)
+    return sums, counts

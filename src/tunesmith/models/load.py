@@ -108,6 +108,23 @@ def load_model(model_dir: Path, device: torch.device, quantize_4bit: bool = Fals
     return model
 
 
+def keep_4bit_differentiable(model: torch.nn.Module) -> int:
+    """Stop bitsandbytes from repacking NF4 weights for CPU inference inside a model that trains.
+
+    bitsandbytes 0.50, on CPUs with AVX512-BF16, repacks a Linear4bit's weight the first time it runs
+    in eval mode without grad (an evaluation pass, or DPO's reference log-probs) and from then on
+    uses a kernel with no autograd: later training forwards silently stop propagating gradients
+    through the frozen base, so every adapter below the top layer gets a wrong gradient. Returns the
+    number of layers switched to the differentiable path.
+    """
+    count = 0
+    for module in model.modules():
+        if getattr(module, "support_avx512bf16_for_cpu", False):
+            module.support_avx512bf16_for_cpu = False
+            count += 1
+    return count
+
+
 def weight_bytes(model: torch.nn.Module) -> int:
     """Bytes held by parameters and buffers as stored (4-bit weights count as packed bytes)."""
     return sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])

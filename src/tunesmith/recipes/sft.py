@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import time
 from dataclasses import dataclass
@@ -18,20 +17,19 @@ from typing import Any, Callable
 import torch
 from tqdm import tqdm
 
-from tunesmith.adapters.lora import apply_lora, parameter_counts
-from tunesmith.atomic import atomic_directory, atomic_write_text
-from tunesmith.config.load import config_to_yaml
+from tunesmith.atomic import atomic_write_text
 from tunesmith.config.schema import SFTConfig
 from tunesmith.data.packing import collate
 from tunesmith.data.prepare import epochs_warning, prepare_sft_data
-from tunesmith.models import load_model, load_tokenizer, resolve_model_dir, select_device
-from tunesmith.models.load import autocast_dtype, fp32_weight_bytes, weight_bytes
+from tunesmith.models import load_tokenizer, resolve_model_dir, select_device
+from tunesmith.models.load import autocast_dtype
 from tunesmith.train.checkpoint import load_checkpoint, save_checkpoint
 from tunesmith.train.metrics import MetricsLog
+from tunesmith.train.model_setup import build_trainable_model, save_trained, write_run_config
 from tunesmith.train.order import split_micro, step_indices, steps_per_epoch
 from tunesmith.train.rundir import prepare_run_dir
 from tunesmith.train.schedule import build_optimizer, lr_multiplier, set_lr
-from tunesmith.train.step import batch_nll_sum, evaluate_nll, unwrap
+from tunesmith.train.step import batch_nll_sum, evaluate_nll, optimizer_step
 
 
 @dataclass
@@ -43,10 +41,6 @@ class SFTResult:
     eval_loss: float | None
     seconds: float
     model: torch.nn.Module  # the trained model, still in memory (PEFT-wrapped for lora/qlora)
-
-
-def _gb(n: int) -> str:
-    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
 
 
 def run_sft(cfg: SFTConfig, say: Callable[[str], None] = print, progress: bool = True) -> SFTResult:
@@ -63,26 +57,8 @@ def run_sft(cfg: SFTConfig, say: Callable[[str], None] = print, progress: bool =
         say(f"warning: {line}")
 
     run_dir, resume_from = prepare_run_dir(cfg.out, cfg.overwrite, cfg.resume)
-    saved = dataclasses.replace(cfg, overwrite=False, resume=False)
-    atomic_write_text(run_dir / "config.yaml", config_to_yaml(
-        saved, f"# resolved config; rerun with: tunesmith sft --config {run_dir / 'config.yaml'} --out NEW_DIR"))
-
-    torch.manual_seed(cfg.train.seed)  # LoRA initialisation and dropout draw from this generator
-    quantized = cfg.method == "qlora"
-    model = load_model(model_dir, device, quantize_4bit=quantized,
-                       compute_dtype=amp_dtype or torch.float32)
-    if quantized:
-        say(f"qlora: base weights {_gb(weight_bytes(model))} in NF4 (double-quantized) "
-            f"vs {_gb(fp32_weight_bytes(model))} in fp32")
-    if cfg.method in ("lora", "qlora"):
-        model = apply_lora(model, cfg.lora)
-    else:
-        model.requires_grad_(True)
-    if cfg.train.gradient_checkpointing:
-        # non-reentrant checkpointing works with a frozen embedding (no input grads needed)
-        unwrap(model).gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    trainable, total = parameter_counts(model)
-    say(f"{cfg.method}: trainable params {trainable:,} of {total:,} ({100 * trainable / total:.4f}%)")
+    write_run_config(run_dir, cfg, "sft")
+    model, trainable, total = build_trainable_model(cfg, model_dir, device, amp_dtype, say)
 
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = build_optimizer(params, cfg.train.lr, cfg.train.weight_decay)
@@ -131,12 +107,7 @@ def run_sft(cfg: SFTConfig, say: Callable[[str], None] = print, progress: bool =
             nll = batch_nll_sum(model, batch.to(device), amp_dtype)
             (nll / max(1, step_targets)).backward()
             loss_sum += nll.item()
-        if cfg.train.max_grad_norm > 0:
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.train.max_grad_norm))
-        else:
-            grad_norm = float(torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None]))
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        grad_norm = optimizer_step(params, optimizer, cfg.train.max_grad_norm)
         step += 1
         step_tokens = sum(b.num_tokens for b in batches)
         tokens_seen += step_tokens
@@ -176,19 +147,3 @@ def run_sft(cfg: SFTConfig, say: Callable[[str], None] = print, progress: bool =
     model.eval()
     return SFTResult(run_dir, output, step, last_loss, eval_loss, seconds, model)
 
-
-def save_trained(model: torch.nn.Module, tokenizer, run_dir: Path, method: str, model_dir: Path) -> Path:
-    """adapter/ (PEFT: adapter_config.json + adapter_model.safetensors) or model/ (full weights)."""
-    if method in ("lora", "qlora"):
-        target = run_dir / "adapter"
-        # point the adapter at the local base so PEFT's own loaders find it without a hub
-        for peft_cfg in model.peft_config.values():
-            peft_cfg.base_model_name_or_path = str(model_dir)
-        with atomic_directory(target) as tmp:
-            model.save_pretrained(tmp)
-        return target
-    target = run_dir / "model"
-    with atomic_directory(target) as tmp:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-    return target

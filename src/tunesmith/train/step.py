@@ -8,7 +8,7 @@ import torch
 
 from tunesmith.data.packing import Batch, collate
 from tunesmith.data.templates import TokenizedExample
-from tunesmith.losses.sft import token_nll_sum
+from tunesmith.losses.sft import sequence_logps, token_nll_sum
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -23,19 +23,43 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+def _final_hidden(model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.nn.Module]:
+    """The decoder body's last hidden states and the LM head, without the head's full-vocabulary pass."""
+    inner = unwrap(model)
+    hidden = inner.get_decoder()(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                                 position_ids=batch.position_ids, use_cache=False).last_hidden_state
+    return hidden, inner.get_output_embeddings()
+
+
 def batch_nll_sum(model: torch.nn.Module, batch: Batch, amp_dtype: torch.dtype | None = None) -> torch.Tensor:
     """Σ token NLL over the batch's trained tokens.
 
     Runs the decoder body, then the LM head only at trained positions (`token_nll_sum`), instead of
     the model's own forward, which would build logits for every position.
     """
-    inner = unwrap(model)
-    decoder, head = inner.get_decoder(), inner.get_output_embeddings()
-    device = batch.input_ids.device
-    with autocast(device, amp_dtype):
-        hidden = decoder(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                         position_ids=batch.position_ids, use_cache=False).last_hidden_state
+    with autocast(batch.input_ids.device, amp_dtype):
+        hidden, head = _final_hidden(model, batch)
         return token_nll_sum(hidden, batch.targets, head.weight, getattr(head, "bias", None))
+
+
+def batch_sequence_logps(model: torch.nn.Module, batch: Batch, num_examples: int,
+                         amp_dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """log π(y | x) summed over each collated example's trained tokens, and their counts: [num_examples] each."""
+    with autocast(batch.input_ids.device, amp_dtype):
+        hidden, head = _final_hidden(model, batch)
+        return sequence_logps(hidden, batch.targets, head.weight, getattr(head, "bias", None),
+                              batch.example_ids, num_examples)
+
+
+def optimizer_step(params: list[torch.nn.Parameter], optimizer: torch.optim.Optimizer, max_grad_norm: float) -> float:
+    """Clip (when max_grad_norm > 0), step, clear gradients; returns the gradient norm before clipping."""
+    if max_grad_norm > 0:
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_grad_norm))
+    else:
+        grad_norm = float(torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None]))
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return grad_norm
 
 
 @torch.no_grad()

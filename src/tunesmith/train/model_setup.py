@@ -1,0 +1,70 @@
+"""What every recipe does around its loop: the trainable model, the saved config, the saved result."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from tunesmith.adapters.lora import apply_lora, parameter_counts
+from tunesmith.atomic import atomic_directory, atomic_write_text
+from tunesmith.config.load import config_to_yaml
+from tunesmith.models import load_model
+from tunesmith.models.load import fp32_weight_bytes, keep_4bit_differentiable, weight_bytes
+from tunesmith.train.step import unwrap
+
+
+def human_bytes(n: int) -> str:
+    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
+
+
+def build_trainable_model(cfg, model_dir: Path, device: torch.device, amp_dtype: torch.dtype | None,
+                          say: Callable[[str], None]) -> tuple[torch.nn.Module, int, int]:
+    """The base (NF4 for qlora) with a fresh PEFT LoRA adapter, or every weight trainable for full.
+
+    `cfg` is any recipe config with `method`, `lora` and `train`; seeds torch first, so the adapter's
+    initialisation depends only on `train.seed`. Returns (model, trainable params, total params).
+    """
+    torch.manual_seed(cfg.train.seed)  # LoRA initialisation and dropout draw from this generator
+    quantized = cfg.method == "qlora"
+    model = load_model(model_dir, device, quantize_4bit=quantized, compute_dtype=amp_dtype or torch.float32)
+    if quantized:
+        keep_4bit_differentiable(model)
+        say(f"qlora: base weights {human_bytes(weight_bytes(model))} in NF4 (double-quantized) "
+            f"vs {human_bytes(fp32_weight_bytes(model))} in fp32")
+    if cfg.method in ("lora", "qlora"):
+        model = apply_lora(model, cfg.lora)
+    else:
+        model.requires_grad_(True)
+    if cfg.train.gradient_checkpointing:
+        # non-reentrant checkpointing works with a frozen embedding (no input grads needed)
+        unwrap(model).gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    trainable, total = parameter_counts(model)
+    say(f"{cfg.method}: trainable params {trainable:,} of {total:,} ({100 * trainable / total:.4f}%)")
+    return model, trainable, total
+
+
+def write_run_config(run_dir: Path, cfg, recipe: str) -> None:
+    """RUN/config.yaml: the resolved config, rerunnable (`--resume` reads it back)."""
+    saved = dataclasses.replace(cfg, overwrite=False, resume=False)
+    atomic_write_text(run_dir / "config.yaml", config_to_yaml(
+        saved, f"# resolved config; rerun with: tunesmith {recipe} --config {run_dir / 'config.yaml'} --out NEW_DIR"))
+
+
+def save_trained(model: torch.nn.Module, tokenizer, run_dir: Path, method: str, model_dir: Path) -> Path:
+    """adapter/ (PEFT: adapter_config.json + adapter_model.safetensors) or model/ (full weights)."""
+    if method in ("lora", "qlora"):
+        target = run_dir / "adapter"
+        # point the adapter at the local base so PEFT's own loaders find it without a hub
+        for peft_cfg in model.peft_config.values():
+            peft_cfg.base_model_name_or_path = str(model_dir)
+        with atomic_directory(target) as tmp:
+            model.save_pretrained(tmp)
+        return target
+    target = run_dir / "model"
+    with atomic_directory(target) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+    return target
