@@ -176,3 +176,25 @@ def test_cli_dpo_and_bad_data(tmp_path, pairs_file, capsys):
 
     assert main(["dpo", "--data", str(pairs_file), "--out", str(out), "--beta", "0"]) == 2
     assert "dpo.beta: must be > 0" in capsys.readouterr().err
+
+
+def test_data_validate_preference(tmp_path, capsys):
+    rows = preference_rows(4) + [
+        {"prompt": "same", "chosen": "x", "rejected": "x"},                                  # 5 identical
+        {"prompt": "q", "chosen": "   ", "rejected": "b"},                                   # 6 empty
+        {"input": {"messages": [{"role": "assistant", "content": "q"}]},
+         "preferred_output": [{"role": "assistant", "content": "a"}],
+         "non_preferred_output": [{"role": "assistant", "content": "b"}]},                   # 7 prompt ends badly
+    ]
+    path = write_jsonl(tmp_path / "prefs.jsonl", rows)
+    code = main(["data", "validate", str(path), "--kind", "preference", "--model", "tiny-random-llama"])
+    out = capsys.readouterr().out
+    assert code == 2
+    assert f"{path}: 4 valid pair(s), 2 problem(s)" in out
+    assert "1 pair(s) with identical chosen and rejected will be dropped (line 5)" in out
+    assert f"{path}:6: `chosen`: empty" in out
+    assert f"{path}:7: `input.messages`: must end with a user turn" in out
+    assert "prompt + chosen tokens: min" in out and "prompt + rejected tokens: min" in out
+
+    good = write_jsonl(tmp_path / "good.jsonl", preference_rows(4))
+    assert main(["data", "validate", str(good), "--kind", "preference", "--model", "tiny-random-llama"]) == 0

@@ -9,11 +9,11 @@ import yaml
 
 from tunesmith.cli import build_parser
 from tunesmith.config.load import build_config
-from tunesmith.config.schema import SFTConfig
+from tunesmith.config.schema import DPOConfig, SFTConfig
 from tunesmith.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
-SHIPPED = sorted((ROOT / "configs" / "sft").glob("*.yaml"))
+SHIPPED = sorted((ROOT / "configs").glob("*/*.yaml"))
 REQUIRED = ["--data", "train.jsonl", "--out", "runs/x"]
 
 
@@ -188,19 +188,34 @@ def test_dict_args_work_without_argparse():
     assert cfg.train.batch_size == 4
 
 
-@pytest.mark.skipif(not SHIPPED, reason="no configs/sft/*.yaml shipped yet")
-@pytest.mark.parametrize("path", SHIPPED, ids=[p.name for p in SHIPPED])
+@pytest.mark.skipif(not SHIPPED, reason="no configs/*/*.yaml shipped yet")
+@pytest.mark.parametrize("path", SHIPPED, ids=[f"{p.parent.name}/{p.name}" for p in SHIPPED])
 def test_shipped_configs_load(path):
+    recipe = path.parent.name  # configs/<recipe>/*.yaml
+    schema = {"sft": SFTConfig, "dpo": DPOConfig}[recipe]
     first = path.read_text(encoding="utf-8").splitlines()[0]
-    assert first.startswith("# tunesmith sft --config"), first
+    assert first == f"# tunesmith {recipe} --config configs/{recipe}/{path.name}", first
     # the shipped file may or may not name data/out; supply them as flags so validate() runs
-    cfg = build_config(SFTConfig, build_parser().parse_args(["sft", "--config", str(path), *REQUIRED]))
+    cfg = build_config(schema, build_parser().parse_args([recipe, "--config", str(path), *REQUIRED]))
     assert cfg.method in ("lora", "qlora", "full") and cfg.train.lr > 0
     assert cfg.data.train == "train.jsonl" and cfg.out == "runs/x"  # flags override the file
     # data files the config names (relative to the repository root, where its first line runs it) exist
-    raw = build_config(SFTConfig, {"config": str(path), "data.train": "x", "out": "y"})
+    raw = build_config(schema, {"config": str(path), "data.train": "x", "out": "y"})
     for name in ("train", "eval"):
         named = yaml.safe_load(path.read_text(encoding="utf-8")).get("data", {}).get(name)
         if named:
             assert (ROOT / named).is_file(), f"{path.name}: data.{name} {named} does not exist"
     assert raw.method == cfg.method
+
+
+def test_dpo_defaults_and_checks():
+    cfg = build_config(DPOConfig, {"data.train": "p.jsonl", "out": "o"})
+    assert (cfg.dpo.beta, cfg.dpo.loss, cfg.dpo.sft_weight, cfg.dpo.precompute_ref) == (0.1, "dpo", 0.0, False)
+    assert cfg.train.lr == 5e-5 and cfg.data.packing is False
+    assert build_config(DPOConfig, {"data.train": "p", "out": "o", "method": "full"}).train.lr == 1e-6
+    with pytest.raises(ConfigError, match="dpo.loss: 'kto' is not one of dpo, ipo"):
+        build_config(DPOConfig, {"data.train": "p", "out": "o", "set": ["dpo.loss=kto"]})
+    with pytest.raises(ConfigError, match="unknown config key 'beta' \\(did you mean 'dpo.beta'"):
+        build_config(DPOConfig, {"data.train": "p", "out": "o", "set": ["beta=0.2"]})
+    with pytest.raises(ConfigError, match="unknown config key 'data.train_on_prompt'"):
+        build_config(DPOConfig, {"data.train": "p", "out": "o", "set": ["data.train_on_prompt=true"]})

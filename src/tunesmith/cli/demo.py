@@ -8,19 +8,31 @@ from tunesmith.errors import ConfigError
 
 
 def register(sub) -> None:
-    p = sub.add_parser("demo", help="fine-tune the embedded model on a structured-output task, show before/after")
-    p.add_argument("--out", default="runs/demo", help="run directory (default runs/demo)")
-    p.add_argument("--max-steps", type=int, default=72, help="optimizer steps of 8 examples")
+    p = sub.add_parser("demo", help="fine-tune the embedded model on a bundled task, show before/after",
+                       description="sft (default): LoRA SFT teaches support messages -> JSON. "
+                                   "dpo: LoRA DPO teaches a courteous, concise, actionable support-reply tone.")
+    p.add_argument("--recipe", choices=("sft", "dpo"), default="sft", help="which demo (default sft)")
+    p.add_argument("--out", help="run directory (default runs/demo, or runs/demo-dpo)")
+    p.add_argument("--max-steps", type=int, help="optimizer steps of 8 examples (default 72 sft, 24 dpo)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--limit", type=int, help="score only the first N held-out examples")
+    p.add_argument("--limit", type=int, help="sft: score only the first N held-out examples; "
+                                             "dpo: generate replies for only N held-out messages")
     p.add_argument("--no-progress", dest="progress", action="store_false")
     p.set_defaults(handler=run)
 
 
 def run(args) -> int:
+    if args.max_steps is not None and args.max_steps < 1:
+        raise ConfigError("--max-steps: must be >= 1")
+    if args.limit is not None and args.limit < 1:
+        raise ConfigError("--limit: must be >= 1")
+    if args.recipe == "dpo":
+        from tunesmith.demo.dpo import DEFAULT_STEPS, run_dpo_demo
+
+        run_dpo_demo(Path(args.out or "runs/demo-dpo"), args.max_steps or DEFAULT_STEPS, args.seed, args.limit,
+                     progress=args.progress)
+        return 0
     from tunesmith.demo.run import run_demo
 
-    if args.max_steps < 1:
-        raise ConfigError("--max-steps: must be >= 1")
-    run_demo(Path(args.out), args.max_steps, args.seed, args.limit, progress=args.progress)
+    run_demo(Path(args.out or "runs/demo"), args.max_steps or 72, args.seed, args.limit, progress=args.progress)
     return 0

@@ -51,7 +51,7 @@ class PreferenceDataConfig:
 class LoraConfig:
     r: int = opt(16, "--lora-r", "LoRA rank")
     alpha: float = opt(32.0, "--lora-alpha", "LoRA alpha (scale = alpha / r)")
-    dropout: float = opt(0.0, "--lora-dropout", "dropout on the LoRA input (0 is fastest: CPU dropout masks cost ~40% of a step)")
+    dropout: float = opt(0.0, "--lora-dropout", "dropout on the LoRA input (0 is fastest: CPU dropout masks cost ~40%% of a step)")
     target: str = opt("all-linear", "--target", "layers to adapt: all-linear, or a list such as q_proj,v_proj")
 
 
@@ -69,7 +69,7 @@ class TrainConfig:
     seed: int = opt(42, "--seed", "seed for initialisation, data order and dropout")
     gradient_checkpointing: bool = opt(False, "--gradient-checkpointing", "recompute activations in backward")
     precision: str = opt("auto", "--precision", "auto: bf16 autocast where the device supports it", ("auto", "fp32", "bf16"))
-    eval_every: int = opt(0, "--eval-every", "evaluate every N steps (0: only at the end)")
+    eval_every: int = opt(0, "--eval-every", "evaluate before training and every N steps (0: only at the end)")
     save_every: int = opt(50, "--save-every", "checkpoint every N steps (0: only at the end)")
     log_every: int = opt(1, "--log-every", "write metrics every N steps")
 

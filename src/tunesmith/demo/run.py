@@ -52,7 +52,7 @@ def score_model(model, tokenizer, heldout, batch_size: int = 60) -> tuple[dict, 
     return score_structured(outputs, references, FIELDS), outputs
 
 
-def _check_out(out: Path) -> None:
+def check_out(out: Path) -> None:
     """Replace a previous demo's directory, never anything else."""
     if out.is_dir() and any(out.iterdir()) and not (out / "config.yaml").is_file():
         raise OutputError(f"{out}: directory is not empty and is not a tunesmith run; choose another --out")
@@ -65,7 +65,7 @@ def run_demo(out: Path, max_steps: int = 72, seed: int = 0, limit: int | None = 
 
     started = time.time()
     out = Path(out)
-    _check_out(out)
+    check_out(out)
     heldout = load_sft_file(HELDOUT_FILE)[:limit]
     say(f"demo: {MODEL}, structured output (JSON with {', '.join(FIELDS)}), {len(heldout)} held-out messages")
 

@@ -229,6 +229,8 @@ def run_dpo(cfg: DPOConfig, say: Callable[[str], None] = print, progress: bool =
         save_checkpoint(run_dir, at_step, model, optimizer, {"pairs_seen": pairs_seen})
 
     # ---- loop --------------------------------------------------------------------------------
+    if cfg.train.eval_every and step == 0 and data.eval:  # the starting point: policy == reference
+        metrics.write({"step": 0, **evaluate()})
     model.train()
     bar = tqdm(total=total_steps, initial=step, disable=not progress, unit="step", dynamic_ncols=True)
     record: dict[str, Any] = {}

@@ -89,6 +89,8 @@ def run_sft(cfg: SFTConfig, say: Callable[[str], None] = print, progress: bool =
         save_checkpoint(run_dir, at_step, model, optimizer, {"tokens_seen": tokens_seen})
 
     # ---- loop --------------------------------------------------------------------------------
+    if cfg.train.eval_every and step == 0 and data.eval:  # the starting point of the eval curve
+        metrics.write({"step": 0, "eval_loss": evaluate()})
     model.train()
     bar = tqdm(total=total_steps, initial=step, disable=not progress, unit="step", dynamic_ncols=True)
     last_loss, eval_loss = None, None
