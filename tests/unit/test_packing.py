@@ -39,3 +39,32 @@ def test_collate_shapes_and_counts():
     assert packed.targets.tolist() == [[2, 3, IGNORE, 5, IGNORE]]
     assert packed.attention_mask is None
     assert (packed.num_tokens, packed.num_targets) == (5, 3)
+
+
+def test_shared_prompt_rows_give_each_sequence_its_own_logps(tiny_dir):
+    """Prompt once, chosen, then rejected restarting from the last prompt token: the same log-probs as
+    two separate padded sequences (including a completion pair that shares its first tokens)."""
+    import torch
+
+    from tunesmith.data.packing import collate_padded, collate_shared_prompt, shared_prefix_length
+    from tunesmith.data.templates import IGNORE, TokenizedExample
+    from tunesmith.models import load_model
+    from tunesmith.train.step import batch_sequence_logps
+
+    def ex(prompt, completion):
+        return TokenizedExample(prompt + completion, [IGNORE] * len(prompt) + completion, "t")
+
+    chosen = [ex([1, 5, 9, 12], [40, 41, 42]), ex([1, 7], [50, 51, 52, 53, 54]), ex([3, 3, 3, 8, 8], [60])]
+    rejected = [ex([1, 5, 9, 12], [40, 77]), ex([1, 7], [90]), ex([3, 3, 3, 8, 8], [61, 62, 63, 64])]
+    assert [shared_prefix_length(c, r) for c, r in zip(chosen, rejected)] == [4, 2, 5]  # prompts only
+    shared = collate_shared_prompt(chosen, rejected, pad_id=0)
+    # row = chosen + rejected from the last prompt token: (7 + 3), (7 + 2), (6 + 5) tokens
+    assert shared.input_ids.shape == (3, 11)
+    assert shared.num_tokens == 10 + 9 + 11
+    assert shared.position_ids[2].tolist() == [0, 1, 2, 3, 4, 5, 4, 5, 6, 7, 8]
+    model = load_model(tiny_dir, torch.device("cpu"))
+    with torch.no_grad():
+        expected, n_exp = batch_sequence_logps(model, collate_padded(chosen + rejected, 0), 6)
+        got, n_got = batch_sequence_logps(model, shared, 6)
+    assert torch.equal(n_exp, n_got)
+    assert torch.allclose(got, expected, atol=1e-5), (got, expected)

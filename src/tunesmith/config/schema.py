@@ -44,7 +44,8 @@ class PreferenceDataConfig:
     eval_split: float = opt(0.0, "--eval-split", "fraction of the training pairs held out for eval when no --eval-data")
     max_length: int = opt(512, "--max-length", "tokens per prompt + completion (and per packed row)")
     overlength: str = opt("truncate", "--overlength", "what to do with longer pairs", ("truncate", "drop"))
-    packing: bool = opt(False, "--packing", "pack the chosen and rejected sequences of a micro-batch into rows")
+    packing: bool = opt(False, "--packing", "pack the micro-batch's sequences into rows of max_length instead of "
+                        "one row per pair with the prompt computed once")
 
 
 @dataclass

@@ -47,7 +47,7 @@ class Batch:
     input_ids: torch.Tensor  # [rows, length]
     targets: torch.Tensor  # [rows, length], already shifted, IGNORE where no loss
     position_ids: torch.Tensor | None  # packed rows: restarting per example
-    attention_mask: torch.Tensor | None  # unpacked rows: 1 for real tokens, 0 for padding
+    attention_mask: torch.Tensor | None  # [rows, length] 1 for real tokens, 0 for padding; or [rows, 1, L, L] bool
     num_tokens: int  # real (non-padding) tokens
     num_targets: int  # tokens the loss covers
     example_ids: torch.Tensor  # [rows, length]: index of the example (in the collated list) or -1 for padding
@@ -101,3 +101,53 @@ def collate_packed(examples: list[TokenizedExample], max_length: int, pad_id: in
 
 def collate(examples: list[TokenizedExample], packing: bool, max_length: int, pad_id: int) -> Batch:
     return collate_packed(examples, max_length, pad_id) if packing else collate_padded(examples, pad_id)
+
+
+def shared_prefix_length(a: TokenizedExample, b: TokenizedExample) -> int:
+    """Tokens two sequences share before either has a trained label: the prompt they both continue."""
+    limit = min(len(a.input_ids), len(b.input_ids))
+    for labels in (a.labels, b.labels):
+        limit = min(limit, next((i for i, label in enumerate(labels) if label != IGNORE), limit))
+    n = 0
+    while n < limit and a.input_ids[n] == b.input_ids[n]:
+        n += 1
+    return n
+
+
+def collate_shared_prompt(chosen: list[TokenizedExample], rejected: list[TokenizedExample], pad_id: int) -> Batch:
+    """One row per pair: the prompt once, then the chosen reply, then the rejected reply.
+
+        row:       [ prompt p_0..p_P-1 | chosen c_1..c_C | p_P-1 r_1..r_R ]
+        positions:   0 .. P-1            P .. P+C-1        P-1 .. P-1+R
+        attends:     causal              prompt + itself   p_0..p_P-2 + itself
+
+    The rejected segment restarts from a copy of the last prompt token (whose output predicts r_1)
+    and sees the shared prompt but never the chosen reply, so every token's hidden state is exactly
+    what it would be in its own sequence, while the prompt (often half the tokens) is computed once.
+    Example ids: chosen i -> i, rejected i -> n + i, as in collate([*chosen, *rejected]).
+    """
+    n = len(chosen)
+    starts = [max(0, shared_prefix_length(c, r) - 1) for c, r in zip(chosen, rejected)]
+    lengths = [len(c.input_ids) + len(r.input_ids) - s for c, r, s in zip(chosen, rejected, starts)]
+    width = max(lengths)
+    ids = torch.full((n, width), pad_id, dtype=torch.long)
+    targets = torch.full((n, width), IGNORE, dtype=torch.long)
+    positions = torch.zeros((n, width), dtype=torch.long)
+    owner = torch.full((n, width), -1, dtype=torch.long)
+    mask = torch.tril(torch.ones(width, width, dtype=torch.bool)).repeat(n, 1, 1)
+    for b, (c, r, s) in enumerate(zip(chosen, rejected, starts)):
+        lc, lr = len(c.input_ids), len(r.input_ids) - s
+        ids[b, :lc] = torch.tensor(c.input_ids)
+        targets[b, :lc] = torch.tensor(shifted_targets(c.labels))
+        positions[b, :lc] = torch.arange(lc)
+        owner[b, :lc] = b
+        ids[b, lc : lc + lr] = torch.tensor(r.input_ids[s:])
+        targets[b, lc : lc + lr] = torch.tensor(shifted_targets(r.labels)[s:])
+        positions[b, lc : lc + lr] = torch.arange(s, s + lr)
+        owner[b, lc : lc + lr] = n + b
+        mask[b, lc:, s:lc] = False  # the rejected reply never sees the chosen one (nor the prompt copy it restarts from)
+        pad = torch.arange(lc + lr, width)
+        mask[b, pad, :] = False
+        mask[b, pad, pad] = True  # padding attends to itself only (no empty softmax rows)
+    real = sum(lengths)
+    return Batch(ids, targets, positions, mask[:, None], real, int((targets != IGNORE).sum()), owner)

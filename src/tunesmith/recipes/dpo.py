@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from tunesmith.atomic import atomic_write_bytes, atomic_write_text
 from tunesmith.config.schema import DPOConfig
-from tunesmith.data.packing import collate
+from tunesmith.data.packing import collate_packed, collate_shared_prompt
 from tunesmith.data.prepare import TokenizedPair, epochs_warning, prepare_preference_data
 from tunesmith.losses.dpo import PREFERENCE_LOSSES
 from tunesmith.models import load_tokenizer, resolve_model_dir, select_device
@@ -68,10 +68,18 @@ class Forward:
 
 def pair_forward(model: torch.nn.Module, pairs: list[TokenizedPair], packing: bool, max_length: int,
                  pad_id: int, device: torch.device, amp_dtype: torch.dtype | None) -> Forward:
-    """Chosen and rejected sequences in ONE forward: [chosen_1..n, rejected_1..n] as rows (or packed)."""
-    examples = [p.chosen for p in pairs] + [p.rejected for p in pairs]
-    batch = collate(examples, packing, max_length, pad_id).to(device)
-    logps, counts = batch_sequence_logps(model, batch, len(examples), amp_dtype)
+    """Chosen and rejected sequences in ONE forward.
+
+    Default: one row per pair with the prompt computed once (`collate_shared_prompt`); with packing,
+    the 2n sequences packed into rows of max_length. Both give each sequence its own exact log-prob.
+    """
+    chosen, rejected = [p.chosen for p in pairs], [p.rejected for p in pairs]
+    if packing:
+        batch = collate_packed(chosen + rejected, max_length, pad_id)
+    else:
+        batch = collate_shared_prompt(chosen, rejected, pad_id)
+    batch = batch.to(device)
+    logps, counts = batch_sequence_logps(model, batch, 2 * len(pairs), amp_dtype)
     n = len(pairs)
     return Forward(logps[:n], logps[n:], counts[:n], batch.num_tokens)
 
