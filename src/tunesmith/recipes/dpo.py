@@ -31,16 +31,16 @@ from tqdm import tqdm
 from tunesmith.atomic import atomic_write_bytes, atomic_write_text
 from tunesmith.config.schema import DPOConfig
 from tunesmith.data.packing import collate_packed, collate_shared_prompt
-from tunesmith.data.prepare import TokenizedPair, epochs_warning, prepare_preference_data
+from tunesmith.data.prepare import TokenizedPair, prepare_preference_data
 from tunesmith.losses.dpo import PREFERENCE_LOSSES
 from tunesmith.models import load_tokenizer, resolve_model_dir, select_device
 from tunesmith.models.load import autocast_dtype
 from tunesmith.train.checkpoint import load_checkpoint, save_checkpoint
 from tunesmith.train.metrics import MetricsLog
 from tunesmith.train.model_setup import build_trainable_model, save_trained, write_run_config
-from tunesmith.train.order import split_micro, step_indices, steps_per_epoch
+from tunesmith.train.order import split_micro, step_indices
 from tunesmith.train.rundir import prepare_run_dir
-from tunesmith.train.schedule import build_optimizer, lr_multiplier, set_lr
+from tunesmith.train.schedule import build_optimizer, lr_multiplier, plan_steps, set_lr
 from tunesmith.train.step import batch_sequence_logps, optimizer_step
 
 REFERENCE_FILE = "reference_logps.safetensors"
@@ -193,9 +193,7 @@ def run_dpo(cfg: DPOConfig, say: Callable[[str], None] = print, progress: bool =
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = build_optimizer(params, cfg.train.lr, cfg.train.weight_decay)
     n_train = len(data.train)
-    total_steps = cfg.train.max_steps or cfg.train.epochs * steps_per_epoch(n_train, cfg.train.batch_size)
-    warmup_steps = round(cfg.train.warmup_ratio * total_steps)
-    too_many = epochs_warning(total_steps, cfg.train.batch_size, n_train)
+    total_steps, warmup_steps, too_many = plan_steps(cfg.train, n_train)
     if too_many:
         say(f"warning: {too_many}")
     step, pairs_seen = 0, 0

@@ -20,15 +20,15 @@ from tqdm import tqdm
 from tunesmith.atomic import atomic_write_text
 from tunesmith.config.schema import SFTConfig
 from tunesmith.data.packing import collate
-from tunesmith.data.prepare import epochs_warning, prepare_sft_data
+from tunesmith.data.prepare import prepare_sft_data
 from tunesmith.models import load_tokenizer, resolve_model_dir, select_device
 from tunesmith.models.load import autocast_dtype
 from tunesmith.train.checkpoint import load_checkpoint, save_checkpoint
 from tunesmith.train.metrics import MetricsLog
 from tunesmith.train.model_setup import build_trainable_model, save_trained, write_run_config
-from tunesmith.train.order import split_micro, step_indices, steps_per_epoch
+from tunesmith.train.order import split_micro, step_indices
 from tunesmith.train.rundir import prepare_run_dir
-from tunesmith.train.schedule import build_optimizer, lr_multiplier, set_lr
+from tunesmith.train.schedule import build_optimizer, lr_multiplier, plan_steps, set_lr
 from tunesmith.train.step import batch_nll_sum, evaluate_nll, optimizer_step
 
 
@@ -63,9 +63,7 @@ def run_sft(cfg: SFTConfig, say: Callable[[str], None] = print, progress: bool =
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = build_optimizer(params, cfg.train.lr, cfg.train.weight_decay)
     n_train = len(data.train)
-    total_steps = cfg.train.max_steps or cfg.train.epochs * steps_per_epoch(n_train, cfg.train.batch_size)
-    warmup_steps = round(cfg.train.warmup_ratio * total_steps)
-    too_many = epochs_warning(total_steps, cfg.train.batch_size, n_train)
+    total_steps, warmup_steps, too_many = plan_steps(cfg.train, n_train)
     if too_many:
         say(f"warning: {too_many}")
     step, tokens_seen = 0, 0

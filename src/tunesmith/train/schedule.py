@@ -37,3 +37,12 @@ def build_optimizer(params: list[torch.nn.Parameter], lr: float, weight_decay: f
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
     for group in optimizer.param_groups:
         group["lr"] = lr
+
+
+def plan_steps(train, num_examples: int) -> tuple[int, int, str | None]:
+    """(total optimizer steps, warm-up steps, a warning or None) for a TrainConfig over `num_examples`."""
+    from tunesmith.data.prepare import epochs_warning
+    from tunesmith.train.order import steps_per_epoch
+
+    total = train.max_steps or train.epochs * steps_per_epoch(num_examples, train.batch_size)
+    return total, round(train.warmup_ratio * total), epochs_warning(total, train.batch_size, num_examples)
