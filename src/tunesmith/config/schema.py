@@ -147,3 +147,10 @@ class DPOConfig(SFTConfig):
             raise ConfigError("dpo.beta: must be > 0")
         if self.dpo.sft_weight < 0:
             raise ConfigError("dpo.sft_weight: must be >= 0")
+
+
+@dataclass
+class RewardConfig(SFTConfig):
+    """A reward model: the SFT options that apply, on preference data; a scalar head on the base."""
+
+    data: PreferenceDataConfig = field(default_factory=PreferenceDataConfig)

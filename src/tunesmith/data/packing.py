@@ -151,3 +151,14 @@ def collate_shared_prompt(chosen: list[TokenizedExample], rejected: list[Tokeniz
         mask[b, pad, pad] = True  # padding attends to itself only (no empty softmax rows)
     real = sum(lengths)
     return Batch(ids, targets, positions, mask[:, None], real, int((targets != IGNORE).sum()), owner)
+
+
+def collate_pairs(chosen: list[TokenizedExample], rejected: list[TokenizedExample], packing: bool, max_length: int,
+                  pad_id: int) -> Batch:
+    """Both sides of n pairs for one forward; example ids: chosen i -> i, rejected i -> n + i.
+
+    Default: one row per pair with the prompt computed once; `packing`: the 2n sequences packed into rows.
+    """
+    if packing:
+        return collate_packed(chosen + rejected, max_length, pad_id)
+    return collate_shared_prompt(chosen, rejected, pad_id)

@@ -30,9 +30,10 @@ from tqdm import tqdm
 
 from tunesmith.atomic import atomic_write_bytes, atomic_write_text
 from tunesmith.config.schema import DPOConfig
-from tunesmith.data.packing import collate_packed, collate_shared_prompt
+from tunesmith.data.packing import collate_pairs
 from tunesmith.data.prepare import TokenizedPair, prepare_preference_data
 from tunesmith.losses.dpo import PREFERENCE_LOSSES
+from tunesmith.losses.reward import pair_accuracy
 from tunesmith.models import load_tokenizer, resolve_model_dir, select_device
 from tunesmith.models.load import autocast_dtype
 from tunesmith.train.checkpoint import load_checkpoint, save_checkpoint
@@ -73,11 +74,7 @@ def pair_forward(model: torch.nn.Module, pairs: list[TokenizedPair], packing: bo
     Default: one row per pair with the prompt computed once (`collate_shared_prompt`); with packing,
     the 2n sequences packed into rows of max_length. Both give each sequence its own exact log-prob.
     """
-    chosen, rejected = [p.chosen for p in pairs], [p.rejected for p in pairs]
-    if packing:
-        batch = collate_packed(chosen + rejected, max_length, pad_id)
-    else:
-        batch = collate_shared_prompt(chosen, rejected, pad_id)
+    batch = collate_pairs([p.chosen for p in pairs], [p.rejected for p in pairs], packing, max_length, pad_id)
     batch = batch.to(device)
     logps, counts = batch_sequence_logps(model, batch, 2 * len(pairs), amp_dtype)
     n = len(pairs)
@@ -148,7 +145,7 @@ class PreferenceStats:
             "loss": losses.detach(), "reward_chosen": r_chosen, "reward_rejected": r_rejected,
             "reward_margin": margin,
             # a tie (policy == reference, e.g. before training) is a coin flip: it counts one half
-            "reward_accuracy": (margin > 0).float() + 0.5 * (margin == 0).float(),
+            "reward_accuracy": pair_accuracy(r_chosen, r_rejected),
             "logp_chosen": f.chosen.detach(), "logp_rejected": f.rejected.detach(),
         }
         for key, v in values.items():

@@ -51,6 +51,23 @@ def batch_sequence_logps(model: torch.nn.Module, batch: Batch, num_examples: int
                               batch.example_ids, num_examples)
 
 
+def batch_last_hidden(model: torch.nn.Module, batch: Batch, num_examples: int,
+                      amp_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """The final hidden state at each collated example's last token: [num_examples, hidden].
+
+    A sequence's last token (the end of the reply, with the template's end-of-turn) has attended to
+    the whole conversation, so it is where a reward or value head reads it.
+    """
+    with autocast(batch.input_ids.device, amp_dtype):
+        hidden, _ = _final_hidden(model, batch)
+    flat_owner = batch.example_ids.reshape(-1)
+    positions = torch.arange(flat_owner.numel(), device=flat_owner.device)
+    real = flat_owner >= 0
+    last = torch.full((num_examples,), -1, dtype=torch.long, device=flat_owner.device)
+    last = last.scatter_reduce(0, flat_owner[real], positions[real], reduce="amax")
+    return hidden.reshape(-1, hidden.shape[-1])[last]
+
+
 def optimizer_step(params: list[torch.nn.Parameter], optimizer: torch.optim.Optimizer, max_grad_norm: float) -> float:
     """Clip (when max_grad_norm > 0), step, clear gradients; returns the gradient norm before clipping."""
     if max_grad_norm > 0:

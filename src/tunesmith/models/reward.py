@@ -1,0 +1,60 @@
+"""A reward model on disk and in memory: the base (+ its adapter) and a scalar head.
+
+Layout of a trained reward model directory (RUN/reward_model/):
+  reward_model.json        {"base": local base directory, "method": lora|qlora|full, "hidden_size": H}
+  reward_head.safetensors  "weight" [1, H] and "bias" [1]: r = w · h_last + b
+  adapter/                 the PEFT adapter (lora, qlora), or model/ (full fine-tuning)
+The score of a conversation is read from the final hidden state of its last token.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save
+
+from tunesmith.atomic import atomic_write_bytes, atomic_write_text
+from tunesmith.errors import ModelError
+
+CONFIG = "reward_model.json"
+HEAD = "reward_head.safetensors"
+
+
+def new_reward_head(hidden_size: int, device: torch.device) -> torch.nn.Linear:
+    """A zero head: every score starts at 0, so the first Bradley–Terry loss is exactly ln 2."""
+    head = torch.nn.Linear(hidden_size, 1, device=device, dtype=torch.float32)
+    torch.nn.init.zeros_(head.weight)
+    torch.nn.init.zeros_(head.bias)
+    return head
+
+
+def save_reward_head(directory: Path, head: torch.nn.Linear, base_dir: Path, method: str) -> None:
+    tensors = {"weight": head.weight.detach().float().cpu().contiguous(), "bias": head.bias.detach().float().cpu()}
+    atomic_write_bytes(directory / HEAD, save(tensors))
+    atomic_write_text(directory / CONFIG, json.dumps(
+        {"base": str(base_dir), "method": method, "hidden_size": head.in_features}, indent=2) + "\n")
+
+
+def load_reward_model(directory: str | Path, device: str = "auto") -> tuple[torch.nn.Module, torch.nn.Linear, object]:
+    """(model, head, tokenizer) of a reward model directory written by `tunesmith reward`."""
+    from tunesmith.generation import load_for_inference
+
+    directory = Path(directory)
+    if (directory / "reward_model").is_dir() and not (directory / CONFIG).is_file():
+        directory = directory / "reward_model"  # a run directory was given
+    if not (directory / CONFIG).is_file():
+        raise ModelError(f"{directory}: not a reward model (no {CONFIG}; train one with `tunesmith reward`)")
+    meta = json.loads((directory / CONFIG).read_text())
+    if (directory / "adapter").is_dir():
+        model, tokenizer = load_for_inference(meta["base"], [str(directory / "adapter")], device)
+    else:
+        model, tokenizer = load_for_inference(str(directory / "model"), None, device)
+    tensors = load_file(str(directory / HEAD))
+    device_of = next(model.parameters()).device
+    head = new_reward_head(meta["hidden_size"], device_of)
+    with torch.no_grad():
+        head.weight.copy_(tensors["weight"])
+        head.bias.copy_(tensors["bias"])
+    return model, head, tokenizer

@@ -1,0 +1,1 @@
+"""Rollouts shared by PPO and GRPO: generation, reward functions, advantages."""
