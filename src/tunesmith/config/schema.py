@@ -114,8 +114,8 @@ class SFTConfig:
             (t.max_grad_norm >= 0, "train.max_grad_norm", "must be >= 0"),
             (t.log_every >= 1, "train.log_every", "must be >= 1"),
             (t.save_every >= 0 and t.eval_every >= 0, "train.save_every/eval_every", "must be >= 0"),
-            (self.data.max_length >= 8, "data.max_length", "must be >= 8"),
-            (0 <= self.data.eval_split < 1, "data.eval_split", "must be in [0, 1)"),
+            (getattr(self.data, "max_length", 8) >= 8, "data.max_length", "must be >= 8"),
+            (0 <= getattr(self.data, "eval_split", 0) < 1, "data.eval_split", "must be in [0, 1)"),
             (self.lora.r >= 1, "lora.r", "must be >= 1"),
             (0 <= self.lora.dropout < 1, "lora.dropout", "must be in [0, 1)"),
         ]
@@ -154,3 +154,56 @@ class RewardConfig(SFTConfig):
     """A reward model: the SFT options that apply, on preference data; a scalar head on the base."""
 
     data: PreferenceDataConfig = field(default_factory=PreferenceDataConfig)
+
+
+@dataclass
+class PromptDataConfig:
+    train: str | None = opt(None, "--prompts", "prompts, JSONL: `messages` ending with a user turn, or `prompt`; "
+                            "other fields (e.g. `reference`) reach the reward functions")
+    eval: str | None = opt(None, "--eval-prompts", "held-out prompts: greedy replies scored before and after")
+    max_prompt_length: int = opt(256, "--max-prompt-length", "longer prompts keep their last tokens")
+
+
+@dataclass
+class GRPOOptions:
+    reward: str = opt("", "--reward", "reward functions: json_valid, json_schema:PATH, regex:PATTERN, exact_match, "
+                      "length_penalty[:N], module:function; comma-separated")
+    reward_model: str | None = opt(None, "--reward-model", "a `tunesmith reward` run whose score is added to the reward")
+    group_size: int = opt(4, "--group-size", "completions sampled per prompt (K)")
+    kl_coef: float = opt(0.04, "--kl-coef", "weight of the KL to the frozen base (0: no reference pass)")
+    clip_range: float = opt(0.2, "--clip-range", "PPO clip range ε of the policy ratio")
+    epochs_per_step: int = opt(1, "--epochs-per-step", "optimisation passes over each batch of samples")
+    temperature: float = opt(1.0, "--temperature", "sampling temperature")
+    top_p: float = opt(1.0, "--top-p", "nucleus sampling")
+    max_new_tokens: int = opt(64, "--max-new-tokens", "tokens per sampled completion")
+    samples_every: int = opt(5, "--samples-every", "write a few sampled completions to samples.jsonl every N steps")
+
+
+@dataclass
+class GRPOConfig(SFTConfig):
+    """Group relative policy optimisation: K samples per prompt, group-normalised rewards, KL to the base."""
+
+    data: PromptDataConfig = field(default_factory=PromptDataConfig)
+    grpo: GRPOOptions = field(default_factory=GRPOOptions)
+    default_lr: ClassVar[dict[str, float]] = {"full": 1e-6, "lora": 5e-5, "qlora": 5e-5}
+
+    def validate(self) -> None:
+        if self.data.train is None:
+            raise ConfigError("data.train: no prompts given (use --prompts FILE)")
+        super().validate()
+        g = self.grpo
+        if not g.reward and not g.reward_model:
+            raise ConfigError("grpo.reward: no reward given (use --reward NAME[,NAME...] and/or --reward-model DIR)")
+        if self.method == "full" and g.kl_coef > 0:
+            raise ConfigError("method full: the reference is the base with the adapter switched off; full "
+                              "fine-tuning has none, so use --method lora/qlora or --kl-coef 0")
+        checks = [(g.group_size >= 2, "grpo.group_size", "must be >= 2 (advantages compare samples of one prompt)"),
+                  (g.kl_coef >= 0, "grpo.kl_coef", "must be >= 0"), (g.clip_range > 0, "grpo.clip_range", "must be > 0"),
+                  (g.epochs_per_step >= 1, "grpo.epochs_per_step", "must be >= 1"),
+                  (g.temperature > 0, "grpo.temperature", "must be > 0 (sampling)"),
+                  (0 < g.top_p <= 1, "grpo.top_p", "must be in (0, 1]"),
+                  (g.max_new_tokens >= 1, "grpo.max_new_tokens", "must be >= 1"),
+                  (self.data.max_prompt_length >= 8, "data.max_prompt_length", "must be >= 8")]
+        for ok, key, why in checks:
+            if not ok:
+                raise ConfigError(f"{key}: {why}")

@@ -58,7 +58,7 @@ def _message(m: Any, label: str) -> tuple[dict | None, str | None]:
     return {"role": m["role"], "content": m["content"]}, None
 
 
-def _parse_prompt(value: Any, label: str, *, allow_string: bool) -> tuple[list[dict], str | None]:
+def parse_prompt(value: Any, label: str, *, allow_string: bool) -> tuple[list[dict], str | None]:
     if allow_string and isinstance(value, str):
         return [{"role": "user", "content": value}], None
     if not isinstance(value, list):
@@ -110,7 +110,7 @@ def _parse_sides(obj: dict, prompt_key: str, chosen_key: str, rejected_key: str,
     problems = []
     prompt: list[dict] = []
     if prompt_problem is None:
-        prompt, prompt_problem = _parse_prompt(prompt_value, prompt_key, allow_string=allow_string)
+        prompt, prompt_problem = parse_prompt(prompt_value, prompt_key, allow_string=allow_string)
     if prompt_problem is not None:
         problems.append(prompt_problem)
     sides = []

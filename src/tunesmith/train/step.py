@@ -8,7 +8,7 @@ import torch
 
 from tunesmith.data.packing import Batch, collate
 from tunesmith.data.templates import TokenizedExample
-from tunesmith.losses.sft import sequence_logps, token_nll_sum
+from tunesmith.losses.sft import IGNORE, sequence_logps, target_logps, token_nll_sum
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -49,6 +49,16 @@ def batch_sequence_logps(model: torch.nn.Module, batch: Batch, num_examples: int
         hidden, head = _final_hidden(model, batch)
         return sequence_logps(hidden, batch.targets, head.weight, getattr(head, "bias", None),
                               batch.example_ids, num_examples)
+
+
+def batch_token_logps(model: torch.nn.Module, batch: Batch,
+                      amp_dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """log π(y_t | y_<t) at every trained position, laid out like the batch: ([rows, T] fp32, bool mask)."""
+    mask = batch.targets != IGNORE
+    with autocast(batch.input_ids.device, amp_dtype):
+        hidden, head = _final_hidden(model, batch)
+        logps, _ = target_logps(hidden, batch.targets, head.weight, getattr(head, "bias", None))
+    return torch.zeros(mask.shape, dtype=logps.dtype, device=logps.device).masked_scatter(mask, logps), mask
 
 
 def batch_last_hidden(model: torch.nn.Module, batch: Batch, num_examples: int,

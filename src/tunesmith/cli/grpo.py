@@ -1,0 +1,23 @@
+"""`tunesmith grpo`: group relative policy optimisation with programmatic rewards or a reward model."""
+
+from __future__ import annotations
+
+from tunesmith.config.load import add_arguments, build_run_config
+from tunesmith.config.schema import GRPOConfig
+
+
+def register(sub) -> None:
+    p = sub.add_parser("grpo", help="GRPO: K samples per prompt, rewards normalised within the group, KL to the base",
+                       description="Group relative policy optimisation on a prompts JSONL with programmatic rewards "
+                                   "(--reward) and/or a reward model (--reward-model). The reference is the base "
+                                   "with the adapter switched off.")
+    add_arguments(p, GRPOConfig)
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    p.set_defaults(handler=run)
+
+
+def run(args) -> int:
+    from tunesmith.recipes.grpo import run_grpo
+
+    run_grpo(build_run_config(GRPOConfig, args), progress=args.progress)
+    return 0

@@ -1,0 +1,251 @@
+"""Group relative policy optimisation (GRPO) with programmatic rewards (and/or a reward model).
+
+    setup:  device -> model dir -> tokenizer -> prompts -> rewards -> run dir -> model + adapter -> optimizer
+    loop:   per step: its prompts -> K sampled completions each -> rewards -> advantages normalised within
+            each prompt's group -> reference log-probs (adapter off) -> clipped surrogate + β·KL ->
+            backward -> clip -> AdamW (epochs_per_step times) -> log, samples.jsonl, evaluate, checkpoint
+    save:   adapter/ (PEFT format), run.json
+
+The reference is the base with the adapter switched off: no second copy in memory, and with
+--kl-coef 0 no reference pass at all (the only case where full fine-tuning is allowed).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from tqdm import tqdm
+
+from tunesmith.atomic import atomic_write_text
+from tunesmith.config.schema import GRPOConfig
+from tunesmith.data.packing import collate_padded
+from tunesmith.data.prompts import PromptRow, load_prompt_file
+from tunesmith.data.templates import IGNORE, TokenizedExample
+from tunesmith.errors import DataError
+from tunesmith.losses.grpo import grpo_loss
+from tunesmith.models import load_tokenizer, resolve_model_dir, select_device
+from tunesmith.models.load import autocast_dtype
+from tunesmith.rollout.advantages import group_advantages
+from tunesmith.rollout.rewards import missing_reward_fields, parse_reward_specs, score_completions
+from tunesmith.train.checkpoint import load_checkpoint, save_checkpoint
+from tunesmith.train.metrics import MetricsLog
+from tunesmith.train.model_setup import build_trainable_model, save_trained, write_run_config
+from tunesmith.train.order import split_micro, step_indices
+from tunesmith.train.rundir import prepare_run_dir
+from tunesmith.train.schedule import build_optimizer, lr_multiplier, plan_steps, set_lr
+from tunesmith.train.step import autocast, batch_token_logps, optimizer_step
+
+
+@dataclass
+class GRPOResult:
+    run_dir: Path
+    output: Path
+    steps: int
+    final: dict[str, float]
+    eval_before: float | None  # mean reward of greedy replies to the eval prompts
+    eval_after: float | None
+    seconds: float
+    model: torch.nn.Module
+
+
+def prompt_ids(tokenizer, messages: list[dict], max_prompt_length: int) -> list[int]:
+    """The chat-templated prompt with the assistant's generation header; long prompts keep their end."""
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return tokenizer(text, add_special_tokens=False)["input_ids"][-max_prompt_length:]
+
+
+@torch.no_grad()
+def sample_completions(model, prompts: list[list[int]], k: int, temperature: float, top_p: float,
+                       max_new_tokens: int, pad_id: int, eos_id: int, amp_dtype) -> list[list[int]]:
+    """k sampled completions per prompt (prompt-major order), each cut after its first end-of-turn token."""
+    device = next(model.parameters()).device
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for r, p in enumerate(prompts):  # left padding: generation continues from every row's right edge
+        ids[r, width - len(p):] = torch.tensor(p)
+        mask[r, width - len(p):] = 1
+    with autocast(device, amp_dtype):
+        out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=True,
+                             temperature=temperature, top_p=top_p, top_k=None, max_new_tokens=max_new_tokens,
+                             num_return_sequences=k, pad_token_id=pad_id, eos_token_id=eos_id)
+    completions = []
+    for row in out[:, width:].tolist():
+        cut = row.index(eos_id) + 1 if eos_id in row else len(row)
+        completions.append(row[:cut])
+    return completions
+
+
+def run_grpo(cfg: GRPOConfig, say: Callable[[str], None] = print, progress: bool = True) -> GRPOResult:
+    started = time.time()
+    g = cfg.grpo
+    # ---- setup -------------------------------------------------------------------------------
+    device = select_device(cfg.device)
+    amp_dtype = autocast_dtype(cfg.train.precision, device)
+    model_dir = resolve_model_dir(cfg.model)
+    tokenizer = load_tokenizer(model_dir)
+    rewards = parse_reward_specs(g.reward) if g.reward else []
+    prompts = load_prompt_file(cfg.data.train)
+    eval_prompts = load_prompt_file(cfg.data.eval) if cfg.data.eval else []
+    problems = missing_reward_fields(rewards, [(p.where, p.row) for p in prompts + eval_prompts])
+    if problems:
+        raise DataError(problems, f"{len(problems)} prompt(s) lack fields the rewards need; nothing was trained")
+    reward_model = None
+    if g.reward_model:
+        from tunesmith.models.reward import load_reward_model
+
+        reward_model = load_reward_model(g.reward_model, cfg.device)
+    names = [r.name for r in rewards] + (["reward_model"] if reward_model else [])
+    pad_id, eos_id = tokenizer.pad_token_id, tokenizer.eos_token_id
+
+    run_dir, resume_from = prepare_run_dir(cfg.out, cfg.overwrite, cfg.resume)
+    write_run_config(run_dir, cfg, "grpo")
+    model, trainable, total = build_trainable_model(cfg, model_dir, device, amp_dtype, say)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = build_optimizer(params, cfg.train.lr, cfg.train.weight_decay)
+    n_prompts = len(prompts)
+    total_steps, warmup_steps, too_many = plan_steps(cfg.train, n_prompts)
+    if too_many:
+        say(f"warning: {too_many}")
+    step = 0
+    if resume_from is not None:
+        step = load_checkpoint(resume_from, model, optimizer)["step"]
+        say(f"resumed from {resume_from} at step {step}")
+    metrics = MetricsLog(run_dir / "metrics.jsonl", resume_step=step if resume_from else None)
+    samples_log = MetricsLog(run_dir / "samples.jsonl", resume_step=step if resume_from else None)
+    seqs_per_micro = cfg.train.micro_batch_size * g.group_size
+    say(f"grpo on {n_prompts} prompts, {total_steps} steps of {cfg.train.batch_size} prompts x {g.group_size} "
+        f"samples, rewards {', '.join(names)}, kl_coef {g.kl_coef:g}, lr {cfg.train.lr:g}, {device.type}"
+        + (f", autocast {amp_dtype}" if amp_dtype else ", fp32"))
+
+    def score(rows: list[PromptRow], texts: list[str], examples: list[TokenizedExample]) -> tuple[list[float], dict]:
+        """Total reward per completion (sum of the named rewards, + the reward model's score)."""
+        totals, parts = ([0.0] * len(texts), {})
+        if rewards:
+            totals, parts = score_completions(rewards, [r.messages for r in rows], texts, [r.row for r in rows],
+                                              where=[r.where for r in rows])
+        if reward_model is not None:
+            from tunesmith.eval.reward import score_examples
+
+            rm, head, _ = reward_model
+            parts["reward_model"] = score_examples(rm, head, examples, pad_id)
+            totals = [t + s for t, s in zip(totals, parts["reward_model"])]
+        return totals, parts
+
+    def as_example(prompt: list[int], completion: list[int], where: str) -> TokenizedExample:
+        return TokenizedExample(prompt + completion, [IGNORE] * len(prompt) + completion, where)
+
+    def evaluate() -> float | None:
+        """Mean reward of greedy replies to the eval prompts."""
+        if not eval_prompts:
+            return None
+        from tunesmith.generation import generate_chat
+
+        was_training = model.training
+        model.eval()
+        texts = generate_chat(model, tokenizer, [p.messages for p in eval_prompts], max_new_tokens=g.max_new_tokens,
+                              precision=cfg.train.precision)
+        model.train(was_training)
+        examples = [as_example(prompt_ids(tokenizer, p.messages, cfg.data.max_prompt_length),
+                               tokenizer(t, add_special_tokens=False)["input_ids"] + [eos_id], p.where)
+                    for p, t in zip(eval_prompts, texts)]
+        totals, _ = score(eval_prompts, texts, examples)
+        return sum(totals) / len(totals)
+
+    # ---- loop --------------------------------------------------------------------------------
+    eval_before = None
+    if step == 0 and eval_prompts:
+        eval_before = evaluate()
+        metrics.write({"step": 0, "eval_reward_mean": eval_before})
+    bar = tqdm(total=total_steps, initial=step, disable=not progress, unit="step", dynamic_ncols=True)
+    record: dict[str, Any] = {}
+    while step < total_steps:
+        t0 = time.perf_counter()
+        lr = cfg.train.lr * lr_multiplier(step, total_steps, warmup_steps, cfg.train.schedule)
+        set_lr(optimizer, lr)
+        rows = [prompts[i] for i in step_indices(n_prompts, cfg.train.batch_size, cfg.train.seed, step)]
+        p_ids = [prompt_ids(tokenizer, r.messages, cfg.data.max_prompt_length) for r in rows]
+        model.eval()  # sampling: no dropout
+        completions = sample_completions(model, p_ids, g.group_size, g.temperature, g.top_p, g.max_new_tokens,
+                                         pad_id, eos_id, amp_dtype)
+        model.train()
+        group_rows = [r for r in rows for _ in range(g.group_size)]  # prompt-major, like the samples
+        examples = [as_example(p_ids[i // g.group_size], c, group_rows[i].where) for i, c in enumerate(completions)]
+        texts = [tokenizer.decode(c, skip_special_tokens=True) for c in completions]
+        totals, parts = score(group_rows, texts, examples)
+        advantages = group_advantages(torch.tensor(totals), g.group_size).to(device)
+
+        micro = split_micro(list(range(len(examples))), seqs_per_micro)
+        batches = [collate_padded([examples[i] for i in m], pad_id).to(device) for m in micro]
+        old_logps, ref_logps = [None] * len(micro), [None] * len(micro)
+        with torch.no_grad():
+            for j, batch in enumerate(batches):
+                if g.epochs_per_step > 1:  # later passes need the sampling policy's own log-probs
+                    old_logps[j] = batch_token_logps(model, batch, amp_dtype)[0]
+                if g.kl_coef > 0:
+                    with model.disable_adapter():
+                        ref_logps[j] = batch_token_logps(model, batch, amp_dtype)[0]
+        sums: dict[str, float] = {"loss": 0.0, "clip_fraction": 0.0, "kl": 0.0, "entropy": 0.0}
+        for _epoch in range(g.epochs_per_step):
+            for j, (m, batch) in enumerate(zip(micro, batches)):
+                logp, mask = batch_token_logps(model, batch, amp_dtype)
+                old = old_logps[j] if old_logps[j] is not None else logp.detach()  # one pass: ratio 1, grad of A·log π
+                loss, stats = grpo_loss(logp, old, ref_logps[j], advantages[m], mask, g.clip_range, g.kl_coef)
+                share = len(m) / len(examples)  # the loss averages over sequences: weigh micro-batches by size
+                (loss * share).backward()
+                sums["loss"] += float(loss.detach()) * share / g.epochs_per_step
+                sums["clip_fraction"] += float(stats["clip_fraction"]) * share / g.epochs_per_step
+                if "kl" in stats:
+                    sums["kl"] += float(stats["kl"]) * share / g.epochs_per_step
+                if _epoch == 0:  # −log π of the sampled tokens: a Monte-Carlo estimate of the entropy
+                    sums["entropy"] += float(-(logp.detach() * mask).sum() / mask.sum()) * share
+            grad_norm = optimizer_step(params, optimizer, cfg.train.max_grad_norm)
+        step += 1
+        seconds = time.perf_counter() - t0
+        t = torch.tensor(totals)
+        record = {"step": step, "reward_mean": float(t.mean()), "reward_std": float(t.std()),
+                  **{f"reward/{k}": sum(v) / len(v) for k, v in parts.items()}, **sums,
+                  "response_length": sum(len(c) for c in completions) / len(completions),
+                  "lr": lr, "grad_norm": grad_norm, "step_s": seconds, "samples_per_s": len(completions) / seconds}
+        if g.kl_coef == 0:
+            record.pop("kl")
+        if cfg.train.eval_every and step % cfg.train.eval_every == 0 and step < total_steps:
+            record["eval_reward_mean"] = evaluate()
+        if step % cfg.train.log_every == 0 or "eval_reward_mean" in record:
+            metrics.write(record)
+        if g.samples_every and (step % g.samples_every == 0 or step == 1):
+            for i in range(min(2 * g.group_size, len(texts))):
+                samples_log.write({"step": step, "prompt": group_rows[i].messages[-1]["content"],
+                                   "completion": texts[i], "reward": totals[i]})
+        bar.set_postfix(reward=f"{record['reward_mean']:.3f}", refresh=False)
+        bar.update(1)
+        if cfg.train.save_every and step % cfg.train.save_every == 0 and step < total_steps:
+            save_checkpoint(run_dir, step, model, optimizer, {})
+    bar.close()
+
+    # ---- save --------------------------------------------------------------------------------
+    eval_after = evaluate()
+    if eval_after is not None:
+        metrics.write({"step": step, "eval_reward_mean": eval_after, "final": True})
+        say(f"eval on {len(eval_prompts)} prompts: mean reward of greedy replies "
+            + (f"{eval_before:.4f} -> " if eval_before is not None else "") + f"{eval_after:.4f}")
+    metrics.close()
+    samples_log.close()
+    save_checkpoint(run_dir, step, model, optimizer, {})
+    output = save_trained(model, tokenizer, run_dir, cfg.method, model_dir)
+    seconds = time.time() - started
+    final = {k: record[k] for k in ("reward_mean", "reward_std", "kl", "response_length") if k in record}
+    manifest = {"recipe": "grpo", "method": cfg.method, "model": cfg.model, "model_dir": str(model_dir),
+                "rewards": names, "group_size": g.group_size, "kl_coef": g.kl_coef, "steps": step,
+                "prompts": n_prompts, "final": final, "eval_reward_before": eval_before,
+                "eval_reward_after": eval_after, "trainable_params": trainable, "total_params": total,
+                "seconds": round(seconds, 2), "output": output.name}
+    atomic_write_text(run_dir / "run.json", json.dumps(manifest, indent=2) + "\n")
+    say(f"saved {output} ({step} steps, {seconds:.0f} s)")
+    model.eval()
+    return GRPOResult(run_dir, output, step, final, eval_before, eval_after, seconds, model)

@@ -1,0 +1,112 @@
+"""`tunesmith grpo` on a tiny model with a toy reward."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+import torch
+
+from tests.conftest import write_jsonl
+from tunesmith.cli import main
+from tunesmith.config.schema import GRPOConfig
+from tunesmith.recipes.grpo import run_grpo
+from tunesmith.train.metrics import read_metrics
+
+TOY_REWARD = '''
+def newlines(prompt, completion, row):
+    return float(completion.count("\\n"))
+'''
+
+
+@pytest.fixture(scope="module")
+def peaked_model(tmp_path_factory, tiny_dir):
+    """The tiny random model with its final norm scaled up: its next-token distribution is peaked, so a
+    newline is sampled often enough (about 1 in 10 tokens) for a toy reward to have a signal."""
+    from tunesmith.models import load_model, load_tokenizer
+
+    path = tmp_path_factory.mktemp("peaked") / "model"
+    model = load_model(tiny_dir, torch.device("cpu"))
+    with torch.no_grad():
+        model.model.norm.weight.mul_(10.5)
+    model.save_pretrained(path)
+    load_tokenizer(tiny_dir).save_pretrained(path)
+    return path
+
+
+@pytest.fixture
+def toy_reward(tmp_path, monkeypatch):
+    (tmp_path / "toy_rewards.py").write_text(TOY_REWARD)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield "toy_rewards:newlines"
+    sys.modules.pop("toy_rewards", None)
+
+
+def _config(tmp_path, model, prompts, reward, steps, **grpo) -> GRPOConfig:
+    cfg = GRPOConfig(model=str(model), out=str(tmp_path / "run"))
+    cfg.data.train = str(prompts)
+    cfg.grpo.reward = reward
+    cfg.grpo.group_size = 8
+    cfg.grpo.max_new_tokens = 12
+    cfg.grpo.kl_coef = 0.0
+    for key, value in grpo.items():
+        setattr(cfg.grpo, key, value)
+    cfg.train.precision = "fp32"
+    cfg.train.batch_size = 1
+    cfg.train.max_steps = steps
+    cfg.train.lr = 5e-4
+    cfg.train.warmup_ratio = 0.0
+    cfg.train.schedule = "constant"
+    cfg.train.save_every = 0
+    cfg.validate()
+    return cfg
+
+
+def test_grpo_raises_a_toy_reward(tmp_path, peaked_model, toy_reward):
+    prompts = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": "alpha beta gamma"}])
+    result = run_grpo(_config(tmp_path, peaked_model, prompts, toy_reward, 20), say=lambda s: None, progress=False)
+    rewards = [r["reward_mean"] for r in read_metrics(result.run_dir / "metrics.jsonl") if "reward_mean" in r]
+    assert len(rewards) == 20
+    first, last = sum(rewards[:5]) / 5, sum(rewards[-5:]) / 5
+    assert last > first + 0.5, rewards
+    record = read_metrics(result.run_dir / "metrics.jsonl")[-1]
+    for key in ("reward_std", "entropy", "clip_fraction", "response_length", f"reward/{toy_reward}"):
+        assert key in record
+    samples = [json.loads(line) for line in (result.run_dir / "samples.jsonl").read_text().splitlines()]
+    assert samples and {"step", "prompt", "completion", "reward"} <= set(samples[0])
+    assert (result.output / "adapter_model.safetensors").is_file()
+
+
+def test_grpo_kl_and_eval(tmp_path, tiny_dir):
+    """A KL term against the adapter-off base, and greedy eval replies scored before and after."""
+    prompts = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": "alpha"}, {"messages": [
+        {"role": "system", "content": "s"}, {"role": "user", "content": "beta"}]}])
+    cfg = _config(tmp_path, "tiny-random-llama", prompts, "length_penalty:3", 2, kl_coef=0.1, group_size=2)
+    cfg.data.eval = str(prompts)
+    cfg.train.lr = 1e-2
+    result = run_grpo(cfg, say=lambda s: None, progress=False)
+    records = read_metrics(result.run_dir / "metrics.jsonl")
+    assert records[0] == {"step": 0, "eval_reward_mean": result.eval_before}
+    assert records[1]["kl"] == pytest.approx(0.0, abs=1e-6)  # a fresh adapter: policy == reference
+    assert records[2]["kl"] > 0
+    assert result.eval_after is not None and records[-1]["final"] is True
+
+
+def test_grpo_bad_input(tmp_path, capsys):
+    prompts = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "a", "reference": "x"}, {"prompt": "b"},
+                                                {"messages": [{"role": "assistant", "content": "c"}]}])
+    out = tmp_path / "never"
+    base = ["grpo", "--model", "tiny-random-llama", "--prompts", str(prompts), "--out", str(out), "--no-progress"]
+    assert main([*base, "--reward", "exact_match"]) == 2
+    err = capsys.readouterr().err
+    assert f"{prompts}:3: `messages`: must end with a user turn" in err and not out.exists()
+
+    good = write_jsonl(tmp_path / "g.jsonl", [{"prompt": "a", "reference": "x"}, {"prompt": "b"}])
+    assert main(["grpo", "--model", "tiny-random-llama", "--prompts", str(good), "--out", str(out),
+                 "--reward", "exact_match"]) == 2
+    assert f"{good}:2: missing `reference`" in capsys.readouterr().err and not out.exists()
+    assert main(["grpo", "--prompts", str(good), "--out", str(out), "--reward", "json_vaild"]) == 2
+    assert "did you mean 'json_valid'" in capsys.readouterr().err
+    assert main(["grpo", "--prompts", str(good), "--out", str(out), "--reward", "json_valid", "--method", "full"]) == 2
+    assert "--kl-coef 0" in capsys.readouterr().err
