@@ -281,7 +281,7 @@ def test_many_epochs_is_a_warning(tmp_path, capsys, tiny_dir):
     assert json.loads((out / "run.json").read_text())["steps"] == 4  # 4 passes of one step each
 
 
-@pytest.mark.parametrize("command", [["sft"], ["dpo"], ["reward"], ["score"], ["grpo"], ["demo"], ["generate"],
+@pytest.mark.parametrize("command", [["sft"], ["dpo"], ["reward"], ["score"], ["ppo"], ["grpo"], ["demo"], ["generate"],
                                      ["data", "validate"], ["models", "list"]])
 def test_every_help_page_renders(command, capsys):
     """argparse formats help with %: a stray '%' in any option's help text crashes `--help`."""

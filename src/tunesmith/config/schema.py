@@ -207,3 +207,54 @@ class GRPOConfig(SFTConfig):
         for ok, key, why in checks:
             if not ok:
                 raise ConfigError(f"{key}: {why}")
+
+
+@dataclass
+class PPOOptions:
+    reward_model: str | None = opt(None, "--reward-model", "a `tunesmith reward` run (lora/qlora on the same base)")
+    rollouts_per_step: int = opt(8, "--rollouts-per-step", "prompts sampled (one completion each) per step")
+    ppo_epochs: int = opt(4, "--ppo-epochs", "optimisation passes over each batch of rollouts")
+    kl_coef: float = opt(0.05, "--kl-coef", "per-token KL penalty to the frozen base (initial value if --kl-target)")
+    kl_target: float | None = opt(None, "--kl-target", "adapt kl_coef so the per-sequence KL tracks this (Ziegler et al.)")
+    kl_horizon: float = opt(10000.0, "--kl-horizon", "rollouts over which the adaptive coefficient reacts")
+    gamma: float = opt(1.0, "--gamma", "discount")
+    lam: float = opt(0.95, "--lam", "GAE lambda")
+    clip_range: float = opt(0.2, "--clip-range", "policy ratio clip ε")
+    clip_range_value: float = opt(0.2, "--clip-range-value", "value clip ε")
+    vf_coef: float = opt(0.1, "--vf-coef", "weight of the value loss")
+    whiten_advantages: bool = opt(True, "--whiten-advantages", "normalise advantages over the batch")
+    temperature: float = opt(1.0, "--temperature", "sampling temperature")
+    top_p: float = opt(1.0, "--top-p", "nucleus sampling")
+    max_new_tokens: int = opt(64, "--max-new-tokens", "tokens per sampled completion")
+    samples_every: int = opt(5, "--samples-every", "write a few rollouts to samples.jsonl every N steps")
+
+
+@dataclass
+class PPOConfig(SFTConfig):
+    """PPO against a reward model; policy, value head, reference and reward share one copy of the base."""
+
+    data: PromptDataConfig = field(default_factory=PromptDataConfig)
+    ppo: PPOOptions = field(default_factory=PPOOptions)
+    default_lr: ClassVar[dict[str, float]] = {"full": 1e-6, "lora": 5e-5, "qlora": 5e-5}
+
+    def validate(self) -> None:
+        if self.data.train is None:
+            raise ConfigError("data.train: no prompts given (use --prompts FILE)")
+        if not self.ppo.reward_model:
+            raise ConfigError("ppo.reward_model: no reward model given (use --reward-model DIR from `tunesmith reward`)")
+        if self.method == "full":
+            raise ConfigError("method full: PPO's reference is the base with the adapter switched off; "
+                              "use --method lora or qlora")
+        self.train.batch_size = self.ppo.rollouts_per_step  # one optimizer batch = one batch of rollouts
+        super().validate()
+        o = self.ppo
+        checks = [(o.rollouts_per_step >= 2, "ppo.rollouts_per_step", "must be >= 2 (advantages are whitened)"),
+                  (o.ppo_epochs >= 1, "ppo.ppo_epochs", "must be >= 1"), (o.kl_coef >= 0, "ppo.kl_coef", "must be >= 0"),
+                  (o.kl_target is None or o.kl_target > 0, "ppo.kl_target", "must be > 0"),
+                  (0 < o.gamma <= 1 and 0 <= o.lam <= 1, "ppo.gamma/lam", "gamma in (0, 1], lam in [0, 1]"),
+                  (o.clip_range > 0 and o.clip_range_value > 0, "ppo.clip_range", "must be > 0"),
+                  (o.temperature > 0, "ppo.temperature", "must be > 0"), (0 < o.top_p <= 1, "ppo.top_p", "in (0, 1]"),
+                  (o.max_new_tokens >= 1, "ppo.max_new_tokens", "must be >= 1")]
+        for ok, key, why in checks:
+            if not ok:
+                raise ConfigError(f"{key}: {why}")

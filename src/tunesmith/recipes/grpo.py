@@ -31,6 +31,7 @@ from tunesmith.losses.grpo import grpo_loss
 from tunesmith.models import load_tokenizer, resolve_model_dir, select_device
 from tunesmith.models.load import autocast_dtype
 from tunesmith.rollout.advantages import group_advantages
+from tunesmith.rollout.sampling import prompt_ids, sample_completions
 from tunesmith.rollout.rewards import missing_reward_fields, parse_reward_specs, score_completions
 from tunesmith.train.checkpoint import load_checkpoint, save_checkpoint
 from tunesmith.train.metrics import MetricsLog
@@ -38,7 +39,7 @@ from tunesmith.train.model_setup import build_trainable_model, save_trained, wri
 from tunesmith.train.order import split_micro, step_indices
 from tunesmith.train.rundir import prepare_run_dir
 from tunesmith.train.schedule import build_optimizer, lr_multiplier, plan_steps, set_lr
-from tunesmith.train.step import autocast, batch_token_logps, optimizer_step
+from tunesmith.train.step import batch_token_logps, optimizer_step
 
 
 @dataclass
@@ -51,34 +52,6 @@ class GRPOResult:
     eval_after: float | None
     seconds: float
     model: torch.nn.Module
-
-
-def prompt_ids(tokenizer, messages: list[dict], max_prompt_length: int) -> list[int]:
-    """The chat-templated prompt with the assistant's generation header; long prompts keep their end."""
-    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    return tokenizer(text, add_special_tokens=False)["input_ids"][-max_prompt_length:]
-
-
-@torch.no_grad()
-def sample_completions(model, prompts: list[list[int]], k: int, temperature: float, top_p: float,
-                       max_new_tokens: int, pad_id: int, eos_id: int, amp_dtype) -> list[list[int]]:
-    """k sampled completions per prompt (prompt-major order), each cut after its first end-of-turn token."""
-    device = next(model.parameters()).device
-    width = max(len(p) for p in prompts)
-    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(prompts), width), dtype=torch.long)
-    for r, p in enumerate(prompts):  # left padding: generation continues from every row's right edge
-        ids[r, width - len(p):] = torch.tensor(p)
-        mask[r, width - len(p):] = 1
-    with autocast(device, amp_dtype):
-        out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=True,
-                             temperature=temperature, top_p=top_p, top_k=None, max_new_tokens=max_new_tokens,
-                             num_return_sequences=k, pad_token_id=pad_id, eos_token_id=eos_id)
-    completions = []
-    for row in out[:, width:].tolist():
-        cut = row.index(eos_id) + 1 if eos_id in row else len(row)
-        completions.append(row[:cut])
-    return completions
 
 
 def run_grpo(cfg: GRPOConfig, say: Callable[[str], None] = print, progress: bool = True) -> GRPOResult:

@@ -23,7 +23,7 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def _final_hidden(model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.nn.Module]:
+def final_hidden(model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.nn.Module]:
     """The decoder body's last hidden states and the LM head, without the head's full-vocabulary pass."""
     inner = unwrap(model)
     hidden = inner.get_decoder()(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
@@ -38,7 +38,7 @@ def batch_nll_sum(model: torch.nn.Module, batch: Batch, amp_dtype: torch.dtype |
     the model's own forward, which would build logits for every position.
     """
     with autocast(batch.input_ids.device, amp_dtype):
-        hidden, head = _final_hidden(model, batch)
+        hidden, head = final_hidden(model, batch)
         return token_nll_sum(hidden, batch.targets, head.weight, getattr(head, "bias", None))
 
 
@@ -46,7 +46,7 @@ def batch_sequence_logps(model: torch.nn.Module, batch: Batch, num_examples: int
                          amp_dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """log π(y | x) summed over each collated example's trained tokens, and their counts: [num_examples] each."""
     with autocast(batch.input_ids.device, amp_dtype):
-        hidden, head = _final_hidden(model, batch)
+        hidden, head = final_hidden(model, batch)
         return sequence_logps(hidden, batch.targets, head.weight, getattr(head, "bias", None),
                               batch.example_ids, num_examples)
 
@@ -56,7 +56,7 @@ def batch_token_logps(model: torch.nn.Module, batch: Batch,
     """log π(y_t | y_<t) at every trained position, laid out like the batch: ([rows, T] fp32, bool mask)."""
     mask = batch.targets != IGNORE
     with autocast(batch.input_ids.device, amp_dtype):
-        hidden, head = _final_hidden(model, batch)
+        hidden, head = final_hidden(model, batch)
         logps, _ = target_logps(hidden, batch.targets, head.weight, getattr(head, "bias", None))
     return torch.zeros(mask.shape, dtype=logps.dtype, device=logps.device).masked_scatter(mask, logps), mask
 
@@ -69,7 +69,7 @@ def batch_last_hidden(model: torch.nn.Module, batch: Batch, num_examples: int,
     the whole conversation, so it is where a reward or value head reads it.
     """
     with autocast(batch.input_ids.device, amp_dtype):
-        hidden, _ = _final_hidden(model, batch)
+        hidden, _ = final_hidden(model, batch)
     flat_owner = batch.example_ids.reshape(-1)
     positions = torch.arange(flat_owner.numel(), device=flat_owner.device)
     real = flat_owner >= 0

@@ -1,4 +1,4 @@
-"""`tunesmith grpo` on a tiny model with a toy reward."""
+"""`tunesmith grpo` and `tunesmith ppo` on tiny models with toy rewards."""
 
 from __future__ import annotations
 
@@ -110,3 +110,66 @@ def test_grpo_bad_input(tmp_path, capsys):
     assert "did you mean 'json_valid'" in capsys.readouterr().err
     assert main(["grpo", "--prompts", str(good), "--out", str(out), "--reward", "json_valid", "--method", "full"]) == 2
     assert "--kl-coef 0" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def newline_reward_model(tmp_path_factory, peaked_model):
+    """A reward model (lora on the peaked base) that prefers replies broken over several lines."""
+    import random
+
+    from tunesmith.config.schema import RewardConfig
+    from tunesmith.recipes.reward import run_reward
+
+    rng = random.Random(0)
+    words = "alpha beta gamma delta epsilon zeta".split()
+    rows = [{"prompt": " ".join(rng.choice(words) for _ in range(3)),
+             "chosen": "\n".join(rng.choice(words) for _ in range(rng.randint(3, 6))),
+             "rejected": " ".join(rng.choice(words) for _ in range(rng.randint(3, 6)))} for _ in range(32)]
+    root = tmp_path_factory.mktemp("rm_newlines")
+    cfg = RewardConfig(model=str(peaked_model), out=str(root / "rm"))
+    cfg.data.train = str(write_jsonl(root / "pairs.jsonl", rows))
+    cfg.train.precision, cfg.train.max_steps, cfg.train.lr, cfg.train.save_every = "fp32", 15, 5e-3, 0
+    cfg.validate()
+    return run_reward(cfg, say=lambda s: None, progress=False).run_dir
+
+
+def test_ppo_raises_the_reward_models_score(tmp_path, peaked_model, newline_reward_model):
+    from tunesmith.config.schema import PPOConfig
+    from tunesmith.recipes.ppo import run_ppo
+
+    prompts = write_jsonl(tmp_path / "prompts.jsonl",
+                          [{"prompt": f"alpha beta {w}"} for w in "gamma delta epsilon zeta eta theta iota kappa".split()])
+    cfg = PPOConfig(model=str(peaked_model), out=str(tmp_path / "ppo"))
+    cfg.data.train = str(prompts)
+    cfg.ppo.reward_model = str(newline_reward_model)
+    cfg.ppo.rollouts_per_step, cfg.ppo.max_new_tokens, cfg.ppo.kl_coef = 8, 12, 0.01
+    cfg.train.precision, cfg.train.max_steps, cfg.train.lr = "fp32", 20, 5e-4
+    cfg.train.warmup_ratio, cfg.train.schedule, cfg.train.save_every = 0.0, "constant", 0
+    cfg.validate()
+    result = run_ppo(cfg, say=lambda s: None, progress=False)
+    records = read_metrics(result.run_dir / "metrics.jsonl")
+    rewards = [r["reward_mean"] for r in records]
+    assert sum(rewards[-5:]) / 5 > sum(rewards[:5]) / 5 + 0.8, rewards
+    assert records[0]["kl"] == pytest.approx(0.0, abs=1e-5)  # a fresh adapter: policy == reference
+    for key in ("reward_std", "kl_coef", "policy_loss", "value_loss", "clip_fraction", "entropy", "response_length"):
+        assert key in records[-1]
+    assert (result.run_dir / "value_head.safetensors").is_file() and (result.run_dir / "samples.jsonl").is_file()
+    adapter = json.loads((result.output / "adapter_config.json").read_text())
+    assert adapter["r"] == 16  # the policy adapter alone: the reward adapter is not saved with it
+
+
+def test_ppo_adaptive_kl_and_bad_input(tmp_path, newline_reward_model, peaked_model, capsys):
+    from tunesmith.losses.kl import AdaptiveKLController
+
+    ctl = AdaptiveKLController(0.1, target=1.0, horizon=100)
+    ctl.update(3.0, 10)  # KL above target: the coefficient rises
+    assert ctl.value > 0.1
+    prompts = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "a"}, {"prompt": "b"}])
+    base = ["ppo", "--prompts", str(prompts), "--out", str(tmp_path / "never"), "--no-progress"]
+    assert main(base) == 2
+    assert "use --reward-model DIR" in capsys.readouterr().err
+    assert main([*base, "--reward-model", str(newline_reward_model), "--method", "full"]) == 2
+    assert "use --method lora or qlora" in capsys.readouterr().err
+    assert main([*base, "--reward-model", str(newline_reward_model), "--model", "tiny-random-llama"]) == 2
+    assert "but the policy's base is" in capsys.readouterr().err
+    assert not (tmp_path / "never").exists()

@@ -1,0 +1,22 @@
+"""`tunesmith ppo`: RLHF with PPO against a trained reward model."""
+
+from __future__ import annotations
+
+from tunesmith.config.load import add_arguments, build_run_config
+from tunesmith.config.schema import PPOConfig
+
+
+def register(sub) -> None:
+    p = sub.add_parser("ppo", help="PPO against a reward model (policy, value, reference, reward on one base)",
+                       description="RLHF with PPO: sampled rollouts scored by a `tunesmith reward` model, per-token KL "
+                                   "to the base, a value head, GAE, clipped policy and value losses. lora or qlora.")
+    add_arguments(p, PPOConfig)
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    p.set_defaults(handler=run)
+
+
+def run(args) -> int:
+    from tunesmith.recipes.ppo import run_ppo
+
+    run_ppo(build_run_config(PPOConfig, args), progress=args.progress)
+    return 0

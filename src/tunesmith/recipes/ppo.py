@@ -1,0 +1,242 @@
+"""PPO against a trained reward model (RLHF), LoRA or QLoRA, on ONE copy of the base weights.
+
+    setup:  device -> model dir -> tokenizer -> prompts -> run dir -> base + policy adapter ("default")
+            + value head -> the reward model's adapter ("reward") and head -> optimizer
+    loop:   per step: its prompts -> one sampled completion each -> old log-probs and values (policy),
+            reference log-probs (adapters off), score (reward adapter + head) -> per-token rewards
+            (score at the last token − β·KL) -> GAE -> whitened advantages -> ppo_epochs × (clipped
+            policy loss + vf_coef · clipped value loss) -> KL controller -> log, samples.jsonl, checkpoint
+    save:   adapter/ (the policy, PEFT format), value_head.safetensors, run.json
+
+Four roles, one set of base weights: the policy is the trainable adapter; the value function is a head
+on the policy's final hidden states; the reference is the base with every adapter switched off; the
+reward model is a second, frozen adapter with its own head, switched on only to score.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from safetensors.torch import load_file, save
+from tqdm import tqdm
+
+from tunesmith.atomic import atomic_write_bytes, atomic_write_text
+from tunesmith.config.schema import PPOConfig
+from tunesmith.data.packing import Batch, collate_padded
+from tunesmith.data.prompts import load_prompt_file
+from tunesmith.data.templates import IGNORE, TokenizedExample
+from tunesmith.errors import ModelError
+from tunesmith.losses.kl import AdaptiveKLController, FixedKLController, kl_k1, masked_mean
+from tunesmith.losses.ppo import ppo_policy_loss, ppo_value_loss
+from tunesmith.losses.sft import target_logps
+from tunesmith.models import load_tokenizer, resolve_model_dir, select_device
+from tunesmith.models.load import autocast_dtype
+from tunesmith.models.reward import CONFIG as REWARD_CONFIG, HEAD as REWARD_HEAD, new_reward_head
+from tunesmith.rollout.advantages import gae, per_token_rewards
+from tunesmith.rollout.sampling import prompt_ids, sample_completions
+from tunesmith.train.checkpoint import load_checkpoint, save_checkpoint
+from tunesmith.train.metrics import MetricsLog
+from tunesmith.train.model_setup import build_trainable_model, save_trained, write_run_config
+from tunesmith.train.order import split_micro, step_indices
+from tunesmith.train.rundir import prepare_run_dir
+from tunesmith.train.schedule import build_optimizer, lr_multiplier, plan_steps, set_lr
+from tunesmith.train.step import autocast, batch_last_hidden, final_hidden, optimizer_step, unwrap
+
+POLICY, REWARD = "default", "reward"
+
+
+@dataclass
+class PPOResult:
+    run_dir: Path
+    output: Path
+    steps: int
+    final: dict[str, float]
+    seconds: float
+    model: torch.nn.Module
+
+
+def policy_forward(model: torch.nn.Module, value_head: torch.nn.Linear, batch: Batch,
+                   amp_dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-token log π(y_t | y_<t) and V(s_t) at the response positions: ([rows, T], [rows, T], mask)."""
+    mask = batch.targets != IGNORE
+    with autocast(batch.input_ids.device, amp_dtype):
+        hidden, head = final_hidden(model, batch)
+        logps, _ = target_logps(hidden, batch.targets, head.weight, getattr(head, "bias", None))
+    values = value_head(hidden[mask].float()).squeeze(-1)
+    zeros = torch.zeros(mask.shape, dtype=torch.float32, device=mask.device)
+    return zeros.masked_scatter(mask, logps.float()), zeros.masked_scatter(mask, values), mask
+
+
+def reward_model_dir(reward_dir: str, model_dir: Path) -> tuple[Path, dict]:
+    """The reward model's directory and manifest, checked to be an adapter on the policy's own base."""
+    directory = Path(reward_dir)
+    if (directory / "reward_model").is_dir():
+        directory = directory / "reward_model"
+    if not (directory / REWARD_CONFIG).is_file():
+        raise ModelError(f"{reward_dir}: not a reward model (no {REWARD_CONFIG}; train one with `tunesmith reward`)")
+    meta = json.loads((directory / REWARD_CONFIG).read_text())
+    if not (directory / "adapter").is_dir():
+        raise ModelError(f"{directory}: PPO shares one base between policy and reward, so the reward model must be "
+                         "a lora/qlora adapter (this one is a full fine-tune)")
+    if Path(meta["base"]).resolve() != Path(model_dir).resolve():
+        raise ModelError(f"{directory}: trained on {meta['base']}, but the policy's base is {model_dir}")
+    return directory, meta
+
+
+def attach_reward_adapter(model: torch.nn.Module, directory: Path, meta: dict, device: torch.device) -> torch.nn.Linear:
+    """Load the reward model's adapter next to the policy's (frozen) and return its head."""
+    model.load_adapter(str(directory / "adapter"), adapter_name=REWARD, is_trainable=False)
+    model.set_adapter(POLICY)  # the policy stays the active, trainable adapter
+    head = new_reward_head(meta["hidden_size"], device)
+    tensors = load_file(str(directory / REWARD_HEAD))
+    with torch.no_grad():
+        head.weight.copy_(tensors["weight"])
+        head.bias.copy_(tensors["bias"])
+    head.requires_grad_(False)
+    return head
+
+
+@torch.no_grad()
+def reward_scores(model: torch.nn.Module, head: torch.nn.Linear, batch: Batch, n: int, amp_dtype) -> torch.Tensor:
+    """r(x, y) with the reward adapter switched in for this forward only."""
+    model.set_adapter(REWARD)
+    try:
+        return head(batch_last_hidden(model, batch, n, amp_dtype).float()).squeeze(-1)
+    finally:
+        model.set_adapter(POLICY)
+
+
+def run_ppo(cfg: PPOConfig, say: Callable[[str], None] = print, progress: bool = True) -> PPOResult:
+    started = time.time()
+    o = cfg.ppo
+    # ---- setup -------------------------------------------------------------------------------
+    device = select_device(cfg.device)
+    amp_dtype = autocast_dtype(cfg.train.precision, device)
+    model_dir = resolve_model_dir(cfg.model)
+    tokenizer = load_tokenizer(model_dir)
+    prompts = load_prompt_file(cfg.data.train)
+    pad_id, eos_id = tokenizer.pad_token_id, tokenizer.eos_token_id
+    reward_dir, reward_meta = reward_model_dir(o.reward_model, model_dir)
+
+    run_dir, resume_from = prepare_run_dir(cfg.out, cfg.overwrite, cfg.resume)
+    write_run_config(run_dir, cfg, "ppo")
+    model, trainable, total = build_trainable_model(cfg, model_dir, device, amp_dtype, say)
+    reward_head = attach_reward_adapter(model, reward_dir, reward_meta, device)
+    model.value_head = value_head = new_reward_head(unwrap(model).config.hidden_size, device)  # V starts at 0
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = build_optimizer(params, cfg.train.lr, cfg.train.weight_decay)
+    kl_ctl = (AdaptiveKLController(o.kl_coef, o.kl_target, o.kl_horizon) if o.kl_target
+              else FixedKLController(o.kl_coef))
+    n_prompts = len(prompts)
+    total_steps, warmup_steps, too_many = plan_steps(cfg.train, n_prompts)
+    if too_many:
+        say(f"warning: {too_many}")
+    step = 0
+    if resume_from is not None:
+        state = load_checkpoint(resume_from, model, optimizer)
+        step, kl_ctl.value = state["step"], state.get("kl_coef", kl_ctl.value)
+        say(f"resumed from {resume_from} at step {step}")
+    metrics = MetricsLog(run_dir / "metrics.jsonl", resume_step=step if resume_from else None)
+    samples_log = MetricsLog(run_dir / "samples.jsonl", resume_step=step if resume_from else None)
+    say(f"ppo on {n_prompts} prompts, {total_steps} steps of {o.rollouts_per_step} rollouts x {o.ppo_epochs} epochs, "
+        f"kl_coef {o.kl_coef:g}" + (f" (adaptive, target {o.kl_target:g})" if o.kl_target else "")
+        + f", lr {cfg.train.lr:g}, {device.type}" + (f", autocast {amp_dtype}" if amp_dtype else ", fp32"))
+
+    # ---- loop --------------------------------------------------------------------------------
+    bar = tqdm(total=total_steps, initial=step, disable=not progress, unit="step", dynamic_ncols=True)
+    record: dict[str, Any] = {}
+    while step < total_steps:
+        t0 = time.perf_counter()
+        lr = cfg.train.lr * lr_multiplier(step, total_steps, warmup_steps, cfg.train.schedule)
+        set_lr(optimizer, lr)
+        rows = [prompts[i] for i in step_indices(n_prompts, o.rollouts_per_step, cfg.train.seed, step)]
+        p_ids = [prompt_ids(tokenizer, r.messages, cfg.data.max_prompt_length) for r in rows]
+        model.eval()
+        completions = sample_completions(model, p_ids, 1, o.temperature, o.top_p, o.max_new_tokens, pad_id, eos_id,
+                                         amp_dtype)
+        examples = [TokenizedExample(p + c, [IGNORE] * len(p) + c, r.where) for p, c, r in zip(p_ids, completions, rows)]
+        micro = split_micro(list(range(len(examples))), cfg.train.micro_batch_size)
+        batches = [collate_padded([examples[i] for i in m], pad_id).to(device) for m in micro]
+
+        # rollout statistics, all without gradient, micro-batch by micro-batch
+        roll = []
+        with torch.no_grad():
+            for m, batch in zip(micro, batches):
+                old_logp, old_values, mask = policy_forward(model, value_head, batch, amp_dtype)
+                with model.disable_adapter():
+                    ref_logp = policy_forward(model, value_head, batch, amp_dtype)[0]
+                scores = reward_scores(model, reward_head, batch, len(m), amp_dtype)
+                kl = kl_k1(old_logp, ref_logp) * mask
+                rewards = per_token_rewards(scores, kl, mask, kl_ctl.value)
+                advantages, returns = gae(rewards, old_values, mask, o.gamma, o.lam)
+                roll.append({"old_logp": old_logp, "old_values": old_values, "mask": mask, "scores": scores,
+                             "kl": kl.sum(1), "advantages": advantages, "returns": returns})
+        if o.whiten_advantages:  # across the whole batch of rollouts, not per micro-batch
+            flat_adv = torch.cat([r["advantages"][r["mask"]] for r in roll])
+            mean, std = flat_adv.mean(), flat_adv.std().clamp_min(1e-8)
+            for r in roll:
+                r["advantages"] = torch.where(r["mask"], (r["advantages"] - mean) / std, 0.0)
+        model.train()
+        sums = dict.fromkeys(("policy_loss", "value_loss", "clip_fraction", "value_clip_fraction", "entropy"), 0.0)
+        for epoch in range(o.ppo_epochs):
+            for m, batch, r in zip(micro, batches, roll):
+                logp, values, mask = policy_forward(model, value_head, batch, amp_dtype)
+                pl, pstats = ppo_policy_loss(logp, r["old_logp"], r["advantages"], mask, o.clip_range)
+                vl, vstats = ppo_value_loss(values, r["old_values"], r["returns"], mask, o.clip_range_value)
+                share = len(m) / len(examples)
+                ((pl + o.vf_coef * vl) * share).backward()
+                per_epoch = share / o.ppo_epochs
+                sums["policy_loss"] += float(pl.detach()) * per_epoch
+                sums["value_loss"] += float(vl.detach()) * per_epoch
+                sums["clip_fraction"] += float(pstats["clip_fraction"]) * per_epoch
+                sums["value_clip_fraction"] += float(vstats["value_clip_fraction"]) * per_epoch
+                if epoch == 0:  # −log π of the sampled tokens: a Monte-Carlo estimate of the entropy
+                    sums["entropy"] += float(masked_mean(-logp.detach(), mask)) * share
+            grad_norm = optimizer_step(params, optimizer, cfg.train.max_grad_norm)
+        scores = torch.cat([r["scores"] for r in roll])
+        seq_kl = torch.cat([r["kl"] for r in roll])
+        kl_coef_used = kl_ctl.value
+        kl_ctl.update(float(seq_kl.mean()), len(examples))
+        step += 1
+        seconds = time.perf_counter() - t0
+        record = {"step": step, "reward_mean": float(scores.mean()), "reward_std": float(scores.std()),
+                  "kl": float(seq_kl.mean()), "kl_coef": kl_coef_used, **sums,
+                  "response_length": sum(len(c) for c in completions) / len(completions),
+                  "lr": lr, "grad_norm": grad_norm, "step_s": seconds}
+        if step % cfg.train.log_every == 0:
+            metrics.write(record)
+        if o.samples_every and (step % o.samples_every == 0 or step == 1):
+            for row, c, s in list(zip(rows, completions, scores.tolist()))[:4]:
+                samples_log.write({"step": step, "prompt": row.messages[-1]["content"],
+                                   "completion": tokenizer.decode(c, skip_special_tokens=True), "reward": s})
+        bar.set_postfix(reward=f"{record['reward_mean']:.3f}", kl=f"{record['kl']:.3f}", refresh=False)
+        bar.update(1)
+        if cfg.train.save_every and step % cfg.train.save_every == 0 and step < total_steps:
+            save_checkpoint(run_dir, step, model, optimizer, {"kl_coef": kl_ctl.value})
+    bar.close()
+
+    # ---- save --------------------------------------------------------------------------------
+    metrics.close()
+    samples_log.close()
+    save_checkpoint(run_dir, step, model, optimizer, {"kl_coef": kl_ctl.value})
+    model.delete_adapter(REWARD)  # the saved adapter/ is the policy alone
+    del model.value_head
+    output = save_trained(model, tokenizer, run_dir, cfg.method, model_dir)
+    model.value_head = value_head
+    atomic_write_bytes(run_dir / "value_head.safetensors", save(
+        {"weight": value_head.weight.detach().cpu().contiguous(), "bias": value_head.bias.detach().cpu()}))
+    seconds = time.time() - started
+    final = {k: record[k] for k in ("reward_mean", "kl", "kl_coef", "response_length") if k in record}
+    manifest = {"recipe": "ppo", "method": cfg.method, "model": cfg.model, "model_dir": str(model_dir),
+                "reward_model": o.reward_model, "steps": step, "prompts": n_prompts, "final": final,
+                "trainable_params": trainable, "total_params": total, "seconds": round(seconds, 2),
+                "output": output.name}
+    atomic_write_text(run_dir / "run.json", json.dumps(manifest, indent=2) + "\n")
+    say(f"saved {output} ({step} steps, {seconds:.0f} s)")
+    model.eval()
+    return PPOResult(run_dir, output, step, final, seconds, model)

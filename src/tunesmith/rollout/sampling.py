@@ -1,0 +1,35 @@
+"""Sampling rollouts from the policy: chat-templated prompts in, completion token ids out."""
+
+from __future__ import annotations
+
+import torch
+
+from tunesmith.train.step import autocast
+
+
+def prompt_ids(tokenizer, messages: list[dict], max_prompt_length: int) -> list[int]:
+    """The chat-templated prompt with the assistant's generation header; long prompts keep their end."""
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return tokenizer(text, add_special_tokens=False)["input_ids"][-max_prompt_length:]
+
+
+@torch.no_grad()
+def sample_completions(model, prompts: list[list[int]], k: int, temperature: float, top_p: float,
+                       max_new_tokens: int, pad_id: int, eos_id: int, amp_dtype) -> list[list[int]]:
+    """k sampled completions per prompt (prompt-major order), each cut after its first end-of-turn token."""
+    device = next(model.parameters()).device
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for r, p in enumerate(prompts):  # left padding: generation continues from every row's right edge
+        ids[r, width - len(p):] = torch.tensor(p)
+        mask[r, width - len(p):] = 1
+    with autocast(device, amp_dtype):
+        out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=True,
+                             temperature=temperature, top_p=top_p, top_k=None, max_new_tokens=max_new_tokens,
+                             num_return_sequences=k, pad_token_id=pad_id, eos_token_id=eos_id)
+    completions = []
+    for row in out[:, width:].tolist():
+        cut = row.index(eos_id) + 1 if eos_id in row else len(row)
+        completions.append(row[:cut])
+    return completions
