@@ -14,10 +14,18 @@ from tunesmith.errors import ConfigError
 
 METHODS = ("lora", "qlora", "full")
 DEFAULT_LR = {"full": 1e-5, "lora": 2e-4, "qlora": 2e-4}
-# Preference optimisation moves a model further per step than SFT (the loss pushes log-ratios apart
-# without bound), so its customary rates are lower: DPO papers use 5e-7..1e-6 for full fine-tuning.
-DPO_DEFAULT_LR = {"full": 1e-6, "lora": 5e-5, "qlora": 5e-5}
+# Preference optimisation and RL move a model further per step than SFT (DPO pushes log-ratios apart
+# without bound; PPO/GRPO follow their own samples), so their customary rates are lower: DPO papers
+# use 5e-7..1e-6 for full fine-tuning.
+POLICY_DEFAULT_LR = {"full": 1e-6, "lora": 5e-5, "qlora": 5e-5}
 PREFERENCE_LOSS_NAMES = ("dpo", "ipo")  # keys of tunesmith.losses.dpo.PREFERENCE_LOSSES (a test checks)
+
+
+def require(checks: list[tuple[bool, str, str]]) -> None:
+    """Raise a ConfigError for the first (ok, key, why) that fails."""
+    for ok, key, why in checks:
+        if not ok:
+            raise ConfigError(f"{key}: {why}")
 
 
 def opt(default: Any, flag: str, help: str, choices: tuple[str, ...] | None = None) -> Any:
@@ -119,9 +127,7 @@ class SFTConfig:
             (self.lora.r >= 1, "lora.r", "must be >= 1"),
             (0 <= self.lora.dropout < 1, "lora.dropout", "must be in [0, 1)"),
         ]
-        for ok, key, why in checks:
-            if not ok:
-                raise ConfigError(f"{key}: {why}")
+        require(checks)
 
 
 @dataclass
@@ -139,7 +145,7 @@ class DPOConfig(SFTConfig):
 
     data: PreferenceDataConfig = field(default_factory=PreferenceDataConfig)
     dpo: DPOOptions = field(default_factory=DPOOptions)
-    default_lr: ClassVar[dict[str, float]] = DPO_DEFAULT_LR
+    default_lr: ClassVar[dict[str, float]] = POLICY_DEFAULT_LR
 
     def validate(self) -> None:
         super().validate()
@@ -185,7 +191,7 @@ class GRPOConfig(SFTConfig):
 
     data: PromptDataConfig = field(default_factory=PromptDataConfig)
     grpo: GRPOOptions = field(default_factory=GRPOOptions)
-    default_lr: ClassVar[dict[str, float]] = {"full": 1e-6, "lora": 5e-5, "qlora": 5e-5}
+    default_lr: ClassVar[dict[str, float]] = POLICY_DEFAULT_LR
 
     def validate(self) -> None:
         if self.data.train is None:
@@ -204,9 +210,7 @@ class GRPOConfig(SFTConfig):
                   (0 < g.top_p <= 1, "grpo.top_p", "must be in (0, 1]"),
                   (g.max_new_tokens >= 1, "grpo.max_new_tokens", "must be >= 1"),
                   (self.data.max_prompt_length >= 8, "data.max_prompt_length", "must be >= 8")]
-        for ok, key, why in checks:
-            if not ok:
-                raise ConfigError(f"{key}: {why}")
+        require(checks)
 
 
 @dataclass
@@ -235,7 +239,7 @@ class PPOConfig(SFTConfig):
 
     data: PromptDataConfig = field(default_factory=PromptDataConfig)
     ppo: PPOOptions = field(default_factory=PPOOptions)
-    default_lr: ClassVar[dict[str, float]] = {"full": 1e-6, "lora": 5e-5, "qlora": 5e-5}
+    default_lr: ClassVar[dict[str, float]] = POLICY_DEFAULT_LR
 
     def validate(self) -> None:
         if self.data.train is None:
@@ -255,6 +259,4 @@ class PPOConfig(SFTConfig):
                   (o.clip_range > 0 and o.clip_range_value > 0, "ppo.clip_range", "must be > 0"),
                   (o.temperature > 0, "ppo.temperature", "must be > 0"), (0 < o.top_p <= 1, "ppo.top_p", "in (0, 1]"),
                   (o.max_new_tokens >= 1, "ppo.max_new_tokens", "must be >= 1")]
-        for ok, key, why in checks:
-            if not ok:
-                raise ConfigError(f"{key}: {why}")
+        require(checks)

@@ -37,24 +37,33 @@ def save_reward_head(directory: Path, head: torch.nn.Linear, base_dir: Path, met
         {"base": str(base_dir), "method": method, "hidden_size": head.in_features}, indent=2) + "\n")
 
 
-def load_reward_model(directory: str | Path, device: str = "auto") -> tuple[torch.nn.Module, torch.nn.Linear, object]:
-    """(model, head, tokenizer) of a reward model directory written by `tunesmith reward`."""
-    from tunesmith.generation import load_for_inference
-
-    directory = Path(directory)
+def find_reward_model(path: str | Path) -> tuple[Path, dict]:
+    """The reward model directory (a `tunesmith reward` run or its reward_model/) and its manifest."""
+    directory = Path(path)
     if (directory / "reward_model").is_dir() and not (directory / CONFIG).is_file():
         directory = directory / "reward_model"  # a run directory was given
     if not (directory / CONFIG).is_file():
-        raise ModelError(f"{directory}: not a reward model (no {CONFIG}; train one with `tunesmith reward`)")
-    meta = json.loads((directory / CONFIG).read_text())
+        raise ModelError(f"{path}: not a reward model (no {CONFIG}; train one with `tunesmith reward`)")
+    return directory, json.loads((directory / CONFIG).read_text())
+
+
+def load_reward_head(directory: Path, meta: dict, device: torch.device) -> torch.nn.Linear:
+    """The saved head, frozen, on `device`."""
+    tensors = load_file(str(directory / HEAD))
+    head = new_reward_head(meta["hidden_size"], device)
+    with torch.no_grad():
+        head.weight.copy_(tensors["weight"])
+        head.bias.copy_(tensors["bias"])
+    return head.requires_grad_(False)
+
+
+def load_reward_model(path: str | Path, device: str = "auto") -> tuple[torch.nn.Module, torch.nn.Linear, object]:
+    """(model, head, tokenizer) of a reward model directory written by `tunesmith reward`."""
+    from tunesmith.generation import load_for_inference
+
+    directory, meta = find_reward_model(path)
     if (directory / "adapter").is_dir():
         model, tokenizer = load_for_inference(meta["base"], [str(directory / "adapter")], device)
     else:
         model, tokenizer = load_for_inference(str(directory / "model"), None, device)
-    tensors = load_file(str(directory / HEAD))
-    device_of = next(model.parameters()).device
-    head = new_reward_head(meta["hidden_size"], device_of)
-    with torch.no_grad():
-        head.weight.copy_(tensors["weight"])
-        head.bias.copy_(tensors["bias"])
-    return model, head, tokenizer
+    return model, load_reward_head(directory, meta, next(model.parameters()).device), tokenizer

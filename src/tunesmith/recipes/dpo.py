@@ -37,7 +37,7 @@ from tunesmith.losses.reward import pair_accuracy
 from tunesmith.models import load_tokenizer, resolve_model_dir, select_device
 from tunesmith.models.load import autocast_dtype
 from tunesmith.train.checkpoint import load_checkpoint, save_checkpoint
-from tunesmith.train.metrics import MetricsLog
+from tunesmith.train.metrics import MetricsLog, RunningMeans
 from tunesmith.train.model_setup import build_trainable_model, save_trained, write_run_config
 from tunesmith.train.order import split_micro, step_indices
 from tunesmith.train.rundir import prepare_run_dir
@@ -95,7 +95,7 @@ def reference_logps(model: torch.nn.Module, pairs: list[TokenizedPair], micro_ba
         for start in range(0, len(pairs), micro_batch_size):
             f = pair_forward(model, pairs[start : start + micro_batch_size], packing, max_length, pad_id,
                              device, amp_dtype)
-            out.append(torch.stack([f.chosen, f.rejected], dim=1).float().cpu())
+            out.append(torch.stack([f.chosen, f.rejected], dim=1).float())  # stays on the device
     return torch.cat(out) if out else torch.zeros(0, 2)
 
 
@@ -123,37 +123,24 @@ def cached_reference(run_dir: Path, fingerprint: str, compute: Callable[[], dict
             return load_file(str(path))
     started = time.perf_counter()
     tensors = compute()
-    atomic_write_bytes(path, save({k: v.contiguous() for k, v in tensors.items()}, {"fingerprint": fingerprint}))
+    atomic_write_bytes(path, save({k: v.cpu().contiguous() for k, v in tensors.items()}, {"fingerprint": fingerprint}))
     say(f"reference log-probs: {sum(len(v) for v in tensors.values())} pairs in "
         f"{time.perf_counter() - started:.0f} s, cached in {path}")
     return tensors
 
 
-class PreferenceStats:
-    """Running means of the logged quantities over the pairs seen (a step, or an evaluation pass)."""
+LOGGED = ("loss", "reward_chosen", "reward_rejected", "reward_margin", "reward_accuracy", "logp_chosen",
+          "logp_rejected")
 
-    KEYS = ("loss", "reward_chosen", "reward_rejected", "reward_margin", "reward_accuracy",
-            "logp_chosen", "logp_rejected")
 
-    def __init__(self) -> None:
-        self.sums = dict.fromkeys(self.KEYS, 0.0)
-        self.pairs = 0
-
-    def add(self, losses: torch.Tensor, r_chosen: torch.Tensor, r_rejected: torch.Tensor, f: Forward) -> None:
-        margin = (r_chosen - r_rejected).float()
-        values = {
-            "loss": losses.detach(), "reward_chosen": r_chosen, "reward_rejected": r_rejected,
-            "reward_margin": margin,
-            # a tie (policy == reference, e.g. before training) is a coin flip: it counts one half
-            "reward_accuracy": pair_accuracy(r_chosen, r_rejected),
-            "logp_chosen": f.chosen.detach(), "logp_rejected": f.rejected.detach(),
-        }
-        for key, v in values.items():
-            self.sums[key] += float(v.float().sum())
-        self.pairs += len(losses)
-
-    def means(self, prefix: str = "") -> dict[str, float]:
-        return {prefix + k: v / max(1, self.pairs) for k, v in self.sums.items()}
+def add_preference_stats(stats: RunningMeans, losses: torch.Tensor, r_chosen: torch.Tensor,
+                         r_rejected: torch.Tensor, f: Forward) -> None:
+    """The logged per-pair quantities (`LOGGED`, in that order) of one micro-batch."""
+    stats.add(len(losses), loss=losses, reward_chosen=r_chosen, reward_rejected=r_rejected,
+              reward_margin=r_chosen - r_rejected,
+              # a tie (policy == reference, e.g. before training) is a coin flip: it counts one half
+              reward_accuracy=pair_accuracy(r_chosen, r_rejected),
+              logp_chosen=f.chosen, logp_rejected=f.rejected)
 
 
 def run_dpo(cfg: DPOConfig, say: Callable[[str], None] = print, progress: bool = True) -> DPOResult:
@@ -204,7 +191,7 @@ def run_dpo(cfg: DPOConfig, say: Callable[[str], None] = print, progress: bool =
         + ("precomputed" if precompute else "= adapter off") + f", {device.type}"
         + (f", autocast {amp_dtype}" if amp_dtype else ", fp32"))
 
-    def preference_step(pairs: list[TokenizedPair], ref: torch.Tensor | None, stats: PreferenceStats,
+    def preference_step(pairs: list[TokenizedPair], ref: torch.Tensor | None, stats: RunningMeans,
                         scale: float) -> tuple[torch.Tensor, Forward]:
         """Loss of one micro-batch, already divided by the step's pair count (`scale` = 1 / pairs)."""
         if ref is None:  # the reference is this very model with its adapter switched off
@@ -212,7 +199,7 @@ def run_dpo(cfg: DPOConfig, say: Callable[[str], None] = print, progress: bool =
         f = pair_forward(model, pairs, packing, max_len, pad_id, device, amp_dtype)
         ref = ref.to(device)
         losses, r_chosen, r_rejected = loss_fn(f.chosen.float(), f.rejected.float(), ref[:, 0], ref[:, 1], beta)
-        stats.add(losses, r_chosen, r_rejected, f)
+        add_preference_stats(stats, losses, r_chosen, r_rejected, f)
         return losses.sum() * scale, f
 
     @torch.no_grad()
@@ -221,7 +208,7 @@ def run_dpo(cfg: DPOConfig, say: Callable[[str], None] = print, progress: bool =
             return None
         was_training = model.training
         model.eval()
-        stats = PreferenceStats()
+        stats = RunningMeans()
         for start in range(0, len(data.eval), mbs):
             ref = reference["eval"][start : start + mbs] if precompute else None
             preference_step(data.eval[start : start + mbs], ref, stats, 1.0)
@@ -245,7 +232,7 @@ def run_dpo(cfg: DPOConfig, say: Callable[[str], None] = print, progress: bool =
         # Normalise by the whole step's pairs (and chosen tokens for the SFT term), not per
         # micro-batch: accumulated gradients then equal those of one big batch.
         chosen_tokens = sum(data.train[i].chosen.num_targets for i in indices)
-        stats, tokens, nll_sum = PreferenceStats(), 0, 0.0
+        stats, tokens, nll_sum = RunningMeans(), 0, 0.0
         for micro in split_micro(indices, mbs):
             ref = reference["train"][micro] if precompute else None
             loss, f = preference_step([data.train[i] for i in micro], ref, stats, 1.0 / len(indices))
@@ -284,7 +271,7 @@ def run_dpo(cfg: DPOConfig, say: Callable[[str], None] = print, progress: bool =
     checkpoint(step)  # lets `--resume --max-steps MORE` extend a finished run
     output = save_trained(model, tokenizer, run_dir, cfg.method, model_dir)
     seconds = time.time() - started
-    final = {k: record[k] for k in PreferenceStats.KEYS if k in record}
+    final = {k: record[k] for k in LOGGED if k in record}
     manifest = {"recipe": "dpo", "loss": cfg.dpo.loss, "beta": beta, "method": cfg.method, "model": cfg.model,
                 "model_dir": str(model_dir), "reference": "precomputed" if precompute else "adapter off",
                 "steps": step, "train_pairs": n_train, "eval_pairs": len(data.eval), "pairs_seen": pairs_seen,

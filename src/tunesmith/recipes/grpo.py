@@ -25,13 +25,13 @@ from tunesmith.atomic import atomic_write_text
 from tunesmith.config.schema import GRPOConfig
 from tunesmith.data.packing import collate_padded
 from tunesmith.data.prompts import PromptRow, load_prompt_file
-from tunesmith.data.templates import IGNORE, TokenizedExample
+from tunesmith.data.templates import TokenizedExample
 from tunesmith.errors import DataError
 from tunesmith.losses.grpo import grpo_loss
 from tunesmith.models import load_tokenizer, resolve_model_dir, select_device
 from tunesmith.models.load import autocast_dtype
 from tunesmith.rollout.advantages import group_advantages
-from tunesmith.rollout.sampling import prompt_ids, sample_completions
+from tunesmith.rollout.sampling import completion_example, prompt_ids, sample_completions
 from tunesmith.rollout.rewards import missing_reward_fields, parse_reward_specs, score_completions
 from tunesmith.train.checkpoint import load_checkpoint, save_checkpoint
 from tunesmith.train.metrics import MetricsLog
@@ -110,9 +110,6 @@ def run_grpo(cfg: GRPOConfig, say: Callable[[str], None] = print, progress: bool
             totals = [t + s for t, s in zip(totals, parts["reward_model"])]
         return totals, parts
 
-    def as_example(prompt: list[int], completion: list[int], where: str) -> TokenizedExample:
-        return TokenizedExample(prompt + completion, [IGNORE] * len(prompt) + completion, where)
-
     def evaluate() -> float | None:
         """Mean reward of greedy replies to the eval prompts."""
         if not eval_prompts:
@@ -124,7 +121,7 @@ def run_grpo(cfg: GRPOConfig, say: Callable[[str], None] = print, progress: bool
         texts = generate_chat(model, tokenizer, [p.messages for p in eval_prompts], max_new_tokens=g.max_new_tokens,
                               precision=cfg.train.precision)
         model.train(was_training)
-        examples = [as_example(prompt_ids(tokenizer, p.messages, cfg.data.max_prompt_length),
+        examples = [completion_example(prompt_ids(tokenizer, p.messages, cfg.data.max_prompt_length),
                                tokenizer(t, add_special_tokens=False)["input_ids"] + [eos_id], p.where)
                     for p, t in zip(eval_prompts, texts)]
         totals, _ = score(eval_prompts, texts, examples)
@@ -148,7 +145,7 @@ def run_grpo(cfg: GRPOConfig, say: Callable[[str], None] = print, progress: bool
                                          pad_id, eos_id, amp_dtype)
         model.train()
         group_rows = [r for r in rows for _ in range(g.group_size)]  # prompt-major, like the samples
-        examples = [as_example(p_ids[i // g.group_size], c, group_rows[i].where) for i, c in enumerate(completions)]
+        examples = [completion_example(p_ids[i // g.group_size], c, group_rows[i].where) for i, c in enumerate(completions)]
         texts = [tokenizer.decode(c, skip_special_tokens=True) for c in completions]
         totals, parts = score(group_rows, texts, examples)
         advantages = group_advantages(torch.tensor(totals), g.group_size).to(device)
@@ -166,7 +163,7 @@ def run_grpo(cfg: GRPOConfig, say: Callable[[str], None] = print, progress: bool
         sums: dict[str, float] = {"loss": 0.0, "clip_fraction": 0.0, "kl": 0.0, "entropy": 0.0}
         for _epoch in range(g.epochs_per_step):
             for j, (m, batch) in enumerate(zip(micro, batches)):
-                logp, mask = batch_token_logps(model, batch, amp_dtype)
+                logp, mask, _ = batch_token_logps(model, batch, amp_dtype)
                 old = old_logps[j] if old_logps[j] is not None else logp.detach()  # one pass: ratio 1, grad of A·log π
                 loss, stats = grpo_loss(logp, old, ref_logps[j], advantages[m], mask, g.clip_range, g.kl_coef)
                 share = len(m) / len(examples)  # the loss averages over sequences: weigh micro-batches by size

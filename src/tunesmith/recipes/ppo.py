@@ -22,30 +22,28 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from safetensors.torch import load_file, save
+from safetensors.torch import save
 from tqdm import tqdm
 
 from tunesmith.atomic import atomic_write_bytes, atomic_write_text
 from tunesmith.config.schema import PPOConfig
 from tunesmith.data.packing import Batch, collate_padded
 from tunesmith.data.prompts import load_prompt_file
-from tunesmith.data.templates import IGNORE, TokenizedExample
 from tunesmith.errors import ModelError
 from tunesmith.losses.kl import AdaptiveKLController, FixedKLController, kl_k1, masked_mean
 from tunesmith.losses.ppo import ppo_policy_loss, ppo_value_loss
-from tunesmith.losses.sft import target_logps
 from tunesmith.models import load_tokenizer, resolve_model_dir, select_device
 from tunesmith.models.load import autocast_dtype
-from tunesmith.models.reward import CONFIG as REWARD_CONFIG, HEAD as REWARD_HEAD, new_reward_head
+from tunesmith.models.reward import find_reward_model, load_reward_head, new_reward_head
 from tunesmith.rollout.advantages import gae, per_token_rewards
-from tunesmith.rollout.sampling import prompt_ids, sample_completions
+from tunesmith.rollout.sampling import completion_example, prompt_ids, sample_completions
 from tunesmith.train.checkpoint import load_checkpoint, save_checkpoint
 from tunesmith.train.metrics import MetricsLog
 from tunesmith.train.model_setup import build_trainable_model, save_trained, write_run_config
 from tunesmith.train.order import split_micro, step_indices
 from tunesmith.train.rundir import prepare_run_dir
 from tunesmith.train.schedule import build_optimizer, lr_multiplier, plan_steps, set_lr
-from tunesmith.train.step import autocast, batch_last_hidden, final_hidden, optimizer_step, unwrap
+from tunesmith.train.step import batch_last_hidden, batch_token_logps, optimizer_step, unwrap
 
 POLICY, REWARD = "default", "reward"
 
@@ -63,23 +61,14 @@ class PPOResult:
 def policy_forward(model: torch.nn.Module, value_head: torch.nn.Linear, batch: Batch,
                    amp_dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-token log π(y_t | y_<t) and V(s_t) at the response positions: ([rows, T], [rows, T], mask)."""
-    mask = batch.targets != IGNORE
-    with autocast(batch.input_ids.device, amp_dtype):
-        hidden, head = final_hidden(model, batch)
-        logps, _ = target_logps(hidden, batch.targets, head.weight, getattr(head, "bias", None))
+    logps, mask, hidden = batch_token_logps(model, batch, amp_dtype)
     values = value_head(hidden[mask].float()).squeeze(-1)
-    zeros = torch.zeros(mask.shape, dtype=torch.float32, device=mask.device)
-    return zeros.masked_scatter(mask, logps.float()), zeros.masked_scatter(mask, values), mask
+    return logps, torch.zeros(mask.shape, dtype=torch.float32, device=mask.device).masked_scatter(mask, values), mask
 
 
 def reward_model_dir(reward_dir: str, model_dir: Path) -> tuple[Path, dict]:
     """The reward model's directory and manifest, checked to be an adapter on the policy's own base."""
-    directory = Path(reward_dir)
-    if (directory / "reward_model").is_dir():
-        directory = directory / "reward_model"
-    if not (directory / REWARD_CONFIG).is_file():
-        raise ModelError(f"{reward_dir}: not a reward model (no {REWARD_CONFIG}; train one with `tunesmith reward`)")
-    meta = json.loads((directory / REWARD_CONFIG).read_text())
+    directory, meta = find_reward_model(reward_dir)
     if not (directory / "adapter").is_dir():
         raise ModelError(f"{directory}: PPO shares one base between policy and reward, so the reward model must be "
                          "a lora/qlora adapter (this one is a full fine-tune)")
@@ -92,13 +81,7 @@ def attach_reward_adapter(model: torch.nn.Module, directory: Path, meta: dict, d
     """Load the reward model's adapter next to the policy's (frozen) and return its head."""
     model.load_adapter(str(directory / "adapter"), adapter_name=REWARD, is_trainable=False)
     model.set_adapter(POLICY)  # the policy stays the active, trainable adapter
-    head = new_reward_head(meta["hidden_size"], device)
-    tensors = load_file(str(directory / REWARD_HEAD))
-    with torch.no_grad():
-        head.weight.copy_(tensors["weight"])
-        head.bias.copy_(tensors["bias"])
-    head.requires_grad_(False)
-    return head
+    return load_reward_head(directory, meta, device)
 
 
 @torch.no_grad()
@@ -159,7 +142,7 @@ def run_ppo(cfg: PPOConfig, say: Callable[[str], None] = print, progress: bool =
         model.eval()
         completions = sample_completions(model, p_ids, 1, o.temperature, o.top_p, o.max_new_tokens, pad_id, eos_id,
                                          amp_dtype)
-        examples = [TokenizedExample(p + c, [IGNORE] * len(p) + c, r.where) for p, c, r in zip(p_ids, completions, rows)]
+        examples = [completion_example(p, c, r.where) for p, c, r in zip(p_ids, completions, rows)]
         micro = split_micro(list(range(len(examples))), cfg.train.micro_batch_size)
         batches = [collate_padded([examples[i] for i in m], pad_id).to(device) for m in micro]
 

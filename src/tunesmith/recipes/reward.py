@@ -29,7 +29,7 @@ from tunesmith.models import load_tokenizer, resolve_model_dir, select_device
 from tunesmith.models.load import autocast_dtype
 from tunesmith.models.reward import new_reward_head, save_reward_head
 from tunesmith.train.checkpoint import load_checkpoint, save_checkpoint
-from tunesmith.train.metrics import MetricsLog
+from tunesmith.train.metrics import MetricsLog, RunningMeans
 from tunesmith.train.model_setup import build_trainable_model, save_trained, write_run_config
 from tunesmith.train.order import split_micro, step_indices
 from tunesmith.train.rundir import prepare_run_dir
@@ -60,23 +60,11 @@ def pair_scores(model: torch.nn.Module, head: torch.nn.Linear, pairs: list[Token
     return scores[:n], scores[n:], batch.num_tokens
 
 
-class RewardStats:
-    """Running means over the pairs seen: loss, accuracy, margin and the mean scores of each side."""
-
-    def __init__(self) -> None:
-        self.sums = dict.fromkeys(("loss", "accuracy", "margin", "reward_chosen", "reward_rejected"), 0.0)
-        self.pairs = 0
-
-    def add(self, losses: torch.Tensor, r_chosen: torch.Tensor, r_rejected: torch.Tensor) -> None:
-        r_chosen, r_rejected = r_chosen.detach(), r_rejected.detach()
-        for key, v in (("loss", losses.detach()), ("accuracy", pair_accuracy(r_chosen, r_rejected)),
-                       ("margin", r_chosen - r_rejected), ("reward_chosen", r_chosen),
-                       ("reward_rejected", r_rejected)):
-            self.sums[key] += float(v.float().sum())
-        self.pairs += len(losses)
-
-    def means(self, prefix: str = "") -> dict[str, float]:
-        return {prefix + k: v / max(1, self.pairs) for k, v in self.sums.items()}
+def add_reward_stats(stats: RunningMeans, losses: torch.Tensor, r_chosen: torch.Tensor,
+                     r_rejected: torch.Tensor) -> None:
+    """Loss, accuracy, margin and the mean score of each side, per pair."""
+    stats.add(len(losses), loss=losses, accuracy=pair_accuracy(r_chosen, r_rejected), margin=r_chosen - r_rejected,
+              reward_chosen=r_chosen, reward_rejected=r_rejected)
 
 
 def run_reward(cfg: RewardConfig, say: Callable[[str], None] = print, progress: bool = True) -> RewardResult:
@@ -120,11 +108,11 @@ def run_reward(cfg: RewardConfig, say: Callable[[str], None] = print, progress: 
             return None
         was_training = model.training
         model.eval()
-        stats = RewardStats()
+        stats = RunningMeans()
         for start in range(0, len(data.eval), mbs):
             r_w, r_l, _ = pair_scores(model, head, data.eval[start : start + mbs], packing, max_len, pad_id,
                                       device, amp_dtype)
-            stats.add(bradley_terry_loss(r_w, r_l), r_w, r_l)
+            add_reward_stats(stats, bradley_terry_loss(r_w, r_l), r_w, r_l)
         model.train(was_training)
         return stats.means("eval_")
 
@@ -142,13 +130,13 @@ def run_reward(cfg: RewardConfig, say: Callable[[str], None] = print, progress: 
         lr = cfg.train.lr * lr_multiplier(step, total_steps, warmup_steps, cfg.train.schedule)
         set_lr(optimizer, lr)
         indices = step_indices(n_train, cfg.train.batch_size, cfg.train.seed, step)
-        stats, tokens = RewardStats(), 0
+        stats, tokens = RunningMeans(), 0
         for micro in split_micro(indices, mbs):
             r_w, r_l, n_tokens = pair_scores(model, head, [data.train[i] for i in micro], packing, max_len, pad_id,
                                              device, amp_dtype)
             losses = bradley_terry_loss(r_w, r_l)
             (losses.sum() / len(indices)).backward()  # mean over the step's pairs, whatever the micro-batches
-            stats.add(losses, r_w, r_l)
+            add_reward_stats(stats, losses, r_w, r_l)
             tokens += n_tokens
         grad_norm = optimizer_step(params, optimizer, cfg.train.max_grad_norm)
         step += 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from tunesmith.data.templates import IGNORE, TokenizedExample
 from tunesmith.train.step import autocast
 
 
@@ -33,3 +34,8 @@ def sample_completions(model, prompts: list[list[int]], k: int, temperature: flo
         cut = row.index(eos_id) + 1 if eos_id in row else len(row)
         completions.append(row[:cut])
     return completions
+
+
+def completion_example(prompt: list[int], completion: list[int], where: str) -> TokenizedExample:
+    """Prompt + sampled completion as one sequence whose trained (scored) tokens are the completion's."""
+    return TokenizedExample(prompt + completion, [IGNORE] * len(prompt) + completion, where)

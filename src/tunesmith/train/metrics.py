@@ -17,6 +17,23 @@ def _clean(value: Any) -> Any:
     return value
 
 
+class RunningMeans:
+    """Per-item means of logged quantities over the items seen (the pairs of a step, an evaluation pass)."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, float] = {}
+        self.count = 0
+
+    def add(self, count: int, **values) -> None:
+        """`count` new items; each value is a tensor of their per-item quantities (summed here)."""
+        for key, v in values.items():
+            self.sums[key] = self.sums.get(key, 0.0) + float(v.detach().float().sum())
+        self.count += count
+
+    def means(self, prefix: str = "") -> dict[str, float]:
+        return {prefix + k: v / max(1, self.count) for k, v in self.sums.items()}
+
+
 class MetricsLog:
     def __init__(self, path: Path, resume_step: int | None = None):
         """Open for appending; when resuming at `resume_step`, drop records logged after it (they belong

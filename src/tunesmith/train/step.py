@@ -51,14 +51,16 @@ def batch_sequence_logps(model: torch.nn.Module, batch: Batch, num_examples: int
                               batch.example_ids, num_examples)
 
 
-def batch_token_logps(model: torch.nn.Module, batch: Batch,
-                      amp_dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """log π(y_t | y_<t) at every trained position, laid out like the batch: ([rows, T] fp32, bool mask)."""
+def batch_token_logps(model: torch.nn.Module, batch: Batch, amp_dtype: torch.dtype | None = None,
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """log π(y_t | y_<t) at every trained position, laid out like the batch: ([rows, T] fp32, bool mask),
+    plus the final hidden states [rows, T, H] (a value head reads them)."""
     mask = batch.targets != IGNORE
     with autocast(batch.input_ids.device, amp_dtype):
         hidden, head = final_hidden(model, batch)
         logps, _ = target_logps(hidden, batch.targets, head.weight, getattr(head, "bias", None))
-    return torch.zeros(mask.shape, dtype=logps.dtype, device=logps.device).masked_scatter(mask, logps), mask
+    logps = torch.zeros(mask.shape, dtype=torch.float32, device=mask.device).masked_scatter(mask, logps.float())
+    return logps, mask, hidden
 
 
 def batch_last_hidden(model: torch.nn.Module, batch: Batch, num_examples: int,
