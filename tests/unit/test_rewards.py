@@ -14,6 +14,7 @@ from tunesmith.rollout.rewards import (
     NamedReward,
     RewardError,
     exact_match,
+    json_fields,
     json_valid,
     missing_reward_fields,
     parse_reward_specs,
@@ -187,10 +188,39 @@ def test_exact_match(completion, reference, expected):
     assert exact_match(PROMPT, completion, {"reference": reference}) == expected
 
 
+REF = {"name": "Ann", "order_id": "ORD-1", "product": None, "urgency": "high"}
+
+
+@pytest.mark.parametrize(
+    "completion, expected",
+    [
+        ('{"name": "Ann", "order_id": "ORD-1", "product": null, "urgency": "high"}', 1.0),
+        ('{"name": "Ann", "order_id": "ORD-2", "product": null, "urgency": "low"}', 0.5),
+        ('{"name": "Ann", "order_id": "ORD-1", "urgency": "high"}', 1.0),  # a missing key reads as null
+        ('{"name": "Ann", "order_id": "ORD-1", "product": "", "urgency": "high", "extra": 1}', 0.75),
+        ('Sure! ```json\n{"name": "ann", "order_id": "ORD-1"}\n``` Done.', 0.5),  # in chatter; case matters
+        ('{"name": "Ann", "order_id": "ORD-1"', 0.0),  # no complete object
+        ("no JSON here", 0.0),
+        ('[{"name": "Ann"}]', 0.5),  # the first object found, even inside an array: name and product (null)
+    ],
+)
+def test_json_fields_share_of_matching_values(completion, expected):
+    assert json_fields(PROMPT, completion, {"reference": REF}) == pytest.approx(expected)
+    assert json_fields(PROMPT, completion, {"reference": json.dumps(REF)}) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("reference", ["not json", "[1, 2]", {}, 3])
+def test_json_fields_refuses_a_reference_that_is_no_object(reference):
+    with pytest.raises(RewardError, match=r"p\.jsonl:3: reward 'json_fields'.*reference"):
+        score_completions(parse_reward_specs("json_fields"), [PROMPT], ['{"a": 1}'], [{"reference": reference}],
+                          where=["p.jsonl:3"])
+
+
 def test_required_fields_and_file_line_problems():
     rewards = parse_reward_specs("json_valid,exact_match")
     assert required_fields(rewards) == {"reference"}
     assert required_fields(parse_reward_specs("json_valid")) == set()
+    assert required_fields(parse_reward_specs("json_fields")) == {"reference"}
     rows = [
         ("train.jsonl:1", {"prompt": "a", "reference": "x"}),
         ("train.jsonl:2", {"prompt": "b"}),

@@ -14,6 +14,11 @@ Built-ins (`words` is `len(completion.split())`):
   regex:PATTERN      1.0 if `re.search(PATTERN, completion)` finds a match, else 0.0.
   exact_match        1.0 if `completion.strip() == str(row["reference"]).strip()`, else 0.0. Every row
                      needs a non-null `reference` (see `missing_reward_fields`).
+  json_fields        the share of the fields of `row["reference"]` (a JSON object, or a string holding one)
+                     that the first JSON object in the completion has with the same value; 0.0 if the
+                     completion holds no object. Partial credit for extraction tasks: the object may sit in
+                     chatter or a fence, so pair it with json_valid to pay for the bare object. A key the
+                     completion lacks counts as null (it matches a null reference value).
   length_penalty     -max(0, words - N) / N with N = 50: 0.0 up to N words, -1.0 at 2N, -2.0 at 3N, ...
   length_penalty:N   the same with a target of N words (a positive integer).
 
@@ -102,6 +107,30 @@ def exact_match(prompt: list[dict], completion: str, row: dict) -> float:
     return 1.0 if completion.strip() == str(row["reference"]).strip() else 0.0
 
 
+def reference_object(row: dict) -> dict:
+    """row["reference"] as a dict: a JSON object as is, or a string holding one."""
+    reference = row["reference"]
+    if isinstance(reference, str):
+        try:
+            reference = json.loads(reference)
+        except ValueError:
+            raise ValueError("`reference` is a string that is not JSON; json_fields needs a JSON object") from None
+    if not isinstance(reference, dict) or not reference:
+        raise ValueError(f"`reference` must be a non-empty JSON object for json_fields, got {type(reference).__name__}")
+    return reference
+
+
+def json_fields(prompt: list[dict], completion: str, row: dict) -> float:
+    """Share of the reference object's fields that the completion's first JSON object matches exactly."""
+    from tunesmith.eval.structured import extract_json_object
+
+    reference = reference_object(row)
+    value = extract_json_object(completion)
+    if value is None:
+        return 0.0
+    return sum(value.get(k) == v for k, v in reference.items()) / len(reference)
+
+
 def json_schema_reward(spec: str, path: str) -> RewardFn:
     """A reward that is 1.0 if the completion parses (as in json_valid, any JSON value) and validates
     against the JSON Schema in `path`, else 0.0. The file is read and checked here, once."""
@@ -169,6 +198,7 @@ BUILTINS: dict[str, tuple[Callable[[str, str | None], RewardFn], str, frozenset[
     "regex": (regex_reward, _ARG, frozenset()),
     "exact_match": (lambda spec, arg: exact_match, _NO_ARG, frozenset({"reference"})),
     "length_penalty": (length_penalty_reward, _OPTIONAL_ARG, frozenset()),
+    "json_fields": (lambda spec, arg: json_fields, _NO_ARG, frozenset({"reference"})),
 }
 _USAGE = {"json_schema": "json_schema:PATH", "regex": "regex:PATTERN", "length_penalty": "length_penalty[:N]"}
 

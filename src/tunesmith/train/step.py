@@ -52,13 +52,19 @@ def batch_sequence_logps(model: torch.nn.Module, batch: Batch, num_examples: int
 
 
 def batch_token_logps(model: torch.nn.Module, batch: Batch, amp_dtype: torch.dtype | None = None,
-                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                      temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """log π(y_t | y_<t) at every trained position, laid out like the batch: ([rows, T] fp32, bool mask),
-    plus the final hidden states [rows, T, H] (a value head reads them)."""
+    plus the final hidden states [rows, T, H] (a value head reads them).
+
+    With a sampling temperature τ, π is softmax(logits / τ): the distribution the tokens were sampled
+    from, so that policy ratios and KL estimates are taken under the policy that produced them."""
     mask = batch.targets != IGNORE
     with autocast(batch.input_ids.device, amp_dtype):
         hidden, head = final_hidden(model, batch)
-        logps, _ = target_logps(hidden, batch.targets, head.weight, getattr(head, "bias", None))
+        bias = getattr(head, "bias", None)
+        scaled = hidden if temperature == 1.0 else hidden / temperature  # (W h + b) / τ = W (h / τ) + b / τ
+        logps, _ = target_logps(scaled, batch.targets, head.weight,
+                                bias if bias is None or temperature == 1.0 else bias / temperature)
     logps = torch.zeros(mask.shape, dtype=torch.float32, device=mask.device).masked_scatter(mask, logps.float())
     return logps, mask, hidden
 
