@@ -198,3 +198,12 @@ def test_data_validate_preference(tmp_path, capsys):
 
     good = write_jsonl(tmp_path / "good.jsonl", preference_rows(4))
     assert main(["data", "validate", str(good), "--kind", "preference", "--model", "tiny-random-llama"]) == 0
+
+
+def test_forgetting_guard_in_dpo(tmp_path, pairs_file):
+    probe = write_jsonl(tmp_path / "probe.jsonl", [{"prompt": "say yes", "answer": "yes yes"}])
+    cfg = _config(tmp_path, "guarded", pairs_file, max_steps=2, lr=1e-2)
+    cfg.forgetting.probe, cfg.forgetting.every = str(probe), 1
+    result = run_dpo(cfg, say=lambda s: None, progress=False)
+    drift = [r for r in read_metrics(result.run_dir / "metrics.jsonl") if "kl_to_base" in r]
+    assert [r["step"] for r in drift] == [0, 1, 2] and drift[0]["kl_to_base"] == 0.0 and drift[-1]["kl_to_base"] > 0

@@ -87,7 +87,8 @@ def test_grpo_kl_and_eval(tmp_path, tiny_dir):
     cfg.train.lr = 1e-2
     result = run_grpo(cfg, say=lambda s: None, progress=False)
     records = read_metrics(result.run_dir / "metrics.jsonl")
-    assert records[0] == {"step": 0, "eval_reward_mean": result.eval_before}
+    assert records[0] == {"step": 0, "eval_reward_mean": result.eval_before,
+                          "eval_reward/length_penalty:3": result.eval_before}  # one reward: its part is the total
     assert records[1]["kl"] == pytest.approx(0.0, abs=1e-6)  # a fresh adapter: policy == reference
     assert records[2]["kl"] > 0
     assert result.eval_after is not None and records[-1]["final"] is True
@@ -173,3 +174,26 @@ def test_ppo_adaptive_kl_and_bad_input(tmp_path, newline_reward_model, peaked_mo
     assert main([*base, "--reward-model", str(newline_reward_model), "--model", "tiny-random-llama"]) == 2
     assert "but the policy's base is" in capsys.readouterr().err
     assert not (tmp_path / "never").exists()
+
+
+def _probe(tmp_path):
+    return write_jsonl(tmp_path / "probe.jsonl", [{"prompt": f"say {w}", "answer": f"{w} {w} {w}"}
+                                                  for w in ("alpha", "beta", "gamma")])
+
+
+def _drift_steps(run_dir) -> list[int]:
+    return [r["step"] for r in read_metrics(run_dir / "metrics.jsonl") if "kl_to_base" in r]
+
+
+def test_forgetting_guard_in_grpo_and_ppo(tmp_path, peaked_model, newline_reward_model):
+    prompts = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": f"alpha {w}"} for w in "beta gamma delta eta".split()])
+    guard = ["--probe", str(_probe(tmp_path)), "--forgetting-every", "1", "--precision", "fp32", "--no-progress",
+             "--model", str(peaked_model), "--prompts", str(prompts), "--max-steps", "2", "--max-new-tokens", "8"]
+    assert main(["grpo", "--reward", "length_penalty:3", "--group-size", "2", "--batch-size", "2",
+                 "--out", str(tmp_path / "grpo"), *guard]) == 0
+    assert _drift_steps(tmp_path / "grpo") == [0, 1, 2]
+    assert main(["ppo", "--reward-model", str(newline_reward_model), "--rollouts-per-step", "2",
+                 "--out", str(tmp_path / "ppo"), *guard]) == 0
+    assert _drift_steps(tmp_path / "ppo") == [0, 1, 2]
+    run = json.loads((tmp_path / "ppo" / "run.json").read_text())
+    assert run["forgetting"]["budget_exceeded"] is None

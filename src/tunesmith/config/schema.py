@@ -42,6 +42,9 @@ class DataConfig:
     overlength: str = opt("truncate", "--overlength", "what to do with longer examples", ("truncate", "drop"))
     packing: bool = opt(True, "--packing", "pack several examples per row, attention isolated per example")
     train_on_prompt: bool = opt(False, "--train-on-prompt", "compute the loss on every token, not only the assistant's")
+    replay: str | None = opt(None, "--replay", "mix general examples into training against forgetting: `self` "
+                             "(the base's own answers to bundled general prompts) or an SFT data FILE")
+    replay_ratio: float = opt(0.1, "--replay-ratio", "share of the training examples that are replayed general examples")
 
 
 @dataclass
@@ -84,6 +87,24 @@ class TrainConfig:
 
 
 @dataclass
+class ForgettingOptions:
+    every: int = opt(0, "--forgetting-every", "measure probe perplexity and KL to the base every N steps "
+                     "(and at the end; 0: off)")
+    probe: str | None = opt(None, "--probe", "probe prompts, JSONL like --prompts, optional `answer` per row "
+                            "(default: the bundled general-domain probe, answered by the base)")
+    probe_size: int = opt(96, "--probe-size", "probe prompts measured during training, spread over the file (0: all)")
+    max_kl: float | None = opt(None, "--max-kl", "stop when kl_to_base (nats per token) exceeds this; "
+                               "the last measurement within budget is kept")
+    max_probe_ppl_increase: float | None = opt(None, "--max-probe-ppl-increase", "stop when the probe perplexity "
+                                               "rises by more than this fraction of the base's (0.05 = 5%%)")
+
+
+# Learning rates past which forgetting is the usual outcome (a warning, not an error; more than 3 epochs
+# is warned about by train.schedule.plan_steps, which knows the data size).
+LR_WARNING = {"full": 5e-5, "lora": 2e-3, "qlora": 2e-3}
+
+
+@dataclass
 class SFTConfig:
     model: str = opt("smollm2-135m-instruct", "--model", "alias, local Hugging Face directory or .gguf file")
     method: str = opt("lora", "--method", "what trains", METHODS)
@@ -94,6 +115,7 @@ class SFTConfig:
     data: DataConfig = field(default_factory=DataConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    forgetting: ForgettingOptions = field(default_factory=ForgettingOptions)
 
     default_lr: ClassVar[dict[str, float]] = DEFAULT_LR
 
@@ -126,8 +148,30 @@ class SFTConfig:
             (0 <= getattr(self.data, "eval_split", 0) < 1, "data.eval_split", "must be in [0, 1)"),
             (self.lora.r >= 1, "lora.r", "must be >= 1"),
             (0 <= self.lora.dropout < 1, "lora.dropout", "must be in [0, 1)"),
+            (0 < getattr(self.data, "replay_ratio", 0.5) < 1, "data.replay_ratio", "must be in (0, 1)"),
+        ]
+        f = self.forgetting
+        budget = f.max_kl is not None or f.max_probe_ppl_increase is not None
+        checks += [
+            (f.every >= 0, "forgetting.every", "must be >= 0"),
+            (f.probe_size >= 0, "forgetting.probe_size", "must be >= 0 (0: the whole probe)"),
+            (f.max_kl is None or f.max_kl > 0, "forgetting.max_kl", "must be > 0"),
+            (f.max_probe_ppl_increase is None or f.max_probe_ppl_increase > 0, "forgetting.max_probe_ppl_increase",
+             "must be > 0 (a fraction: 0.05 = 5%)"),
+            (f.every > 0 or not budget, "forgetting.every",
+             "a budget (--max-kl, --max-probe-ppl-increase) needs measurements: set --forgetting-every N"),
         ]
         require(checks)
+
+    def guard_rail_warnings(self) -> list[str]:
+        """Settings that usually end in forgetting, each with the reason (printed, never refused)."""
+        warnings = []
+        lr = self.train.lr if self.train.lr is not None else self.default_lr[self.method]
+        if lr > LR_WARNING[self.method]:
+            warnings.append(f"learning rate {lr:g} is above {LR_WARNING[self.method]:g} for {self.method} "
+                            f"fine-tuning (default {self.default_lr[self.method]:g}): large steps overwrite what "
+                            "the base knew; watch --forgetting-every or lower --lr")
+        return warnings
 
 
 @dataclass
@@ -161,6 +205,13 @@ class RewardConfig(SFTConfig):
 
     data: PreferenceDataConfig = field(default_factory=PreferenceDataConfig)
 
+    def validate(self) -> None:
+        super().validate()
+        f = self.forgetting
+        if f.every or f.max_kl is not None or f.max_probe_ppl_increase is not None:
+            raise ConfigError("forgetting: a reward model does not generate, so its drift is not measured on the "
+                              "probe; the forgetting guard applies to sft, dpo, ppo and grpo")
+
 
 @dataclass
 class PromptDataConfig:
@@ -172,7 +223,7 @@ class PromptDataConfig:
 
 @dataclass
 class GRPOOptions:
-    reward: str = opt("", "--reward", "reward functions: json_valid, json_schema:PATH, regex:PATTERN, exact_match, "
+    reward: str = opt("", "--reward", "reward functions: json_valid, json_fields, json_schema:PATH, regex:PATTERN, exact_match, "
                       "length_penalty[:N], module:function; comma-separated")
     reward_model: str | None = opt(None, "--reward-model", "a `tunesmith reward` run whose score is added to the reward")
     group_size: int = opt(4, "--group-size", "completions sampled per prompt (K)")

@@ -33,6 +33,7 @@ class PreparedData:
     eval: list[TokenizedExample]
     notes: list[str] = field(default_factory=list)  # what was truncated or dropped
     warnings: list[str] = field(default_factory=list)
+    replayed: int = 0  # general examples mixed in (--replay), at the end of `train`
 
 
 def length_stats(lengths: list[int]) -> dict[str, float]:
@@ -70,7 +71,22 @@ def hold_out(items: list, fraction: float, seed: int, notes: list[str], unit: st
     return [items[i] for i in sorted(order[n_eval:])], [items[i] for i in sorted(order[:n_eval])]
 
 
-def prepare_sft_data(cfg: DataConfig, tokenizer, seed: int) -> PreparedData:
+def mix_replay(train: list, pool: list, ratio: float, seed: int) -> tuple[list, int]:
+    """`train` plus n = round(len(train) · ratio / (1 − ratio)) examples drawn from `pool` (seeded, without
+    repetition until the pool is used up), so that replayed examples are `ratio` of the result. Task
+    examples keep their order and come first; the training order is shuffled per epoch anyway."""
+    n = round(len(train) * ratio / (1 - ratio))
+    g = torch.Generator().manual_seed(seed + 1)
+    drawn: list = []
+    while len(drawn) < n:
+        drawn += [pool[i] for i in torch.randperm(len(pool), generator=g).tolist()[: n - len(drawn)]]
+    return train + drawn, n
+
+
+def prepare_sft_data(cfg: DataConfig, tokenizer, seed: int, model_dir=None,
+                     say=print) -> PreparedData:
+    """Training and eval examples; with `cfg.replay`, general examples mixed in at `cfg.replay_ratio`
+    (`self` answers the bundled replay prompts with the base at `model_dir`, once, cached)."""
     notes: list[str] = []
     train = _load(cfg.train, tokenizer, cfg, "train", notes)
     evaluation: list[TokenizedExample] = []
@@ -82,7 +98,20 @@ def prepare_sft_data(cfg: DataConfig, tokenizer, seed: int) -> PreparedData:
     if len(train) < FEW_EXAMPLES:
         warnings.append(f"only {len(train)} training examples: fewer than {FEW_EXAMPLES} often under-specifies "
                         "the behaviour; watch the eval loss for overfitting")
-    return PreparedData(train, evaluation, notes, warnings)
+    replayed = 0
+    if cfg.replay:
+        if cfg.replay == "self":
+            from tunesmith.forgetting.replay import self_replay_examples
+
+            pool = apply_length_policy(self_replay_examples(tokenizer, model_dir, say), cfg.max_length,
+                                       cfg.overlength).examples
+        else:
+            pool = _load(cfg.replay, tokenizer, cfg, "replay", notes)
+        task = len(train)
+        train, replayed = mix_replay(train, pool, cfg.replay_ratio, seed)
+        notes.append(f"replay: mixed {replayed} general example(s) ({cfg.replay}, from a pool of {len(pool)}) into "
+                     f"{task} task example(s): {replayed / len(train):.1%} of the training stream")
+    return PreparedData(train, evaluation, notes, warnings, replayed)
 
 
 # ---- preference pairs ---------------------------------------------------------------------------

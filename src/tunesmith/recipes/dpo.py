@@ -32,10 +32,12 @@ from tunesmith.atomic import atomic_write_bytes, atomic_write_text
 from tunesmith.config.schema import DPOConfig
 from tunesmith.data.packing import collate_pairs
 from tunesmith.data.prepare import TokenizedPair, prepare_preference_data
+from tunesmith.forgetting.guard import guard_start, guard_step, guard_summary, start_guard, stop_over_budget
 from tunesmith.losses.dpo import PREFERENCE_LOSSES
 from tunesmith.losses.reward import pair_accuracy
 from tunesmith.models import load_tokenizer, resolve_model_dir, select_device
 from tunesmith.models.load import autocast_dtype
+from tunesmith.report import write_report
 from tunesmith.train.checkpoint import load_checkpoint, save_checkpoint
 from tunesmith.train.metrics import MetricsLog, RunningMeans
 from tunesmith.train.model_setup import build_trainable_model, save_trained, write_run_config
@@ -159,6 +161,7 @@ def run_dpo(cfg: DPOConfig, say: Callable[[str], None] = print, progress: bool =
     run_dir, resume_from = prepare_run_dir(cfg.out, cfg.overwrite, cfg.resume)
     write_run_config(run_dir, cfg, "dpo")
     model, trainable, total = build_trainable_model(cfg, model_dir, device, amp_dtype, say)
+    guard = start_guard(cfg, model, tokenizer, model_dir, device, amp_dtype, say)
     loss_fn = PREFERENCE_LOSSES[cfg.dpo.loss]
     beta, sft_weight = cfg.dpo.beta, cfg.dpo.sft_weight
     mbs, packing, max_len, pad_id = cfg.train.micro_batch_size, cfg.data.packing, cfg.data.max_length, tokenizer.pad_token_id
@@ -219,8 +222,11 @@ def run_dpo(cfg: DPOConfig, say: Callable[[str], None] = print, progress: bool =
         save_checkpoint(run_dir, at_step, model, optimizer, {"pairs_seen": pairs_seen})
 
     # ---- loop --------------------------------------------------------------------------------
-    if cfg.train.eval_every and step == 0 and data.eval:  # the starting point: policy == reference
-        metrics.write({"step": 0, **evaluate()})
+    if step == 0:  # the starting point: policy == reference
+        start = evaluate() if cfg.train.eval_every and data.eval else {}
+        start.update(guard_start(guard))
+        if start:
+            metrics.write({"step": 0, **start})
     model.train()
     bar = tqdm(total=total_steps, initial=step, disable=not progress, unit="step", dynamic_ncols=True)
     record: dict[str, Any] = {}
@@ -252,14 +258,18 @@ def run_dpo(cfg: DPOConfig, say: Callable[[str], None] = print, progress: bool =
             record["chosen_nll"] = nll_sum / max(1, chosen_tokens)
         if cfg.train.eval_every and step % cfg.train.eval_every == 0 and step < total_steps:
             record.update(evaluate() or {})
-        if step % cfg.train.log_every == 0 or "eval_loss" in record:
+        over_budget = guard_step(guard, model, step, total_steps, record)
+        if step % cfg.train.log_every == 0 or "eval_loss" in record or "kl_to_base" in record:
             metrics.write(record)
         bar.set_postfix(loss=f"{record['loss']:.4f}", acc=f"{record['reward_accuracy']:.2f}",
                         pairs_s=f"{record['pairs_per_s']:.2f}", refresh=False)
         bar.update(1)
+        if over_budget:
+            break
         if cfg.train.save_every and step % cfg.train.save_every == 0 and step < total_steps:
             checkpoint(step)
     bar.close()
+    stop_over_budget(guard, model, metrics, step, say)
 
     # ---- save --------------------------------------------------------------------------------
     final_eval = evaluate()
@@ -276,8 +286,9 @@ def run_dpo(cfg: DPOConfig, say: Callable[[str], None] = print, progress: bool =
                 "model_dir": str(model_dir), "reference": "precomputed" if precompute else "adapter off",
                 "steps": step, "train_pairs": n_train, "eval_pairs": len(data.eval), "pairs_seen": pairs_seen,
                 "final": final, "eval": final_eval, "trainable_params": trainable, "total_params": total,
-                "seconds": round(seconds, 2), "output": output.name}
+                "seconds": round(seconds, 2), "output": output.name, **guard_summary(guard)}
     atomic_write_text(run_dir / "run.json", json.dumps(manifest, indent=2) + "\n")
+    say(write_report(run_dir, "dpo"))
     say(f"saved {output} ({step} steps, {seconds:.0f} s)")
     model.eval()
     return DPOResult(run_dir, output, step, final, final_eval, seconds, model)

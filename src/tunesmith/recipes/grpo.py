@@ -27,9 +27,11 @@ from tunesmith.data.packing import collate_padded
 from tunesmith.data.prompts import PromptRow, load_prompt_file
 from tunesmith.data.templates import TokenizedExample
 from tunesmith.errors import DataError
+from tunesmith.forgetting.guard import guard_start, guard_step, guard_summary, start_guard, stop_over_budget
 from tunesmith.losses.grpo import grpo_loss
 from tunesmith.models import load_tokenizer, resolve_model_dir, select_device
 from tunesmith.models.load import autocast_dtype
+from tunesmith.report import write_report
 from tunesmith.rollout.advantages import group_advantages
 from tunesmith.rollout.sampling import completion_example, prompt_ids, sample_completions
 from tunesmith.rollout.rewards import missing_reward_fields, parse_reward_specs, score_completions
@@ -79,6 +81,7 @@ def run_grpo(cfg: GRPOConfig, say: Callable[[str], None] = print, progress: bool
     run_dir, resume_from = prepare_run_dir(cfg.out, cfg.overwrite, cfg.resume)
     write_run_config(run_dir, cfg, "grpo")
     model, trainable, total = build_trainable_model(cfg, model_dir, device, amp_dtype, say)
+    guard = start_guard(cfg, model, tokenizer, model_dir, device, amp_dtype, say)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = build_optimizer(params, cfg.train.lr, cfg.train.weight_decay)
     n_prompts = len(prompts)
@@ -110,10 +113,11 @@ def run_grpo(cfg: GRPOConfig, say: Callable[[str], None] = print, progress: bool
             totals = [t + s for t, s in zip(totals, parts["reward_model"])]
         return totals, parts
 
-    def evaluate() -> float | None:
-        """Mean reward of greedy replies to the eval prompts."""
+    def evaluate() -> dict[str, float]:
+        """Mean reward of greedy replies to the eval prompts, in all and per reward: {"eval_reward_mean": ...,
+        "eval_reward/<name>": ...}; {} without eval prompts."""
         if not eval_prompts:
-            return None
+            return {}
         from tunesmith.generation import generate_chat
 
         was_training = model.training
@@ -124,14 +128,17 @@ def run_grpo(cfg: GRPOConfig, say: Callable[[str], None] = print, progress: bool
         examples = [completion_example(prompt_ids(tokenizer, p.messages, cfg.data.max_prompt_length),
                                tokenizer(t, add_special_tokens=False)["input_ids"] + [eos_id], p.where)
                     for p, t in zip(eval_prompts, texts)]
-        totals, _ = score(eval_prompts, texts, examples)
-        return sum(totals) / len(totals)
+        totals, parts = score(eval_prompts, texts, examples)
+        return {"eval_reward_mean": sum(totals) / len(totals),
+                **{f"eval_reward/{k}": sum(v) / len(v) for k, v in parts.items()}}
 
     # ---- loop --------------------------------------------------------------------------------
     eval_before = None
-    if step == 0 and eval_prompts:
-        eval_before = evaluate()
-        metrics.write({"step": 0, "eval_reward_mean": eval_before})
+    if step == 0:
+        before = {**evaluate(), **guard_start(guard)}
+        eval_before = before.get("eval_reward_mean")
+        if before:
+            metrics.write({"step": 0, **before})
     bar = tqdm(total=total_steps, initial=step, disable=not progress, unit="step", dynamic_ncols=True)
     record: dict[str, Any] = {}
     while step < total_steps:
@@ -156,14 +163,14 @@ def run_grpo(cfg: GRPOConfig, say: Callable[[str], None] = print, progress: bool
         with torch.no_grad():
             for j, batch in enumerate(batches):
                 if g.epochs_per_step > 1:  # later passes need the sampling policy's own log-probs
-                    old_logps[j] = batch_token_logps(model, batch, amp_dtype)[0]
+                    old_logps[j] = batch_token_logps(model, batch, amp_dtype, g.temperature)[0]
                 if g.kl_coef > 0:
                     with model.disable_adapter():
-                        ref_logps[j] = batch_token_logps(model, batch, amp_dtype)[0]
+                        ref_logps[j] = batch_token_logps(model, batch, amp_dtype, g.temperature)[0]
         sums: dict[str, float] = {"loss": 0.0, "clip_fraction": 0.0, "kl": 0.0, "entropy": 0.0}
         for _epoch in range(g.epochs_per_step):
             for j, (m, batch) in enumerate(zip(micro, batches)):
-                logp, mask, _ = batch_token_logps(model, batch, amp_dtype)
+                logp, mask, _ = batch_token_logps(model, batch, amp_dtype, g.temperature)
                 old = old_logps[j] if old_logps[j] is not None else logp.detach()  # one pass: ratio 1, grad of A·log π
                 loss, stats = grpo_loss(logp, old, ref_logps[j], advantages[m], mask, g.clip_range, g.kl_coef)
                 share = len(m) / len(examples)  # the loss averages over sequences: weigh micro-batches by size
@@ -185,8 +192,9 @@ def run_grpo(cfg: GRPOConfig, say: Callable[[str], None] = print, progress: bool
         if g.kl_coef == 0:
             record.pop("kl")
         if cfg.train.eval_every and step % cfg.train.eval_every == 0 and step < total_steps:
-            record["eval_reward_mean"] = evaluate()
-        if step % cfg.train.log_every == 0 or "eval_reward_mean" in record:
+            record.update(evaluate())
+        over_budget = guard_step(guard, model, step, total_steps, record)
+        if step % cfg.train.log_every == 0 or "eval_reward_mean" in record or "kl_to_base" in record:
             metrics.write(record)
         if g.samples_every and (step % g.samples_every == 0 or step == 1):
             for i in range(min(2 * g.group_size, len(texts))):
@@ -194,14 +202,18 @@ def run_grpo(cfg: GRPOConfig, say: Callable[[str], None] = print, progress: bool
                                    "completion": texts[i], "reward": totals[i]})
         bar.set_postfix(reward=f"{record['reward_mean']:.3f}", refresh=False)
         bar.update(1)
+        if over_budget:
+            break
         if cfg.train.save_every and step % cfg.train.save_every == 0 and step < total_steps:
             save_checkpoint(run_dir, step, model, optimizer, {})
     bar.close()
+    stop_over_budget(guard, model, metrics, step, say)
 
     # ---- save --------------------------------------------------------------------------------
-    eval_after = evaluate()
-    if eval_after is not None:
-        metrics.write({"step": step, "eval_reward_mean": eval_after, "final": True})
+    after = evaluate()
+    eval_after = after.get("eval_reward_mean")
+    if after:
+        metrics.write({"step": step, **after, "final": True})
         say(f"eval on {len(eval_prompts)} prompts: mean reward of greedy replies "
             + (f"{eval_before:.4f} -> " if eval_before is not None else "") + f"{eval_after:.4f}")
     metrics.close()
@@ -214,8 +226,9 @@ def run_grpo(cfg: GRPOConfig, say: Callable[[str], None] = print, progress: bool
                 "rewards": names, "group_size": g.group_size, "kl_coef": g.kl_coef, "steps": step,
                 "prompts": n_prompts, "final": final, "eval_reward_before": eval_before,
                 "eval_reward_after": eval_after, "trainable_params": trainable, "total_params": total,
-                "seconds": round(seconds, 2), "output": output.name}
+                "seconds": round(seconds, 2), "output": output.name, **guard_summary(guard)}
     atomic_write_text(run_dir / "run.json", json.dumps(manifest, indent=2) + "\n")
+    say(write_report(run_dir, "grpo"))
     say(f"saved {output} ({step} steps, {seconds:.0f} s)")
     model.eval()
     return GRPOResult(run_dir, output, step, final, eval_before, eval_after, seconds, model)

@@ -30,11 +30,13 @@ from tunesmith.config.schema import PPOConfig
 from tunesmith.data.packing import Batch, collate_padded
 from tunesmith.data.prompts import load_prompt_file
 from tunesmith.errors import ModelError
+from tunesmith.forgetting.guard import guard_start, guard_step, guard_summary, start_guard, stop_over_budget
 from tunesmith.losses.kl import AdaptiveKLController, FixedKLController, kl_k1, masked_mean
 from tunesmith.losses.ppo import ppo_policy_loss, ppo_value_loss
 from tunesmith.models import load_tokenizer, resolve_model_dir, select_device
 from tunesmith.models.load import autocast_dtype
 from tunesmith.models.reward import find_reward_model, load_reward_head, new_reward_head
+from tunesmith.report import write_report
 from tunesmith.rollout.advantages import gae, per_token_rewards
 from tunesmith.rollout.sampling import completion_example, prompt_ids, sample_completions
 from tunesmith.train.checkpoint import load_checkpoint, save_checkpoint
@@ -58,10 +60,11 @@ class PPOResult:
     model: torch.nn.Module
 
 
-def policy_forward(model: torch.nn.Module, value_head: torch.nn.Linear, batch: Batch,
-                   amp_dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per-token log π(y_t | y_<t) and V(s_t) at the response positions: ([rows, T], [rows, T], mask)."""
-    logps, mask, hidden = batch_token_logps(model, batch, amp_dtype)
+def policy_forward(model: torch.nn.Module, value_head: torch.nn.Linear, batch: Batch, amp_dtype,
+                   temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-token log π(y_t | y_<t) (π at the sampling temperature) and V(s_t) at the response positions:
+    ([rows, T], [rows, T], mask)."""
+    logps, mask, hidden = batch_token_logps(model, batch, amp_dtype, temperature)
     values = value_head(hidden[mask].float()).squeeze(-1)
     return logps, torch.zeros(mask.shape, dtype=torch.float32, device=mask.device).masked_scatter(mask, values), mask
 
@@ -111,6 +114,7 @@ def run_ppo(cfg: PPOConfig, say: Callable[[str], None] = print, progress: bool =
     model, trainable, total = build_trainable_model(cfg, model_dir, device, amp_dtype, say)
     reward_head = attach_reward_adapter(model, reward_dir, reward_meta, device)
     model.value_head = value_head = new_reward_head(unwrap(model).config.hidden_size, device)  # V starts at 0
+    guard = start_guard(cfg, model, tokenizer, model_dir, device, amp_dtype, say)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = build_optimizer(params, cfg.train.lr, cfg.train.weight_decay)
     kl_ctl = (AdaptiveKLController(o.kl_coef, o.kl_target, o.kl_horizon) if o.kl_target
@@ -131,6 +135,8 @@ def run_ppo(cfg: PPOConfig, say: Callable[[str], None] = print, progress: bool =
         + f", lr {cfg.train.lr:g}, {device.type}" + (f", autocast {amp_dtype}" if amp_dtype else ", fp32"))
 
     # ---- loop --------------------------------------------------------------------------------
+    if step == 0 and guard is not None:
+        metrics.write({"step": 0, **guard_start(guard)})
     bar = tqdm(total=total_steps, initial=step, disable=not progress, unit="step", dynamic_ncols=True)
     record: dict[str, Any] = {}
     while step < total_steps:
@@ -150,9 +156,9 @@ def run_ppo(cfg: PPOConfig, say: Callable[[str], None] = print, progress: bool =
         roll = []
         with torch.no_grad():
             for m, batch in zip(micro, batches):
-                old_logp, old_values, mask = policy_forward(model, value_head, batch, amp_dtype)
+                old_logp, old_values, mask = policy_forward(model, value_head, batch, amp_dtype, o.temperature)
                 with model.disable_adapter():
-                    ref_logp = policy_forward(model, value_head, batch, amp_dtype)[0]
+                    ref_logp = policy_forward(model, value_head, batch, amp_dtype, o.temperature)[0]
                 scores = reward_scores(model, reward_head, batch, len(m), amp_dtype)
                 kl = kl_k1(old_logp, ref_logp) * mask
                 rewards = per_token_rewards(scores, kl, mask, kl_ctl.value)
@@ -168,7 +174,7 @@ def run_ppo(cfg: PPOConfig, say: Callable[[str], None] = print, progress: bool =
         sums = dict.fromkeys(("policy_loss", "value_loss", "clip_fraction", "value_clip_fraction", "entropy"), 0.0)
         for epoch in range(o.ppo_epochs):
             for m, batch, r in zip(micro, batches, roll):
-                logp, values, mask = policy_forward(model, value_head, batch, amp_dtype)
+                logp, values, mask = policy_forward(model, value_head, batch, amp_dtype, o.temperature)
                 pl, pstats = ppo_policy_loss(logp, r["old_logp"], r["advantages"], mask, o.clip_range)
                 vl, vstats = ppo_value_loss(values, r["old_values"], r["returns"], mask, o.clip_range_value)
                 share = len(m) / len(examples)
@@ -191,7 +197,8 @@ def run_ppo(cfg: PPOConfig, say: Callable[[str], None] = print, progress: bool =
                   "kl": float(seq_kl.mean()), "kl_coef": kl_coef_used, **sums,
                   "response_length": sum(len(c) for c in completions) / len(completions),
                   "lr": lr, "grad_norm": grad_norm, "step_s": seconds}
-        if step % cfg.train.log_every == 0:
+        over_budget = guard_step(guard, model, step, total_steps, record)
+        if step % cfg.train.log_every == 0 or "kl_to_base" in record:
             metrics.write(record)
         if o.samples_every and (step % o.samples_every == 0 or step == 1):
             for row, c, s in list(zip(rows, completions, scores.tolist()))[:4]:
@@ -199,9 +206,12 @@ def run_ppo(cfg: PPOConfig, say: Callable[[str], None] = print, progress: bool =
                                    "completion": tokenizer.decode(c, skip_special_tokens=True), "reward": s})
         bar.set_postfix(reward=f"{record['reward_mean']:.3f}", kl=f"{record['kl']:.3f}", refresh=False)
         bar.update(1)
+        if over_budget:
+            break
         if cfg.train.save_every and step % cfg.train.save_every == 0 and step < total_steps:
             save_checkpoint(run_dir, step, model, optimizer, {"kl_coef": kl_ctl.value})
     bar.close()
+    stop_over_budget(guard, model, metrics, step, say)
 
     # ---- save --------------------------------------------------------------------------------
     metrics.close()
@@ -218,8 +228,9 @@ def run_ppo(cfg: PPOConfig, say: Callable[[str], None] = print, progress: bool =
     manifest = {"recipe": "ppo", "method": cfg.method, "model": cfg.model, "model_dir": str(model_dir),
                 "reward_model": o.reward_model, "steps": step, "prompts": n_prompts, "final": final,
                 "trainable_params": trainable, "total_params": total, "seconds": round(seconds, 2),
-                "output": output.name}
+                "output": output.name, **guard_summary(guard)}
     atomic_write_text(run_dir / "run.json", json.dumps(manifest, indent=2) + "\n")
+    say(write_report(run_dir, "ppo"))
     say(f"saved {output} ({step} steps, {seconds:.0f} s)")
     model.eval()
     return PPOResult(run_dir, output, step, final, seconds, model)

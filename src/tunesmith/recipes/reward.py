@@ -28,6 +28,7 @@ from tunesmith.losses.reward import bradley_terry_loss, pair_accuracy
 from tunesmith.models import load_tokenizer, resolve_model_dir, select_device
 from tunesmith.models.load import autocast_dtype
 from tunesmith.models.reward import new_reward_head, save_reward_head
+from tunesmith.report import write_report
 from tunesmith.train.checkpoint import load_checkpoint, save_checkpoint
 from tunesmith.train.metrics import MetricsLog, RunningMeans
 from tunesmith.train.model_setup import build_trainable_model, save_trained, write_run_config
@@ -176,6 +177,7 @@ def run_reward(cfg: RewardConfig, say: Callable[[str], None] = print, progress: 
                 "final": final, "eval": final_eval, "trainable_params": trainable + head.weight.numel() + 1,
                 "total_params": total, "seconds": round(seconds, 2), "output": output.name}
     atomic_write_text(run_dir / "run.json", json.dumps(manifest, indent=2) + "\n")
+    say(write_report(run_dir, "reward"))
     say(f"saved {output} ({step} steps, {seconds:.0f} s)")
     model.eval()
     return RewardResult(run_dir, output, step, final, final_eval, seconds, model, head)

@@ -2,7 +2,7 @@
 
     setup:  device -> model dir -> tokenizer -> data -> run dir -> model (+ adapter) -> optimizer
     loop:   per optimizer step: its examples -> micro-batches -> loss / step tokens -> backward ->
-            clip -> AdamW -> log, evaluate, checkpoint
+            clip -> AdamW -> log, evaluate, forgetting guard (stop over budget), checkpoint
     save:   adapter/ (PEFT format) or model/ (Hugging Face format), run.json, final metrics
 """
 
@@ -21,8 +21,10 @@ from tunesmith.atomic import atomic_write_text
 from tunesmith.config.schema import SFTConfig
 from tunesmith.data.packing import collate
 from tunesmith.data.prepare import prepare_sft_data
+from tunesmith.forgetting.guard import guard_start, guard_step, guard_summary, start_guard, stop_over_budget
 from tunesmith.models import load_tokenizer, resolve_model_dir, select_device
 from tunesmith.models.load import autocast_dtype
+from tunesmith.report import write_report
 from tunesmith.train.checkpoint import load_checkpoint, save_checkpoint
 from tunesmith.train.metrics import MetricsLog
 from tunesmith.train.model_setup import build_trainable_model, save_trained, write_run_config
@@ -50,7 +52,7 @@ def run_sft(cfg: SFTConfig, say: Callable[[str], None] = print, progress: bool =
     amp_dtype = autocast_dtype(cfg.train.precision, device)
     model_dir = resolve_model_dir(cfg.model)
     tokenizer = load_tokenizer(model_dir)
-    data = prepare_sft_data(cfg.data, tokenizer, cfg.train.seed)
+    data = prepare_sft_data(cfg.data, tokenizer, cfg.train.seed, model_dir, say)
     for line in data.notes:
         say(f"data: {line}")
     for line in data.warnings:
@@ -59,6 +61,7 @@ def run_sft(cfg: SFTConfig, say: Callable[[str], None] = print, progress: bool =
     run_dir, resume_from = prepare_run_dir(cfg.out, cfg.overwrite, cfg.resume)
     write_run_config(run_dir, cfg, "sft")
     model, trainable, total = build_trainable_model(cfg, model_dir, device, amp_dtype, say)
+    guard = start_guard(cfg, model, tokenizer, model_dir, device, amp_dtype, say)
 
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = build_optimizer(params, cfg.train.lr, cfg.train.weight_decay)
@@ -87,8 +90,11 @@ def run_sft(cfg: SFTConfig, say: Callable[[str], None] = print, progress: bool =
         save_checkpoint(run_dir, at_step, model, optimizer, {"tokens_seen": tokens_seen})
 
     # ---- loop --------------------------------------------------------------------------------
-    if cfg.train.eval_every and step == 0 and data.eval:  # the starting point of the eval curve
-        metrics.write({"step": 0, "eval_loss": evaluate()})
+    if step == 0:  # the starting point of the eval and forgetting curves
+        start = {"eval_loss": evaluate()} if cfg.train.eval_every and data.eval else {}
+        start.update(guard_start(guard))
+        if start:
+            metrics.write({"step": 0, **start})
     model.train()
     bar = tqdm(total=total_steps, initial=step, disable=not progress, unit="step", dynamic_ncols=True)
     last_loss, eval_loss = None, None
@@ -120,13 +126,17 @@ def run_sft(cfg: SFTConfig, say: Callable[[str], None] = print, progress: bool =
             eval_loss = evaluate()
             if eval_loss is not None:
                 record["eval_loss"] = eval_loss
-        if step % cfg.train.log_every == 0 or "eval_loss" in record:
+        over_budget = guard_step(guard, model, step, total_steps, record)
+        if step % cfg.train.log_every == 0 or "eval_loss" in record or "kl_to_base" in record:
             metrics.write(record)
         bar.set_postfix(loss=f"{last_loss:.4f}", tok_s=f"{step_tokens / seconds:.0f}", refresh=False)
         bar.update(1)
+        if over_budget:
+            break
         if cfg.train.save_every and step % cfg.train.save_every == 0 and step < total_steps:
             checkpoint(step)
     bar.close()
+    stop_over_budget(guard, model, metrics, step, say)
 
     # ---- save --------------------------------------------------------------------------------
     eval_loss = evaluate()
@@ -140,9 +150,11 @@ def run_sft(cfg: SFTConfig, say: Callable[[str], None] = print, progress: bool =
     manifest = {"recipe": "sft", "method": cfg.method, "model": cfg.model, "model_dir": str(model_dir),
                 "steps": step, "train_examples": n_train, "eval_examples": len(data.eval),
                 "tokens_seen": tokens_seen, "final_loss": last_loss, "eval_loss": eval_loss,
-                "trainable_params": trainable, "total_params": total, "seconds": round(seconds, 2),
-                "output": output.name}
+                "replay_examples": data.replayed, "trainable_params": trainable, "total_params": total,
+                "seconds": round(seconds, 2), "output": output.name,
+                **guard_summary(guard)}
     atomic_write_text(run_dir / "run.json", json.dumps(manifest, indent=2) + "\n")
+    say(write_report(run_dir, "sft"))
     say(f"saved {output} ({step} steps, {seconds:.0f} s)")
     model.eval()
     return SFTResult(run_dir, output, step, last_loss, eval_loss, seconds, model)

@@ -27,6 +27,8 @@ def build_trainable_model(cfg, model_dir: Path, device: torch.device, amp_dtype:
     `cfg` is any recipe config with `method`, `lora` and `train`; seeds torch first, so the adapter's
     initialisation depends only on `train.seed`. Returns (model, trainable params, total params).
     """
+    for warning in cfg.guard_rail_warnings():
+        say(f"warning: {warning}")
     torch.manual_seed(cfg.train.seed)  # LoRA initialisation and dropout draw from this generator
     quantized = cfg.method == "qlora"
     model = load_model(model_dir, device, quantize_4bit=quantized, compute_dtype=amp_dtype or torch.float32)
