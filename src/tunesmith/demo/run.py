@@ -52,10 +52,10 @@ def score_model(model, tokenizer, heldout, batch_size: int = 60) -> tuple[dict, 
     return score_structured(outputs, references, FIELDS), outputs
 
 
-def check_out(out: Path) -> None:
-    """Replace a previous demo's directory, never anything else."""
-    if out.is_dir() and any(out.iterdir()) and not (out / "config.yaml").is_file():
-        raise OutputError(f"{out}: directory is not empty and is not a tunesmith run; choose another --out")
+def check_out(out: Path, marker: str = "config.yaml", what: str = "a tunesmith run") -> None:
+    """Replace a previous demo's directory (one holding `marker`), never anything else."""
+    if out.is_dir() and any(out.iterdir()) and not (out / marker).is_file():
+        raise OutputError(f"{out}: directory is not empty and is not {what}; choose another --out")
 
 
 def run_demo(out: Path, max_steps: int = 72, seed: int = 0, limit: int | None = None,

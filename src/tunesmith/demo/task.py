@@ -32,3 +32,15 @@ SYSTEM_PROMPT: str = (
     "account_access|product_question. urgency: high if urgent, asap or a deadline; "
     "low if no rush; else normal."
 )
+
+#: An example answer shown in the instruction of the GRPO demo's prompts. Its values belong to no message,
+#: so a reply that copies them is valid JSON with wrong fields: what GRPO's field reward teaches away.
+EXAMPLE_ANSWER: str = (
+    '{"name": "Ann Lee", "order_id": "ORD-12345", "product": "Desk Lamp", "intent": "refund", "urgency": "normal"}'
+)
+
+
+def extraction_instruction(message: str) -> str:
+    """One user turn asking for the JSON of `message`, with the example answer (the GRPO demo's prompt)."""
+    return ("Extract name, order_id, product, intent and urgency from this customer message. "
+            f"Answer with one JSON object like {EXAMPLE_ANSWER}\n\nMessage: {message}")
