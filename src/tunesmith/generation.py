@@ -10,25 +10,39 @@ from tunesmith.errors import ModelError
 from tunesmith.models import load_model, load_tokenizer, resolve_model_dir, select_device
 
 
+def adapter_names(adapters: list[str]) -> list[str]:
+    """A short, unique name per adapter directory: its folder's name, or its run's name for RUN/adapter."""
+    names: list[str] = []
+    for adapter in adapters:
+        path = Path(adapter).resolve()
+        base = path.parent.name if path.name == "adapter" else path.name
+        name, n = base, 2
+        while name in names or name == "base":
+            name, n = f"{base}-{n}", n + 1
+        names.append(name)
+    return names
+
+
 def load_for_inference(model: str, adapters: list[str] | None = None, device: str = "auto",
                        merge: bool = False):
     """(model, tokenizer) for a base (alias, HF dir or .gguf) plus optional PEFT adapter directories.
 
-    Each adapter is loaded under its directory's name; the last one is active. `merge` folds a single
-    adapter into a copy of the weights in memory (W + B·A·alpha/r; the files are untouched): same
-    outputs, and no extra LoRA matmuls at every decoding step.
+    Each adapter is loaded under `adapter_names` (e.g. "support" for runs/support/adapter); the last one is
+    active (`model.set_adapter(name)` switches). `merge` folds a single adapter into a copy of the weights in
+    memory (W + B·A·alpha/r; the files are untouched): same outputs, and no extra LoRA matmuls at every
+    decoding step.
     """
     model_dir = resolve_model_dir(model)
     tokenizer = load_tokenizer(model_dir)
     dev = select_device(device)
     net = load_model(model_dir, dev)
-    for i, adapter in enumerate(adapters or []):
+    adapters = list(adapters or [])
+    for i, (adapter, name) in enumerate(zip(adapters, adapter_names(adapters))):
         path = Path(adapter)
         if not (path / "adapter_config.json").is_file():
             raise ModelError(f"{path}: not an adapter directory (no adapter_config.json)")
         from peft import PeftModel
 
-        name = path.resolve().name if i else "default"
         if i == 0:
             net = PeftModel.from_pretrained(net, str(path), adapter_name=name)
         else:
@@ -89,3 +103,74 @@ def generate_chat(model, tokenizer, prompts: list[str | list[dict]], max_new_tok
     finally:
         tokenizer.padding_side = side
     return outputs
+
+
+def end_of_turn_ids(tokenizer) -> list[int]:
+    """The token that ends an assistant turn in this tokenizer's chat template (read off the template
+    itself), plus the tokenizer's eos if different. Stopping only at `eos_token` is the classic failure:
+    many templates end a turn with their own token (e.g. <|im_end|>, <|eot_id|>) and the model talks on."""
+    marker = "\u2063MARKER\u2063"
+    text = tokenizer.apply_chat_template([{"role": "user", "content": "hi"}, {"role": "assistant", "content": marker}],
+                                         tokenize=False)
+    after = text[text.rindex(marker) + len(marker):]
+    special = set(tokenizer.all_special_ids)
+    ids = [i for i in tokenizer(after, add_special_tokens=False)["input_ids"] if i in special][:1]
+    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
+        ids.append(tokenizer.eos_token_id)
+    return ids
+
+
+@torch.no_grad()
+def stream_reply(model, tokenizer, messages: list[dict], on_text, max_new_tokens: int = 512,
+                 temperature: float = 0.0, top_p: float = 1.0, precision: str = "auto") -> tuple[str, int]:
+    """Generate the assistant's reply to `messages`, calling on_text(piece) as text is decoded; stops at
+    the template's end-of-turn token. Returns (reply, tokens generated)."""
+    from transformers import TextStreamer
+
+    from tunesmith.models.load import autocast_dtype
+    from tunesmith.train.step import autocast
+
+    class _Callback(TextStreamer):
+        def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
+            if text:
+                on_text(text)
+
+    device = next(model.parameters()).device
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    enc = tokenizer(text, return_tensors="pt", add_special_tokens=False).to(device)
+    sample = temperature > 0
+    with autocast(device, autocast_dtype(precision, device)):
+        out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=sample,
+                             temperature=temperature if sample else None, top_p=top_p if sample else None,
+                             top_k=None, eos_token_id=end_of_turn_ids(tokenizer), pad_token_id=tokenizer.pad_token_id,
+                             streamer=_Callback(tokenizer, skip_prompt=True, skip_special_tokens=True))
+    new = out[0, enc["input_ids"].shape[1]:]
+    return tokenizer.decode(new, skip_special_tokens=True).strip(), int(new.numel())
+
+
+def chat_loop(model, tokenizer, read, write, system: str | None = None, reply_prefix: str = "",
+              **generation) -> list[dict]:
+    """An interactive chat: read() returns the user's line (EOFError ends), write(text) shows output.
+    Keeps the history; /reset clears it, /exit ends. Returns the final history."""
+    start = [{"role": "system", "content": system}] if system else []
+    history = list(start)
+    while True:
+        try:
+            line = read()
+        except EOFError:
+            break
+        command = line.strip()
+        if command in ("/exit", "/quit"):
+            break
+        if command == "/reset":
+            history = list(start)
+            write("(history cleared)\n")
+            continue
+        if not command:
+            continue
+        history.append({"role": "user", "content": line})
+        write(reply_prefix)
+        reply, _ = stream_reply(model, tokenizer, history, write, **generation)
+        write("\n")
+        history.append({"role": "assistant", "content": reply})
+    return history

@@ -282,7 +282,8 @@ def test_many_epochs_is_a_warning(tmp_path, capsys, tiny_dir):
 
 
 @pytest.mark.parametrize("command", [["sft"], ["dpo"], ["reward"], ["score"], ["ppo"], ["grpo"], ["demo"], ["generate"],
-                                     ["data", "validate"], ["models", "list"]])
+                                     ["data", "validate"], ["models", "list"], ["eval"], ["chat"], ["merge"],
+                                     ["export"], ["verify"], ["adapters", "info"], ["adapters", "combine"]])
 def test_every_help_page_renders(command, capsys):
     """argparse formats help with %: a stray '%' in any option's help text crashes `--help`."""
     with pytest.raises(SystemExit) as exit_info:

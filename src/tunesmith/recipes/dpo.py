@@ -36,6 +36,7 @@ from tunesmith.forgetting.guard import guard_start, guard_step, guard_summary, s
 from tunesmith.losses.dpo import PREFERENCE_LOSSES
 from tunesmith.losses.reward import pair_accuracy
 from tunesmith.models import load_tokenizer, resolve_model_dir, select_device
+from tunesmith.models.integrity import run_summary
 from tunesmith.models.load import autocast_dtype
 from tunesmith.report import write_report
 from tunesmith.train.checkpoint import load_checkpoint, save_checkpoint
@@ -286,7 +287,7 @@ def run_dpo(cfg: DPOConfig, say: Callable[[str], None] = print, progress: bool =
                 "model_dir": str(model_dir), "reference": "precomputed" if precompute else "adapter off",
                 "steps": step, "train_pairs": n_train, "eval_pairs": len(data.eval), "pairs_seen": pairs_seen,
                 "final": final, "eval": final_eval, "trainable_params": trainable, "total_params": total,
-                "seconds": round(seconds, 2), "output": output.name, **guard_summary(guard)}
+                "seconds": round(seconds, 2), "output": output.name, "base_checksum": run_summary(run_dir), **guard_summary(guard)}
     atomic_write_text(run_dir / "run.json", json.dumps(manifest, indent=2) + "\n")
     say(write_report(run_dir, "dpo"))
     say(f"saved {output} ({step} steps, {seconds:.0f} s)")

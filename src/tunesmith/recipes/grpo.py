@@ -30,6 +30,7 @@ from tunesmith.errors import DataError
 from tunesmith.forgetting.guard import guard_start, guard_step, guard_summary, start_guard, stop_over_budget
 from tunesmith.losses.grpo import grpo_loss
 from tunesmith.models import load_tokenizer, resolve_model_dir, select_device
+from tunesmith.models.integrity import run_summary
 from tunesmith.models.load import autocast_dtype
 from tunesmith.report import write_report
 from tunesmith.rollout.advantages import group_advantages
@@ -226,7 +227,7 @@ def run_grpo(cfg: GRPOConfig, say: Callable[[str], None] = print, progress: bool
                 "rewards": names, "group_size": g.group_size, "kl_coef": g.kl_coef, "steps": step,
                 "prompts": n_prompts, "final": final, "eval_reward_before": eval_before,
                 "eval_reward_after": eval_after, "trainable_params": trainable, "total_params": total,
-                "seconds": round(seconds, 2), "output": output.name, **guard_summary(guard)}
+                "seconds": round(seconds, 2), "output": output.name, "base_checksum": run_summary(run_dir), **guard_summary(guard)}
     atomic_write_text(run_dir / "run.json", json.dumps(manifest, indent=2) + "\n")
     say(write_report(run_dir, "grpo"))
     say(f"saved {output} ({step} steps, {seconds:.0f} s)")

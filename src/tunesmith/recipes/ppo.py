@@ -34,6 +34,7 @@ from tunesmith.forgetting.guard import guard_start, guard_step, guard_summary, s
 from tunesmith.losses.kl import AdaptiveKLController, FixedKLController, kl_k1, masked_mean
 from tunesmith.losses.ppo import ppo_policy_loss, ppo_value_loss
 from tunesmith.models import load_tokenizer, resolve_model_dir, select_device
+from tunesmith.models.integrity import run_summary
 from tunesmith.models.load import autocast_dtype
 from tunesmith.models.reward import find_reward_model, load_reward_head, new_reward_head
 from tunesmith.report import write_report
@@ -228,7 +229,7 @@ def run_ppo(cfg: PPOConfig, say: Callable[[str], None] = print, progress: bool =
     manifest = {"recipe": "ppo", "method": cfg.method, "model": cfg.model, "model_dir": str(model_dir),
                 "reward_model": o.reward_model, "steps": step, "prompts": n_prompts, "final": final,
                 "trainable_params": trainable, "total_params": total, "seconds": round(seconds, 2),
-                "output": output.name, **guard_summary(guard)}
+                "output": output.name, "base_checksum": run_summary(run_dir), **guard_summary(guard)}
     atomic_write_text(run_dir / "run.json", json.dumps(manifest, indent=2) + "\n")
     say(write_report(run_dir, "ppo"))
     say(f"saved {output} ({step} steps, {seconds:.0f} s)")

@@ -26,6 +26,7 @@ from tunesmith.data.packing import collate_pairs
 from tunesmith.data.prepare import TokenizedPair, prepare_preference_data
 from tunesmith.losses.reward import bradley_terry_loss, pair_accuracy
 from tunesmith.models import load_tokenizer, resolve_model_dir, select_device
+from tunesmith.models.integrity import run_summary
 from tunesmith.models.load import autocast_dtype
 from tunesmith.models.reward import new_reward_head, save_reward_head
 from tunesmith.report import write_report
@@ -167,7 +168,7 @@ def run_reward(cfg: RewardConfig, say: Callable[[str], None] = print, progress: 
     output = run_dir / "reward_model"
     output.mkdir(exist_ok=True)
     del model.reward_head  # the PEFT adapter / model directory holds the base part only
-    save_trained(model, tokenizer, output, cfg.method, model_dir)
+    save_trained(model, tokenizer, output, cfg.method, model_dir, record_dir=run_dir)
     model.reward_head = head
     save_reward_head(output, head, model_dir, cfg.method)
     seconds = time.time() - started
@@ -175,7 +176,7 @@ def run_reward(cfg: RewardConfig, say: Callable[[str], None] = print, progress: 
     manifest = {"recipe": "reward", "method": cfg.method, "model": cfg.model, "model_dir": str(model_dir),
                 "steps": step, "train_pairs": n_train, "eval_pairs": len(data.eval), "pairs_seen": pairs_seen,
                 "final": final, "eval": final_eval, "trainable_params": trainable + head.weight.numel() + 1,
-                "total_params": total, "seconds": round(seconds, 2), "output": output.name}
+                "total_params": total, "seconds": round(seconds, 2), "output": output.name, "base_checksum": run_summary(run_dir)}
     atomic_write_text(run_dir / "run.json", json.dumps(manifest, indent=2) + "\n")
     say(write_report(run_dir, "reward"))
     say(f"saved {output} ({step} steps, {seconds:.0f} s)")

@@ -23,6 +23,7 @@ from tunesmith.data.packing import collate
 from tunesmith.data.prepare import prepare_sft_data
 from tunesmith.forgetting.guard import guard_start, guard_step, guard_summary, start_guard, stop_over_budget
 from tunesmith.models import load_tokenizer, resolve_model_dir, select_device
+from tunesmith.models.integrity import run_summary
 from tunesmith.models.load import autocast_dtype
 from tunesmith.report import write_report
 from tunesmith.train.checkpoint import load_checkpoint, save_checkpoint
@@ -151,7 +152,7 @@ def run_sft(cfg: SFTConfig, say: Callable[[str], None] = print, progress: bool =
                 "steps": step, "train_examples": n_train, "eval_examples": len(data.eval),
                 "tokens_seen": tokens_seen, "final_loss": last_loss, "eval_loss": eval_loss,
                 "replay_examples": data.replayed, "trainable_params": trainable, "total_params": total,
-                "seconds": round(seconds, 2), "output": output.name,
+                "seconds": round(seconds, 2), "output": output.name, "base_checksum": run_summary(run_dir),
                 **guard_summary(guard)}
     atomic_write_text(run_dir / "run.json", json.dumps(manifest, indent=2) + "\n")
     say(write_report(run_dir, "sft"))

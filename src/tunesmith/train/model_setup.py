@@ -49,14 +49,30 @@ def build_trainable_model(cfg, model_dir: Path, device: torch.device, amp_dtype:
 
 
 def write_run_config(run_dir: Path, cfg, recipe: str) -> None:
-    """RUN/config.yaml: the resolved config, rerunnable (`--resume` reads it back)."""
+    """RUN/config.yaml: the resolved config, rerunnable (`--resume` reads it back); RUN/base_checksum.json:
+    the base's weight files before training (save_trained adds their checksum after); RUN/data_checksum.json."""
+    from tunesmith.models import resolve_model_dir
+    from tunesmith.models.integrity import record_data, record_start
+
+    record_start(run_dir, resolve_model_dir(cfg.model))
+    record_data(run_dir, cfg.data)
     saved = dataclasses.replace(cfg, overwrite=False, resume=False)
     atomic_write_text(run_dir / "config.yaml", config_to_yaml(
         saved, f"# resolved config; rerun with: tunesmith {recipe} --config {run_dir / 'config.yaml'} --out NEW_DIR"))
 
 
-def save_trained(model: torch.nn.Module, tokenizer, run_dir: Path, method: str, model_dir: Path) -> Path:
-    """adapter/ (PEFT: adapter_config.json + adapter_model.safetensors) or model/ (full weights)."""
+def save_trained(model: torch.nn.Module, tokenizer, run_dir: Path, method: str, model_dir: Path,
+                 record_dir: Path | None = None) -> Path:
+    """adapter/ (PEFT: adapter_config.json + adapter_model.safetensors) or model/ (full weights) in `run_dir`;
+    first the base's checksum again (in `record_dir`, the run directory: `run_dir` unless given), which
+    must equal the one taken at the start."""
+    from tunesmith.errors import ModelError
+    from tunesmith.models.integrity import record_end
+
+    integrity = record_end(record_dir or run_dir, model_dir)
+    if not integrity["untouched"]:
+        raise ModelError(f"{model_dir}: the base's weight files changed during the run (checksum {integrity['start']} "
+                         f"-> {integrity['end']}); something else wrote to them")
     if method in ("lora", "qlora"):
         target = run_dir / "adapter"
         # point the adapter at the local base so PEFT's own loaders find it without a hub

@@ -1,0 +1,81 @@
+"""What an adapter is: its PEFT config, size, base, the data it was trained on and how the run went."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tunesmith.errors import ModelError
+
+
+def adapter_info(adapter_dir: str | Path) -> dict:
+    """PEFT settings (method, rank, alpha, targets), trainable parameters, base, and, for an adapter written
+    by a tunesmith run, the run's recipe, data checksums and final metrics."""
+    from safetensors import safe_open
+
+    path = Path(adapter_dir)
+    config_file = path / "adapter_config.json"
+    if not config_file.is_file():
+        raise ModelError(f"{path}: not an adapter directory (no adapter_config.json)")
+    cfg = json.loads(config_file.read_text())
+    params = 0
+    weights = path / "adapter_model.safetensors"
+    if weights.is_file():
+        with safe_open(str(weights), framework="pt") as f:
+            for key in f.keys():
+                n = 1
+                for d in f.get_slice(key).get_shape():
+                    n *= d
+                params += n
+    targets = cfg.get("target_modules")
+    info = {"adapter": str(path), "peft_type": cfg.get("peft_type"), "dora": bool(cfg.get("use_dora")),
+            "rank": cfg.get("r"), "alpha": cfg.get("lora_alpha"), "dropout": cfg.get("lora_dropout"),
+            "targets": sorted(targets) if isinstance(targets, list) else targets, "trainable_params": params,
+            "base": cfg.get("base_model_name_or_path")}
+    run_dir = path.parent
+    run = json.loads((run_dir / "run.json").read_text()) if (run_dir / "run.json").is_file() else None
+    if run is not None:
+        info.update({"recipe": run.get("recipe"), "method": run.get("method"), "steps": run.get("steps"),
+                     "metrics": {k: run[k] for k in ("final_loss", "eval_loss", "final", "eval", "eval_reward_after")
+                                 if run.get(k) is not None},
+                     "base_checksum": run.get("base_checksum"), "forgetting": run.get("forgetting")})
+    data = run_dir / "data_checksum.json"
+    if data.is_file():
+        info["data"] = json.loads(data.read_text())
+    return info
+
+
+def format_info(info: dict) -> str:
+    lines = []
+    for key, value in info.items():
+        if value is None:
+            continue
+        shown = json.dumps(value) if isinstance(value, (dict, list)) else f"{value:,}" if isinstance(value, int) and \
+            not isinstance(value, bool) else str(value)
+        lines.append(f"{key:18s} {shown}")
+    return "\n".join(lines)
+
+
+def combine_adapters(model: str, adapters: list[str], weights: list[float], out: str | Path,
+                     combination: str = "cat") -> dict:
+    """One adapter from several on the same base, via PEFT's add_weighted_adapter.
+
+    "cat" (default) concatenates the ranks so that ΔW = Σ_i w_i ΔW_i exactly; "linear" averages A and B
+    (needs equal ranks; not exact); "svd" re-factorises Σ_i w_i ΔW_i to the largest rank."""
+    import tempfile
+
+    from tunesmith.atomic import atomic_directory
+    from tunesmith.generation import adapter_names, load_for_inference
+
+    if len(adapters) < 1 or len(weights) != len(adapters):
+        raise ModelError(f"combine: {len(adapters)} adapter(s) and {len(weights)} weight(s); give one weight each")
+    net, _ = load_for_inference(model, adapters)
+    names = adapter_names(adapters)
+    net.add_weighted_adapter(names, weights, "combined", combination_type=combination)
+    with tempfile.TemporaryDirectory() as tmp:
+        net.save_pretrained(tmp, selected_adapters=["combined"])
+        saved = Path(tmp) / "combined"  # PEFT writes a non-default adapter into a folder of its name
+        with atomic_directory(out) as target:
+            for f in saved.iterdir():
+                (target / f.name).write_bytes(f.read_bytes())
+    return {"out": str(out), "adapters": dict(zip(names, weights)), "combination": combination}
