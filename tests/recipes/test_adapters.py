@@ -172,3 +172,16 @@ def test_chat_command_reads_stdin(monkeypatch, capsys):
     assert main(["chat", "--model", "tiny-random-llama", "--max-new-tokens", "4", "--temperature", "0"]) == 0
     out = capsys.readouterr().out
     assert "you> hello" in out and "bot> " in out
+
+
+def test_export_with_an_adapter_to_gguf_loads_back(tmp_path, lora_run, capsys):
+    out = tmp_path / "support.gguf"
+    args = ["export", "--model", "tiny-random-llama", "--adapter", str(lora_run.output), "--format", "gguf"]
+    assert main([*args, "--dtype", "f32", "--out", str(out)]) == 0
+    assert "tensors" in capsys.readouterr().out
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file=out.name)
+    peft_model, _ = load_for_inference("tiny-random-llama", [str(lora_run.output)], "cpu")
+    assert (_logits(loaded) - _logits(peft_model)).abs().max() < 1e-4
+    assert main([*args, "--out", str(out)]) == 2  # exists: refused without --overwrite
+    assert main([*args, "--out", str(tmp_path / "x.bin")]) == 2
+    assert ".gguf" in capsys.readouterr().err

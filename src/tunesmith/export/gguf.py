@@ -1,0 +1,371 @@
+"""Export a Llama-architecture Hugging Face directory to a GGUF file (llama.cpp's format).
+
+The file follows what llama.cpp's own `convert_hf_to_gguf.py` writes for a `LlamaForCausalLM`: the
+`llama.*` hyperparameters, the tokenizer as `tokenizer.ggml.*` metadata plus `tokenizer.chat_template`,
+and every tensor under llama.cpp's standard name. Two details make the round trip exact:
+
+* Q and K projections are stored with their rows permuted per head (llama.cpp's rotary layout pairs
+  dimensions `(2i, 2i+1)`, Hugging Face pairs `(i, i + head_dim/2)`). `_permute_qk` is llama.cpp's
+  `LlamaModel.permute`; transformers' GGUF loader (`LlamaTensorProcessor._reverse_permute_weights`)
+  applies its exact inverse.
+* Tied embeddings are signalled by the *absence* of `output.weight`: that is how llama.cpp reads it,
+  and how transformers' loader sets `tie_word_embeddings`.
+
+Only what this exporter can write faithfully is accepted; anything else is a `ModelError`, never a
+silently different model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import secrets
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from tunesmith.atomic import fsync_dir
+from tunesmith.errors import ConfigError, ModelError
+
+DTYPES = ("f16", "f32")
+
+# Hugging Face parameter name (inside a decoder layer) -> llama.cpp tensor name (inside `blk.N`).
+_LAYER_NAMES = {
+    "input_layernorm": "attn_norm",
+    "post_attention_layernorm": "ffn_norm",
+    "self_attn.q_proj": "attn_q",
+    "self_attn.k_proj": "attn_k",
+    "self_attn.v_proj": "attn_v",
+    "self_attn.o_proj": "attn_output",
+    "mlp.gate_proj": "ffn_gate",
+    "mlp.up_proj": "ffn_up",
+    "mlp.down_proj": "ffn_down",
+}
+_GLOBAL_NAMES = {
+    "model.embed_tokens.weight": "token_embd.weight",
+    "model.norm.weight": "output_norm.weight",
+    "lm_head.weight": "output.weight",
+}
+_LAYER_RE = re.compile(r"^model\.layers\.(\d+)\.(.+)\.(weight|bias)$")
+
+# tokenizer.ggml.token_type values (gguf.TokenType)
+_NORMAL, _CONTROL, _USER_DEFINED, _UNUSED = 1, 3, 4, 5
+
+# Our key names for the special tokens -> (tokenizer_config.json key, config.json key)
+_SPECIAL_TOKENS = {
+    "bos": ("bos_token", "bos_token_id"),
+    "eos": ("eos_token", "eos_token_id"),
+    "unk": ("unk_token", "unk_token_id"),
+    "pad": ("pad_token", "pad_token_id"),
+}
+
+
+def export_gguf(model_dir: Path, out_file: Path, dtype: str = "f16") -> dict:
+    """Write the Llama model in `model_dir` (config.json, *.safetensors, tokenizer.json) to `out_file`.
+
+    2-D weights are stored in `dtype` ("f16" or "f32"); 1-D tensors (the RMS norms) always in f32.
+    The file appears atomically: it is written to a temporary sibling, fsync'ed and renamed.
+    Returns `{"path", "tensors", "bytes", "dtype"}`.
+    """
+    import gguf
+
+    if dtype not in DTYPES:
+        raise ConfigError(f"dtype: expected one of {', '.join(DTYPES)}, got {dtype!r}")
+    model_dir, out_file = Path(model_dir), Path(out_file)
+    config = _read_llama_config(model_dir)
+    hp = _hyperparameters(config, model_dir)
+    tokenizer = _read_tokenizer(model_dir, config, hp["vocab_size"])
+
+    out_file.parent.mkdir(parents=True, exist_ok=True)
+    # A sibling, so the rename stays on one file system; O_EXCL with 0o666 gives the usual
+    # umask-derived permissions (mkstemp would leave the exported file readable by its owner only).
+    tmp = out_file.parent / f".{out_file.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    try:
+        writer = gguf.GGUFWriter(tmp, "llama")
+        _write_metadata(writer, gguf, config, hp, tokenizer, model_dir, dtype)
+        count = 0
+        for name, array in _gguf_tensors(model_dir, hp, dtype):
+            writer.add_tensor(name, array)
+            count += 1
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file(progress=False)
+        writer.close()
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, out_file)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+    fsync_dir(out_file.parent)
+    return {"path": str(out_file), "tensors": count, "bytes": out_file.stat().st_size, "dtype": dtype}
+
+
+# --- config -----------------------------------------------------------------------------------------
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ModelError(f"{path}: missing") from None
+    except (OSError, ValueError) as e:
+        raise ModelError(f"{path}: unreadable ({e})") from None
+
+
+def _read_llama_config(model_dir: Path) -> dict:
+    if not model_dir.is_dir():
+        raise ModelError(f"{model_dir}: not a directory")
+    if not (model_dir / "config.json").is_file():
+        raise ModelError(f"{model_dir}: not a Hugging Face model directory (no config.json)")
+    config = _read_json(model_dir / "config.json")
+    model_type = config.get("model_type")
+    architectures = config.get("architectures") or []
+    if model_type != "llama" or any(a != "LlamaForCausalLM" for a in architectures):
+        raise ModelError(
+            f"{model_dir}: GGUF export supports Llama models only (model_type 'llama', LlamaForCausalLM); "
+            f"this one has model_type {model_type!r}, architectures {architectures}")
+    return config
+
+
+def _hyperparameters(config: dict, model_dir: Path) -> dict:
+    def need(key: str) -> Any:
+        if config.get(key) is None:
+            raise ModelError(f"{model_dir}/config.json: '{key}' is missing")
+        return config[key]
+
+    unsupported = []
+    if config.get("hidden_act", "silu") != "silu":
+        unsupported.append(f"hidden_act {config['hidden_act']!r}")
+    # transformers' GGUF loader does not read biases back for llama (its config never sets
+    # attention_bias / mlp_bias), so such a file would load as a different model.
+    for key in ("attention_bias", "mlp_bias"):
+        if config.get(key):
+            unsupported.append(f"{key}=true")
+    rope = config.get("rope_parameters") or config.get("rope_scaling") or {}
+    rope_type = rope.get("rope_type", rope.get("type", "default"))
+    if rope_type not in (None, "default"):
+        unsupported.append(f"rope_type {rope_type!r}")
+    if unsupported:
+        raise ModelError(f"{model_dir}: cannot export to GGUF: {', '.join(unsupported)} not supported")
+
+    hidden, heads = need("hidden_size"), need("num_attention_heads")
+    kv_heads = config.get("num_key_value_heads") or heads
+    head_dim = config.get("head_dim") or hidden // heads
+    rope_theta = rope.get("rope_theta", config.get("rope_theta", 10000.0))
+    return {
+        "context_length": need("max_position_embeddings"), "embedding_length": hidden,
+        "block_count": need("num_hidden_layers"), "feed_forward_length": need("intermediate_size"),
+        "head_count": heads, "head_count_kv": kv_heads, "head_dim": head_dim,
+        "rope_freq_base": float(rope_theta), "rms_norm_eps": float(config.get("rms_norm_eps", 1e-6)),
+        "vocab_size": need("vocab_size"), "tie_word_embeddings": bool(config.get("tie_word_embeddings", False)),
+    }
+
+
+# --- tokenizer --------------------------------------------------------------------------------------
+
+
+def _pre_tokenizer_name(pre: dict | None, model_dir: Path) -> tuple[str, bool]:
+    """llama.cpp's `tokenizer.ggml.pre` for a byte-level pre-tokenizer, and its add_prefix_space."""
+    if pre and pre.get("type") == "ByteLevel" and pre.get("use_regex", True):
+        # GPT-2's split regex: llama.cpp's "gpt-2"; transformers' loader builds the same by default.
+        return "gpt-2", bool(pre.get("add_prefix_space", False))
+    if pre and pre.get("type") == "Sequence":
+        parts = pre.get("pretokenizers") or []
+        kinds = [p.get("type") for p in parts]
+        if (kinds == ["Digits", "ByteLevel"] and parts[0].get("individual_digits")
+                and parts[1].get("use_regex", True)):
+            # SmolLM / StarCoder: digits one by one, then GPT-2's regex (llama.cpp's "smollm")
+            return "smollm", bool(parts[1].get("add_prefix_space", False))
+        if kinds == ["Split", "ByteLevel"] and not parts[1].get("use_regex", True):
+            regex = (parts[0].get("pattern") or {}).get("Regex")
+            name = _known_split_name(regex)
+            if name is not None:
+                return name, bool(parts[1].get("add_prefix_space", False))
+    raise ModelError(f"{model_dir}/tokenizer.json: pre-tokenizer {json.dumps(pre)[:200]} has no GGUF equivalent "
+                     "this exporter knows")
+
+
+def _known_split_name(regex: str | None) -> str | None:
+    """The llama.cpp pre-tokenizer name for a split regex transformers' GGUF loader also knows."""
+    if regex is None:
+        return None
+    try:
+        from transformers.integrations.gguf.gguf_tokenizer_mapping import GGUF_PRE_TOKENIZER_SPLITS
+    except ImportError:  # pragma: no cover - older transformers
+        return None
+    preferred = ("llama-bpe", "qwen2", "tekken", "gpt-4o")
+    names = [n for n, r in GGUF_PRE_TOKENIZER_SPLITS.items() if r == regex]
+    return next((n for n in preferred if n in names), names[0] if names else None)
+
+
+def _post_processor_adds(post: dict | None) -> tuple[bool, bool]:
+    """Whether tokenizer.json's post-processor puts a special token before / after a single text."""
+    if not post:
+        return False, False
+    if post.get("type") == "Sequence":
+        found = [_post_processor_adds(p) for p in post.get("processors") or []]
+        return any(b for b, _ in found), any(e for _, e in found)
+    if post.get("type") == "TemplateProcessing":
+        single = post.get("single") or []
+        return (bool(single) and "SpecialToken" in single[0], bool(single) and "SpecialToken" in single[-1])
+    return False, False
+
+
+def _token_content(value: Any) -> str | None:
+    if isinstance(value, dict):
+        return value.get("content")
+    return value if isinstance(value, str) else None
+
+
+def _chat_template(model_dir: Path, tok_config: dict) -> str | list | None:
+    jinja = model_dir / "chat_template.jinja"
+    if jinja.is_file():
+        return jinja.read_text(encoding="utf-8")
+    return tok_config.get("chat_template")
+
+
+def _read_tokenizer(model_dir: Path, config: dict, vocab_size: int) -> dict:
+    tok_json = _read_json(model_dir / "tokenizer.json")
+    config_file = model_dir / "tokenizer_config.json"
+    tok_config = _read_json(config_file) if config_file.is_file() else {}
+    model = tok_json.get("model") or {}
+    if model.get("type") != "BPE" or model.get("byte_fallback"):
+        kind = f"{model.get('type')!r}" + (" with byte_fallback" if model.get("byte_fallback") else "")
+        raise ModelError(f"{model_dir}/tokenizer.json: only byte-level BPE tokenizers can be exported (this is {kind})")
+    pre, add_space_prefix = _pre_tokenizer_name(tok_json.get("pre_tokenizer"), model_dir)
+
+    by_id: dict[int, str] = {i: t for t, i in model["vocab"].items()}
+    types: dict[int, int] = {i: _NORMAL for i in by_id}
+    for added in tok_json.get("added_tokens") or []:
+        by_id[added["id"]] = added["content"]
+        types[added["id"]] = _CONTROL if added.get("special") else _USER_DEFINED
+    if max(by_id) >= vocab_size:
+        raise ModelError(f"{model_dir}: the tokenizer has token id {max(by_id)}, past the model's "
+                         f"vocab_size {vocab_size}")
+    tokens, token_types = [], []
+    for i in range(vocab_size):  # ids the tokenizer never produces still need a row: llama.cpp pads them
+        tokens.append(by_id.get(i, f"[PAD{i}]"))
+        token_types.append(types.get(i, _UNUSED))
+
+    merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges") or []]
+    ids = {t: i for i, t in by_id.items()}
+    special: dict[str, int] = {}
+    for key, (tok_key, config_key) in _SPECIAL_TOKENS.items():
+        content = _token_content(tok_config.get(tok_key))
+        token_id = ids.get(content) if content is not None else None
+        if token_id is None and isinstance(config.get(config_key), int):
+            token_id = config[config_key]
+        if token_id is not None:
+            special[key] = token_id
+    add_bos, add_eos = _post_processor_adds(tok_json.get("post_processor"))
+    return {
+        "pre": pre, "add_space_prefix": add_space_prefix, "tokens": tokens, "token_types": token_types,
+        "merges": merges, "special": special,
+        "add_bos": bool(tok_config.get("add_bos_token", add_bos)),
+        "add_eos": bool(tok_config.get("add_eos_token", add_eos)),
+        "chat_template": _chat_template(model_dir, tok_config),
+    }
+
+
+# --- writing ----------------------------------------------------------------------------------------
+
+
+def _write_metadata(writer, gguf, config: dict, hp: dict, tok: dict, model_dir: Path, dtype: str) -> None:
+    writer.add_type("model")
+    writer.add_name(str(config.get("_name_or_path") or config.get("_model_name_or_path") or model_dir.name))
+    writer.add_context_length(hp["context_length"])
+    writer.add_embedding_length(hp["embedding_length"])
+    writer.add_block_count(hp["block_count"])
+    writer.add_feed_forward_length(hp["feed_forward_length"])
+    writer.add_head_count(hp["head_count"])
+    writer.add_head_count_kv(hp["head_count_kv"])
+    writer.add_rope_freq_base(hp["rope_freq_base"])
+    writer.add_layer_norm_rms_eps(hp["rms_norm_eps"])
+    writer.add_vocab_size(hp["vocab_size"])
+    writer.add_rope_dimension_count(hp["head_dim"])
+    if hp["head_dim"] != hp["embedding_length"] // hp["head_count"]:
+        writer.add_key_length(hp["head_dim"])
+        writer.add_value_length(hp["head_dim"])
+    file_type = gguf.LlamaFileType.MOSTLY_F16 if dtype == "f16" else gguf.LlamaFileType.ALL_F32
+    writer.add_file_type(int(file_type))
+
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre(tok["pre"])
+    writer.add_token_list(tok["tokens"])
+    writer.add_token_types(tok["token_types"])
+    writer.add_token_merges(tok["merges"])
+    setters = {"bos": writer.add_bos_token_id, "eos": writer.add_eos_token_id,
+               "unk": writer.add_unk_token_id, "pad": writer.add_pad_token_id}
+    for key, token_id in tok["special"].items():
+        setters[key](token_id)
+    writer.add_add_bos_token(tok["add_bos"])
+    writer.add_add_eos_token(tok["add_eos"])
+    writer.add_add_space_prefix(tok["add_space_prefix"])
+    if tok["chat_template"]:
+        writer.add_chat_template(tok["chat_template"])
+    writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+
+
+def _permute_qk(w: np.ndarray, n_head: int) -> np.ndarray:
+    """llama.cpp's `LlamaModel.permute`: per head, interleave the two rotary halves of the rows."""
+    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def _gguf_name(hf_name: str) -> str | None:
+    if hf_name in _GLOBAL_NAMES:
+        return _GLOBAL_NAMES[hf_name]
+    m = _LAYER_RE.match(hf_name)
+    if m and m.group(2) in _LAYER_NAMES:
+        return f"blk.{m.group(1)}.{_LAYER_NAMES[m.group(2)]}.{m.group(3)}"
+    return None
+
+
+def _safetensors_files(model_dir: Path) -> list[Path]:
+    files = sorted(model_dir.glob("*.safetensors"))
+    if not files:
+        raise ModelError(f"{model_dir}: no *.safetensors weights (only safetensors checkpoints can be exported)")
+    return files
+
+
+def _gguf_tensors(model_dir: Path, hp: dict, dtype: str) -> Iterator[tuple[str, np.ndarray]]:
+    import torch
+    from safetensors import safe_open
+
+    np_dtype = np.float16 if dtype == "f16" else np.float32
+    seen: set[str] = set()
+    for file in _safetensors_files(model_dir):
+        with safe_open(str(file), framework="pt") as f:
+            for hf_name in f.keys():
+                if hf_name.endswith("rotary_emb.inv_freq"):  # a buffer some old checkpoints saved
+                    continue
+                if hf_name == "lm_head.weight" and hp["tie_word_embeddings"]:
+                    continue  # tied: llama.cpp and transformers reuse token_embd when `output` is absent
+                name = _gguf_name(hf_name)
+                if name is None:
+                    raise ModelError(f"{file}: tensor '{hf_name}' has no llama GGUF equivalent")
+                array = f.get_tensor(hf_name).to(torch.float32).numpy()
+                if ".attn_q." in name:
+                    array = _permute_qk(array, hp["head_count"])
+                elif ".attn_k." in name:
+                    array = _permute_qk(array, hp["head_count_kv"])
+                array = np.ascontiguousarray(array.astype(np_dtype if array.ndim >= 2 else np.float32))
+                seen.add(name)
+                yield name, array
+    expected = {"token_embd.weight", "output_norm.weight"}
+    if not hp["tie_word_embeddings"]:
+        expected.add("output.weight")
+    for i in range(hp["block_count"]):
+        expected |= {f"blk.{i}.{n}.weight" for n in _LAYER_NAMES.values()}
+    missing = sorted(expected - seen)
+    if missing:
+        raise ModelError(f"{model_dir}: weights missing for GGUF tensors {', '.join(missing[:6])}"
+                         f"{' ...' if len(missing) > 6 else ''}")
