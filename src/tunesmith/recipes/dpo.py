@@ -40,6 +40,7 @@ from tunesmith.models.integrity import run_summary
 from tunesmith.models.load import autocast_dtype
 from tunesmith.report import write_report
 from tunesmith.train.checkpoint import load_checkpoint, save_checkpoint
+from tunesmith.train.distributed import single_process_only
 from tunesmith.train.metrics import MetricsLog, RunningMeans
 from tunesmith.train.model_setup import build_trainable_model, save_trained, write_run_config
 from tunesmith.train.order import split_micro, step_indices
@@ -148,6 +149,7 @@ def add_preference_stats(stats: RunningMeans, losses: torch.Tensor, r_chosen: to
 
 def run_dpo(cfg: DPOConfig, say: Callable[[str], None] = print, progress: bool = True) -> DPOResult:
     started = time.time()
+    single_process_only("dpo")
     # ---- setup -------------------------------------------------------------------------------
     device = select_device(cfg.device)
     amp_dtype = autocast_dtype(cfg.train.precision, device)

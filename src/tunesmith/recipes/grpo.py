@@ -37,6 +37,7 @@ from tunesmith.rollout.advantages import group_advantages
 from tunesmith.rollout.sampling import completion_example, prompt_ids, sample_completions
 from tunesmith.rollout.rewards import missing_reward_fields, parse_reward_specs, score_completions
 from tunesmith.train.checkpoint import load_checkpoint, save_checkpoint
+from tunesmith.train.distributed import single_process_only
 from tunesmith.train.metrics import MetricsLog
 from tunesmith.train.model_setup import build_trainable_model, save_trained, write_run_config
 from tunesmith.train.order import split_micro, step_indices
@@ -59,6 +60,7 @@ class GRPOResult:
 
 def run_grpo(cfg: GRPOConfig, say: Callable[[str], None] = print, progress: bool = True) -> GRPOResult:
     started = time.time()
+    single_process_only("grpo")
     g = cfg.grpo
     # ---- setup -------------------------------------------------------------------------------
     device = select_device(cfg.device)

@@ -41,6 +41,7 @@ from tunesmith.report import write_report
 from tunesmith.rollout.advantages import gae, per_token_rewards
 from tunesmith.rollout.sampling import completion_example, prompt_ids, sample_completions
 from tunesmith.train.checkpoint import load_checkpoint, save_checkpoint
+from tunesmith.train.distributed import single_process_only
 from tunesmith.train.metrics import MetricsLog
 from tunesmith.train.model_setup import build_trainable_model, save_trained, write_run_config
 from tunesmith.train.order import split_micro, step_indices
@@ -100,6 +101,7 @@ def reward_scores(model: torch.nn.Module, head: torch.nn.Linear, batch: Batch, n
 
 def run_ppo(cfg: PPOConfig, say: Callable[[str], None] = print, progress: bool = True) -> PPOResult:
     started = time.time()
+    single_process_only("ppo")
     o = cfg.ppo
     # ---- setup -------------------------------------------------------------------------------
     device = select_device(cfg.device)

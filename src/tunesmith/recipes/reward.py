@@ -31,6 +31,7 @@ from tunesmith.models.load import autocast_dtype
 from tunesmith.models.reward import new_reward_head, save_reward_head
 from tunesmith.report import write_report
 from tunesmith.train.checkpoint import load_checkpoint, save_checkpoint
+from tunesmith.train.distributed import single_process_only
 from tunesmith.train.metrics import MetricsLog, RunningMeans
 from tunesmith.train.model_setup import build_trainable_model, save_trained, write_run_config
 from tunesmith.train.order import split_micro, step_indices
@@ -71,6 +72,7 @@ def add_reward_stats(stats: RunningMeans, losses: torch.Tensor, r_chosen: torch.
 
 def run_reward(cfg: RewardConfig, say: Callable[[str], None] = print, progress: bool = True) -> RewardResult:
     started = time.time()
+    single_process_only("reward")
     # ---- setup -------------------------------------------------------------------------------
     device = select_device(cfg.device)
     amp_dtype = autocast_dtype(cfg.train.precision, device)

@@ -1,8 +1,9 @@
 """Supervised fine-tuning: LoRA, QLoRA (LoRA over an NF4 base) or full fine-tuning.
 
     setup:  device -> model dir -> tokenizer -> data -> run dir -> model (+ adapter) -> optimizer
-    loop:   per optimizer step: its examples -> micro-batches -> loss / step tokens -> backward ->
-            clip -> AdamW -> log, evaluate, forgetting guard (stop over budget), checkpoint
+    loop:   per optimizer step: its examples -> micro-batches (this process's share under torchrun) ->
+            loss / step tokens -> backward -> [sum gradients over processes] -> clip -> AdamW ->
+            log, evaluate, forgetting guard (stop over budget), checkpoint (rank 0)
     save:   adapter/ (PEFT format) or model/ (Hugging Face format), run.json, final metrics
 """
 
@@ -27,10 +28,11 @@ from tunesmith.models.integrity import run_summary
 from tunesmith.models.load import autocast_dtype
 from tunesmith.report import write_report
 from tunesmith.train.checkpoint import load_checkpoint, save_checkpoint
-from tunesmith.train.metrics import MetricsLog
-from tunesmith.train.model_setup import build_trainable_model, save_trained, write_run_config
+from tunesmith.train.distributed import init_distributed, shut_down
+from tunesmith.train.metrics import MetricsLog, NullLog
+from tunesmith.train.model_setup import build_trainable_model, save_trained
 from tunesmith.train.order import split_micro, step_indices
-from tunesmith.train.rundir import prepare_run_dir
+from tunesmith.train.rundir import open_run_dir
 from tunesmith.train.schedule import build_optimizer, lr_multiplier, plan_steps, set_lr
 from tunesmith.train.step import batch_nll_sum, evaluate_nll, optimizer_step
 
@@ -49,7 +51,10 @@ class SFTResult:
 def run_sft(cfg: SFTConfig, say: Callable[[str], None] = print, progress: bool = True) -> SFTResult:
     started = time.time()
     # ---- setup -------------------------------------------------------------------------------
-    device = select_device(cfg.device)
+    dist = init_distributed(cfg.device)
+    if not dist.is_main:  # rank 0 speaks and writes for all
+        say, progress = (lambda s: None), False
+    device = dist.device or select_device(cfg.device)
     amp_dtype = autocast_dtype(cfg.train.precision, device)
     model_dir = resolve_model_dir(cfg.model)
     tokenizer = load_tokenizer(model_dir)
@@ -59,8 +64,7 @@ def run_sft(cfg: SFTConfig, say: Callable[[str], None] = print, progress: bool =
     for line in data.warnings:
         say(f"warning: {line}")
 
-    run_dir, resume_from = prepare_run_dir(cfg.out, cfg.overwrite, cfg.resume)
-    write_run_config(run_dir, cfg, "sft")
+    run_dir, resume_from = open_run_dir(cfg, "sft", dist)
     model, trainable, total = build_trainable_model(cfg, model_dir, device, amp_dtype, say)
     guard = start_guard(cfg, model, tokenizer, model_dir, device, amp_dtype, say)
 
@@ -75,11 +79,13 @@ def run_sft(cfg: SFTConfig, say: Callable[[str], None] = print, progress: bool =
         state = load_checkpoint(resume_from, model, optimizer)
         step, tokens_seen = state["step"], state.get("tokens_seen", 0)
         say(f"resumed from {resume_from} at step {step}")
-    metrics = MetricsLog(run_dir / "metrics.jsonl", resume_step=step if resume_from else None)
+    metrics = (MetricsLog(run_dir / "metrics.jsonl", resume_step=step if resume_from else None)
+               if dist.is_main else NullLog())
     pad_id = tokenizer.pad_token_id
     say(f"training {n_train} examples, {total_steps} steps of {cfg.train.batch_size} "
         f"(micro-batch {cfg.train.micro_batch_size}), lr {cfg.train.lr:g}, {device.type}"
-        + (f", autocast {amp_dtype}" if amp_dtype else ", fp32"))
+        + (f", autocast {amp_dtype}" if amp_dtype else ", fp32")
+        + (f", {dist.world} processes" if dist.active else ""))
 
     def evaluate() -> float | None:
         if not data.eval:
@@ -88,7 +94,8 @@ def run_sft(cfg: SFTConfig, say: Callable[[str], None] = print, progress: bool =
                             cfg.data.max_length, pad_id, device, amp_dtype)
 
     def checkpoint(at_step: int) -> None:
-        save_checkpoint(run_dir, at_step, model, optimizer, {"tokens_seen": tokens_seen})
+        if dist.is_main:
+            save_checkpoint(run_dir, at_step, model, optimizer, {"tokens_seen": tokens_seen})
 
     # ---- loop --------------------------------------------------------------------------------
     if step == 0:  # the starting point of the eval and forgetting curves
@@ -110,10 +117,12 @@ def run_sft(cfg: SFTConfig, say: Callable[[str], None] = print, progress: bool =
         # gradients then equal those of one big batch, and packed == unpacked exactly.
         step_targets = sum(b.num_targets for b in batches)
         loss_sum = 0.0
-        for batch in batches:
+        for batch in dist.share(batches):
             nll = batch_nll_sum(model, batch.to(device), amp_dtype)
             (nll / max(1, step_targets)).backward()
             loss_sum += nll.item()
+        dist.sum_gradients(params)
+        loss_sum = dist.sum(loss_sum)
         grad_norm = optimizer_step(params, optimizer, cfg.train.max_grad_norm)
         step += 1
         step_tokens = sum(b.num_tokens for b in batches)
@@ -146,17 +155,21 @@ def run_sft(cfg: SFTConfig, say: Callable[[str], None] = print, progress: bool =
         say(f"eval loss {eval_loss:.4f} on {len(data.eval)} examples")
     metrics.close()
     checkpoint(step)  # lets `--resume --max-steps MORE` extend a finished run
-    output = save_trained(model, tokenizer, run_dir, cfg.method, model_dir)
+    output = run_dir / ("adapter" if cfg.method in ("lora", "qlora") else "model")
+    if dist.is_main:
+        output = save_trained(model, tokenizer, run_dir, cfg.method, model_dir)
+        seconds = time.time() - started
+        manifest = {"recipe": "sft", "method": cfg.method, "model": cfg.model, "model_dir": str(model_dir),
+                    "steps": step, "train_examples": n_train, "eval_examples": len(data.eval),
+                    "tokens_seen": tokens_seen, "final_loss": last_loss, "eval_loss": eval_loss,
+                    "replay_examples": data.replayed, "trainable_params": trainable, "total_params": total,
+                    "processes": dist.world, "seconds": round(seconds, 2), "output": output.name,
+                    "base_checksum": run_summary(run_dir), **guard_summary(guard)}
+        atomic_write_text(run_dir / "run.json", json.dumps(manifest, indent=2) + "\n")
+        say(write_report(run_dir, "sft"))
+        say(f"saved {output} ({step} steps, {seconds:.0f} s)")
+    shut_down(dist)
     seconds = time.time() - started
-    manifest = {"recipe": "sft", "method": cfg.method, "model": cfg.model, "model_dir": str(model_dir),
-                "steps": step, "train_examples": n_train, "eval_examples": len(data.eval),
-                "tokens_seen": tokens_seen, "final_loss": last_loss, "eval_loss": eval_loss,
-                "replay_examples": data.replayed, "trainable_params": trainable, "total_params": total,
-                "seconds": round(seconds, 2), "output": output.name, "base_checksum": run_summary(run_dir),
-                **guard_summary(guard)}
-    atomic_write_text(run_dir / "run.json", json.dumps(manifest, indent=2) + "\n")
-    say(write_report(run_dir, "sft"))
-    say(f"saved {output} ({step} steps, {seconds:.0f} s)")
     model.eval()
     return SFTResult(run_dir, output, step, last_loss, eval_loss, seconds, model)
 

@@ -27,3 +27,17 @@ def prepare_run_dir(out: str | Path, overwrite: bool, resume: bool) -> tuple[Pat
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
     return out, None
+
+
+def open_run_dir(cfg, recipe: str, dist) -> tuple[Path, Path | None]:
+    """prepare_run_dir + RUN/config.yaml on rank 0; the other processes wait, then find the same checkpoint."""
+    from tunesmith.train.model_setup import write_run_config
+
+    if dist.is_main:
+        run_dir, resume_from = prepare_run_dir(cfg.out, cfg.overwrite, cfg.resume)
+        write_run_config(run_dir, cfg, recipe)
+    dist.barrier()
+    if not dist.is_main:
+        run_dir = Path(cfg.out)
+        resume_from = list_checkpoints(run_dir)[-1] if cfg.resume else None
+    return run_dir, resume_from
