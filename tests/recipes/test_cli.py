@@ -283,7 +283,7 @@ def test_many_epochs_is_a_warning(tmp_path, capsys, tiny_dir):
 
 @pytest.mark.parametrize("command", [["sft"], ["dpo"], ["reward"], ["score"], ["ppo"], ["grpo"], ["demo"], ["generate"],
                                      ["data", "validate"], ["models", "list"], ["eval"], ["chat"], ["merge"],
-                                     ["export"], ["verify"], ["adapters", "info"], ["adapters", "combine"]])
+                                     ["export"], ["verify"], ["adapters", "info"], ["adapters", "combine"], ["plan"]])
 def test_every_help_page_renders(command, capsys):
     """argparse formats help with %: a stray '%' in any option's help text crashes `--help`."""
     with pytest.raises(SystemExit) as exit_info:

@@ -14,14 +14,15 @@ from tunesmith.errors import TunesmithError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from tunesmith.cli import (adapters, chat, data, demo, dpo, evaluate, generate, grpo, merge, models, ppo, reward,
-                               sft, verify)
+    from tunesmith.cli import (adapters, chat, data, demo, dpo, evaluate, generate, grpo, merge, models, plan, ppo,
+                               reward, sft, verify)
 
     parser = argparse.ArgumentParser(
         prog="tunesmith", description="Fine-tune a language model into a specialist: cheaply, reversibly, measured.")
     parser.add_argument("--version", action="version", version=f"tunesmith {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (demo, sft, dpo, reward, ppo, grpo, evaluate, generate, chat, merge, verify, adapters, data, models):
+    for module in (demo, sft, dpo, reward, ppo, grpo, evaluate, generate, chat, merge, verify, adapters, plan, data,
+                   models):
         module.register(sub)
     return parser
 

@@ -1,0 +1,573 @@
+"""`tunesmith plan`: parameters, memory, FLOPs, time and cost of a fine-tuning run, before the run.
+
+Pure arithmetic on a model's shape (no torch, no download): a built-in shape, a local Hugging Face
+directory or its config.json. Every number below is per GPU (per process) unless it says otherwise.
+
+Notation: d hidden size, f MLP intermediate size, L layers, h attention heads, k key/value heads,
+hd head dim (config `head_dim`, else d/h), qd = h·hd, kd = k·hd, V vocabulary; s sequence length,
+b micro-batch size, t = b·s tokens per forward, φ the fraction of positions that are trained (carry a
+loss: tunesmith puts the loss on assistant turns only), a the activation element size (2 B under
+bf16 autocast, 4 B in fp32).
+
+Parameters (llama-style decoder: Llama, Mistral, Qwen2, SmolLM2)
+    per layer   attention  d·qd (q) + 2·d·kd (k, v; grouped-query attention: k < h) + qd·d (o)
+                           + qd + 2·kd when the q/k/v projections have biases (Qwen2)
+                gated MLP  3·d·f (gate, up, down)   (+ 2f + d with `mlp_bias`)
+                norms      2·d (two RMSNorm weights)
+    model       L·layer + d (final norm) + V·d (embedding) + V·d (LM head, only when untied)
+    LoRA        r·(d_in + d_out) per targeted linear per layer (A: r×d_in, B: d_out×r); the targets
+                are named like `--target` (all-linear: q,k,v,o,gate,up,down; never the LM head).
+    trainable   full: every weight; lora/qlora: the adapter only. total = base (+ adapter).
+
+Memory (tunesmith keeps every weight in fp32 and runs matmuls under bf16 autocast, so there is no
+separate fp32 master copy: the weights ARE the master copy)
+    weights      full, lora: 4 B × every parameter (adapter included).
+                 qlora: block linear weights in NF4: 4 bits + double-quantised absmax ≈ 4.127 bits =
+                 0.516 B/param (blocksize 64 with an 8-bit absmax per block = 0.125 bits/param, plus
+                 one fp32 second-level constant per 256 blocks = 0.002 bits/param); embedding, LM head,
+                 norms and biases stay fp32 (bitsandbytes quantises only the blocks' nn.Linear layers,
+                 transformers keeps lm_head out); the adapter is fp32.
+    gradients    4 B × trainable (fp32).
+    optimizer    AdamW: 8 B × trainable (two fp32 moments).
+    activations  saved for backward, per token per layer (HF llama layer, fused SDPA kernel: no s×s
+                 score matrix; k and v counted at full width qd because HF repeats kv heads when an
+                 attention mask is passed; the residual stream and RMSNorm stay fp32 because the
+                 weights are fp32 — HF's RMSNorm upcasts):
+                   full        16·d + a·(3d + 4·qd + 2d + 4f)   (bf16: each of q/k/v and of gate/up
+                               saves its own autocast copy of the norm output; fp32: one, so 1d + 1d)
+                               = norms 2×(input + normalised, fp32) + q/k/v inputs + SDPA (q, k, v, out;
+                               o_proj's input is SDPA's output, same storage) + gate/up inputs
+                               + MLP (gate, silu(gate), up, their product = down's input)
+                   lora/qlora   8·d + a·(4·qd + 3f) + Σ_targets a·(d_in + r)
+                               (frozen linears keep no input; each LoRA A keeps its input — in fp32 the
+                               linears reading one tensor share it — and each B the r-wide A output)
+                 plus, per token, the final norm (4d, 8d for full) and, for full, the LM head input
+                 at trained positions (a·d·φ); plus the attention mask, b·s²·a bytes, shared by all layers.
+                 Checked against the tensors autograd saves (saved_tensors_hooks) for a small llama on
+                 CPU, fp32 and bf16, full and LoRA, with and without checkpointing: within about 5%.
+                 Without checkpointing: t·(L·layer + final). With activation (gradient) checkpointing,
+                 only each layer's input is kept (fp32 residual, 4d per token per layer) plus one layer's
+                 worth during its recompute: t·(L·4d + layer + final). LoRA dropout masks are not counted
+                 (tunesmith's default dropout is 0).
+                 This is the Korthikanti et al. 2022 ("Reducing Activation Recomputation in Large
+                 Transformer Models", sbh·(34 + 5as/h)) count redone for a llama layer: SDPA instead of the
+                 5as/h score term, a gated MLP, no dropout, fp32 norms.
+    weight_copies (bf16 autocast only) the bf16 casts of fp32 weights that autograd keeps for backward:
+                 full: 2 B × (block linears + LM head) — trainable leaves are cast once and held by
+                 autocast's weight cache until the forward ends, checkpointing or not;
+                 lora: 2 B × block linears (÷ L with checkpointing: one layer at a time) + 2 B × adapter
+                 + 2 B × V·d per logits chunk (the frozen LM head is cast again for every chunk, and
+                 each chunk keeps its copy); qlora: as lora without the block linears (bitsandbytes
+                 keeps the packed 4-bit weight and dequantises it again in backward).
+    logits       tunesmith computes logits only at trained positions, 2048 rows per matmul
+                 (losses/sft.py `target_logps`, `token_nll_sum`): saved for backward is the fp32
+                 log-softmax of every trained row, t·φ·V·4 B (`logits_bytes.tunesmith_chunked`), plus
+                 one chunk in flight, min(2048, t·φ)·V·(a + 4) B (bf16 logits and their fp32 copy;
+                 `chunk_in_flight`); the part `logits` is their sum. The naive size, fp32 logits at every
+                 position, t·V·4 B (`naive_full`), is reported beside it (not in the total). Chunking
+                 bounds the in-flight part; the rows kept for backward grow with the trained tokens.
+    step_temporaries  4 B × trainable at optimizer-step time: foreach AdamW's sqrt(v) buffer (and, on
+                 several GPUs, the flat all-reduce buffer of the same size, at another moment).
+    total        weights + gradients + optimizer + max(activations + weight_copies + logits,
+                 step_temporaries): the forward/backward peak and the step peak do not overlap.
+                 With --gpus N every process holds the whole model (tunesmith's data parallelism, no
+                 sharding), so the total is per GPU. CUDA context and allocator fragmentation (often
+                 0.5-2 GiB) are not included.
+
+FLOPs (a multiply-add is 2 FLOPs; N_lin = block linear weights, N_head = V·d, N_lora = adapter)
+    full         6·(N_lin + φ·N_head) + 6·L·s·qd per token: forward 2N, backward 4N (activation and
+                 weight gradients); the LM head runs at trained positions only; the attention score and
+                 value matmuls are 6·L·s·qd (Kaplan et al. 2020's causal count: forward 2·L·s·qd).
+    lora, qlora  4·(N_lin + φ·N_head) + 6·N_lora + 6·L·s·qd: frozen weights need the forward 2N and the
+                 activation gradients 2N but no weight gradients. QLoRA's dequantisation is not FLOPs;
+                 expect it to run slower than LoRA at the same MFU setting.
+    checkpointing adds one more forward of the blocks: 2·(N_lin + N_lora) + 2·L·s·qd per token.
+    run          flops = tokens × (model + recompute) per token; `model_flops` leaves the recompute out.
+Time and cost
+    hours = flops / (peak × MFU × gpus) / 3600; cost_usd = hours × price per GPU-hour × gpus.
+    MFU here is the fraction of the GPU's dense bf16 peak that the executed matmuls reach (default 0.4).
+    cpu: the default peak is the throughput tunesmith measured on CPU (see CPU_MEASURED_TFLOPS) with
+    MFU 1.0, since that number is already achieved throughput; give --peak-tflops for another machine.
+
+Tokens of a data file (--data): characters/4 per message plus 4 template tokens per message, each row
+cut at --seq-len; trained tokens are those of assistant turns with weight 1 (+1 end-of-turn each);
+φ = trained / all. With --model a local directory holding a tokenizer and a chat template, rows are
+counted exactly with the template instead. Rows are assumed packed (tunesmith's default): no padding.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+from tunesmith.errors import ConfigError, ModelError
+
+METHODS = ("full", "lora", "qlora")
+LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+CHUNK_ROWS = 2048  # losses/sft.py target_logps(chunk_size=2048)
+NF4_BITS = 4 + 8 / 64 + 32 / (64 * 256)  # 4-bit code + 8-bit absmax per 64 + fp32 per 256 blocks = 4.127
+GIB = 2**30
+
+
+@dataclass(frozen=True)
+class Shape:
+    name: str
+    hidden: int
+    intermediate: int
+    layers: int
+    heads: int
+    kv_heads: int
+    vocab: int
+    tied: bool
+    head_dim: int | None = None
+    qkv_bias: bool = False
+    mlp_bias: bool = False
+    source: str = ""
+
+    @property
+    def hd(self) -> int:
+        return self.head_dim or self.hidden // self.heads
+
+
+# Values from each model's published config.json on the Hugging Face hub (hidden_size, intermediate_size,
+# num_hidden_layers, num_attention_heads, num_key_value_heads, vocab_size, tie_word_embeddings); Qwen2 has
+# biases on q/k/v (attention_bias in its modelling code).
+SHAPES: dict[str, Shape] = {s.name: s for s in [
+    Shape("llama-2-7b", 4096, 11008, 32, 32, 32, 32000, False, source="meta-llama/Llama-2-7b-hf"),
+    Shape("llama-3.1-8b", 4096, 14336, 32, 32, 8, 128256, False, source="meta-llama/Llama-3.1-8B"),
+    Shape("llama-3.1-70b", 8192, 28672, 80, 64, 8, 128256, False, source="meta-llama/Llama-3.1-70B"),
+    Shape("mistral-7b", 4096, 14336, 32, 32, 8, 32000, False, source="mistralai/Mistral-7B-v0.1"),
+    Shape("qwen2.5-0.5b", 896, 4864, 24, 14, 2, 151936, True, qkv_bias=True, source="Qwen/Qwen2.5-0.5B"),
+    Shape("qwen2.5-7b", 3584, 18944, 28, 28, 4, 152064, False, qkv_bias=True, source="Qwen/Qwen2.5-7B"),
+    Shape("smollm2-135m", 576, 1536, 30, 9, 3, 49152, True, source="HuggingFaceTB/SmolLM2-135M"),
+]}
+SHAPE_ALIASES = {"smollm2-135m-instruct": "smollm2-135m"}
+
+
+@dataclass(frozen=True)
+class Gpu:
+    name: str
+    peak_tflops: float  # dense bf16 tensor-core peak (no sparsity)
+    memory_bytes: int | None
+
+
+# Peaks: NVIDIA datasheets (H100 SXM5, H200 SXM, A100 80GB SXM, L4) and the Ada Lovelace whitepaper
+# (RTX 4090: BF16 with FP32 accumulate); dense, i.e. half the "with sparsity" figure. Memory: the total
+# nvidia-smi reports (MiB) for each card.
+# CPU: tunesmith's own measured throughput, bench/results/sft_vs_trl-2026-11-28-vm.json: LoRA r16
+# all-linear on SmolLM2-135M, fp32, seq 128, 2 threads of a VM: 190 tokens/s × 0.49 GFLOPs/token
+# (this module's count, trained fraction 0.23 of the demo data) ≈ 0.094 TFLOPS achieved. It scales
+# roughly with cores and is used with MFU 1.0: give --peak-tflops (and --mfu) for another machine.
+CPU_MEASURED_TFLOPS = 0.095
+GPUS: dict[str, Gpu] = {
+    "h100": Gpu("NVIDIA H100 SXM 80GB", 989.4, 81559 * 2**20),
+    "h200": Gpu("NVIDIA H200 SXM 141GB", 989.4, 143771 * 2**20),
+    "a100-80g": Gpu("NVIDIA A100 80GB SXM", 312.0, 81920 * 2**20),
+    "l4": Gpu("NVIDIA L4 24GB", 121.0, 23034 * 2**20),
+    "4090": Gpu("NVIDIA GeForce RTX 4090 24GB", 165.2, 24564 * 2**20),
+    "cpu": Gpu("CPU", CPU_MEASURED_TFLOPS, None),
+}
+DEFAULT_MFU = 0.4
+
+
+# ---------------------------------------------------------------------------------------------- shapes
+
+def shape_from_config(config: dict, name: str) -> Shape:
+    """A Shape from a Hugging Face config.json (llama-style decoders)."""
+    config = config.get("text_config", config) if "hidden_size" not in config else config
+    missing = [k for k in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                           "vocab_size") if not isinstance(config.get(k), int)]
+    if missing:
+        raise ModelError(f"{name}: config.json lacks {', '.join(missing)}; "
+                         "plan knows llama-style decoders (Llama, Mistral, Qwen2, SmolLM2)")
+    model_type = str(config.get("model_type", ""))
+    return Shape(
+        name=name, hidden=config["hidden_size"], intermediate=config["intermediate_size"],
+        layers=config["num_hidden_layers"], heads=config["num_attention_heads"],
+        kv_heads=config.get("num_key_value_heads") or config["num_attention_heads"], vocab=config["vocab_size"],
+        tied=bool(config.get("tie_word_embeddings", False)), head_dim=config.get("head_dim"),
+        qkv_bias=bool(config.get("attention_bias", model_type == "qwen2")),
+        mlp_bias=bool(config.get("mlp_bias", False)),
+        source=name)
+
+
+def resolve_shape(model: str) -> tuple[Shape, Path | None]:
+    """(shape, local model directory or None) for a built-in name, a HF directory or a config.json path."""
+    key = model.strip().lower()
+    key = SHAPE_ALIASES.get(key, key)
+    if key in SHAPES:
+        return SHAPES[key], None
+    path = Path(model).expanduser()
+    config_path = path / "config.json" if path.is_dir() else path
+    if config_path.is_file() and config_path.suffix == ".json":
+        try:
+            config = json.loads(config_path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ModelError(f"{config_path}: cannot read config: {e}") from None
+        if not isinstance(config, dict):
+            raise ModelError(f"{config_path}: not a Hugging Face config (a JSON object)")
+        return shape_from_config(config, str(model)), config_path.parent
+    known = ", ".join([*SHAPES, *SHAPE_ALIASES])
+    raise ConfigError(f"--model: unknown model '{model}': not a built-in shape, a Hugging Face directory "
+                      f"(with config.json) or a config.json file. Built-in shapes: {known}")
+
+
+def linear_dims(shape: Shape) -> dict[str, tuple[int, int]]:
+    """(d_in, d_out) of each linear layer of one block."""
+    d, f, qd, kd = shape.hidden, shape.intermediate, shape.heads * shape.hd, shape.kv_heads * shape.hd
+    return {"q_proj": (d, qd), "k_proj": (d, kd), "v_proj": (d, kd), "o_proj": (qd, d),
+            "gate_proj": (d, f), "up_proj": (d, f), "down_proj": (f, d)}
+
+
+def parse_targets(target: str) -> list[str]:
+    """The linear layers LoRA adapts: `all-linear` (every block linear, not the LM head) or a list such as
+    q_proj,v_proj. Same syntax as tunesmith.adapters.lora.parse_targets (kept torch-free here)."""
+    target = target.strip()
+    if target == "all-linear":
+        return list(LINEARS)
+    names = [t.strip() for t in target.split(",") if t.strip()]
+    if not names:
+        raise ConfigError("--target: empty; use all-linear or a list such as q_proj,v_proj")
+    unknown = [t for t in names if t not in LINEARS]
+    if unknown:
+        raise ConfigError(f"--target: no layer named {', '.join(unknown)} in a llama-style block; "
+                          f"its linear layers are {', '.join(LINEARS)}")
+    return list(dict.fromkeys(names))
+
+
+# ------------------------------------------------------------------------------------------ parameters
+
+def parameter_counts(shape: Shape, method: str = "full", r: int = 16, targets: list[str] | None = None) -> dict:
+    d, f, L, V = shape.hidden, shape.intermediate, shape.layers, shape.vocab
+    dims = linear_dims(shape)
+    qd, kd = dims["q_proj"][1], dims["k_proj"][1]
+    block_linear = L * sum(i * o for i, o in dims.values())
+    biases = L * ((qd + 2 * kd if shape.qkv_bias else 0) + (2 * f + d if shape.mlp_bias else 0))
+    norms = L * 2 * d + d
+    embedding = V * d
+    lm_head = 0 if shape.tied else V * d
+    base = block_linear + biases + norms + embedding + lm_head
+    lora = 0
+    if method in ("lora", "qlora"):
+        lora = L * sum(r * (dims[t][0] + dims[t][1]) for t in targets or LINEARS)
+    total = base + lora
+    trainable = base if method == "full" else lora
+    return {"total": total, "trainable": trainable, "base": base, "block_linear": block_linear,
+            "biases": biases, "norms": norms, "embedding": embedding, "lm_head": lm_head, "lora": lora,
+            "head_matmul": V * d}
+
+
+# ---------------------------------------------------------------------------------------------- memory
+
+def activation_bytes_per_token_layer(shape: Shape, method: str, targets: list[str], r: int, act_bytes: int) -> int:
+    """Bytes one decoder layer saves for backward per token (formula in the module docstring)."""
+    a, d, f = act_bytes, shape.hidden, shape.intermediate
+    dims = linear_dims(shape)
+    qd = dims["q_proj"][1]
+    bf16 = a == 2
+    sdpa = a * 4 * qd  # q, k, v (kv heads repeated to h) and the output
+    if method == "full":
+        qkv_in = (3 if bf16 else 1) * a * d
+        mlp_in = (2 if bf16 else 1) * a * d
+        return 16 * d + qkv_in + sdpa + mlp_in + 4 * a * f  # o_proj's input is SDPA's output (same storage)
+    lora = 0
+    if bf16:  # each LoRA A casts (and keeps) its own copy of its input
+        lora += sum(a * dims[t][0] for t in targets)
+    else:  # fp32: linears that read the same tensor keep it once
+        groups = {"q_proj": "attn_in", "k_proj": "attn_in", "v_proj": "attn_in", "o_proj": "o_in",
+                  "gate_proj": "mlp_in", "up_proj": "mlp_in", "down_proj": "down_in"}
+        lora += sum(a * dims[next(t for t in targets if groups[t] == g)][0] for g in {groups[t] for t in targets})
+    lora += len(targets) * a * r
+    return 8 * d + sdpa + 3 * a * f + lora
+
+
+def memory_breakdown(shape: Shape, method: str, counts: dict, targets: list[str], r: int, seq_len: int,
+                     micro_batch: int, checkpointing: bool, act_bytes: int, trained_fraction: float) -> dict:
+    d, L, V = shape.hidden, shape.layers, shape.vocab
+    full = method == "full"
+    T = counts["trainable"]
+    if method == "qlora":
+        nf4 = math.ceil(counts["block_linear"] * NF4_BITS / 8)
+        weights = nf4 + 4 * (counts["total"] - counts["block_linear"])
+    else:
+        weights = 4 * counts["total"]
+    tokens = micro_batch * seq_len
+    trained = max(1, math.ceil(tokens * trained_fraction))
+    per_layer = activation_bytes_per_token_layer(shape, method, targets, r, act_bytes)
+    final = (8 * d + act_bytes * d * trained_fraction) if full else 4 * d
+    mask = micro_batch * seq_len * seq_len * act_bytes
+    act_plain = int(tokens * (L * per_layer + final) + mask)
+    act_ckpt = int(tokens * (L * 4 * d + per_layer + final) + mask)
+    chunks = math.ceil(trained / CHUNK_ROWS)
+    if act_bytes == 2:
+        head = 2 * V * d * (1 if full else chunks)
+        if full:
+            blocks = 2 * counts["block_linear"]
+        elif method == "lora":
+            blocks = 2 * counts["block_linear"] // (L if checkpointing else 1) + 2 * counts["lora"]
+        else:
+            blocks = 2 * counts["lora"]
+        copies = blocks + head
+    else:
+        copies = 0
+    kept = trained * V * 4
+    in_flight = min(CHUNK_ROWS, trained) * V * (act_bytes + 4 if act_bytes == 2 else 4)
+    logits = kept + in_flight
+    parts = {
+        "weights": weights,
+        "gradients": 4 * T,
+        "optimizer": 8 * T,
+        "activations": act_ckpt if checkpointing else act_plain,
+        "weight_copies": copies,
+        "logits": logits,
+        "step_temporaries": 4 * T,
+    }
+    parts["total"] = (parts["weights"] + parts["gradients"] + parts["optimizer"]
+                      + max(parts["activations"] + parts["weight_copies"] + parts["logits"],
+                            parts["step_temporaries"]))
+    return {"memory_bytes": parts,
+            "activations_bytes": {"without_checkpointing": act_plain, "with_checkpointing": act_ckpt,
+                                  "per_token_per_layer": per_layer},
+            "logits_bytes": {"naive_full": tokens * V * 4, "tunesmith_chunked": kept, "chunk_in_flight": in_flight}}
+
+
+# ----------------------------------------------------------------------------------------------- flops
+
+def flops_per_token(shape: Shape, method: str, counts: dict, seq_len: int, checkpointing: bool,
+                    trained_fraction: float) -> dict:
+    L, qd = shape.layers, shape.heads * shape.hd
+    lin = counts["block_linear"] + trained_fraction * counts["head_matmul"]
+    attention = 6 * L * seq_len * qd
+    if method == "full":
+        model = 6 * lin + attention
+    else:
+        model = 4 * lin + 6 * counts["lora"] + attention
+    recompute = 2 * (counts["block_linear"] + counts["lora"]) + 2 * L * seq_len * qd if checkpointing else 0
+    return {"model": int(model), "recompute": int(recompute), "executed": int(model + recompute),
+            "attention": int(attention)}
+
+
+# ------------------------------------------------------------------------------------------------ data
+
+def _local_tokenizer(model_dir: Path | None):
+    if model_dir is None or not (model_dir / "tokenizer_config.json").is_file():
+        return None
+    try:
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(str(model_dir))
+    except Exception:  # an unreadable tokenizer falls back to the estimate
+        return None
+    return tok if getattr(tok, "chat_template", None) else None
+
+
+def count_data_tokens(path: str | Path, seq_len: int, model_dir: Path | None = None) -> dict:
+    """Tokens and trained tokens of one pass over an SFT JSONL file (see the module docstring)."""
+    from tunesmith.data.formats import problems_error, read_sft_file
+
+    parsed = read_sft_file(path)
+    if parsed.problems:
+        raise problems_error(parsed.path, parsed.problems)
+    tok = _local_tokenizer(model_dir)
+    tokens = trained = 0
+    for row in parsed.rows:
+        if tok is not None:
+            msgs = [{"role": m["role"], "content": m["content"]} for m in row.messages]
+            n = len(tok.apply_chat_template(msgs, tokenize=True, return_dict=True)["input_ids"])
+            t = sum(len(tok(m["content"], add_special_tokens=False)["input_ids"]) + 1
+                    for m in row.messages if m["role"] == "assistant" and m["weight"])
+        else:
+            n = sum(math.ceil(len(m["content"]) / 4) + 4 for m in row.messages)
+            t = sum(math.ceil(len(m["content"]) / 4) + 1
+                    for m in row.messages if m["role"] == "assistant" and m["weight"])
+        n = min(n, seq_len)
+        tokens += n
+        trained += min(t, n)
+    return {"rows": len(parsed.rows), "tokens": tokens, "trained_tokens": trained,
+            "method": "tokenizer" if tok is not None else "chars/4 + 4 per message"}
+
+
+# ------------------------------------------------------------------------------------------------ plan
+
+def _host_memory() -> int | None:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def plan(model: str, method: str, lora_r: int = 16, target: str = "all-linear", seq_len: int = 512,
+         batch_size: int = 8, micro_batch_size: int | None = None, tokens: int | None = None,
+         data: str | None = None, epochs: int | None = None, gpu: str = "h100", gpus: int = 1,
+         price_per_hour: float | None = None, mfu: float | None = None, peak_tflops: float | None = None,
+         gradient_checkpointing: bool = False, precision: str | None = None,
+         trained_fraction: float | None = None) -> dict:
+    """Everything `tunesmith plan` prints, as one JSON-ready dict."""
+    if method not in METHODS:
+        raise ConfigError(f"--method: unknown method '{method}' (expected one of {', '.join(METHODS)})")
+    gpu_key = gpu.strip().lower()
+    if gpu_key not in GPUS:
+        raise ConfigError(f"--gpu: unknown GPU '{gpu}' (known: {', '.join(GPUS)})")
+    micro_batch_size = batch_size if micro_batch_size is None else micro_batch_size
+    checks = [
+        (lora_r >= 1, "--lora-r must be >= 1"),
+        (seq_len >= 8, "--seq-len must be >= 8"),
+        (batch_size >= 1 and micro_batch_size >= 1, "--batch-size and --micro-batch-size must be >= 1"),
+        (batch_size % micro_batch_size == 0, f"--micro-batch-size must divide --batch-size ({batch_size})"),
+        (gpus >= 1, "--gpus must be >= 1"),
+        (tokens is None or tokens >= 1, "--tokens must be >= 1"),
+        (not (tokens is not None and data), "--tokens and --data: give one (the data's tokens x --epochs, or a count)"),
+        (epochs is None or data, "--epochs needs --data"),
+        (epochs is None or epochs >= 1, "--epochs must be >= 1"),
+        (mfu is None or 0 < mfu <= 1, "--mfu must be in (0, 1]"),
+        (peak_tflops is None or peak_tflops > 0, "--peak-tflops must be > 0"),
+        (price_per_hour is None or price_per_hour >= 0, "--price-per-hour must be >= 0"),
+        (precision in (None, "bf16", "fp32"), "--precision must be bf16 or fp32"),
+        (trained_fraction is None or 0 < trained_fraction <= 1, "--trained-fraction must be in (0, 1]"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)
+    shape, model_dir = resolve_shape(model)
+    targets = parse_targets(target) if method != "full" else []
+    device = GPUS[gpu_key]
+    if peak_tflops is not None:
+        device = replace(device, peak_tflops=peak_tflops)
+    if mfu is None:
+        mfu = 1.0 if gpu_key == "cpu" and peak_tflops is None else DEFAULT_MFU
+    if precision is None:
+        precision = "fp32" if gpu_key == "cpu" else "bf16"
+    act_bytes = 2 if precision == "bf16" else 4
+
+    data_info = None
+    if data:
+        data_info = count_data_tokens(data, seq_len, model_dir)
+        data_info["epochs"] = epochs or 1
+        tokens = data_info["tokens"] * data_info["epochs"]
+        if trained_fraction is None and data_info["tokens"]:
+            trained_fraction = data_info["trained_tokens"] / data_info["tokens"]
+    if trained_fraction is None:
+        trained_fraction = 1.0
+
+    counts = parameter_counts(shape, method, lora_r, targets)
+    mem = memory_breakdown(shape, method, counts, targets, lora_r, seq_len, micro_batch_size,
+                           gradient_checkpointing, act_bytes, trained_fraction)
+    fpt = flops_per_token(shape, method, counts, seq_len, gradient_checkpointing, trained_fraction)
+    capacity = device.memory_bytes if gpu_key != "cpu" else _host_memory()
+    total = mem["memory_bytes"]["total"]
+    fits = None if capacity is None else total <= capacity
+    warnings = []
+    if fits is False:
+        hints = [h for h, ok in [("--method lora", method == "full"), ("--method qlora", method != "qlora"),
+                                 ("--gradient-checkpointing", not gradient_checkpointing),
+                                 ("a smaller --micro-batch-size", micro_batch_size > 1),
+                                 ("a shorter --seq-len", True)] if ok]
+        warnings.append(f"does not fit: needs {total / GIB:.1f} GiB per {'GPU' if gpu_key != 'cpu' else 'machine'}, "
+                        f"{device.name} has {capacity / GIB:.1f} GiB; try {', '.join(hints)}")
+    elif fits and total > 0.9 * capacity:
+        warnings.append(f"tight: {total / GIB:.1f} of {capacity / GIB:.1f} GiB; CUDA context and fragmentation "
+                        "are not counted")
+
+    flops = model_flops = hours = gpu_hours = cost = steps = None
+    if tokens is not None:
+        flops = tokens * fpt["executed"]
+        model_flops = tokens * fpt["model"]
+        hours = flops / (device.peak_tflops * 1e12 * mfu * gpus) / 3600
+        gpu_hours = hours * gpus
+        cost = None if price_per_hour is None else gpu_hours * price_per_hour
+        steps = math.ceil(tokens / (batch_size * seq_len))
+
+    return {
+        "model": model, "shape": asdict(shape), "method": method,
+        "lora": {"r": lora_r, "targets": targets} if method != "full" else None,
+        "total_params": counts["total"], "trainable_params": counts["trainable"],
+        "trainable_percent": 100 * counts["trainable"] / counts["total"],
+        "params": counts,
+        "seq_len": seq_len, "batch_size": batch_size, "micro_batch_size": micro_batch_size,
+        "gradient_checkpointing": gradient_checkpointing, "precision": precision,
+        "trained_fraction": trained_fraction,
+        **mem,
+        "gpu": {"key": gpu_key, "name": device.name, "peak_tflops": device.peak_tflops,
+                "memory_bytes": capacity, "count": gpus},
+        "fits": fits, "warnings": warnings,
+        "tokens": tokens, "data": data_info, "steps": steps,
+        "flops_per_token": fpt, "flops": flops, "model_flops": model_flops,
+        "mfu": mfu, "hours": hours, "gpu_hours": gpu_hours,
+        "price_per_hour": price_per_hour, "cost_usd": cost,
+    }
+
+
+# ---------------------------------------------------------------------------------------------- format
+
+def _num(n: float) -> str:
+    for unit, size in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(n) >= size:
+            return f"{n / size:.2f}{unit}"
+    return f"{n:.0f}"
+
+
+def _bytes(n: float) -> str:
+    return f"{n / GIB:.2f} GiB" if n >= GIB else f"{n / 2**20:.1f} MiB"
+
+
+def _hours(h: float) -> str:
+    if h < 1:
+        return f"{h * 60:.1f} min"
+    return f"{h:.2f} h" if h < 48 else f"{h:.1f} h ({h / 24:.1f} days)"
+
+
+def format_plan(p: dict) -> str:
+    """The plan as the table `tunesmith plan` prints."""
+    s = p["shape"]
+    lines = [f"model       {p['model']}: {s['layers']} layers, hidden {s['hidden']}, MLP {s['intermediate']}, "
+             f"heads {s['heads']}/{s['kv_heads']} kv, vocab {s['vocab']}, "
+             f"{'tied' if s['tied'] else 'untied'} embeddings"]
+    method = p["method"] + (f" r={p['lora']['r']} on {','.join(p['lora']['targets'])}" if p["lora"] else "")
+    lines.append(f"method      {method}")
+    lines.append(f"parameters  total {p['total_params']:,}  trainable {p['trainable_params']:,} "
+                 f"({p['trainable_percent']:.4f}%)")
+    g = p["gpu"]
+    per = "GPU" if g["key"] != "cpu" else "machine"
+    lines.append(f"memory per {per} (seq {p['seq_len']}, micro-batch {p['micro_batch_size']}, {p['precision']}, "
+                 f"checkpointing {'on' if p['gradient_checkpointing'] else 'off'}, trained fraction "
+                 f"{p['trained_fraction']:.2f}):")
+    m = p["memory_bytes"]
+    notes = {"weights": "fp32" + (" + NF4 blocks" if p["method"] == "qlora" else ""),
+             "gradients": "fp32, trainable only", "optimizer": "AdamW, 2 fp32 moments",
+             "activations": "saved for backward",
+             "weight_copies": "bf16 casts kept for backward",
+             "logits": "trained rows only, 2048-row chunks",
+             "step_temporaries": "at the optimizer step, not with activations"}
+    for key, note in notes.items():
+        lines.append(f"  {key:17s} {_bytes(m[key]):>12s}   {note}")
+    lines.append(f"  {'total (peak)':17s} {_bytes(m['total']):>12s}")
+    a, lg = p["activations_bytes"], p["logits_bytes"]
+    lines.append(f"  activations without / with checkpointing: {_bytes(a['without_checkpointing'])} / "
+                 f"{_bytes(a['with_checkpointing'])}")
+    lines.append(f"  logits kept for backward: {_bytes(lg['tunesmith_chunked'])} at trained positions "
+                 f"(+ {_bytes(lg['chunk_in_flight'])} for the chunk in flight); fp32 logits at every position "
+                 f"would be {_bytes(lg['naive_full'])}")
+    cap = "unknown" if g["memory_bytes"] is None else _bytes(g["memory_bytes"])
+    fits = {True: "fits", False: "DOES NOT FIT", None: "fit unknown"}[p["fits"]]
+    peak = "measured throughput" if g["key"] == "cpu" else "bf16 dense peak"
+    lines.append(f"device      {g['count']} x {g['name']} ({g['peak_tflops']:g} TFLOPS {peak}, {cap}): {fits}")
+    f = p["flops_per_token"]
+    recompute = f" + {_num(f['recompute'])} recompute" if f["recompute"] else ""
+    lines.append(f"FLOPs/token {_num(f['model'])} model{recompute}")
+    if p["tokens"] is None:
+        lines.append("time, cost  give --tokens N or --data FILE for the run's FLOPs, time and cost")
+    else:
+        d = p["data"]
+        src = f" ({d['rows']} rows x {d['epochs']} epochs, {d['method']})" if d else ""
+        lines.append(f"run         {_num(p['tokens'])} tokens{src}, {p['steps']:,} steps of "
+                     f"{p['batch_size']} x {p['seq_len']}; {p['flops']:.3g} FLOPs")
+        lines.append(f"time        {_hours(p['hours'])} at MFU {p['mfu']:g} on {g['count']} device(s) "
+                     f"({p['gpu_hours']:.1f} device-hours)")
+        cost = ("give --price-per-hour" if p["cost_usd"] is None
+                else f"${p['cost_usd']:,.2f} at ${p['price_per_hour']:g}/device-hour")
+        lines.append(f"cost        {cost}")
+    lines += [f"warning: {w}" for w in p["warnings"]]
+    return "\n".join(lines)

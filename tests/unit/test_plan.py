@@ -1,0 +1,275 @@
+"""`tunesmith plan`: parameter counts of known models, the LoRA fractions people quote, memory ordering,
+FLOPs/time/cost arithmetic, data token counts, the CLI's JSON and its errors."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+
+import pytest
+
+from tests.conftest import write_jsonl
+from tunesmith.errors import ConfigError, DataError
+from tunesmith.plan import GPUS, NF4_BITS, SHAPES, count_data_tokens, parameter_counts, plan, resolve_shape
+
+GIB = 2**30
+
+# Parameter totals of the released checkpoints (the sum of their tensors' sizes).
+KNOWN_TOTALS = {
+    "smollm2-135m": 134_515_008,  # tied embeddings
+    "llama-2-7b": 6_738_415_616,
+    "llama-3.1-8b": 8_030_261_248,
+    "llama-3.1-70b": 70_553_706_496,
+    "mistral-7b": 7_241_732_096,
+    "qwen2.5-7b": 7_615_616_512,  # q/k/v biases included
+    "qwen2.5-0.5b": 494_032_768,  # tied embeddings, q/k/v biases
+}
+
+
+def run_cli(argv, capsys) -> str:
+    from tunesmith.cli.plan import register
+
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["plan", *argv])
+    assert args.handler(args) == 0
+    return capsys.readouterr().out
+
+
+@pytest.mark.parametrize("name", sorted(KNOWN_TOTALS))
+def test_builtin_shapes_have_the_published_parameter_counts(name):
+    assert set(KNOWN_TOTALS) == set(SHAPES)
+    assert parameter_counts(SHAPES[name])["total"] == KNOWN_TOTALS[name]
+
+
+def test_approximate_sizes_people_quote():
+    approx = {"llama-2-7b": 6.74e9, "llama-3.1-8b": 8.03e9, "llama-3.1-70b": 70.6e9, "mistral-7b": 7.24e9,
+              "qwen2.5-7b": 7.6e9}
+    for name, n in approx.items():
+        assert plan(name, "full")["total_params"] == pytest.approx(n, rel=0.005)
+    qwen = parameter_counts(SHAPES["qwen2.5-7b"])
+    assert qwen["biases"] == 28 * (3584 + 2 * 512)
+
+
+def test_alias_and_local_config_give_the_builtin_shape(tmp_path):
+    assert resolve_shape("smollm2-135m-instruct")[0] == SHAPES["smollm2-135m"]
+    config = {"model_type": "llama", "hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30,
+              "num_attention_heads": 9, "num_key_value_heads": 3, "vocab_size": 49152, "tie_word_embeddings": True,
+              "head_dim": 64}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    for model in (str(tmp_path), str(tmp_path / "config.json")):
+        assert plan(model, "full")["total_params"] == KNOWN_TOTALS["smollm2-135m"]
+    qwen = {"model_type": "qwen2", "hidden_size": 3584, "intermediate_size": 18944, "num_hidden_layers": 28,
+            "num_attention_heads": 28, "num_key_value_heads": 4, "vocab_size": 152064, "tie_word_embeddings": False}
+    (tmp_path / "config.json").write_text(json.dumps(qwen))
+    assert plan(str(tmp_path), "full")["total_params"] == KNOWN_TOTALS["qwen2.5-7b"]  # biases from model_type
+
+
+def test_counts_match_a_real_model(tiny_dir):
+    """The planner's counts equal what tunesmith's own training code counts on a loaded model."""
+    import torch
+
+    from tunesmith.adapters.lora import apply_lora, parameter_counts as model_counts
+    from tunesmith.config.schema import LoraConfig
+    from tunesmith.models.load import load_model
+
+    model = load_model(tiny_dir, torch.device("cpu"))
+    assert plan(str(tiny_dir), "full")["total_params"] == model_counts(model)[1]
+    for target in ("q_proj,v_proj", "all-linear"):
+        peft_model = apply_lora(load_model(tiny_dir, torch.device("cpu")), LoraConfig(r=8, target=target))
+        trainable, total = model_counts(peft_model)
+        p = plan(str(tiny_dir), "lora", lora_r=8, target=target)
+        assert (p["trainable_params"], p["total_params"]) == (trainable, total)
+
+
+def test_lora_fractions_of_llama_2_7b():
+    qv = plan("llama-2-7b", "lora", lora_r=16, target="q_proj,v_proj")
+    assert qv["trainable_params"] == 32 * 2 * 16 * (4096 + 4096)
+    assert 0.11 <= qv["trainable_percent"] <= 0.13
+    all_linear = plan("llama-2-7b", "qlora", lora_r=16, target="all-linear")
+    assert 0.5 <= all_linear["trainable_percent"] <= 0.7
+
+
+@pytest.mark.parametrize("name", ["llama-2-7b", "llama-3.1-70b"])
+def test_memory_full_above_lora_above_qlora(name):
+    totals = {}
+    for method in ("full", "lora", "qlora"):
+        p = plan(name, method, seq_len=2048, batch_size=1, micro_batch_size=1, gradient_checkpointing=True)
+        totals[method] = p["memory_bytes"]["total"]
+        assert p["memory_bytes"]["total"] > 0
+    assert totals["full"] > totals["lora"] > totals["qlora"]
+    n = parameter_counts(SHAPES[name])["total"]
+    assert totals["full"] > 16 * n  # fp32 weights + grads + two AdamW moments
+    assert totals["qlora"] < totals["lora"] / 3
+
+
+def test_memory_parts():
+    counts = parameter_counts(SHAPES["llama-2-7b"], "qlora", 16)
+    p = plan("llama-2-7b", "qlora", seq_len=2048, micro_batch_size=1, batch_size=1)
+    m = p["memory_bytes"]
+    rest = counts["total"] - counts["block_linear"]  # embedding, LM head, norms, adapter: fp32
+    assert NF4_BITS == pytest.approx(4.127, abs=1e-3)
+    assert m["weights"] == pytest.approx(counts["block_linear"] * NF4_BITS / 8 + 4 * rest, abs=1)
+    assert m["gradients"] == 4 * counts["lora"] and m["optimizer"] == 8 * counts["lora"]
+    assert m["total"] == m["weights"] + m["gradients"] + m["optimizer"] + max(
+        m["activations"] + m["weight_copies"] + m["logits"], m["step_temporaries"])
+    full = plan("llama-2-7b", "full")["memory_bytes"]
+    assert full["weights"] == 4 * KNOWN_TOTALS["llama-2-7b"]
+    assert full["optimizer"] == 2 * full["gradients"] == 8 * KNOWN_TOTALS["llama-2-7b"]
+
+
+def test_checkpointing_reduces_activations():
+    for method in ("full", "lora", "qlora"):
+        args = dict(seq_len=2048, batch_size=4, micro_batch_size=4)
+        plain = plan("llama-3.1-8b", method, **args)
+        ckpt = plan("llama-3.1-8b", method, gradient_checkpointing=True, **args)
+        assert ckpt["memory_bytes"]["activations"] < plain["memory_bytes"]["activations"] / 4
+        assert plain["activations_bytes"] == ckpt["activations_bytes"]  # both reported either way
+        assert ckpt["flops_per_token"]["recompute"] > 0 == plain["flops_per_token"]["recompute"]
+    longer = plan("llama-3.1-8b", "lora", seq_len=4096, batch_size=4, micro_batch_size=4)
+    assert longer["memory_bytes"]["activations"] > 2 * plain["memory_bytes"]["activations"] - 1
+
+
+def test_logits_only_at_trained_positions():
+    p = plan("llama-3.1-8b", "lora", seq_len=2048, batch_size=2, micro_batch_size=2, trained_fraction=0.25)
+    lg = p["logits_bytes"]
+    assert lg["naive_full"] == 2 * 2048 * 128256 * 4
+    assert lg["tunesmith_chunked"] == lg["naive_full"] // 4
+    assert p["memory_bytes"]["logits"] == lg["tunesmith_chunked"] + lg["chunk_in_flight"]
+
+
+def test_flops_time_and_cost():
+    counts = parameter_counts(SHAPES["llama-2-7b"], "lora", 16, ["q_proj", "v_proj"])
+    full = plan("llama-2-7b", "full", seq_len=2048, tokens=10**8, gpus=8, price_per_hour=3.0)
+    lora = plan("llama-2-7b", "lora", target="q_proj,v_proj", seq_len=2048, tokens=10**8, gpus=8, price_per_hour=3.0)
+    attention = 6 * 32 * 2048 * 4096
+    n_matmul = counts["block_linear"] + counts["head_matmul"]
+    assert full["flops_per_token"]["model"] == 6 * n_matmul + attention
+    assert lora["flops_per_token"]["model"] == 4 * n_matmul + 6 * counts["lora"] + attention
+    assert full["flops"] == 10**8 * full["flops_per_token"]["executed"]
+    assert full["hours"] == pytest.approx(full["flops"] / (989.4e12 * 0.4 * 8) / 3600)
+    assert full["cost_usd"] == pytest.approx(full["hours"] * 8 * 3.0)
+    assert lora["cost_usd"] < full["cost_usd"]
+    assert full["steps"] == -(-10**8 // (8 * 2048))
+    cpu = plan("smollm2-135m", "lora", gpu="cpu", tokens=1000)
+    assert cpu["mfu"] == 1.0 and cpu["precision"] == "fp32" and cpu["gpu"]["peak_tflops"] == GPUS["cpu"].peak_tflops
+    assert plan("smollm2-135m", "lora", gpu="cpu", peak_tflops=2.0, tokens=1000)["mfu"] == 0.4
+    assert plan("smollm2-135m", "lora")["hours"] is None  # no tokens: memory only
+
+
+def test_fits_flag():
+    big = plan("llama-3.1-70b", "full", seq_len=2048, micro_batch_size=1, batch_size=1, gpu="h200")
+    assert big["fits"] is False and "does not fit" in big["warnings"][0]
+    small = plan("smollm2-135m", "lora", gpu="h100")
+    assert small["fits"] is True and not small["warnings"]
+    assert plan("llama-3.1-70b", "qlora", seq_len=2048, micro_batch_size=1, batch_size=1,
+                gradient_checkpointing=True, gpu="h100")["fits"] is True
+
+
+def test_data_tokens(tmp_path):
+    rows = [{"prompt": "a" * 40, "completion": "b" * 20},
+            {"messages": [{"role": "user", "content": "c" * 8}, {"role": "assistant", "content": "d" * 8, "weight": 0},
+                          {"role": "user", "content": "e" * 4}, {"role": "assistant", "content": "f" * 12}]}]
+    path = write_jsonl(tmp_path / "d.jsonl", rows)
+    info = count_data_tokens(path, seq_len=512)
+    assert info["tokens"] == (10 + 4) + (5 + 4) + (2 + 4) + (2 + 4) + (1 + 4) + (3 + 4)
+    assert info["trained_tokens"] == (5 + 1) + (3 + 1)
+    p = plan("smollm2-135m", "lora", data=str(path), epochs=3)
+    assert p["tokens"] == 3 * info["tokens"]
+    assert p["trained_fraction"] == pytest.approx(info["trained_tokens"] / info["tokens"])
+    assert count_data_tokens(path, seq_len=8)["tokens"] == 16  # each row cut at --seq-len
+    bad = write_jsonl(tmp_path / "bad.jsonl", [{"prompt": "x"}])
+    with pytest.raises(DataError):
+        plan("smollm2-135m", "lora", data=str(bad))
+
+
+def test_data_tokens_exact_with_a_local_tokenizer(tiny_dir, tmp_path):
+    model = tmp_path / "model"
+    model.mkdir()
+    for f in tiny_dir.iterdir():
+        if not f.name.endswith(".safetensors"):
+            shutil.copy(f, model / f.name)
+    path = write_jsonl(tmp_path / "d.jsonl", [{"prompt": "Hello there", "completion": "General Kenobi"}])
+    info = count_data_tokens(path, 512, model)
+    assert info["method"] == "tokenizer" and 0 < info["trained_tokens"] < info["tokens"]
+
+
+def test_activation_formula_matches_what_autograd_saves(tmp_path):
+    """Bytes autograd keeps for backward in a small llama (k/v repeated: a padded mask, as in packed rows)."""
+    import torch
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    from tunesmith.adapters.lora import apply_lora
+    from tunesmith.config.schema import LoraConfig
+    from tunesmith.losses.sft import token_nll_sum
+    from tunesmith.train.step import final_hidden
+
+    shape = dict(hidden_size=256, intermediate_size=704, num_hidden_layers=3, num_attention_heads=4,
+                 num_key_value_heads=2, vocab_size=512, tie_word_embeddings=True)
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama", **shape}))
+    b, s = 2, 128
+    for method, precision in (("full", "fp32"), ("lora", "bf16")):
+        torch.manual_seed(0)
+        config = LlamaConfig(**shape)
+        config._attn_implementation = "sdpa"
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        model = apply_lora(model, LoraConfig(r=8)) if method == "lora" else model.requires_grad_(True)
+        params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+        ids = torch.randint(0, 512, (b, s))
+        mask = torch.ones(b, s, dtype=torch.long)
+        mask[1, -10:] = 0
+        seen: dict[int, int] = {}
+
+        def pack(t):
+            st = t.untyped_storage()
+            if st.data_ptr() not in params:
+                seen[st.data_ptr()] = max(seen.get(st.data_ptr(), 0), st.nbytes())
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), \
+                torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            batch = argparse.Namespace(input_ids=ids, attention_mask=mask, position_ids=None)
+            hidden, head = final_hidden(model, batch)
+            token_nll_sum(hidden, ids, head.weight)
+        p = plan(str(tmp_path), method, lora_r=8, seq_len=s, batch_size=b, precision=precision)
+        m = p["memory_bytes"]
+        predicted = m["activations"] + m["weight_copies"] + m["logits"] - p["logits_bytes"]["chunk_in_flight"]
+        assert sum(seen.values()) == pytest.approx(predicted, rel=0.1), (method, precision)
+
+
+def test_cli_json_and_table(capsys):
+    out = run_cli(["--model", "llama-2-7b", "--method", "lora", "--target", "q_proj,v_proj", "--seq-len", "2048",
+                   "--micro-batch-size", "1", "--tokens", "100000000", "--gpus", "8", "--price-per-hour", "3",
+                   "--gradient-checkpointing", "--json"], capsys)
+    p = json.loads(out)
+    for key in ("total_params", "trainable_params", "trainable_percent", "memory_bytes", "flops", "hours", "cost_usd",
+                "fits"):
+        assert key in p
+    for part in ("weights", "gradients", "optimizer", "activations", "logits", "total"):
+        assert p["memory_bytes"][part] >= 0
+    assert p["gradient_checkpointing"] is True and p["gpu"]["count"] == 8
+    table = run_cli(["--model", "smollm2-135m-instruct", "--method", "qlora", "--gpu", "4090"], capsys)
+    assert "trainable" in table and "total (peak)" in table and "--tokens" in table
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(model="gpt-17"), "llama-2-7b"),
+    (dict(method="adapter"), "--method"),
+    (dict(target="q_proj,wrong"), "wrong"),
+    (dict(target=" , "), "--target"),
+    (dict(batch_size=8, micro_batch_size=3), "--micro-batch-size"),
+    (dict(tokens=10, data="x.jsonl"), "--tokens"),
+    (dict(epochs=2), "--epochs"),
+    (dict(mfu=0.0), "--mfu"),
+    (dict(gpu="tpu"), "--gpu"),
+    (dict(seq_len=4), "--seq-len"),
+    (dict(lora_r=0), "--lora-r"),
+    (dict(trained_fraction=1.5), "--trained-fraction"),
+])
+def test_bad_input_is_a_config_error(kwargs, message):
+    args = dict(model="llama-2-7b", method="lora") | kwargs
+    with pytest.raises(ConfigError, match=message.replace("-", r"\-").replace(".", r"\.")) as e:
+        plan(**args)
+    if "model" in kwargs:
+        assert all(name in str(e.value) for name in SHAPES)
