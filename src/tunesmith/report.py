@@ -56,7 +56,11 @@ def _png(curves: list[tuple[str, list[int], list[float], str | None]], title: st
 
 
 def summary_rows(records: list[dict], recipe: str) -> list[tuple[str, float, float]]:
-    """(metric, first value, last value) for the metrics a reader compares at start and end."""
+    """(metric, first value, last value) for the metrics a reader compares at start and end. When the
+    forgetting budget stopped the run, "end" is the kept step (the result), not the step over budget."""
+    stop = next((r for r in records if "budget_exceeded" in r), None)
+    if stop is not None:
+        records = [r for r in records if r.get("step", 0) <= stop["kept_step"] and "budget_exceeded" not in r]
     main = MAIN_METRIC.get(recipe, "loss")
     keys = ["loss" if recipe in ("sft", "dpo", "reward") else None,  # RL's "loss" is a surrogate: no yardstick
             f"eval_{main}" if main != "loss" else None, main, "eval_loss", "eval_reward_mean",
@@ -73,7 +77,8 @@ def format_summary(rows: list[tuple[str, float, float]], stop: dict | None) -> s
     lines = [f"{'metric':24s} {'start':>12s} {'end':>12s}"]
     lines += [f"{key:24s} {first:12.4f} {last:12.4f}" for key, first, last in rows]
     if stop:
-        lines.append(f"forgetting budget exceeded at {stop['budget_exceeded']}; result = step {stop['kept_step']}")
+        lines.append(f"forgetting budget exceeded at {stop['budget_exceeded']}; result (the end column) = step "
+                     f"{stop['kept_step']}")
     return "\n".join(lines)
 
 

@@ -135,7 +135,7 @@ def test_budget_stop_keeps_the_last_weights_within_budget(tmp_path, chat_file, p
     report = (out / "report.html").read_text()
     assert "Forgetting budget exceeded at step 2" in report and 'src="forgetting.png"' in report
     assert (out / "forgetting.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and (out / "loss.png").is_file()
-    assert "kl_to_base" in printed and "result = step 0" in printed
+    assert "kl_to_base" in printed and "result (the end column) = step 0" in printed
 
 
 def test_budget_needs_measurements(tmp_path, chat_file, probe_file):
