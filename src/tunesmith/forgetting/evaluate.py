@@ -61,7 +61,7 @@ def evaluate_model(model: str, adapter: str | None = None, base: str | None = No
                    precision: str = "auto", limit: int | None = None, say=print) -> dict:
     """The numbers `tunesmith eval` prints."""
     from tunesmith.forgetting.guard import spread_subset
-    from tunesmith.forgetting.measure import measure_drift
+    from tunesmith.forgetting.measure import base_perplexity, measure_drift
     from tunesmith.forgetting.probe import base_answers, load_probe, probe_examples
     from tunesmith.generation import load_for_inference
     from tunesmith.models import resolve_model_dir
@@ -84,15 +84,8 @@ def evaluate_model(model: str, adapter: str | None = None, base: str | None = No
     result = {"model": model, "adapter": adapter, "base": str(base_dir), "probe": str(probe or "bundled"),
               "probe_prompts": len(examples)}
     result.update(measure_drift(tuned, examples, tokenizer.pad_token_id, base=reference, amp_dtype=amp))
-    if reference is not tuned:  # the base's own perplexity on its answers: the yardstick
-        if reference is None:
-            with tuned.disable_adapter():
-                base_ppl = measure_drift(tuned, examples, tokenizer.pad_token_id, base=tuned, amp_dtype=amp)
-        else:
-            base_ppl = measure_drift(reference, examples, tokenizer.pad_token_id, base=reference, amp_dtype=amp)
-        result["base_probe_perplexity"] = base_ppl["probe_perplexity"]
-    else:
-        result["base_probe_perplexity"] = result["probe_perplexity"]
+    result["base_probe_perplexity"] = (result["probe_perplexity"] if reference is tuned else
+                                       base_perplexity(tuned, examples, tokenizer.pad_token_id, reference, amp))
     result["probe_ppl_increase"] = result["probe_perplexity"] / result["base_probe_perplexity"] - 1.0
     if data:
         result.update(task_metrics(tuned, tokenizer, data, max_length, dev, amp, limit))

@@ -16,7 +16,7 @@ from typing import Callable
 
 import torch
 
-from tunesmith.forgetting.measure import measure_drift
+from tunesmith.forgetting.measure import base_perplexity, measure_drift
 from tunesmith.forgetting.probe import base_answers, load_probe, probe_examples
 
 
@@ -42,10 +42,7 @@ class ForgettingGuard:
             from tunesmith.models import load_model
 
             self.base = load_model(model_dir, device).eval().requires_grad_(False)
-            base_model = self.base
-        else:
-            base_model = None
-        self.base_perplexity = self._base_perplexity(model, base_model)
+        self.base_perplexity = base_perplexity(model, self.examples, self.pad_id, self.base, amp_dtype)
         self.kept_step = 0
         self.kept = self._snapshot(model)
         self.stop_reason: str | None = None
@@ -59,14 +56,6 @@ class ForgettingGuard:
         if self.opts.max_probe_ppl_increase is not None:
             parts.append(f"probe perplexity increase <= {self.opts.max_probe_ppl_increase:.1%}")
         return f"; budget: {', '.join(parts)}" if parts else ""
-
-    def _base_perplexity(self, model, base_model) -> float:
-        if base_model is not None:
-            return measure_drift(base_model, self.examples, self.pad_id, base=base_model,
-                                 amp_dtype=self.amp_dtype)["probe_perplexity"]
-        with model.disable_adapter():
-            return measure_drift(model, self.examples, self.pad_id, base=model,
-                                 amp_dtype=self.amp_dtype)["probe_perplexity"]
 
     @staticmethod
     def _snapshot(model) -> dict[str, torch.Tensor]:

@@ -90,3 +90,11 @@ def measure_drift(model: torch.nn.Module, examples: list[TokenizedExample], pad_
         raise ValueError("the probe has no answer tokens")
     return {"probe_perplexity": math.exp(nll_sum / count), "kl_to_base": max(0.0, kl_sum / count),
             "probe_tokens": count}
+
+
+def base_perplexity(model: torch.nn.Module, examples: list[TokenizedExample], pad_id: int,
+                    base: torch.nn.Module | None = None, amp_dtype: torch.dtype | None = None) -> float:
+    """The base's own probe perplexity (the yardstick of probe_ppl_increase): `base`, or `model` with its
+    adapters switched off."""
+    with base_context(model, base) as b:
+        return measure_drift(b, examples, pad_id, base=b, amp_dtype=amp_dtype)["probe_perplexity"]

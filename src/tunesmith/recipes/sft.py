@@ -155,10 +155,10 @@ def run_sft(cfg: SFTConfig, say: Callable[[str], None] = print, progress: bool =
         say(f"eval loss {eval_loss:.4f} on {len(data.eval)} examples")
     metrics.close()
     checkpoint(step)  # lets `--resume --max-steps MORE` extend a finished run
-    output = run_dir / ("adapter" if cfg.method in ("lora", "qlora") else "model")
+    output = (save_trained(model, tokenizer, run_dir, cfg.method, model_dir) if dist.is_main
+              else run_dir / ("adapter" if cfg.method in ("lora", "qlora") else "model"))
+    seconds = time.time() - started
     if dist.is_main:
-        output = save_trained(model, tokenizer, run_dir, cfg.method, model_dir)
-        seconds = time.time() - started
         manifest = {"recipe": "sft", "method": cfg.method, "model": cfg.model, "model_dir": str(model_dir),
                     "steps": step, "train_examples": n_train, "eval_examples": len(data.eval),
                     "tokens_seen": tokens_seen, "final_loss": last_loss, "eval_loss": eval_loss,
@@ -169,7 +169,6 @@ def run_sft(cfg: SFTConfig, say: Callable[[str], None] = print, progress: bool =
         say(write_report(run_dir, "sft"))
         say(f"saved {output} ({step} steps, {seconds:.0f} s)")
     shut_down(dist)
-    seconds = time.time() - started
     model.eval()
     return SFTResult(run_dir, output, step, last_loss, eval_loss, seconds, model)
 
