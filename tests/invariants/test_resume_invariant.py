@@ -34,16 +34,16 @@ def test_resume_equals_uninterrupted(tmp_path, monkeypatch, tiny_dir):
     data = write_jsonl(tmp_path / "train.jsonl", chat_rows(10))  # 10 examples, batch 4: epochs wrap
     whole = sft_recipe.run_sft(_config(data, tmp_path / "whole"), say=lambda s: None, progress=False)
 
-    real_save = sft_recipe.save_checkpoint
+    real_save = sft_recipe.save_checkpoint_on_main
 
     def save_then_crash(*args, **kwargs):
         real_save(*args, **kwargs)
         raise Crash()  # the process dies right after its first checkpoint
 
-    monkeypatch.setattr(sft_recipe, "save_checkpoint", save_then_crash)
+    monkeypatch.setattr(sft_recipe, "save_checkpoint_on_main", save_then_crash)
     with pytest.raises(Crash):
         sft_recipe.run_sft(_config(data, tmp_path / "split"), say=lambda s: None, progress=False)
-    monkeypatch.setattr(sft_recipe, "save_checkpoint", real_save)
+    monkeypatch.setattr(sft_recipe, "save_checkpoint_on_main", real_save)
     assert [p.name for p in (tmp_path / "split" / "checkpoints").iterdir()] == ["step-00000003"]
     resumed = sft_recipe.run_sft(_config(data, tmp_path / "split", resume=True), say=lambda s: None,
                                  progress=False)

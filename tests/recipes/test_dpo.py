@@ -137,16 +137,16 @@ def test_resume_equals_uninterrupted(tmp_path, pairs_file, monkeypatch, method):
         return cfg
 
     whole = run_dpo(config("whole"), say=lambda s: None, progress=False)
-    real_save = dpo_recipe.save_checkpoint
+    real_save = dpo_recipe.save_checkpoint_on_main
 
     def save_then_crash(*args, **kwargs):
         real_save(*args, **kwargs)
         raise Crash()
 
-    monkeypatch.setattr(dpo_recipe, "save_checkpoint", save_then_crash)
+    monkeypatch.setattr(dpo_recipe, "save_checkpoint_on_main", save_then_crash)
     with pytest.raises(Crash):
         run_dpo(config("split"), say=lambda s: None, progress=False)
-    monkeypatch.setattr(dpo_recipe, "save_checkpoint", real_save)
+    monkeypatch.setattr(dpo_recipe, "save_checkpoint_on_main", real_save)
     said = []
     resumed = run_dpo(config("split", resume=True), say=said.append, progress=False)
     assert resumed.steps == whole.steps == 6

@@ -110,17 +110,17 @@ def test_full_reward_model_and_resume(tmp_path, pairs_file, monkeypatch):
     whole = run_reward(_config(tmp_path, "whole", pairs_file, method="full", steps=4), say=lambda s: None,
                        progress=False)
     assert (whole.output / "model" / "model.safetensors").is_file()
-    real_save = reward_recipe.save_checkpoint
+    real_save = reward_recipe.save_checkpoint_on_main
 
     def save_then_crash(*args, **kwargs):
         real_save(*args, **kwargs)
         raise Crash()
 
     split = _config(tmp_path, "split", pairs_file, method="full", steps=4, save_every=2)
-    monkeypatch.setattr(reward_recipe, "save_checkpoint", save_then_crash)
+    monkeypatch.setattr(reward_recipe, "save_checkpoint_on_main", save_then_crash)
     with pytest.raises(Crash):
         run_reward(split, say=lambda s: None, progress=False)
-    monkeypatch.setattr(reward_recipe, "save_checkpoint", real_save)
+    monkeypatch.setattr(reward_recipe, "save_checkpoint_on_main", real_save)
     split.resume = True
     resumed = run_reward(split, say=lambda s: None, progress=False)
     a = [r["loss"] for r in read_metrics(whole.run_dir / "metrics.jsonl") if "loss" in r]

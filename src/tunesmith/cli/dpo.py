@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from tunesmith.config.load import add_arguments, build_run_config
+from tunesmith.cli.launch import add_run_arguments, run_training
+from tunesmith.config.load import add_arguments
 from tunesmith.config.schema import DPOConfig
 
 
@@ -12,12 +13,11 @@ def register(sub) -> None:
                                    "JSONL. The reference model is the base: the adapter switched off (lora, qlora) "
                                    "or log-probs computed once before training (full, or --precompute-ref).")
     add_arguments(p, DPOConfig)
-    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    add_run_arguments(p, "dpo")
     p.set_defaults(handler=run)
 
 
 def run(args) -> int:
     from tunesmith.recipes.dpo import run_dpo
 
-    run_dpo(build_run_config(DPOConfig, args), progress=args.progress)
-    return 0
+    return run_training(args, DPOConfig, "dpo", run_dpo)

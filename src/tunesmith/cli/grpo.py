@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from tunesmith.config.load import add_arguments, build_run_config
+from tunesmith.cli.launch import add_run_arguments, run_training
+from tunesmith.config.load import add_arguments
 from tunesmith.config.schema import GRPOConfig
 
 
@@ -12,12 +13,11 @@ def register(sub) -> None:
                                    "(--reward) and/or a reward model (--reward-model). The reference is the base "
                                    "with the adapter switched off.")
     add_arguments(p, GRPOConfig)
-    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    add_run_arguments(p, "grpo")
     p.set_defaults(handler=run)
 
 
 def run(args) -> int:
     from tunesmith.recipes.grpo import run_grpo
 
-    run_grpo(build_run_config(GRPOConfig, args), progress=args.progress)
-    return 0
+    return run_training(args, GRPOConfig, "grpo", run_grpo)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from tunesmith.config.load import add_arguments, build_run_config
+from tunesmith.cli.launch import add_run_arguments, run_training
+from tunesmith.config.load import add_arguments
 from tunesmith.config.schema import PPOConfig
 
 
@@ -11,12 +12,11 @@ def register(sub) -> None:
                        description="RLHF with PPO: sampled rollouts scored by a `tunesmith reward` model, per-token KL "
                                    "to the base, a value head, GAE, clipped policy and value losses. lora or qlora.")
     add_arguments(p, PPOConfig)
-    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    add_run_arguments(p, "ppo")
     p.set_defaults(handler=run)
 
 
 def run(args) -> int:
     from tunesmith.recipes.ppo import run_ppo
 
-    run_ppo(build_run_config(PPOConfig, args), progress=args.progress)
-    return 0
+    return run_training(args, PPOConfig, "ppo", run_ppo)

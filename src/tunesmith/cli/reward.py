@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 
-from tunesmith.config.load import add_arguments, build_run_config
+from tunesmith.cli.launch import add_run_arguments, run_training
+from tunesmith.config.load import add_arguments
 from tunesmith.config.schema import RewardConfig
 
 
@@ -13,7 +14,7 @@ def register(sub) -> None:
                        description="Train a reward model on preference pairs (the formats `tunesmith dpo` reads): "
                                    "a scalar head on the base's last-token hidden state, with lora, qlora or full.")
     add_arguments(p, RewardConfig)
-    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    add_run_arguments(p, "reward")
     p.set_defaults(handler=run)
 
     s = sub.add_parser("score", help="print a reward per row with a trained reward model",
@@ -33,8 +34,7 @@ def register(sub) -> None:
 def run(args) -> int:
     from tunesmith.recipes.reward import run_reward
 
-    run_reward(build_run_config(RewardConfig, args), progress=args.progress)
-    return 0
+    return run_training(args, RewardConfig, "reward", run_reward)
 
 
 def _first_row_keys(path: str) -> set[str]:

@@ -7,6 +7,9 @@
             -> log implicit rewards, evaluate, checkpoint
     save:   adapter/ (PEFT format) or model/ (Hugging Face format), run.json
 
+Under torchrun each process takes every N-th micro-batch of the step and the gradients are summed
+(train/distributed.py; full fine-tuning is sharded with FSDP2); every process evaluates the whole eval set.
+
 The reference policy π_ref is the model before training. For LoRA/QLoRA it is the same weights with
 the adapter switched off, so no second copy is ever in memory; for full fine-tuning (and with
 --precompute-ref) its log-probs are computed once before the first step and cached in
@@ -39,12 +42,12 @@ from tunesmith.models import load_tokenizer, resolve_model_dir, select_device
 from tunesmith.models.integrity import run_summary
 from tunesmith.models.load import autocast_dtype
 from tunesmith.report import write_report
-from tunesmith.train.checkpoint import load_checkpoint, save_checkpoint
-from tunesmith.train.distributed import single_process_only
-from tunesmith.train.metrics import MetricsLog, RunningMeans
-from tunesmith.train.model_setup import build_trainable_model, save_trained, write_run_config
+from tunesmith.train.distributed import (Dist, full_state, load_checkpoint_everywhere, save_checkpoint_on_main,
+                                         shard_model, shut_down, start_processes)
+from tunesmith.train.metrics import MetricsLog, NullLog, RunningMeans
+from tunesmith.train.model_setup import build_trainable_model, save_trained
 from tunesmith.train.order import split_micro, step_indices
-from tunesmith.train.rundir import prepare_run_dir
+from tunesmith.train.rundir import open_run_dir
 from tunesmith.train.schedule import build_optimizer, lr_multiplier, plan_steps, set_lr
 from tunesmith.train.step import batch_sequence_logps, optimizer_step
 
@@ -92,14 +95,18 @@ def adapter_off(model: torch.nn.Module):
 
 @torch.no_grad()
 def reference_logps(model: torch.nn.Module, pairs: list[TokenizedPair], micro_batch_size: int, packing: bool,
-                    max_length: int, pad_id: int, device: torch.device, amp_dtype: torch.dtype | None) -> torch.Tensor:
-    """[pairs, 2] (chosen, rejected) log π_ref, computed with the adapter off (or before any update)."""
+                    max_length: int, pad_id: int, device: torch.device, amp_dtype: torch.dtype | None,
+                    dist: Dist = Dist()) -> torch.Tensor:
+    """[pairs, 2] (chosen, rejected) log π_ref, computed with the adapter off (or before any update); with
+    several processes each computes every N-th micro-batch and they exchange the results."""
     out = []
     with adapter_off(model):
-        for start in range(0, len(pairs), micro_batch_size):
+        for start in dist.share(range(0, len(pairs), micro_batch_size)):
             f = pair_forward(model, pairs[start : start + micro_batch_size], packing, max_length, pad_id,
                              device, amp_dtype)
             out.append(torch.stack([f.chosen, f.rejected], dim=1).float())  # stays on the device
+    if dist.active:
+        out = [t.to(device) for t in dist.unshare([t.cpu() for t in out])]
     return torch.cat(out) if out else torch.zeros(0, 2)
 
 
@@ -116,18 +123,22 @@ def reference_fingerprint(model_dir: Path, method: str, amp_dtype, max_length: i
 
 
 def cached_reference(run_dir: Path, fingerprint: str, compute: Callable[[], dict[str, torch.Tensor]],
-                     say: Callable[[str], None]) -> dict[str, torch.Tensor]:
-    """Reuse RUN/reference_logps.safetensors when it was computed for exactly this setup, else compute it."""
+                     say: Callable[[str], None], dist: Dist = Dist()) -> dict[str, torch.Tensor]:
+    """Reuse RUN/reference_logps.safetensors when it was computed for exactly this setup, else compute it
+    (every process takes part; rank 0 decides and writes)."""
     path = run_dir / REFERENCE_FILE
-    if path.is_file():
+    same = False
+    if dist.is_main and path.is_file():
         with safe_open(str(path), "pt") as f:
             same = (f.metadata() or {}).get("fingerprint") == fingerprint
-        if same:
-            say(f"reference log-probs: reusing {path}")
-            return load_file(str(path))
+    if dist.first(same):
+        say(f"reference log-probs: reusing {path}")
+        return load_file(str(path))
     started = time.perf_counter()
     tensors = compute()
-    atomic_write_bytes(path, save({k: v.cpu().contiguous() for k, v in tensors.items()}, {"fingerprint": fingerprint}))
+    if dist.is_main:
+        atomic_write_bytes(path, save({k: v.cpu().contiguous() for k, v in tensors.items()},
+                                      {"fingerprint": fingerprint}))
     say(f"reference log-probs: {sum(len(v) for v in tensors.values())} pairs in "
         f"{time.perf_counter() - started:.0f} s, cached in {path}")
     return tensors
@@ -149,9 +160,11 @@ def add_preference_stats(stats: RunningMeans, losses: torch.Tensor, r_chosen: to
 
 def run_dpo(cfg: DPOConfig, say: Callable[[str], None] = print, progress: bool = True) -> DPOResult:
     started = time.time()
-    single_process_only("dpo")
     # ---- setup -------------------------------------------------------------------------------
-    device = select_device(cfg.device)
+    dist = start_processes(cfg, "dpo")
+    if not dist.is_main:  # rank 0 speaks and writes for all
+        say, progress = (lambda s: None), False
+    device = dist.device or select_device(cfg.device)
     amp_dtype = autocast_dtype(cfg.train.precision, device)
     model_dir = resolve_model_dir(cfg.model)
     tokenizer = load_tokenizer(model_dir)
@@ -161,8 +174,7 @@ def run_dpo(cfg: DPOConfig, say: Callable[[str], None] = print, progress: bool =
     for line in data.warnings:
         say(f"warning: {line}")
 
-    run_dir, resume_from = prepare_run_dir(cfg.out, cfg.overwrite, cfg.resume)
-    write_run_config(run_dir, cfg, "dpo")
+    run_dir, resume_from = open_run_dir(cfg, "dpo", dist)
     model, trainable, total = build_trainable_model(cfg, model_dir, device, amp_dtype, say)
     guard = start_guard(cfg, model, tokenizer, model_dir, device, amp_dtype, say)
     loss_fn = PREFERENCE_LOSSES[cfg.dpo.loss]
@@ -177,8 +189,9 @@ def run_dpo(cfg: DPOConfig, say: Callable[[str], None] = print, progress: bool =
         splits = {"train": data.train, "eval": data.eval}
         fingerprint = reference_fingerprint(model_dir, cfg.method, amp_dtype, max_len, splits)
         reference = cached_reference(run_dir, fingerprint, lambda: {
-            name: reference_logps(model, pairs, mbs, packing, max_len, pad_id, device, amp_dtype)
-            for name, pairs in splits.items()}, say)
+            name: reference_logps(model, pairs, mbs, packing, max_len, pad_id, device, amp_dtype, dist)
+            for name, pairs in splits.items()}, say, dist)
+    shard_model(model, dist)  # full fine-tuning in several processes: FSDP2 (after the reference pass)
 
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = build_optimizer(params, cfg.train.lr, cfg.train.weight_decay)
@@ -188,14 +201,16 @@ def run_dpo(cfg: DPOConfig, say: Callable[[str], None] = print, progress: bool =
         say(f"warning: {too_many}")
     step, pairs_seen = 0, 0
     if resume_from is not None:
-        state = load_checkpoint(resume_from, model, optimizer)
+        state = load_checkpoint_everywhere(dist, resume_from, model, optimizer)
         step, pairs_seen = state["step"], state.get("pairs_seen", 0)
         say(f"resumed from {resume_from} at step {step}")
-    metrics = MetricsLog(run_dir / "metrics.jsonl", resume_step=step if resume_from else None)
+    metrics = (MetricsLog(run_dir / "metrics.jsonl", resume_step=step if resume_from else None)
+               if dist.is_main else NullLog())
     say(f"{cfg.dpo.loss} on {n_train} pairs, {total_steps} steps of {cfg.train.batch_size} (micro-batch {mbs}), "
         f"beta {beta:g}, lr {cfg.train.lr:g}, reference "
         + ("precomputed" if precompute else "= adapter off") + f", {device.type}"
-        + (f", autocast {amp_dtype}" if amp_dtype else ", fp32"))
+        + (f", autocast {amp_dtype}" if amp_dtype else ", fp32")
+        + (f", {dist.world} processes" + (" (FSDP)" if dist.sharded else "") if dist.active else ""))
 
     def preference_step(pairs: list[TokenizedPair], ref: torch.Tensor | None, stats: RunningMeans,
                         scale: float) -> tuple[torch.Tensor, Forward]:
@@ -222,7 +237,7 @@ def run_dpo(cfg: DPOConfig, say: Callable[[str], None] = print, progress: bool =
         return stats.means("eval_")
 
     def checkpoint(at_step: int) -> None:
-        save_checkpoint(run_dir, at_step, model, optimizer, {"pairs_seen": pairs_seen})
+        save_checkpoint_on_main(dist, run_dir, at_step, model, optimizer, {"pairs_seen": pairs_seen})
 
     # ---- loop --------------------------------------------------------------------------------
     if step == 0:  # the starting point: policy == reference
@@ -242,14 +257,17 @@ def run_dpo(cfg: DPOConfig, say: Callable[[str], None] = print, progress: bool =
         # micro-batch: accumulated gradients then equal those of one big batch.
         chosen_tokens = sum(data.train[i].chosen.num_targets for i in indices)
         stats, tokens, nll_sum = RunningMeans(), 0, 0.0
-        for micro in split_micro(indices, mbs):
+        for micro, weight in dist.deal(split_micro(indices, mbs)):  # weight 0: a filler keeping FSDP in step
             ref = reference["train"][micro] if precompute else None
-            loss, f = preference_step([data.train[i] for i in micro], ref, stats, 1.0 / len(indices))
+            loss, f = preference_step([data.train[i] for i in micro], ref, stats if weight else RunningMeans(),
+                                      weight / len(indices))
             if sft_weight > 0:
-                loss = loss + sft_weight * -f.chosen.sum() / max(1, chosen_tokens)
+                loss = loss + weight * sft_weight * -f.chosen.sum() / max(1, chosen_tokens)
             loss.backward()
-            tokens += f.tokens
-            nll_sum -= float(f.chosen.detach().sum())
+            tokens += int(weight) * f.tokens
+            nll_sum -= weight * float(f.chosen.detach().sum())
+        dist.sum_gradients(params)
+        stats, tokens, nll_sum = dist.sum_means(stats), int(dist.sum(tokens)), dist.sum(nll_sum)
         grad_norm = optimizer_step(params, optimizer, cfg.train.max_grad_norm)
         step += 1
         pairs_seen += len(indices)
@@ -282,16 +300,21 @@ def run_dpo(cfg: DPOConfig, say: Callable[[str], None] = print, progress: bool =
             f"{final_eval['eval_reward_accuracy']:.3f}, margin {final_eval['eval_reward_margin']:.3f}")
     metrics.close()
     checkpoint(step)  # lets `--resume --max-steps MORE` extend a finished run
-    output = save_trained(model, tokenizer, run_dir, cfg.method, model_dir)
+    whole = full_state(model)[0] if dist.sharded else None  # every process takes part in the gather
+    output = (save_trained(model, tokenizer, run_dir, cfg.method, model_dir, state_dict=whole) if dist.is_main
+              else run_dir / ("adapter" if cfg.method in ("lora", "qlora") else "model"))
     seconds = time.time() - started
     final = {k: record[k] for k in LOGGED if k in record}
     manifest = {"recipe": "dpo", "loss": cfg.dpo.loss, "beta": beta, "method": cfg.method, "model": cfg.model,
                 "model_dir": str(model_dir), "reference": "precomputed" if precompute else "adapter off",
                 "steps": step, "train_pairs": n_train, "eval_pairs": len(data.eval), "pairs_seen": pairs_seen,
                 "final": final, "eval": final_eval, "trainable_params": trainable, "total_params": total,
-                "seconds": round(seconds, 2), "output": output.name, "base_checksum": run_summary(run_dir), **guard_summary(guard)}
-    atomic_write_text(run_dir / "run.json", json.dumps(manifest, indent=2) + "\n")
-    say(write_report(run_dir, "dpo"))
-    say(f"saved {output} ({step} steps, {seconds:.0f} s)")
+                "processes": dist.world, "seconds": round(seconds, 2), "output": output.name}
+    if dist.is_main:
+        manifest.update(base_checksum=run_summary(run_dir), **guard_summary(guard))
+        atomic_write_text(run_dir / "run.json", json.dumps(manifest, indent=2) + "\n")
+        say(write_report(run_dir, "dpo"))
+        say(f"saved {output} ({step} steps, {seconds:.0f} s)")
+    shut_down(dist)
     model.eval()
     return DPOResult(run_dir, output, step, final, final_eval, seconds, model)

@@ -8,6 +8,11 @@
             policy loss + vf_coef · clipped value loss) -> KL controller -> log, samples.jsonl, checkpoint
     save:   adapter/ (the policy, PEFT format), value_head.safetensors, run.json
 
+Each micro-batch of prompts is sampled with a seed of its own (seed, step, micro-batch), so under
+torchrun (train/distributed.py) the processes split the micro-batches and the rollouts are those of one
+process; the advantage whitening, the KL controller and the logged means use the whole step's rollouts
+(summed or gathered over the processes), and the gradients are summed.
+
 Four roles, one set of base weights: the policy is the trainable adapter; the value function is a head
 on the policy's final hidden states; the reference is the base with every adapter switched off; the
 reward model is a second, frozen adapter with its own head, switched on only to score.
@@ -28,7 +33,7 @@ from tqdm import tqdm
 from tunesmith.atomic import atomic_write_bytes, atomic_write_text
 from tunesmith.config.schema import PPOConfig
 from tunesmith.data.packing import Batch, collate_padded
-from tunesmith.data.prompts import load_prompt_file
+from tunesmith.data.prompts import PromptRow, load_prompt_file
 from tunesmith.errors import ModelError
 from tunesmith.forgetting.guard import guard_start, guard_step, guard_summary, start_guard, stop_over_budget
 from tunesmith.losses.kl import AdaptiveKLController, FixedKLController, kl_k1, masked_mean
@@ -39,13 +44,12 @@ from tunesmith.models.load import autocast_dtype
 from tunesmith.models.reward import find_reward_model, load_reward_head, new_reward_head
 from tunesmith.report import write_report
 from tunesmith.rollout.advantages import gae, per_token_rewards
-from tunesmith.rollout.sampling import completion_example, prompt_ids, sample_completions
-from tunesmith.train.checkpoint import load_checkpoint, save_checkpoint
-from tunesmith.train.distributed import single_process_only
-from tunesmith.train.metrics import MetricsLog
-from tunesmith.train.model_setup import build_trainable_model, save_trained, write_run_config
-from tunesmith.train.order import split_micro, step_indices
-from tunesmith.train.rundir import prepare_run_dir
+from tunesmith.rollout.sampling import completion_example, prompt_ids, rollout_seed, sample_completions
+from tunesmith.train.distributed import load_checkpoint_everywhere, save_checkpoint_on_main, shut_down, start_processes
+from tunesmith.train.metrics import MetricsLog, NullLog
+from tunesmith.train.model_setup import build_trainable_model, save_trained
+from tunesmith.train.order import step_indices
+from tunesmith.train.rundir import open_run_dir
 from tunesmith.train.schedule import build_optimizer, lr_multiplier, plan_steps, set_lr
 from tunesmith.train.step import batch_last_hidden, batch_token_logps, optimizer_step, unwrap
 
@@ -101,10 +105,12 @@ def reward_scores(model: torch.nn.Module, head: torch.nn.Linear, batch: Batch, n
 
 def run_ppo(cfg: PPOConfig, say: Callable[[str], None] = print, progress: bool = True) -> PPOResult:
     started = time.time()
-    single_process_only("ppo")
     o = cfg.ppo
     # ---- setup -------------------------------------------------------------------------------
-    device = select_device(cfg.device)
+    dist = start_processes(cfg, "ppo")
+    if not dist.is_main:  # rank 0 speaks and writes for all
+        say, progress = (lambda s: None), False
+    device = dist.device or select_device(cfg.device)
     amp_dtype = autocast_dtype(cfg.train.precision, device)
     model_dir = resolve_model_dir(cfg.model)
     tokenizer = load_tokenizer(model_dir)
@@ -112,8 +118,7 @@ def run_ppo(cfg: PPOConfig, say: Callable[[str], None] = print, progress: bool =
     pad_id, eos_id = tokenizer.pad_token_id, tokenizer.eos_token_id
     reward_dir, reward_meta = reward_model_dir(o.reward_model, model_dir)
 
-    run_dir, resume_from = prepare_run_dir(cfg.out, cfg.overwrite, cfg.resume)
-    write_run_config(run_dir, cfg, "ppo")
+    run_dir, resume_from = open_run_dir(cfg, "ppo", dist)
     model, trainable, total = build_trainable_model(cfg, model_dir, device, amp_dtype, say)
     reward_head = attach_reward_adapter(model, reward_dir, reward_meta, device)
     model.value_head = value_head = new_reward_head(unwrap(model).config.hidden_size, device)  # V starts at 0
@@ -128,14 +133,38 @@ def run_ppo(cfg: PPOConfig, say: Callable[[str], None] = print, progress: bool =
         say(f"warning: {too_many}")
     step = 0
     if resume_from is not None:
-        state = load_checkpoint(resume_from, model, optimizer)
+        state = load_checkpoint_everywhere(dist, resume_from, model, optimizer)
         step, kl_ctl.value = state["step"], state.get("kl_coef", kl_ctl.value)
         say(f"resumed from {resume_from} at step {step}")
-    metrics = MetricsLog(run_dir / "metrics.jsonl", resume_step=step if resume_from else None)
-    samples_log = MetricsLog(run_dir / "samples.jsonl", resume_step=step if resume_from else None)
+    resume_step = step if resume_from else None
+    metrics = MetricsLog(run_dir / "metrics.jsonl", resume_step) if dist.is_main else NullLog()
+    samples_log = MetricsLog(run_dir / "samples.jsonl", resume_step) if dist.is_main else NullLog()
+    mbs = cfg.train.micro_batch_size
     say(f"ppo on {n_prompts} prompts, {total_steps} steps of {o.rollouts_per_step} rollouts x {o.ppo_epochs} epochs, "
         f"kl_coef {o.kl_coef:g}" + (f" (adaptive, target {o.kl_target:g})" if o.kl_target else "")
-        + f", lr {cfg.train.lr:g}, {device.type}" + (f", autocast {amp_dtype}" if amp_dtype else ", fp32"))
+        + f", lr {cfg.train.lr:g}, {device.type}" + (f", autocast {amp_dtype}" if amp_dtype else ", fp32")
+        + (f", {dist.world} processes" if dist.active else ""))
+
+    @torch.no_grad()
+    def rollout(at_step: int, index: int, rows: list[PromptRow]) -> dict[str, Any]:
+        """One completion for each prompt of micro-batch `index` of the step, sampled with its own seed, and
+        the rollout statistics: old log-probs and values (policy), reference log-probs (adapters off), the
+        reward model's score, per-token rewards and GAE."""
+        p_ids = [prompt_ids(tokenizer, r.messages, cfg.data.max_prompt_length) for r in rows]
+        completions = sample_completions(model, p_ids, 1, o.temperature, o.top_p, o.max_new_tokens, pad_id, eos_id,
+                                         amp_dtype, seed=rollout_seed(cfg.train.seed, at_step, index))
+        batch = collate_padded([completion_example(p, c, r.where) for p, c, r in zip(p_ids, completions, rows)],
+                               pad_id).to(device)
+        old_logp, old_values, mask = policy_forward(model, value_head, batch, amp_dtype, o.temperature)
+        with model.disable_adapter():
+            ref_logp = policy_forward(model, value_head, batch, amp_dtype, o.temperature)[0]
+        scores = reward_scores(model, reward_head, batch, len(rows), amp_dtype)
+        kl = kl_k1(old_logp, ref_logp) * mask
+        rewards = per_token_rewards(scores, kl, mask, kl_ctl.value)
+        advantages, returns = gae(rewards, old_values, mask, o.gamma, o.lam)
+        return {"batch": batch, "old_logp": old_logp, "old_values": old_values, "mask": mask, "scores": scores,
+                "kl": kl.sum(1), "advantages": advantages, "returns": returns, "completions": completions,
+                "prompts": [r.messages[-1]["content"] for r in rows]}
 
     # ---- loop --------------------------------------------------------------------------------
     if step == 0 and guard is not None:
@@ -147,40 +176,23 @@ def run_ppo(cfg: PPOConfig, say: Callable[[str], None] = print, progress: bool =
         lr = cfg.train.lr * lr_multiplier(step, total_steps, warmup_steps, cfg.train.schedule)
         set_lr(optimizer, lr)
         rows = [prompts[i] for i in step_indices(n_prompts, o.rollouts_per_step, cfg.train.seed, step)]
-        p_ids = [prompt_ids(tokenizer, r.messages, cfg.data.max_prompt_length) for r in rows]
+        # One rollout per micro-batch of prompts, sampled with its own seed: the same whichever process
+        # samples it. Each process takes every N-th micro-batch.
         model.eval()
-        completions = sample_completions(model, p_ids, 1, o.temperature, o.top_p, o.max_new_tokens, pad_id, eos_id,
-                                         amp_dtype)
-        examples = [completion_example(p, c, r.where) for p, c, r in zip(p_ids, completions, rows)]
-        micro = split_micro(list(range(len(examples))), cfg.train.micro_batch_size)
-        batches = [collate_padded([examples[i] for i in m], pad_id).to(device) for m in micro]
-
-        # rollout statistics, all without gradient, micro-batch by micro-batch
-        roll = []
-        with torch.no_grad():
-            for m, batch in zip(micro, batches):
-                old_logp, old_values, mask = policy_forward(model, value_head, batch, amp_dtype, o.temperature)
-                with model.disable_adapter():
-                    ref_logp = policy_forward(model, value_head, batch, amp_dtype, o.temperature)[0]
-                scores = reward_scores(model, reward_head, batch, len(m), amp_dtype)
-                kl = kl_k1(old_logp, ref_logp) * mask
-                rewards = per_token_rewards(scores, kl, mask, kl_ctl.value)
-                advantages, returns = gae(rewards, old_values, mask, o.gamma, o.lam)
-                roll.append({"old_logp": old_logp, "old_values": old_values, "mask": mask, "scores": scores,
-                             "kl": kl.sum(1), "advantages": advantages, "returns": returns})
-        if o.whiten_advantages:  # across the whole batch of rollouts, not per micro-batch
-            flat_adv = torch.cat([r["advantages"][r["mask"]] for r in roll])
-            mean, std = flat_adv.mean(), flat_adv.std().clamp_min(1e-8)
+        roll = [rollout(step, index, rows[start : start + mbs])
+                for index, start in dist.share(list(enumerate(range(0, len(rows), mbs))))]
+        if o.whiten_advantages:  # across the whole batch of rollouts (every process's), not per micro-batch
+            mean, std = dist.mean_std([r["advantages"][r["mask"]] for r in roll])
             for r in roll:
-                r["advantages"] = torch.where(r["mask"], (r["advantages"] - mean) / std, 0.0)
+                r["advantages"] = torch.where(r["mask"], (r["advantages"] - mean) / max(std, 1e-8), 0.0)
         model.train()
         sums = dict.fromkeys(("policy_loss", "value_loss", "clip_fraction", "value_clip_fraction", "entropy"), 0.0)
         for epoch in range(o.ppo_epochs):
-            for m, batch, r in zip(micro, batches, roll):
-                logp, values, mask = policy_forward(model, value_head, batch, amp_dtype, o.temperature)
+            for r in roll:
+                logp, values, mask = policy_forward(model, value_head, r["batch"], amp_dtype, o.temperature)
                 pl, pstats = ppo_policy_loss(logp, r["old_logp"], r["advantages"], mask, o.clip_range)
                 vl, vstats = ppo_value_loss(values, r["old_values"], r["returns"], mask, o.clip_range_value)
-                share = len(m) / len(examples)
+                share = len(r["scores"]) / len(rows)
                 ((pl + o.vf_coef * vl) * share).backward()
                 per_epoch = share / o.ppo_epochs
                 sums["policy_loss"] += float(pl.detach()) * per_epoch
@@ -189,51 +201,60 @@ def run_ppo(cfg: PPOConfig, say: Callable[[str], None] = print, progress: bool =
                 sums["value_clip_fraction"] += float(vstats["value_clip_fraction"]) * per_epoch
                 if epoch == 0:  # −log π of the sampled tokens: a Monte-Carlo estimate of the entropy
                     sums["entropy"] += float(masked_mean(-logp.detach(), mask)) * share
+            dist.sum_gradients(params)
             grad_norm = optimizer_step(params, optimizer, cfg.train.max_grad_norm)
-        scores = torch.cat([r["scores"] for r in roll])
-        seq_kl = torch.cat([r["kl"] for r in roll])
+        sums = {k: dist.sum(v) for k, v in sums.items()}
+        # the whole step's rollouts, in order: (prompt, completion, score, sequence KL) each
+        done = [x for part in dist.unshare([list(zip(r["prompts"], r["completions"], r["scores"].tolist(),
+                                                         r["kl"].tolist())) for r in roll]) for x in part]
+        scores, seq_kl = torch.tensor([d[2] for d in done]), torch.tensor([d[3] for d in done])
         kl_coef_used = kl_ctl.value
-        kl_ctl.update(float(seq_kl.mean()), len(examples))
+        kl_ctl.update(float(seq_kl.mean()), len(done))
         step += 1
         seconds = time.perf_counter() - t0
         record = {"step": step, "reward_mean": float(scores.mean()), "reward_std": float(scores.std()),
                   "kl": float(seq_kl.mean()), "kl_coef": kl_coef_used, **sums,
-                  "response_length": sum(len(c) for c in completions) / len(completions),
+                  "response_length": sum(len(d[1]) for d in done) / len(done),
                   "lr": lr, "grad_norm": grad_norm, "step_s": seconds}
         over_budget = guard_step(guard, model, step, total_steps, record)
         if step % cfg.train.log_every == 0 or "kl_to_base" in record:
             metrics.write(record)
         if o.samples_every and (step % o.samples_every == 0 or step == 1):
-            for row, c, s in list(zip(rows, completions, scores.tolist()))[:4]:
-                samples_log.write({"step": step, "prompt": row.messages[-1]["content"],
+            for prompt, c, s, _ in done[:4]:
+                samples_log.write({"step": step, "prompt": prompt,
                                    "completion": tokenizer.decode(c, skip_special_tokens=True), "reward": s})
         bar.set_postfix(reward=f"{record['reward_mean']:.3f}", kl=f"{record['kl']:.3f}", refresh=False)
         bar.update(1)
         if over_budget:
             break
         if cfg.train.save_every and step % cfg.train.save_every == 0 and step < total_steps:
-            save_checkpoint(run_dir, step, model, optimizer, {"kl_coef": kl_ctl.value})
+            save_checkpoint_on_main(dist, run_dir, step, model, optimizer, {"kl_coef": kl_ctl.value})
     bar.close()
     stop_over_budget(guard, model, metrics, step, say)
 
     # ---- save --------------------------------------------------------------------------------
     metrics.close()
     samples_log.close()
-    save_checkpoint(run_dir, step, model, optimizer, {"kl_coef": kl_ctl.value})
+    save_checkpoint_on_main(dist, run_dir, step, model, optimizer, {"kl_coef": kl_ctl.value})
     model.delete_adapter(REWARD)  # the saved adapter/ is the policy alone
-    del model.value_head
-    output = save_trained(model, tokenizer, run_dir, cfg.method, model_dir)
-    model.value_head = value_head
-    atomic_write_bytes(run_dir / "value_head.safetensors", save(
-        {"weight": value_head.weight.detach().cpu().contiguous(), "bias": value_head.bias.detach().cpu()}))
+    output = run_dir / "adapter"
+    if dist.is_main:
+        del model.value_head
+        output = save_trained(model, tokenizer, run_dir, cfg.method, model_dir)
+        model.value_head = value_head
+        atomic_write_bytes(run_dir / "value_head.safetensors", save(
+            {"weight": value_head.weight.detach().cpu().contiguous(), "bias": value_head.bias.detach().cpu()}))
     seconds = time.time() - started
     final = {k: record[k] for k in ("reward_mean", "kl", "kl_coef", "response_length") if k in record}
     manifest = {"recipe": "ppo", "method": cfg.method, "model": cfg.model, "model_dir": str(model_dir),
                 "reward_model": o.reward_model, "steps": step, "prompts": n_prompts, "final": final,
-                "trainable_params": trainable, "total_params": total, "seconds": round(seconds, 2),
-                "output": output.name, "base_checksum": run_summary(run_dir), **guard_summary(guard)}
-    atomic_write_text(run_dir / "run.json", json.dumps(manifest, indent=2) + "\n")
-    say(write_report(run_dir, "ppo"))
-    say(f"saved {output} ({step} steps, {seconds:.0f} s)")
+                "trainable_params": trainable, "total_params": total, "processes": dist.world,
+                "seconds": round(seconds, 2), "output": output.name}
+    if dist.is_main:
+        manifest.update(base_checksum=run_summary(run_dir), **guard_summary(guard))
+        atomic_write_text(run_dir / "run.json", json.dumps(manifest, indent=2) + "\n")
+        say(write_report(run_dir, "ppo"))
+        say(f"saved {output} ({step} steps, {seconds:.0f} s)")
+    shut_down(dist)
     model.eval()
     return PPOResult(run_dir, output, step, final, seconds, model)

@@ -6,6 +6,9 @@
             -> log loss, accuracy, margin; evaluate; checkpoint
     save:   RUN/reward_model/ (adapter/ or model/, reward_head.safetensors, reward_model.json), run.json
 
+Under torchrun each process takes every N-th micro-batch of the step and the gradients are summed
+(train/distributed.py; full fine-tuning is sharded with FSDP2, the head with the root).
+
 `tunesmith score --reward-model RUN --data FILE` reads it back; PPO and GRPO use it as their reward.
 """
 
@@ -30,12 +33,12 @@ from tunesmith.models.integrity import run_summary
 from tunesmith.models.load import autocast_dtype
 from tunesmith.models.reward import new_reward_head, save_reward_head
 from tunesmith.report import write_report
-from tunesmith.train.checkpoint import load_checkpoint, save_checkpoint
-from tunesmith.train.distributed import single_process_only
-from tunesmith.train.metrics import MetricsLog, RunningMeans
-from tunesmith.train.model_setup import build_trainable_model, save_trained, write_run_config
+from tunesmith.train.distributed import (full_state, load_checkpoint_everywhere, save_checkpoint_on_main, shard_model,
+                                         shut_down, start_processes)
+from tunesmith.train.metrics import MetricsLog, NullLog, RunningMeans
+from tunesmith.train.model_setup import build_trainable_model, save_trained
 from tunesmith.train.order import split_micro, step_indices
-from tunesmith.train.rundir import prepare_run_dir
+from tunesmith.train.rundir import open_run_dir
 from tunesmith.train.schedule import build_optimizer, lr_multiplier, plan_steps, set_lr
 from tunesmith.train.step import batch_last_hidden, optimizer_step, unwrap
 
@@ -72,9 +75,11 @@ def add_reward_stats(stats: RunningMeans, losses: torch.Tensor, r_chosen: torch.
 
 def run_reward(cfg: RewardConfig, say: Callable[[str], None] = print, progress: bool = True) -> RewardResult:
     started = time.time()
-    single_process_only("reward")
     # ---- setup -------------------------------------------------------------------------------
-    device = select_device(cfg.device)
+    dist = start_processes(cfg, "reward")
+    if not dist.is_main:  # rank 0 speaks and writes for all
+        say, progress = (lambda s: None), False
+    device = dist.device or select_device(cfg.device)
     amp_dtype = autocast_dtype(cfg.train.precision, device)
     model_dir = resolve_model_dir(cfg.model)
     tokenizer = load_tokenizer(model_dir)
@@ -84,11 +89,11 @@ def run_reward(cfg: RewardConfig, say: Callable[[str], None] = print, progress: 
     for line in data.warnings:
         say(f"warning: {line}")
 
-    run_dir, resume_from = prepare_run_dir(cfg.out, cfg.overwrite, cfg.resume)
-    write_run_config(run_dir, cfg, "reward")
+    run_dir, resume_from = open_run_dir(cfg, "reward", dist)
     model, trainable, total = build_trainable_model(cfg, model_dir, device, amp_dtype, say)
     # registered on the model, so checkpoints and the optimizer see the head like any trainable weight
     model.reward_head = head = new_reward_head(unwrap(model).config.hidden_size, device)
+    shard_model(model, dist)  # full fine-tuning in several processes: FSDP2
     mbs, packing, max_len, pad_id = cfg.train.micro_batch_size, cfg.data.packing, cfg.data.max_length, tokenizer.pad_token_id
 
     params = [p for p in model.parameters() if p.requires_grad]
@@ -99,12 +104,14 @@ def run_reward(cfg: RewardConfig, say: Callable[[str], None] = print, progress: 
         say(f"warning: {too_many}")
     step, pairs_seen = 0, 0
     if resume_from is not None:
-        state = load_checkpoint(resume_from, model, optimizer)
+        state = load_checkpoint_everywhere(dist, resume_from, model, optimizer)
         step, pairs_seen = state["step"], state.get("pairs_seen", 0)
         say(f"resumed from {resume_from} at step {step}")
-    metrics = MetricsLog(run_dir / "metrics.jsonl", resume_step=step if resume_from else None)
+    metrics = (MetricsLog(run_dir / "metrics.jsonl", resume_step=step if resume_from else None)
+               if dist.is_main else NullLog())
     say(f"reward model on {n_train} pairs, {total_steps} steps of {cfg.train.batch_size} (micro-batch {mbs}), "
-        f"lr {cfg.train.lr:g}, {device.type}" + (f", autocast {amp_dtype}" if amp_dtype else ", fp32"))
+        f"lr {cfg.train.lr:g}, {device.type}" + (f", autocast {amp_dtype}" if amp_dtype else ", fp32")
+        + (f", {dist.world} processes" + (" (FSDP)" if dist.sharded else "") if dist.active else ""))
 
     @torch.no_grad()
     def evaluate() -> dict[str, float] | None:
@@ -121,7 +128,7 @@ def run_reward(cfg: RewardConfig, say: Callable[[str], None] = print, progress: 
         return stats.means("eval_")
 
     def checkpoint(at_step: int) -> None:
-        save_checkpoint(run_dir, at_step, model, optimizer, {"pairs_seen": pairs_seen})
+        save_checkpoint_on_main(dist, run_dir, at_step, model, optimizer, {"pairs_seen": pairs_seen})
 
     # ---- loop --------------------------------------------------------------------------------
     if cfg.train.eval_every and step == 0 and data.eval:
@@ -135,13 +142,16 @@ def run_reward(cfg: RewardConfig, say: Callable[[str], None] = print, progress: 
         set_lr(optimizer, lr)
         indices = step_indices(n_train, cfg.train.batch_size, cfg.train.seed, step)
         stats, tokens = RunningMeans(), 0
-        for micro in split_micro(indices, mbs):
+        for micro, weight in dist.deal(split_micro(indices, mbs)):  # weight 0: a filler keeping FSDP in step
             r_w, r_l, n_tokens = pair_scores(model, head, [data.train[i] for i in micro], packing, max_len, pad_id,
                                              device, amp_dtype)
             losses = bradley_terry_loss(r_w, r_l)
-            (losses.sum() / len(indices)).backward()  # mean over the step's pairs, whatever the micro-batches
-            add_reward_stats(stats, losses, r_w, r_l)
-            tokens += n_tokens
+            (weight * losses.sum() / len(indices)).backward()  # mean over the step's pairs, whatever the micro-batches
+            if weight:
+                add_reward_stats(stats, losses, r_w, r_l)
+                tokens += n_tokens
+        dist.sum_gradients(params)
+        stats, tokens = dist.sum_means(stats), int(dist.sum(tokens))
         grad_norm = optimizer_step(params, optimizer, cfg.train.max_grad_norm)
         step += 1
         pairs_seen += len(indices)
@@ -168,19 +178,29 @@ def run_reward(cfg: RewardConfig, say: Callable[[str], None] = print, progress: 
     metrics.close()
     checkpoint(step)
     output = run_dir / "reward_model"
-    output.mkdir(exist_ok=True)
-    del model.reward_head  # the PEFT adapter / model directory holds the base part only
-    save_trained(model, tokenizer, output, cfg.method, model_dir, record_dir=run_dir)
-    model.reward_head = head
-    save_reward_head(output, head, model_dir, cfg.method)
+    whole = full_state(model)[0] if dist.sharded else None  # every process takes part in the gather
+    if dist.is_main:
+        output.mkdir(exist_ok=True)
+        saved_head = head
+        if whole is not None:  # the head's gathered weights, and the base part alone for the model directory
+            saved_head = new_reward_head(head.in_features, torch.device("cpu"))
+            saved_head.load_state_dict({k.removeprefix("reward_head."): whole.pop(k) for k in list(whole)
+                                        if k.startswith("reward_head.")})
+        del model.reward_head  # the PEFT adapter / model directory holds the base part only
+        save_trained(model, tokenizer, output, cfg.method, model_dir, record_dir=run_dir, state_dict=whole)
+        model.reward_head = head
+        save_reward_head(output, saved_head, model_dir, cfg.method)
     seconds = time.time() - started
     final = {k: record[k] for k in ("loss", "accuracy", "margin") if k in record}
     manifest = {"recipe": "reward", "method": cfg.method, "model": cfg.model, "model_dir": str(model_dir),
                 "steps": step, "train_pairs": n_train, "eval_pairs": len(data.eval), "pairs_seen": pairs_seen,
                 "final": final, "eval": final_eval, "trainable_params": trainable + head.weight.numel() + 1,
-                "total_params": total, "seconds": round(seconds, 2), "output": output.name, "base_checksum": run_summary(run_dir)}
-    atomic_write_text(run_dir / "run.json", json.dumps(manifest, indent=2) + "\n")
-    say(write_report(run_dir, "reward"))
-    say(f"saved {output} ({step} steps, {seconds:.0f} s)")
+                "total_params": total, "processes": dist.world, "seconds": round(seconds, 2), "output": output.name}
+    if dist.is_main:
+        manifest["base_checksum"] = run_summary(run_dir)
+        atomic_write_text(run_dir / "run.json", json.dumps(manifest, indent=2) + "\n")
+        say(write_report(run_dir, "reward"))
+        say(f"saved {output} ({step} steps, {seconds:.0f} s)")
+    shut_down(dist)
     model.eval()
     return RewardResult(run_dir, output, step, final, final_eval, seconds, model, head)

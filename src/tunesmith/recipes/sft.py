@@ -5,6 +5,9 @@
             loss / step tokens -> backward -> [sum gradients over processes] -> clip -> AdamW ->
             log, evaluate, forgetting guard (stop over budget), checkpoint (rank 0)
     save:   adapter/ (PEFT format) or model/ (Hugging Face format), run.json, final metrics
+
+Under torchrun (train/distributed.py) lora/qlora train replicated with summed gradients and full
+fine-tuning is sharded with FSDP2; either way N processes make the update one process makes.
 """
 
 from __future__ import annotations
@@ -27,8 +30,8 @@ from tunesmith.models import load_tokenizer, resolve_model_dir, select_device
 from tunesmith.models.integrity import run_summary
 from tunesmith.models.load import autocast_dtype
 from tunesmith.report import write_report
-from tunesmith.train.checkpoint import load_checkpoint, save_checkpoint
-from tunesmith.train.distributed import init_distributed, shut_down
+from tunesmith.train.distributed import (full_state, load_checkpoint_everywhere, save_checkpoint_on_main, shard_model,
+                                         shut_down, start_processes)
 from tunesmith.train.metrics import MetricsLog, NullLog
 from tunesmith.train.model_setup import build_trainable_model, save_trained
 from tunesmith.train.order import split_micro, step_indices
@@ -51,7 +54,7 @@ class SFTResult:
 def run_sft(cfg: SFTConfig, say: Callable[[str], None] = print, progress: bool = True) -> SFTResult:
     started = time.time()
     # ---- setup -------------------------------------------------------------------------------
-    dist = init_distributed(cfg.device)
+    dist = start_processes(cfg, "sft")
     if not dist.is_main:  # rank 0 speaks and writes for all
         say, progress = (lambda s: None), False
     device = dist.device or select_device(cfg.device)
@@ -67,6 +70,7 @@ def run_sft(cfg: SFTConfig, say: Callable[[str], None] = print, progress: bool =
     run_dir, resume_from = open_run_dir(cfg, "sft", dist)
     model, trainable, total = build_trainable_model(cfg, model_dir, device, amp_dtype, say)
     guard = start_guard(cfg, model, tokenizer, model_dir, device, amp_dtype, say)
+    shard_model(model, dist)  # full fine-tuning in several processes: FSDP2
 
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = build_optimizer(params, cfg.train.lr, cfg.train.weight_decay)
@@ -76,7 +80,7 @@ def run_sft(cfg: SFTConfig, say: Callable[[str], None] = print, progress: bool =
         say(f"warning: {too_many}")
     step, tokens_seen = 0, 0
     if resume_from is not None:
-        state = load_checkpoint(resume_from, model, optimizer)
+        state = load_checkpoint_everywhere(dist, resume_from, model, optimizer)
         step, tokens_seen = state["step"], state.get("tokens_seen", 0)
         say(f"resumed from {resume_from} at step {step}")
     metrics = (MetricsLog(run_dir / "metrics.jsonl", resume_step=step if resume_from else None)
@@ -85,7 +89,7 @@ def run_sft(cfg: SFTConfig, say: Callable[[str], None] = print, progress: bool =
     say(f"training {n_train} examples, {total_steps} steps of {cfg.train.batch_size} "
         f"(micro-batch {cfg.train.micro_batch_size}), lr {cfg.train.lr:g}, {device.type}"
         + (f", autocast {amp_dtype}" if amp_dtype else ", fp32")
-        + (f", {dist.world} processes" if dist.active else ""))
+        + (f", {dist.world} processes" + (" (FSDP)" if dist.sharded else "") if dist.active else ""))
 
     def evaluate() -> float | None:
         if not data.eval:
@@ -94,8 +98,7 @@ def run_sft(cfg: SFTConfig, say: Callable[[str], None] = print, progress: bool =
                             cfg.data.max_length, pad_id, device, amp_dtype)
 
     def checkpoint(at_step: int) -> None:
-        if dist.is_main:
-            save_checkpoint(run_dir, at_step, model, optimizer, {"tokens_seen": tokens_seen})
+        save_checkpoint_on_main(dist, run_dir, at_step, model, optimizer, {"tokens_seen": tokens_seen})
 
     # ---- loop --------------------------------------------------------------------------------
     if step == 0:  # the starting point of the eval and forgetting curves
@@ -117,10 +120,10 @@ def run_sft(cfg: SFTConfig, say: Callable[[str], None] = print, progress: bool =
         # gradients then equal those of one big batch, and packed == unpacked exactly.
         step_targets = sum(b.num_targets for b in batches)
         loss_sum = 0.0
-        for batch in dist.share(batches):
+        for batch, weight in dist.deal(batches):  # weight 0: a filler that keeps FSDP's processes in step
             nll = batch_nll_sum(model, batch.to(device), amp_dtype)
-            (nll / max(1, step_targets)).backward()
-            loss_sum += nll.item()
+            (weight * nll / max(1, step_targets)).backward()
+            loss_sum += weight * nll.item()
         dist.sum_gradients(params)
         loss_sum = dist.sum(loss_sum)
         grad_norm = optimizer_step(params, optimizer, cfg.train.max_grad_norm)
@@ -155,7 +158,8 @@ def run_sft(cfg: SFTConfig, say: Callable[[str], None] = print, progress: bool =
         say(f"eval loss {eval_loss:.4f} on {len(data.eval)} examples")
     metrics.close()
     checkpoint(step)  # lets `--resume --max-steps MORE` extend a finished run
-    output = (save_trained(model, tokenizer, run_dir, cfg.method, model_dir) if dist.is_main
+    whole = full_state(model)[0] if dist.sharded else None  # every process takes part in the gather
+    output = (save_trained(model, tokenizer, run_dir, cfg.method, model_dir, state_dict=whole) if dist.is_main
               else run_dir / ("adapter" if cfg.method in ("lora", "qlora") else "model"))
     seconds = time.time() - started
     if dist.is_main:

@@ -14,11 +14,25 @@ def prompt_ids(tokenizer, messages: list[dict], max_prompt_length: int) -> list[
     return tokenizer(text, add_special_tokens=False)["input_ids"][-max_prompt_length:]
 
 
+def rollout_seed(seed: int, step: int, index: int) -> int:
+    """The sampling seed of one micro-batch of prompts: a function of (seed, step, its index in the step)
+    only, so a rollout is the same whichever process samples it and however many there are."""
+    return (seed * 1_000_003 + step) * 100_003 + index
+
+
 @torch.no_grad()
 def sample_completions(model, prompts: list[list[int]], k: int, temperature: float, top_p: float,
-                       max_new_tokens: int, pad_id: int, eos_id: int, amp_dtype) -> list[list[int]]:
-    """k sampled completions per prompt (prompt-major order), each cut after its first end-of-turn token."""
+                       max_new_tokens: int, pad_id: int, eos_id: int, amp_dtype,
+                       seed: int | None = None) -> list[list[int]]:
+    """k sampled completions per prompt (prompt-major order), each cut after its first end-of-turn token.
+
+    With `seed`, sampling draws from a generator seeded with it, and the global random state (dropout,
+    the rest of training) is left as it was."""
     device = next(model.parameters()).device
+    if seed is not None:
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(seed)
+            return sample_completions(model, prompts, k, temperature, top_p, max_new_tokens, pad_id, eos_id, amp_dtype)
     width = max(len(p) for p in prompts)
     ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(prompts), width), dtype=torch.long)

@@ -16,7 +16,7 @@ import random
 import re
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -31,14 +31,16 @@ def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def save_checkpoint(run_dir: Path, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                    extra: dict[str, Any], keep_last: int = 2) -> Path:
+                    extra: dict[str, Any], keep_last: int = 2,
+                    state: tuple[dict[str, torch.Tensor], dict] | None = None) -> Path:
+    """`state`: (trainable weights, optimizer state dict) already gathered (FSDP), instead of the model's own."""
     root = Path(run_dir) / "checkpoints"
     target = root / f"step-{step:08d}"
-    opt_state = optimizer.state_dict()
+    weights, opt_state = state if state is not None else (trainable_state(model), optimizer.state_dict())
     opt_tensors = {
         f"{index}.{name}": value.detach().contiguous().cpu()
-        for index, state in opt_state["state"].items()
-        for name, value in state.items()
+        for index, per_param in opt_state["state"].items()
+        for name, value in per_param.items()
         if torch.is_tensor(value)
     }
     rng = {"torch_cpu": torch.get_rng_state()}
@@ -46,17 +48,17 @@ def save_checkpoint(run_dir: Path, step: int, model: torch.nn.Module, optimizer:
         for i, s in enumerate(torch.cuda.get_rng_state_all()):
             rng[f"torch_cuda_{i}"] = s
     py_version, py_state, py_gauss = random.getstate()
-    state = {
+    meta = {
         "step": step,
         "param_groups": opt_state["param_groups"],
         "python_rng": [py_version, list(py_state), py_gauss],
         **extra,
     }
     with atomic_directory(target) as tmp:
-        save_file(trainable_state(model), tmp / "trainable.safetensors")
+        save_file(weights, tmp / "trainable.safetensors")
         save_file(opt_tensors, tmp / "optimizer.safetensors")
         save_file(rng, tmp / "rng.safetensors")
-        (tmp / "state.json").write_text(json.dumps(state, indent=1) + "\n")
+        (tmp / "state.json").write_text(json.dumps(meta, indent=1) + "\n")
     for old in list_checkpoints(run_dir)[:-keep_last]:
         shutil.rmtree(old, ignore_errors=True)
     return target
@@ -70,8 +72,10 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
     return sorted(found, key=lambda p: p.name)
 
 
-def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-    """Restore weights, optimizer and RNG from `path` in place; return state.json's contents."""
+def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                    restore: Callable[[dict[str, torch.Tensor], dict], None] | None = None) -> dict[str, Any]:
+    """Restore weights, optimizer and RNG from `path` in place; return state.json's contents.
+    `restore(weights, optimizer state dict)` replaces the plain copy (FSDP scatters the whole state)."""
     state = json.loads((path / "state.json").read_text())
     weights = load_file(path / "trainable.safetensors")
     params = dict(model.named_parameters())
@@ -79,14 +83,18 @@ def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.O
     if missing:
         raise ValueError(f"{path}: checkpoint does not match the model's trainable parameters "
                          f"(e.g. {sorted(missing)[:3]})")
-    with torch.no_grad():
-        for name, value in weights.items():
-            params[name].copy_(value)
     moments: dict[int, dict[str, torch.Tensor]] = {}
     for key, value in load_file(path / "optimizer.safetensors").items():
         index, name = key.split(".", 1)
         moments.setdefault(int(index), {})[name] = value
-    optimizer.load_state_dict({"state": moments, "param_groups": state["param_groups"]})
+    opt_state = {"state": moments, "param_groups": state["param_groups"]}
+    if restore is not None:
+        restore(weights, opt_state)
+    else:
+        with torch.no_grad():
+            for name, value in weights.items():
+                params[name].copy_(value)
+        optimizer.load_state_dict(opt_state)
     rng = load_file(path / "rng.safetensors")
     torch.set_rng_state(rng["torch_cpu"])
     cuda_states = [rng[k] for k in sorted(k for k in rng if k.startswith("torch_cuda_"))]
