@@ -68,11 +68,22 @@ separate fp32 master copy: the weights ARE the master copy)
                  bounds the in-flight part; the rows kept for backward grow with the trained tokens.
     step_temporaries  4 B × trainable at optimizer-step time: foreach AdamW's sqrt(v) buffer (and, on
                  several GPUs, the flat all-reduce buffer of the same size, at another moment).
-    total        weights + gradients + optimizer + max(activations + weight_copies + logits,
-                 step_temporaries): the forward/backward peak and the step peak do not overlap.
-                 With --gpus N every process holds the whole model (tunesmith's data parallelism, no
-                 sharding), so the total is per GPU. CUDA context and allocator fragmentation (often
-                 0.5-2 GiB) are not included.
+    total        the larger of the forward/backward peak and the optimizer-step peak (they do not overlap).
+                 With gradient accumulation (more than one micro-batch per process and step) the earlier
+                 micro-batches' gradients are held through the next forward:
+                   weights + gradients + optimizer + max(activations + weight_copies + logits, step_temporaries)
+                 Without, backward frees each layer's activations as it writes that layer's gradients, so
+                 the peak is at the start of backward, beside only the LM head's gradient (written first,
+                 4·V·d B; full only) — for full fine-tuning of SmolLM2 this is 0.4 GiB less:
+                   weights + optimizer + max(activations + weight_copies + logits + head gradient,
+                                             gradients + step_temporaries)
+                 With --gpus N, lora/qlora processes each hold the whole model (replicated, gradients
+                 summed); full fine-tuning is sharded with FSDP2: weights, gradients, optimizer state and
+                 step temporaries are divided by N, plus what is gathered at a time: the root unit
+                 (embedding, LM head, final norm; gathered for the whole step) and two decoder layers (the
+                 one running and the one prefetched), 4 B each. The total is per GPU (process). FSDP's
+                 unsharded gradient of the layer being reduced, the CUDA context and allocator
+                 fragmentation (often 0.5-2 GiB) are not included.
 
 FLOPs (a multiply-add is 2 FLOPs; N_lin = block linear weights, N_head = V·d, N_lora = adapter)
     full         6·(N_lin + φ·N_head) + 6·L·s·qd per token: forward 2N, backward 4N (activation and
@@ -88,6 +99,23 @@ Time and cost
     MFU here is the fraction of the GPU's dense bf16 peak that the executed matmuls reach (default 0.4).
     cpu: the default peak is the throughput tunesmith measured on CPU (see CPU_MEASURED_TFLOPS) with
     MFU 1.0, since that number is already achieved throughput; give --peak-tflops for another machine.
+
+Calibration (tests/calibration/test_plan_calibration.py, run by the test suite): real `tunesmith sft` steps of
+SmolLM2-135M-Instruct on the demo data, fp32 on a 2-core CPU, micro-batch 8 rows of ~195 tokens, trained
+fraction ~0.22, each in a fresh process (tests/calibration/measure_run.py).
+    memory       peak RSS of the training steps above the RSS just before the model loads (VmHWM reset after
+                 loading, so load transients are not measured), with glibc's mmap threshold pinned
+                 (MALLOC_MMAP_THRESHOLD_=65536) so a freed tensor leaves RSS, against `total`; tolerance 25%:
+                   lora 2799 MiB measured / 2744 planned (1.02), qlora 2452 / 2391 (1.03), full 3954 / 3909
+                   (1.01; 0.91 before the no-accumulation total above).
+                 QLoRA's figure leaves out ~405 MiB of clean, reclaimable pages of the memory-mapped fp32
+                 checkpoint, read once to quantise it. With glibc's default malloc, peak RSS ran 1.2-2.0x
+                 `total` (lora 4.4-5.3 GiB, full 4.7 GiB): freed activations stay in malloc's arenas. Pinning
+                 the threshold removes that but made steps 1.8x slower here (every tensor faults in fresh pages).
+    time         the fp32 matmul peak (best 2048³ product: 0.23-0.31 TFLOPS from run to run) and the MFU of
+                 LoRA steps of 8 x ~195 tokens against it (0.34-0.56: 0.11-0.13 TFLOPS achieved, default
+                 malloc) predict the step time of 8 x 128 tokens within 30%: 3.9-4.5 s predicted, 4.0 s
+                 measured (medians, the warm-up step left out).
 
 Tokens of a data file (--data): characters/4 per message plus 4 template tokens per message, each row
 cut at --seq-len; trained tokens are those of assistant turns with weight 1 (+1 end-of-turn each);
@@ -285,7 +313,8 @@ def activation_bytes_per_token_layer(shape: Shape, method: str, targets: list[st
 
 
 def memory_breakdown(shape: Shape, method: str, counts: dict, targets: list[str], r: int, seq_len: int,
-                     micro_batch: int, checkpointing: bool, act_bytes: int, trained_fraction: float) -> dict:
+                     micro_batch: int, checkpointing: bool, act_bytes: int, trained_fraction: float,
+                     accumulating: bool = True, shards: int = 1) -> dict:
     d, L, V = shape.hidden, shape.layers, shape.vocab
     full = method == "full"
     T = counts["trainable"]
@@ -316,18 +345,28 @@ def memory_breakdown(shape: Shape, method: str, counts: dict, targets: list[str]
     kept = trained * V * 4
     in_flight = min(CHUNK_ROWS, trained) * V * (act_bytes + 4 if act_bytes == 2 else 4)
     logits = kept + in_flight
+    grads, optim, temps = 4 * T, 8 * T, 4 * T
+    if full and shards > 1:  # FSDP2: each process keeps 1/N of everything, plus what is gathered at a time
+        layer = (counts["total"] - counts["embedding"] - counts["lm_head"] - d) // L
+        gathered = 4 * (counts["embedding"] + counts["lm_head"] + d) + 2 * 4 * layer
+        weights, grads, optim, temps = weights // shards + gathered, grads // shards, optim // shards, temps // shards
     parts = {
         "weights": weights,
-        "gradients": 4 * T,
-        "optimizer": 8 * T,
+        "gradients": grads,
+        "optimizer": optim,
         "activations": act_ckpt if checkpointing else act_plain,
         "weight_copies": copies,
         "logits": logits,
-        "step_temporaries": 4 * T,
+        "step_temporaries": temps,
     }
-    parts["total"] = (parts["weights"] + parts["gradients"] + parts["optimizer"]
-                      + max(parts["activations"] + parts["weight_copies"] + parts["logits"],
-                            parts["step_temporaries"]))
+    forward_backward = parts["activations"] + parts["weight_copies"] + parts["logits"]
+    if accumulating:  # the micro-batches before this one left their gradients in .grad
+        parts["total"] = (parts["weights"] + parts["gradients"] + parts["optimizer"]
+                          + max(forward_backward, parts["step_temporaries"]))
+    else:  # backward frees each layer's activations as it writes that layer's gradients
+        head_gradient = 4 * counts["head_matmul"] if full else 0  # the LM head's, written first
+        parts["total"] = (parts["weights"] + parts["optimizer"]
+                          + max(forward_backward + head_gradient, parts["gradients"] + parts["step_temporaries"]))
     return {"memory_bytes": parts,
             "activations_bytes": {"without_checkpointing": act_plain, "with_checkpointing": act_ckpt,
                                   "per_token_per_layer": per_layer},
@@ -453,8 +492,9 @@ def plan(model: str, method: str, lora_r: int = 16, target: str = "all-linear", 
         trained_fraction = 1.0
 
     counts = parameter_counts(shape, method, lora_r, targets)
+    accumulating = batch_size > micro_batch_size * gpus  # more than one micro-batch per process and step
     mem = memory_breakdown(shape, method, counts, targets, lora_r, seq_len, micro_batch_size,
-                           gradient_checkpointing, act_bytes, trained_fraction)
+                           gradient_checkpointing, act_bytes, trained_fraction, accumulating, gpus)
     fpt = flops_per_token(shape, method, counts, seq_len, gradient_checkpointing, trained_fraction)
     capacity = device.memory_bytes if gpu_key != "cpu" else _host_memory()
     total = mem["memory_bytes"]["total"]
@@ -569,5 +609,8 @@ def format_plan(p: dict) -> str:
         cost = ("give --price-per-hour" if p["cost_usd"] is None
                 else f"${p['cost_usd']:,.2f} at ${p['price_per_hour']:g}/device-hour")
         lines.append(f"cost        {cost}")
+    if g["key"] == "cpu":
+        lines.append("note: glibc's malloc keeps freed activations for reuse: peak RSS ran up to 2x the total "
+                     "(MALLOC_MMAP_THRESHOLD_=65536 holds it to the total, with slower steps)")
     lines += [f"warning: {w}" for w in p["warnings"]]
     return "\n".join(lines)

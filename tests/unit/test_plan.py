@@ -112,11 +112,27 @@ def test_memory_parts():
     assert NF4_BITS == pytest.approx(4.127, abs=1e-3)
     assert m["weights"] == pytest.approx(counts["block_linear"] * NF4_BITS / 8 + 4 * rest, abs=1)
     assert m["gradients"] == 4 * counts["lora"] and m["optimizer"] == 8 * counts["lora"]
-    assert m["total"] == m["weights"] + m["gradients"] + m["optimizer"] + max(
-        m["activations"] + m["weight_copies"] + m["logits"], m["step_temporaries"])
     full = plan("llama-2-7b", "full")["memory_bytes"]
     assert full["weights"] == 4 * KNOWN_TOTALS["llama-2-7b"]
     assert full["optimizer"] == 2 * full["gradients"] == 8 * KNOWN_TOTALS["llama-2-7b"]
+
+
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_gradients_meet_activations_only_under_accumulation(method):
+    """One micro-batch per step: backward frees a layer's activations as it writes the layer's gradients,
+    so only the LM head's gradient (written first) sits beside all of them. Accumulating: the earlier
+    micro-batches' gradients are held through the next forward."""
+    args = dict(seq_len=2048, gpus=2, gpu="h100")
+    one = plan("llama-2-7b", method, batch_size=4, micro_batch_size=2, **args)  # one micro-batch per GPU
+    acc = plan("llama-2-7b", method, batch_size=8, micro_batch_size=2, **args)
+    m, a = one["memory_bytes"], acc["memory_bytes"]
+    assert {k: v for k, v in m.items() if k != "total"} == {k: v for k, v in a.items() if k != "total"}
+    forward_backward = m["activations"] + m["weight_copies"] + m["logits"]
+    assert a["total"] == a["weights"] + a["gradients"] + a["optimizer"] + max(forward_backward, a["step_temporaries"])
+    head_gradient = 4 * 32000 * 4096 if method == "full" else 0
+    assert m["total"] == m["weights"] + m["optimizer"] + max(forward_backward + head_gradient,
+                                                             m["gradients"] + m["step_temporaries"])
+    assert m["total"] < a["total"]
 
 
 def test_checkpointing_reduces_activations():
@@ -273,3 +289,13 @@ def test_bad_input_is_a_config_error(kwargs, message):
         plan(**args)
     if "model" in kwargs:
         assert all(name in str(e.value) for name in SHAPES)
+
+
+def test_full_fine_tuning_on_several_gpus_is_sharded():
+    """FSDP2: weights, gradients and optimizer state split N ways, plus the root unit and two layers gathered."""
+    one, four = (plan("llama-2-7b", "full", gpus=n)["memory_bytes"] for n in (1, 4))
+    assert four["optimizer"] == one["optimizer"] // 4 and four["gradients"] == one["gradients"] // 4
+    gathered = four["weights"] - one["weights"] // 4  # root unit (embedding + untied LM head) + two layers, fp32
+    assert 4 * (2 * 32000 * 4096) < gathered < 4 * (2 * 32000 * 4096 + 3 * 202_383_360)
+    lora_one, lora_four = (plan("llama-2-7b", "lora", gpus=n)["memory_bytes"] for n in (1, 4))
+    assert lora_four["weights"] == lora_one["weights"]  # replicated

@@ -28,7 +28,7 @@ def register(sub) -> None:
     p.add_argument("--trained-fraction", type=float,
                    help="share of positions that carry a loss (default: from --data, else 1.0)")
     p.add_argument("--gpu", default="h100", choices=tuple(GPUS), help="the device (default h100)")
-    p.add_argument("--gpus", type=int, default=1, help="data-parallel processes, each holding the whole model")
+    p.add_argument("--gpus", type=int, default=1, help="data-parallel processes (lora/qlora: each holds the whole model; full: FSDP2-sharded)")
     p.add_argument("--price-per-hour", type=float, help="USD per GPU-hour")
     p.add_argument("--mfu", type=float, help="fraction of peak reached (default 0.4; cpu: 1.0 of the measured peak)")
     p.add_argument("--peak-tflops", type=float, help="override the device's peak (cpu default: measured 0.095)")
