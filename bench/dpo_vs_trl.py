@@ -3,10 +3,11 @@
 Run from the repository root (CPU, several minutes):
 
     PYTHONPATH=src python bench/dpo_vs_trl.py [--steps 6] [--warmup-steps 1] [--model DIR] [--data FILE]
+                                              [--max-length 128]
 
 Needs `trl` (pip install "trl==1.16.0", check with --dry-run that it keeps your torch). Both sides train
 SmolLM2-135M-Instruct with LoRA r=16, alpha=32, dropout 0 on all linear layers of the blocks (TRL's DPO default), 8 preference pairs
-per optimizer step (no accumulation), max length 128 per sequence (prompt+completion, truncated), fp32, AdamW
+per optimizer step (no accumulation), max length 128 (--max-length) per sequence (prompt+completion, truncated), fp32, AdamW
 lr 5e-5, standard (sigmoid) DPO loss with beta 0.1, the reference being the same model with the adapter disabled
 (no second model copy, reference log-probs computed each step), on the first steps*8 usable pairs of the data in
 file order (pairs whose prompt alone fills 128 tokens, or whose chosen and rejected replies are identical, are
@@ -16,8 +17,8 @@ side runs in its own fresh subprocess, which reports its peak RSS (ru_maxrss). p
 their wall seconds; tokens/s = non-padding tokens of the timed steps (prompt+chosen and prompt+rejected, each with
 the model's chat template and truncated to 128 tokens; counted once here) / the same seconds (TRL: a TrainerCallback
 from on_step_begin to on_step_end; tunesmith: `step_s` in its metrics.jsonl). tunesmith runs in its default
-layout (one row per pair, the prompt computed once: fewer tokens computed than counted here) and, in an extra row,
-with packing on. Prints a table and writes bench/results/dpo_vs_trl-<date>-<host>.json (see --results-dir).
+layout (one row per pair, the prompt computed once: fewer tokens computed than counted here) and, in an extra row
+with each of the --extra flags (default --packing; bench/run.py asks for --compile). Prints a table and writes bench/results/dpo_vs_trl-<date>-<host>.json (see --results-dir).
 """
 from __future__ import annotations
 
@@ -25,7 +26,8 @@ import argparse, datetime, json, math, os, platform, resource, socket, subproces
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-BATCH, MAX_LEN, LR, BETA, LORA = 8, 128, 5e-5, 0.1, dict(r=16, alpha=32, dropout=0.0)
+BATCH, LR, BETA, LORA = 8, 5e-5, 0.1, dict(r=16, alpha=32, dropout=0.0)
+MAX_LEN = 128  # --max-length
 
 
 def emit(obj: dict) -> None:
@@ -99,17 +101,18 @@ def child_tunesmith(a: argparse.Namespace) -> None:
     import torch
     from tunesmith.cli import main
 
-    rc = main(tunesmith_argv(a.model, a.data, a.steps, a.seed, a.out, a.packing))
+    rc = main(tunesmith_argv(a.model, a.data, a.steps, a.seed, a.out, json.loads(a.flags)))
     emit(dict(rc=rc, threads=torch.get_num_threads()))
 
 
-def tunesmith_argv(model, data, steps, seed, out, packing) -> list[str]:
+def tunesmith_argv(model, data, steps, seed, out, flags=()) -> list[str]:
+    """`tunesmith dpo` with the shared settings and tunesmith's defaults for the rest, plus `flags`."""
     return ["dpo", "--model", model, "--data", data, "--method", "lora", "--lora-r", str(LORA["r"]),
             "--lora-alpha", str(LORA["alpha"]), "--lora-dropout", str(LORA["dropout"]), "--target", "all-linear",
             "--batch-size", str(BATCH), "--micro-batch-size", str(BATCH), "--max-length", str(MAX_LEN),
             "--precision", "fp32", "--lr", str(LR), "--beta", str(BETA), "--loss", "dpo",
             "--max-steps", str(steps), "--seed", str(seed), "--log-every", "1", "--save-every", "0",
-            "--out", out, "--overwrite", "--packing" if packing else "--no-packing"]
+            "--out", out, "--overwrite", *flags]
 
 
 def child_env() -> dict:
@@ -121,17 +124,18 @@ def tunesmith_preflight(model: str, data: str) -> str | None:
     parses the command lines the bench will run (no `--help`, whose formatting can fail on its own)."""
     code = ("import json, sys; from tunesmith.cli import build_parser\n"
             "for argv in json.loads(sys.argv[1]): build_parser().parse_args(argv)")
-    argvs = [tunesmith_argv(model, data, 2, 0, os.path.join(tempfile.gettempdir(), "dpo_vs_trl-preflight"), packing)
-             for packing in (False, True)]
+    argvs = [tunesmith_argv(model, data, 2, 0, os.path.join(tempfile.gettempdir(), "dpo_vs_trl-preflight"), flags)
+             for flags in ([], ["--packing"], ["--compile"])]
     p = subprocess.run([sys.executable, "-c", code, json.dumps(argvs)], capture_output=True, text=True,
                        env=child_env())
     return None if p.returncode == 0 else \
         f"tunesmith can't parse `dpo ...` (rc {p.returncode}): {(p.stderr or p.stdout).strip()[-800:]}"
 
 
-def run_child(side: str, a: argparse.Namespace, data: str, out: str, packing: bool = False) -> tuple[dict, float]:
+def run_child(side: str, a: argparse.Namespace, data: str, out: str, flags=()) -> tuple[dict, float]:
     cmd = [sys.executable, __file__, "--child", side, "--model", a.model, "--data", data, "--out", out,
-           "--steps", str(a.steps), "--seed", str(a.seed)] + (["--packing"] if packing else [])
+           "--steps", str(a.steps), "--seed", str(a.seed), "--max-length", str(MAX_LEN)] + \
+        ["--flags", json.dumps(list(flags))]
     t = time.perf_counter()
     p = subprocess.run(cmd, capture_output=True, text=True, env=child_env())
     wall = time.perf_counter() - t
@@ -150,9 +154,10 @@ def row(name: str, step_s: list[float], step_tokens: list[int], w: int, maxrss_k
                 peak_rss_mb=maxrss_kib / 1024, step_s=step_s, step_tokens=step_tokens, **extra)
 
 
-def tunesmith_row(name: str, a, data: str, tmp: str, packing: bool, step_tokens: list[int]) -> dict:
-    out = os.path.join(tmp, name)
-    res, wall = run_child("tunesmith", a, data, out, packing)
+def tunesmith_row(name: str, a, data: str, tmp: str, flags: list[str], step_tokens: list[int]) -> dict:
+    out = os.path.join(tmp, name.replace(" ", "_"))
+    packing = "--packing" in flags
+    res, wall = run_child("tunesmith", a, data, out, flags)
     if res["rc"] != 0:
         sys.exit(f"tunesmith dpo exited {res['rc']}")
     recs = [json.loads(l) for l in Path(out, "metrics.jsonl").read_text().splitlines() if l.strip()]
@@ -221,11 +226,16 @@ def main() -> None:
     ap.add_argument("--model", help="HF model directory (default: tunesmith's smollm2-135m-instruct)")
     ap.add_argument("--data", default=str(ROOT / "src/tunesmith/demo/data/tone_train.jsonl"))
     ap.add_argument("--results-dir", default=str(ROOT / "bench/results"), help="where the results JSON goes")
+    ap.add_argument("--max-length", type=int, default=128)
     ap.add_argument("--skip-tunesmith", action="store_true", help="run the TRL side only")
+    ap.add_argument("--extra", default="--packing", help="comma-separated tunesmith flags, each adding a row that "
+                    "runs tunesmith with it (default --packing: the 2n sequences packed into rows; '' for none)")
     ap.add_argument("--child", choices=["trl", "tunesmith"], help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
-    ap.add_argument("--packing", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--flags", default="[]", help=argparse.SUPPRESS)
     a = ap.parse_args()
+    global MAX_LEN
+    MAX_LEN = a.max_length
     if a.child:
         return child_trl(a) if a.child == "trl" else child_tunesmith(a)
     assert a.steps > a.warmup_steps >= 0, "--steps must exceed --warmup-steps"
@@ -281,8 +291,9 @@ def main() -> None:
                 notes.append("could not align tunesmith's (seeded, shuffled) data order with file order")
             ts_data = os.path.join(tmp, "train_tunesmith.jsonl")
             Path(ts_data).write_text("".join(json.dumps(r) + "\n" for r in laid))
-            for name, packing in (("tunesmith", False), ("tunesmith+packing", True)):
-                r = tunesmith_row(name, a, ts_data, tmp, packing, step_tokens)
+            for name, flags in [("tunesmith", [])] + [(f"tunesmith {f}", [f]) for f in a.extra.split(",") if f]:
+                r = tunesmith_row(name, a, ts_data, tmp, flags, step_tokens)
+                packing = "--packing" in flags
                 table.append(r)
                 if not packing:
                     notes.append(f"{name}: one row per pair with the prompt computed once: "
@@ -316,11 +327,13 @@ def main() -> None:
                       reference="same model, adapter disabled", lora=dict(LORA, target_modules="all-linear"),
                       packing=False, sequences_truncated=truncated,
                       trl_dpo_config=trl_config_kwargs("OUT", a.steps, a.seed),
-                      tunesmith_argv=tunesmith_argv(a.model, "DATA", a.steps, a.seed, "OUT", False)),
+                      tunesmith_argv=tunesmith_argv(a.model, "DATA", a.steps, a.seed, "OUT")),
         versions=dict(python=platform.python_version(), torch=torch.__version__,
                       transformers=transformers.__version__, peft=peft.__version__, trl=trl.__version__),
         machine=dict(platform=platform.platform(), cpus=os.cpu_count()),
         harness_step_tokens=step_tokens, pairs_skipped=skipped, rows=table, notes=notes,
+        # per pair: prompt, prompt+chosen and prompt+rejected tokens, truncated (the model FLOPs of MFU: bench/run.py)
+        examples=[dict(prompt=n, chosen=min(pc, MAX_LEN), rejected=min(pr, MAX_LEN)) for n, pc, pr in lens],
         trl_first_losses=res["losses"][:3],
         pairs_per_s_ratio=ts and ts["pairs_per_s_ratio"], peak_rss_ratio=ts and ts["peak_rss_ratio"],
     )

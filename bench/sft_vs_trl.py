@@ -3,18 +3,22 @@
 Run from the repository root (CPU, a few minutes):
 
     PYTHONPATH=src python bench/sft_vs_trl.py [--steps 6] [--warmup-steps 1] [--model DIR] [--data FILE]
+                                              [--method lora|qlora] [--max-length 128] [--lora-dropout 0]
 
 Needs `trl` (pip install "trl==1.16.0", check with --dry-run that it keeps your torch). Both sides train
-SmolLM2-135M-Instruct with LoRA r=16, alpha=32, dropout 0.05 on all linear layers of the blocks, 8 examples per
-optimizer step (no accumulation), max length 128 (truncated), fp32, AdamW lr 2e-4, loss on assistant tokens, no
-packing, on the first steps*8 usable rows of the data in file order (rows whose reply starts past token 128 are
-skipped: both sides would drop them). Step k trains the same 8 examples on both sides (TRL: sequential sampler;
+SmolLM2-135M-Instruct with LoRA r=16, alpha=32, dropout 0 (PEFT's and both tools' default; --lora-dropout) on all
+linear layers of the blocks, over an fp32 base (--method lora) or an NF4 double-quantised one (--method qlora,
+bitsandbytes, compute in fp32), 8 examples per optimizer step (no accumulation), max length 128 (--max-length;
+longer rows truncated), fp32, AdamW lr 2e-4, loss on assistant tokens, on the first steps*8 usable rows of the data
+in file order (rows whose reply starts past the max length are skipped: both sides would drop them). Step k trains the same 8 examples on both sides (TRL: sequential sampler;
 tunesmith, which always shuffles with its seed: rows laid out so that its order is the file order). Each side runs
 in its own fresh subprocess, which reports its peak RSS (ru_maxrss). tokens/s = non-padding tokens of the timed
 steps' examples, counted once here with the model's tokenizer and chat template, / wall seconds of the timed steps
-(TRL: a TrainerCallback from on_step_begin to on_step_end; tunesmith: `step_s` in its metrics.jsonl). An extra row
-runs tunesmith with packing on (it packs each step's 8 examples into as few rows as fit). Prints a table and writes
-bench/results/sft_vs_trl-<date>-<host>.json.
+(TRL: a TrainerCallback from on_step_begin to on_step_end; tunesmith: `step_s` in its metrics.jsonl). TRL pads each
+batch to its longest row (its default, no packing); tunesmith runs with its defaults, which pack each step's 8
+examples into as few rows as fit, and in extra rows with each of the --extra flags (default: --no-packing, padding
+like TRL; bench/run.py asks for --compile).
+Prints a table and writes bench/results/sft_vs_trl-<date>-<host>.json (see --results-dir).
 """
 from __future__ import annotations
 
@@ -22,7 +26,8 @@ import argparse, datetime, json, os, platform, resource, socket, subprocess, sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-BATCH, MAX_LEN, LR, LORA = 8, 128, 2e-4, dict(r=16, alpha=32, dropout=0.05)
+BATCH, LR = 8, 2e-4
+MAX_LEN, METHOD, LORA = 128, "lora", dict(r=16, alpha=32, dropout=0.0)  # set from the flags by configure()
 # SmolLM2's stock chat template with TRL's {% generation %} markers around each assistant reply and its
 # "<|im_end|>\n" (the span tunesmith trains); it renders the same text as the stock template (checked before use).
 SMOL_MARKED_TEMPLATE = (
@@ -33,6 +38,25 @@ SMOL_MARKED_TEMPLATE = (
     "{% else %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}{% endif %}"
     "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
+
+
+def configure(a: argparse.Namespace) -> None:
+    """The settings both sides share, from the flags (the parent passes them on to each child)."""
+    global MAX_LEN, METHOD
+    MAX_LEN, METHOD, LORA["dropout"] = a.max_length, a.method, a.lora_dropout
+
+
+def load_trl_model(path: str):
+    """The base as TRL + PEFT users load it: fp32, or (qlora) NF4 with double quantisation, computing in fp32."""
+    import torch
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    if METHOD == "lora":
+        return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    nf4 = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                             bnb_4bit_compute_dtype=torch.float32)
+    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, quantization_config=nf4,
+                                                device_map={"": "cpu"})
 
 
 def emit(obj: dict) -> None:
@@ -80,7 +104,7 @@ def child_trl(a: argparse.Namespace) -> None:
     )
     peft_cfg = LoraConfig(r=LORA["r"], lora_alpha=LORA["alpha"], lora_dropout=LORA["dropout"],
                           target_modules="all-linear", task_type="CAUSAL_LM")
-    model = AutoModelForCausalLM.from_pretrained(a.model, dtype=torch.float32)
+    model = load_trl_model(a.model)
     trainer = SFTTrainer(model=model, args=cfg, train_dataset=data, processing_class=tok,
                          peft_config=peft_cfg, callbacks=[Timer()])
     collate = trainer.data_collator
@@ -102,21 +126,23 @@ def child_tunesmith(a: argparse.Namespace) -> None:
     import torch
     from tunesmith.cli import main
 
-    rc = main(tunesmith_argv(a.model, a.data, a.steps, a.seed, a.out, a.packing))
+    rc = main(tunesmith_argv(a.model, a.data, a.steps, a.seed, a.out, json.loads(a.flags)))
     emit(dict(rc=rc, threads=torch.get_num_threads()))
 
 
-def tunesmith_argv(model, data, steps, seed, out, packing) -> list[str]:
-    return ["sft", "--model", model, "--data", data, "--method", "lora", "--lora-r", str(LORA["r"]),
+def tunesmith_argv(model, data, steps, seed, out, flags=()) -> list[str]:
+    """`tunesmith sft` with the shared settings and tunesmith's defaults for the rest (packing on), plus `flags`."""
+    return ["sft", "--model", model, "--data", data, "--method", METHOD, "--lora-r", str(LORA["r"]),
             "--lora-alpha", str(LORA["alpha"]), "--lora-dropout", str(LORA["dropout"]), "--target", "all-linear",
             "--batch-size", str(BATCH), "--micro-batch-size", str(BATCH), "--max-length", str(MAX_LEN),
-            "--packing" if packing else "--no-packing", "--precision", "fp32", "--lr", str(LR),
+            "--precision", "fp32", "--lr", str(LR),
             "--max-steps", str(steps), "--seed", str(seed), "--log-every", "1", "--out", out, "--overwrite"]
 
 
-def run_child(side: str, a: argparse.Namespace, data: str, out: str, packing: bool = False) -> tuple[dict, float]:
+def run_child(side: str, a: argparse.Namespace, data: str, out: str, flags=()) -> tuple[dict, float]:
     cmd = [sys.executable, __file__, "--child", side, "--model", a.model, "--data", data, "--out", out,
-           "--steps", str(a.steps), "--seed", str(a.seed)] + (["--packing"] if packing else [])
+           "--steps", str(a.steps), "--seed", str(a.seed), "--max-length", str(MAX_LEN), "--method", METHOD,
+           "--lora-dropout", str(LORA["dropout"]), "--flags", json.dumps(list(flags))]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")])))
     t = time.perf_counter()
     p = subprocess.run(cmd, capture_output=True, text=True, env=env)
@@ -135,9 +161,9 @@ def row(name: str, step_s: list[float], step_tokens: list[int], w: int, maxrss_k
                 step_tokens=step_tokens, **extra)
 
 
-def tunesmith_row(name: str, a, data: str, tmp: str, packing: bool, step_tokens: list[int]) -> dict:
-    out = os.path.join(tmp, name)
-    res, wall = run_child("tunesmith", a, data, out, packing)
+def tunesmith_row(name: str, a, data: str, tmp: str, flags: list[str], step_tokens: list[int]) -> dict:
+    out = os.path.join(tmp, name.replace(" ", "_"))
+    res, wall = run_child("tunesmith", a, data, out, flags)
     if res["rc"] != 0:
         sys.exit(f"tunesmith sft exited {res['rc']}")
     recs = [json.loads(l) for l in Path(out, "metrics.jsonl").read_text().splitlines() if l.strip()]
@@ -162,12 +188,15 @@ def tunesmith_layout(rows: list[dict], seed: int) -> list[dict] | None:
     return laid if all(r is not None for r in laid) else None
 
 
-def trainable(tok, messages: list[dict]) -> bool:
-    """Whether the first assistant reply starts before MAX_LEN (both sides drop examples whose trained
-    tokens all lie past the truncation, which would shift every later batch)."""
+def reply_start(tok, messages: list[dict]) -> int | None:
+    """The token where the first assistant reply starts, or None when it starts at or past MAX_LEN (both sides
+    drop examples whose trained tokens all lie past the truncation, which would shift every later batch)."""
     i = next((i for i, m in enumerate(messages) if m["role"] == "assistant"), None)
-    return i is not None and MAX_LEN > len(tok.apply_chat_template(
-        messages[:i], tokenize=True, return_dict=True, add_generation_prompt=True)["input_ids"])
+    if i is None:
+        return None
+    start = len(tok.apply_chat_template(messages[:i], tokenize=True, return_dict=True,
+                                        add_generation_prompt=True)["input_ids"])
+    return start if start < MAX_LEN else None
 
 
 def model_dir() -> str:
@@ -184,11 +213,18 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--model", help="HF model directory (default: tunesmith models path smollm2-135m-instruct)")
     ap.add_argument("--data", default=str(ROOT / "src/tunesmith/demo/data/support_train.jsonl"))
+    ap.add_argument("--method", choices=["lora", "qlora"], default="lora")
+    ap.add_argument("--max-length", type=int, default=128)
+    ap.add_argument("--lora-dropout", type=float, default=0.0)
+    ap.add_argument("--results-dir", default=str(ROOT / "bench/results"), help="where the results JSON goes")
     ap.add_argument("--skip-tunesmith", action="store_true", help="run the TRL side only")
+    ap.add_argument("--extra", default="--no-packing", help="comma-separated tunesmith flags, each adding a row "
+                    "that runs tunesmith with it (default --no-packing: padded like TRL; '' for none)")
     ap.add_argument("--child", choices=["trl", "tunesmith"], help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
-    ap.add_argument("--packing", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--flags", default="[]", help=argparse.SUPPRESS)
     a = ap.parse_args()
+    configure(a)
     if a.child:
         return child_trl(a) if a.child == "trl" else child_tunesmith(a)
     assert a.steps > a.warmup_steps >= 0, "--steps must exceed --warmup-steps"
@@ -199,18 +235,21 @@ def main() -> None:
 
     tok = AutoTokenizer.from_pretrained(a.model)
     rows_all = [json.loads(l) for l in Path(a.data).read_text().splitlines() if l.strip()]
-    rows, skipped = [], 0
+    rows, starts, skipped = [], [], 0
     for r in rows_all:
         if len(rows) == a.steps * BATCH:
             break
-        if trainable(tok, r["messages"]):
-            rows.append(r)
+        if (start := reply_start(tok, r["messages"])) is not None:
+            rows.append(r), starts.append(start)
         else:
             skipped += 1
     assert len(rows) == a.steps * BATCH, f"{a.data}: {len(rows)} usable rows, need {a.steps * BATCH}"
     ex_tokens = [min(len(tok.apply_chat_template(r["messages"], tokenize=True, return_dict=True)["input_ids"]),
                      MAX_LEN) for r in rows]
     step_tokens = [sum(ex_tokens[i * BATCH:(i + 1) * BATCH]) for i in range(a.steps)]
+    # what the model FLOPs of MFU need (bench/run.py): each example's length, and the tokens from its first reply
+    # on (the trained ones, for a single-turn chat; an upper bound when later user turns follow)
+    examples = [dict(tokens=n, trained=n - s) for n, s in zip(ex_tokens, starts)]
     w = a.warmup_steps
     with tempfile.TemporaryDirectory(prefix="sft_vs_trl-") as tmp:
         subset = os.path.join(tmp, "train.jsonl")
@@ -231,8 +270,9 @@ def main() -> None:
                 notes.append("could not align tunesmith's (seeded, shuffled) data order with file order")
             ts_data = os.path.join(tmp, "train_tunesmith.jsonl")
             Path(ts_data).write_text("".join(json.dumps(r) + "\n" for r in laid))
-            for name, packing in (("tunesmith", False), ("tunesmith+packing", True)):
-                table.append(tunesmith_row(name, a, ts_data, tmp, packing, step_tokens))
+            variants = [("tunesmith", [])] + [(f"tunesmith {f}", [f]) for f in a.extra.split(",") if f]
+            for name, flags in variants:
+                table.append(tunesmith_row(name, a, ts_data, tmp, flags, step_tokens))
                 if not table[-1]["tokens_match_harness"]:
                     notes.append(f"{name} trained different tokens per step than the harness counted: "
                                  f"{table[-1]['tunesmith_reported_tokens']}")
@@ -243,10 +283,10 @@ def main() -> None:
         if r["step_s_spread"] > 1.5:
             notes.append(f"{r['side']}: slowest timed step {r['step_s_spread']:.1f}x the fastest: a busy machine? "
                          "compare the median s/step, or rerun")
-    print(f"\n{'side':<18} {'steps timed':>11} {'tokens/s':>9} {'s/step':>7} {'(median)':>8} {'peak RSS MB':>11} "
+    print(f"\n{'side':<22} {'steps timed':>11} {'tokens/s':>9} {'s/step':>7} {'(median)':>8} {'peak RSS MB':>11} "
           f"{'ratio tok/s':>11} {'ratio RSS':>9}")
     for r in table:
-        print(f"{r['side']:<18} {r['steps_timed']:>11} {r['tokens_per_s']:>9.1f} {r['s_per_step']:>7.2f} "
+        print(f"{r['side']:<22} {r['steps_timed']:>11} {r['tokens_per_s']:>9.1f} {r['s_per_step']:>7.2f} "
               f"{r['s_per_step_median']:>8.2f} {r['peak_rss_mb']:>11.0f} {r['tokens_per_s_ratio']:>11.2f} "
               f"{r['peak_rss_ratio']:>9.2f}")
     for n in notes:
@@ -257,20 +297,21 @@ def main() -> None:
         command=" ".join([Path(sys.executable).name] + sys.argv),
         settings=dict(model=a.model, data=a.data, rows=len(rows), steps=a.steps, warmup_steps=w, seed=a.seed,
                       batch=BATCH, grad_accum=1, max_length=MAX_LEN, precision="fp32", device="cpu", lr=LR,
-                      optimizer="AdamW", lora=dict(LORA, target_modules="all-linear"), packing=False,
+                      method=METHOD, optimizer="AdamW", lora=dict(LORA, target_modules="all-linear"),
+                      packing=dict(trl=False, tunesmith=True),
                       trl_extra=dict(gradient_checkpointing=False, optim="adamw_torch", max_grad_norm=1.0,
                                      lr_scheduler="cosine", sampler="sequential"),
-                      tunesmith_argv=tunesmith_argv(a.model, "DATA", a.steps, a.seed, "OUT", False)),
+                      tunesmith_argv=tunesmith_argv(a.model, "DATA", a.steps, a.seed, "OUT")),
         versions=dict(python=platform.python_version(), torch=torch.__version__,
                       transformers=transformers.__version__, peft=peft.__version__, trl=trl.__version__),
         machine=dict(platform=platform.platform(), cpus=os.cpu_count()),
-        harness_step_tokens=step_tokens, rows_skipped=skipped, rows=table, notes=notes,
+        harness_step_tokens=step_tokens, examples=examples, rows_skipped=skipped, rows=table, notes=notes,
         tokens_per_s_ratio=ts and ts["tokens_per_s_ratio"], peak_rss_ratio=ts and ts["peak_rss_ratio"],
     )
-    path = ROOT / "bench/results" / f"sft_vs_trl-{result['date']}-{result['host']}.json"
+    path = Path(a.results_dir).resolve() / f"sft_vs_trl-{result['date']}-{result['host']}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {path.relative_to(ROOT)}")
+    print(f"wrote {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}")
 
 
 if __name__ == "__main__":
