@@ -31,23 +31,21 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save
 from tqdm import tqdm
 
-from tunesmith.atomic import atomic_write_bytes, atomic_write_text
+from tunesmith.atomic import atomic_write_bytes
 from tunesmith.config.schema import DPOConfig
 from tunesmith.data.packing import collate_pairs
 from tunesmith.data.prepare import TokenizedPair, prepare_preference_data
-from tunesmith.forgetting.guard import guard_start, guard_step, guard_summary, start_guard, stop_over_budget
+from tunesmith.forgetting.guard import guard_start, guard_step, start_guard, stop_over_budget
 from tunesmith.losses.dpo import PREFERENCE_LOSSES
 from tunesmith.losses.reward import pair_accuracy
 from tunesmith.models import load_tokenizer, resolve_model_dir, select_device
-from tunesmith.models.integrity import run_summary
 from tunesmith.models.load import autocast_dtype
-from tunesmith.report import write_report
 from tunesmith.train.distributed import (Dist, full_state, load_checkpoint_everywhere, save_checkpoint_on_main,
                                          shard_model, shut_down, start_processes)
 from tunesmith.train.metrics import MetricsLog, NullLog, RunningMeans
 from tunesmith.train.model_setup import build_trainable_model, save_trained
 from tunesmith.train.order import split_micro, step_indices
-from tunesmith.train.rundir import open_run_dir
+from tunesmith.train.rundir import open_run_dir, write_run_result
 from tunesmith.train.schedule import build_optimizer, lr_multiplier, plan_steps, set_lr
 from tunesmith.train.step import batch_sequence_logps, optimizer_step
 
@@ -311,10 +309,7 @@ def run_dpo(cfg: DPOConfig, say: Callable[[str], None] = print, progress: bool =
                 "final": final, "eval": final_eval, "trainable_params": trainable, "total_params": total,
                 "processes": dist.world, "seconds": round(seconds, 2), "output": output.name}
     if dist.is_main:
-        manifest.update(base_checksum=run_summary(run_dir), **guard_summary(guard))
-        atomic_write_text(run_dir / "run.json", json.dumps(manifest, indent=2) + "\n")
-        say(write_report(run_dir, "dpo"))
-        say(f"saved {output} ({step} steps, {seconds:.0f} s)")
+        write_run_result(run_dir, "dpo", manifest, guard, output, step, seconds, say)
     shut_down(dist)
     model.eval()
     return DPOResult(run_dir, output, step, final, final_eval, seconds, model)

@@ -16,7 +16,6 @@ The reference is the base with the adapter switched off: no second copy in memor
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,18 +24,15 @@ from typing import Any, Callable
 import torch
 from tqdm import tqdm
 
-from tunesmith.atomic import atomic_write_text
 from tunesmith.config.schema import GRPOConfig
 from tunesmith.data.packing import Batch, collate_padded
 from tunesmith.data.prompts import PromptRow, load_prompt_file
 from tunesmith.data.templates import TokenizedExample
 from tunesmith.errors import DataError
-from tunesmith.forgetting.guard import guard_start, guard_step, guard_summary, start_guard, stop_over_budget
+from tunesmith.forgetting.guard import guard_start, guard_step, start_guard, stop_over_budget
 from tunesmith.losses.grpo import grpo_loss
 from tunesmith.models import load_tokenizer, resolve_model_dir, select_device
-from tunesmith.models.integrity import run_summary
 from tunesmith.models.load import autocast_dtype
-from tunesmith.report import write_report
 from tunesmith.rollout.advantages import group_advantages
 from tunesmith.rollout.sampling import completion_example, prompt_ids, rollout_seed, sample_completions
 from tunesmith.rollout.rewards import missing_reward_fields, parse_reward_specs, score_completions
@@ -44,7 +40,7 @@ from tunesmith.train.distributed import load_checkpoint_everywhere, save_checkpo
 from tunesmith.train.metrics import MetricsLog, NullLog
 from tunesmith.train.model_setup import build_trainable_model, save_trained
 from tunesmith.train.order import step_indices
-from tunesmith.train.rundir import open_run_dir
+from tunesmith.train.rundir import open_run_dir, write_run_result
 from tunesmith.train.schedule import build_optimizer, lr_multiplier, plan_steps, set_lr
 from tunesmith.train.step import batch_token_logps, optimizer_step
 
@@ -276,10 +272,7 @@ def run_grpo(cfg: GRPOConfig, say: Callable[[str], None] = print, progress: bool
                 "eval_reward_after": eval_after, "trainable_params": trainable, "total_params": total,
                 "processes": dist.world, "seconds": round(seconds, 2), "output": output.name}
     if dist.is_main:
-        manifest.update(base_checksum=run_summary(run_dir), **guard_summary(guard))
-        atomic_write_text(run_dir / "run.json", json.dumps(manifest, indent=2) + "\n")
-        say(write_report(run_dir, "grpo"))
-        say(f"saved {output} ({step} steps, {seconds:.0f} s)")
+        write_run_result(run_dir, "grpo", manifest, guard, output, step, seconds, say)
     shut_down(dist)
     model.eval()
     return GRPOResult(run_dir, output, step, final, eval_before, eval_after, seconds, model)

@@ -20,7 +20,6 @@ reward model is a second, frozen adapter with its own head, switched on only to 
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,26 +29,24 @@ import torch
 from safetensors.torch import save
 from tqdm import tqdm
 
-from tunesmith.atomic import atomic_write_bytes, atomic_write_text
+from tunesmith.atomic import atomic_write_bytes
 from tunesmith.config.schema import PPOConfig
 from tunesmith.data.packing import Batch, collate_padded
 from tunesmith.data.prompts import PromptRow, load_prompt_file
 from tunesmith.errors import ModelError
-from tunesmith.forgetting.guard import guard_start, guard_step, guard_summary, start_guard, stop_over_budget
+from tunesmith.forgetting.guard import guard_start, guard_step, start_guard, stop_over_budget
 from tunesmith.losses.kl import AdaptiveKLController, FixedKLController, kl_k1, masked_mean
 from tunesmith.losses.ppo import ppo_policy_loss, ppo_value_loss
 from tunesmith.models import load_tokenizer, resolve_model_dir, select_device
-from tunesmith.models.integrity import run_summary
 from tunesmith.models.load import autocast_dtype
 from tunesmith.models.reward import find_reward_model, load_reward_head, new_reward_head
-from tunesmith.report import write_report
 from tunesmith.rollout.advantages import gae, per_token_rewards
 from tunesmith.rollout.sampling import completion_example, prompt_ids, rollout_seed, sample_completions
 from tunesmith.train.distributed import load_checkpoint_everywhere, save_checkpoint_on_main, shut_down, start_processes
 from tunesmith.train.metrics import MetricsLog, NullLog
 from tunesmith.train.model_setup import build_trainable_model, save_trained
 from tunesmith.train.order import step_indices
-from tunesmith.train.rundir import open_run_dir
+from tunesmith.train.rundir import open_run_dir, write_run_result
 from tunesmith.train.schedule import build_optimizer, lr_multiplier, plan_steps, set_lr
 from tunesmith.train.step import batch_last_hidden, batch_token_logps, optimizer_step, unwrap
 
@@ -251,10 +248,7 @@ def run_ppo(cfg: PPOConfig, say: Callable[[str], None] = print, progress: bool =
                 "trainable_params": trainable, "total_params": total, "processes": dist.world,
                 "seconds": round(seconds, 2), "output": output.name}
     if dist.is_main:
-        manifest.update(base_checksum=run_summary(run_dir), **guard_summary(guard))
-        atomic_write_text(run_dir / "run.json", json.dumps(manifest, indent=2) + "\n")
-        say(write_report(run_dir, "ppo"))
-        say(f"saved {output} ({step} steps, {seconds:.0f} s)")
+        write_run_result(run_dir, "ppo", manifest, guard, output, step, seconds, say)
     shut_down(dist)
     model.eval()
     return PPOResult(run_dir, output, step, final, seconds, model)

@@ -14,7 +14,6 @@ Under torchrun each process takes every N-th micro-batch of the step and the gra
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,22 +22,19 @@ from typing import Any, Callable
 import torch
 from tqdm import tqdm
 
-from tunesmith.atomic import atomic_write_text
 from tunesmith.config.schema import RewardConfig
 from tunesmith.data.packing import collate_pairs
 from tunesmith.data.prepare import TokenizedPair, prepare_preference_data
 from tunesmith.losses.reward import bradley_terry_loss, pair_accuracy
 from tunesmith.models import load_tokenizer, resolve_model_dir, select_device
-from tunesmith.models.integrity import run_summary
 from tunesmith.models.load import autocast_dtype
 from tunesmith.models.reward import new_reward_head, save_reward_head
-from tunesmith.report import write_report
 from tunesmith.train.distributed import (full_state, load_checkpoint_everywhere, save_checkpoint_on_main, shard_model,
                                          shut_down, start_processes)
 from tunesmith.train.metrics import MetricsLog, NullLog, RunningMeans
 from tunesmith.train.model_setup import build_trainable_model, save_trained
 from tunesmith.train.order import split_micro, step_indices
-from tunesmith.train.rundir import open_run_dir
+from tunesmith.train.rundir import open_run_dir, write_run_result
 from tunesmith.train.schedule import build_optimizer, lr_multiplier, plan_steps, set_lr
 from tunesmith.train.step import batch_last_hidden, optimizer_step, unwrap
 
@@ -197,10 +193,7 @@ def run_reward(cfg: RewardConfig, say: Callable[[str], None] = print, progress: 
                 "final": final, "eval": final_eval, "trainable_params": trainable + head.weight.numel() + 1,
                 "total_params": total, "processes": dist.world, "seconds": round(seconds, 2), "output": output.name}
     if dist.is_main:
-        manifest["base_checksum"] = run_summary(run_dir)
-        atomic_write_text(run_dir / "run.json", json.dumps(manifest, indent=2) + "\n")
-        say(write_report(run_dir, "reward"))
-        say(f"saved {output} ({step} steps, {seconds:.0f} s)")
+        write_run_result(run_dir, "reward", manifest, None, output, step, seconds, say)
     shut_down(dist)
     model.eval()
     return RewardResult(run_dir, output, step, final, final_eval, seconds, model, head)
