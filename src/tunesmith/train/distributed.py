@@ -193,17 +193,14 @@ def shard_model(model: torch.nn.Module, dist: Dist) -> None:
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import FSDPModule, fully_shard
 
-    from tunesmith.train.step import unwrap
+    from tunesmith.train.step import decoder_layers, unwrap
 
     if not dist.sharded:
         return
     mesh = init_device_mesh(dist._comm_device().type, (dist.world,))
     inner = unwrap(model)
     decoder = inner.get_decoder()
-    layers = getattr(decoder, "layers", None)
-    if layers is None:  # not llama-like: the decoder's block list
-        layers = next(m for m in decoder.children() if isinstance(m, torch.nn.ModuleList))
-    for layer in layers:
+    for layer in decoder_layers(model):
         fully_shard(layer, mesh=mesh)
     beside = [(name, m) for name, m in inner.named_children() if m is not decoder]
     for name, module in beside:  # attached only while fully_shard collects the root's parameters

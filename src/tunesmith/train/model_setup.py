@@ -13,7 +13,7 @@ from tunesmith.atomic import atomic_directory, atomic_write_text
 from tunesmith.config.load import config_to_yaml
 from tunesmith.models import load_model
 from tunesmith.models.load import fp32_weight_bytes, keep_4bit_differentiable, weight_bytes
-from tunesmith.train.step import unwrap
+from tunesmith.train.step import decoder_layers, unwrap
 
 
 def human_bytes(n: int) -> str:
@@ -56,7 +56,7 @@ def compile_layers(model: torch.nn.Module) -> int:
     is compiled once (plus once more if shapes vary) rather than the whole model at once, and the LM head,
     loss and optimizer stay eager. Fuses what eager runs as separate passes over memory: RMSNorm, rotary
     embedding, SiLU x up, and PEFT's `base + lora_B(lora_A(x)) * scale`. Returns the layers compiled."""
-    layers = unwrap(model).get_decoder().layers
+    layers = decoder_layers(model)
     for layer in layers:
         layer.compile()
     return len(layers)

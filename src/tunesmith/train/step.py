@@ -17,6 +17,15 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return get_base() if callable(get_base) else model
 
 
+def decoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
+    """The decoder body's blocks: `layers` on llama-like models, else the body's (first) ModuleList."""
+    decoder = unwrap(model).get_decoder()
+    layers = getattr(decoder, "layers", None)
+    if layers is None:
+        layers = next(m for m in decoder.children() if isinstance(m, torch.nn.ModuleList))
+    return layers
+
+
 def autocast(device: torch.device, dtype: torch.dtype | None):
     if dtype is None:
         return contextlib.nullcontext()
