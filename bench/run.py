@@ -74,9 +74,11 @@ def model_counts(model_dir: str, method: str) -> tuple[dict, object]:
 
 
 def sft_flops(c: dict, shape, n: int, m: int) -> float:
-    """Model FLOPs of one SFT (LoRA/QLoRA) example of n tokens, m of them trained."""
-    attn = 6 * shape.layers * shape.heads * shape.hd * n * n
-    return 4 * c["block_linear"] * n + 4 * c["head_matmul"] * m + 6 * c["lora"] * n + attn
+    """Model FLOPs of one SFT (LoRA/QLoRA) example of n tokens, m of them trained: the planner's per-token
+    count at sequence length n and trained fraction m / n, times n."""
+    from tunesmith.plan import flops_per_token
+
+    return n * flops_per_token(shape, "lora", c, n, False, m / n)["model"]
 
 
 def reference_flops(c: dict, shape, n: int, m: int) -> float:
