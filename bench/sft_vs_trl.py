@@ -16,7 +16,7 @@ in its own fresh subprocess, which reports its peak RSS (ru_maxrss). tokens/s = 
 steps' examples, counted once here with the model's tokenizer and chat template, / wall seconds of the timed steps
 (TRL: a TrainerCallback from on_step_begin to on_step_end; tunesmith: `step_s` in its metrics.jsonl). TRL pads each
 batch to its longest row (its default, no packing); tunesmith runs with its defaults, which pack each step's 8
-examples into as few rows as fit, and in extra rows with each of the --extra flags (default: --no-packing, padding
+examples into one row with no padding (attention per example), and in extra rows with each of the --extra flags (default: --no-packing, padding
 like TRL; bench/run.py asks for --compile).
 Prints a table and writes bench/results/sft_vs_trl-<date>-<host>.json (see --results-dir).
 """

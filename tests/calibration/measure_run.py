@@ -137,10 +137,10 @@ def main(argv: list[str]) -> int:
         step_start[0] = time.perf_counter()
         return result
 
-    def measured_collate(examples, packing, max_length, pad_id):
-        batch = collate(examples, packing, max_length, pad_id)
+    def measured_collate(examples, packing, max_length, pad_id, flat=False):
+        batch = collate(examples, packing, max_length, pad_id, flat)
         rows, width = batch.input_ids.shape
-        out["batches"].append({"step": len(out["step_s"]) + 1, "rows": rows, "width": width,
+        out["batches"].append({"step": len(out["step_s"]) + 1, "rows": rows, "width": width, "examples": len(examples),
                                "tokens": batch.num_tokens, "targets": batch.num_targets})
         return batch
 

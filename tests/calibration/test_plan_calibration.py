@@ -3,7 +3,8 @@
 Each run is a short `tunesmith sft` of SmolLM2-135M-Instruct on the demo data (CPU, fp32, one micro-batch
 of 8 per step) in a fresh subprocess, `measure_run.py`, which reports the shape of every micro-batch, the
 peak RSS of the training steps above the RSS before the model loaded, and the time of each step. The planner
-is given the shape that ran: rows x width of the widest micro-batch and its trained fraction.
+is given the shape that ran: the micro-batch's examples x their mean length (packed micro-batches are one
+row with no padding) and its trained fraction.
 
 Memory is measured with glibc's mmap threshold pinned at 64 KiB (MALLOC_MMAP_THRESHOLD_), so that a freed
 tensor leaves RSS at once. With the default, glibc raises the threshold to the size of the first large
@@ -17,6 +18,7 @@ the planner the step time of another (8 x 128 tokens: two thirds of the FLOPs).
 from __future__ import annotations
 
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -33,7 +35,7 @@ DATA = Path(__file__).resolve().parents[2] / "src" / "tunesmith" / "demo" / "dat
 MIB = 2**20
 
 # name: (method, --batch-size = --micro-batch-size, --max-length, steps, pin glibc's mmap threshold). The demo
-# rows are 140-214 tokens, so at 256 each fills one packed row; at 128 every row is cut to 128 (and rows
+# rows are 140-214 tokens and each micro-batch packs into one row; at 128 every example is cut to 128 (and rows
 # whose reply lay past 128 tokens are dropped). Memory needs two steps (AdamW's moments exist from the
 # first step on). Timing runs use the default allocator (pinning the threshold makes each step fault in
 # fresh pages for every tensor: 1.8x slower here); they skip step 1 (warm-up) and take medians.
@@ -81,9 +83,17 @@ def measured(model_dir, tmp_path_factory):
     return get
 
 
+def shape(batch: dict) -> tuple[int, int]:
+    """(sequences, length) with sequences x length = the tokens computed: examples x their mean length when
+    packed (one row, no padding: attention runs per example), rows x width when padded."""
+    if batch["rows"] == 1 and batch["examples"] > 1:
+        return batch["examples"], round(batch["tokens"] / batch["examples"])
+    return batch["rows"], batch["width"]
+
+
 def planned(model_dir: Path, method: str, batch: dict, **kwargs) -> dict:
-    """The plan for one micro-batch as it ran: rows x width tokens, its trained fraction."""
-    rows, width = batch["rows"], batch["width"]
+    """The plan for one micro-batch as it ran: its shape and trained fraction."""
+    rows, width = shape(batch)
     return plan(str(model_dir), method, seq_len=width, batch_size=rows, micro_batch_size=rows,
                 trained_fraction=batch["targets"] / (rows * width), gpu="cpu", precision="fp32", **kwargs)
 
@@ -92,11 +102,11 @@ def planned(model_dir: Path, method: str, batch: dict, **kwargs) -> dict:
 def test_peak_memory_within_25_percent_of_the_plan(measured, model_dir, name):
     run = measured(name)
     assert run["hwm_reset"], "cannot reset the peak RSS (/proc/self/clear_refs): loading would be measured"
-    widest = max(run["batches"], key=lambda b: b["rows"] * b["width"])
+    widest = max(run["batches"], key=lambda b: b["rows"] * b["width"])  # packed: the most tokens
     predicted = planned(model_dir, RUNS[name][0], widest)["memory_bytes"]["total"]
     ratio = run["peak_bytes"] / predicted
     print(f"{name}: measured {run['peak_bytes'] / MIB:.0f} MiB, planned {predicted / MIB:.0f} MiB, "
-          f"ratio {ratio:.2f} ({widest['rows']} x {widest['width']} tokens)")
+          f"ratio {ratio:.2f} ({' x '.join(map(str, shape(widest)))} tokens)")
     assert 0.75 <= ratio <= 1.25, (name, run["peak_bytes"] / MIB, predicted / MIB)
 
 
@@ -116,7 +126,7 @@ def matmul_peak_tflops(n: int = 2048, seconds: float = 2.0) -> float:
 
 def timed_steps(model_dir: Path, run: dict) -> list[tuple[float, float]]:
     """(planner model FLOPs, seconds) of every step after the first (the warm-up); one micro-batch a step."""
-    return [(planned(model_dir, "lora", b, tokens=b["rows"] * b["width"])["model_flops"], s)
+    return [(planned(model_dir, "lora", b, tokens=math.prod(shape(b)))["model_flops"], s)
             for b, s in list(zip(run["batches"], run["step_s"]))[1:]]
 
 
@@ -126,7 +136,7 @@ def test_step_time_from_the_measured_mfu(measured, model_dir):
     base, other = measured("lora-timed"), measured("lora-short-timed")
     mfu = statistics.median(flops / (peak * 1e12 * s) for flops, s in timed_steps(model_dir, base))
     assert 0.02 < mfu <= 1.0, mfu  # a FLOP count several times too high would put the MFU above 1
-    predicted = [planned(model_dir, "lora", b, tokens=b["rows"] * b["width"], peak_tflops=peak, mfu=mfu)["hours"]
+    predicted = [planned(model_dir, "lora", b, tokens=math.prod(shape(b)), peak_tflops=peak, mfu=mfu)["hours"]
                  * 3600 for b in other["batches"][1:]]
     measured_s = [s for _, s in timed_steps(model_dir, other)]
     base_s = statistics.median(s for _, s in timed_steps(model_dir, base))

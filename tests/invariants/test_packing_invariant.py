@@ -10,6 +10,7 @@ from tunesmith.data.packing import collate_packed, collate_padded
 from tunesmith.data.templates import tokenize_conversations
 from tunesmith.data.formats import parse_row
 from tunesmith.models import load_model
+from tunesmith.models.attention import NAME, packs_flat
 from tunesmith.train.step import batch_nll_sum
 
 
@@ -26,20 +27,25 @@ def _loss_and_grads(model, batch):
 
 
 def test_packed_loss_equals_unpacked(tiny_dir, tokenizer):
-    model = load_model(tiny_dir, torch.device("cpu"))
-    model.requires_grad_(True)
-    for train_on_prompt in (False, True):
-        examples = _examples(tokenizer, train_on_prompt=train_on_prompt)
-        padded = collate_padded(examples, tokenizer.pad_token_id)
-        packed = collate_packed(examples, 256, tokenizer.pad_token_id)
-        assert packed.input_ids.shape[0] < padded.input_ids.shape[0]  # packing really packed
-        assert packed.num_targets == padded.num_targets
-        assert packed.num_tokens == padded.num_tokens
-        loss_a, grads_a = _loss_and_grads(model, padded)
-        loss_b, grads_b = _loss_and_grads(model, packed)
-        assert abs(loss_a - loss_b) < 1e-5, (loss_a, loss_b)
-        for name in grads_a:
-            torch.testing.assert_close(grads_a[name], grads_b[name], atol=1e-5, rtol=1e-4)
+    """Rows of max_length and one flat row, with per-example attention and with transformers' masked SDPA."""
+    for attention in (NAME, "sdpa"):
+        model = load_model(tiny_dir, torch.device("cpu"))
+        model.set_attn_implementation(attention)
+        assert packs_flat(model) == (attention == NAME)
+        model.requires_grad_(True)
+        for train_on_prompt in (False, True):
+            examples = _examples(tokenizer, train_on_prompt=train_on_prompt)
+            padded = collate_padded(examples, tokenizer.pad_token_id)
+            loss_a, grads_a = _loss_and_grads(model, padded)
+            for flat in (False, True):
+                packed = collate_packed(examples, 256, tokenizer.pad_token_id, flat=flat)
+                assert packed.input_ids.shape[0] == 1 if flat else 1 < packed.input_ids.shape[0] < len(examples)
+                assert packed.num_targets == padded.num_targets
+                assert packed.num_tokens == padded.num_tokens
+                loss_b, grads_b = _loss_and_grads(model, packed)
+                assert abs(loss_a - loss_b) < 1e-5, (attention, flat, loss_a, loss_b)
+                for name in grads_a:
+                    torch.testing.assert_close(grads_a[name], grads_b[name], atol=1e-5, rtol=1e-4)
 
 
 def test_packed_examples_do_not_attend_to_each_other(tiny_dir, tokenizer):
@@ -53,14 +59,16 @@ def test_packed_examples_do_not_attend_to_each_other(tiny_dir, tokenizer):
     changed[0, : first_len - 1] = (changed[0, : first_len - 1] + 7) % 1000
     from tunesmith.train.step import unwrap
 
-    def hidden(ids):
+    def hidden(ids, **packed):
         inner = unwrap(model)
-        return inner.get_decoder()(input_ids=ids, position_ids=batch.position_ids, use_cache=False).last_hidden_state
+        return inner.get_decoder()(input_ids=ids, position_ids=batch.position_ids, use_cache=False,
+                                   **packed).last_hidden_state
 
-    with torch.no_grad():
-        a, b = hidden(batch.input_ids), hidden(changed)
-    torch.testing.assert_close(a[0, first_len:], b[0, first_len:], atol=1e-6, rtol=0)
-    assert not torch.allclose(a[0, : first_len - 1], b[0, : first_len - 1])
+    for packed in ({}, {"packed_rows": True}):  # transformers' block-diagonal mask; per-example attention
+        with torch.no_grad():
+            a, b = hidden(batch.input_ids, **packed), hidden(changed, **packed)
+        torch.testing.assert_close(a[0, first_len:], b[0, first_len:], atol=1e-6, rtol=0)
+        assert not torch.allclose(a[0, : first_len - 1], b[0, : first_len - 1])
     # position ids restart at 0 for every example
     starts = (batch.position_ids[0] == 0).nonzero().flatten().tolist()
     assert starts[:4] == [0, first_len, first_len + len(examples[1].input_ids),

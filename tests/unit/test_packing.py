@@ -41,6 +41,26 @@ def test_collate_shapes_and_counts():
     assert (packed.num_tokens, packed.num_targets) == (5, 3)
 
 
+def test_flat_packing_is_one_row_without_padding():
+    examples = [TokenizedExample([i] * n, [IGNORE] + [i] * (n - 1), str(i)) for i, n in enumerate([4, 3, 4], 1)]
+    rows = collate_packed(examples, 5, pad_id=0)  # rows of 5: one example each, padded to the widest
+    assert rows.input_ids.tolist() == [[1, 1, 1, 1], [3, 3, 3, 3], [2, 2, 2, 0]]  # first-fit decreasing
+    flat = collate_packed(examples, 5, pad_id=0, flat=True)
+    assert flat.input_ids.tolist() == [[1, 1, 1, 1, 2, 2, 2, 3, 3, 3, 3]]
+    assert flat.position_ids.tolist() == [[0, 1, 2, 3, 0, 1, 2, 0, 1, 2, 3]]
+    assert flat.example_ids.tolist() == [[0] * 4 + [1] * 3 + [2] * 4]
+    assert (flat.num_tokens, flat.num_targets) == (rows.num_tokens, rows.num_targets) == (11, 8)
+
+
+def test_example_spans_follow_position_ids():
+    import torch
+
+    from tunesmith.models.attention import example_spans
+
+    positions = torch.tensor([[0, 1, 2, 0, 1, 0, 1, 2, 3], [0, 1, 2, 3, 4, 5, 0, 1, 2], [4, 5, 6, 7, 8, 9, 10, 11, 12]])
+    assert example_spans(positions) == [[(0, 3), (3, 5), (5, 9)], [(0, 6), (6, 9)], [(0, 9)]]
+
+
 def test_shared_prompt_rows_give_each_sequence_its_own_logps(tiny_dir):
     """Prompt once, chosen, then rejected restarting from the last prompt token: the same log-probs as
     two separate padded sequences (including a completion pair that shares its first tokens)."""

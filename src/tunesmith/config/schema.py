@@ -38,9 +38,9 @@ class DataConfig:
     train: str | None = opt(None, "--data", "training data, JSONL: chat `messages` or `prompt`/`completion`")
     eval: str | None = opt(None, "--eval-data", "evaluation data in the same format")
     eval_split: float = opt(0.0, "--eval-split", "fraction of the training data held out for eval when no --eval-data")
-    max_length: int = opt(512, "--max-length", "tokens per example (and per packed row)")
+    max_length: int = opt(512, "--max-length", "tokens per example")
     overlength: str = opt("truncate", "--overlength", "what to do with longer examples", ("truncate", "drop"))
-    packing: bool = opt(True, "--packing", "pack several examples per row, attention isolated per example")
+    packing: bool = opt(True, "--packing", "pack each micro-batch into one row without padding, attention isolated per example")
     train_on_prompt: bool = opt(False, "--train-on-prompt", "compute the loss on every token, not only the assistant's")
     replay: str | None = opt(None, "--replay", "mix general examples into training against forgetting: `self` "
                              "(the base's own answers to bundled general prompts) or an SFT data FILE")
@@ -53,9 +53,9 @@ class PreferenceDataConfig:
                             "`non_preferred_output` or `prompt`/`chosen`/`rejected`")
     eval: str | None = opt(None, "--eval-data", "evaluation pairs in the same format")
     eval_split: float = opt(0.0, "--eval-split", "fraction of the training pairs held out for eval when no --eval-data")
-    max_length: int = opt(512, "--max-length", "tokens per prompt + completion (and per packed row)")
+    max_length: int = opt(512, "--max-length", "tokens per prompt + completion")
     overlength: str = opt("truncate", "--overlength", "what to do with longer pairs", ("truncate", "drop"))
-    packing: bool = opt(False, "--packing", "pack the micro-batch's sequences into rows of max_length instead of "
+    packing: bool = opt(False, "--packing", "pack the micro-batch's sequences into one row instead of "
                         "one row per pair with the prompt computed once")
 
 

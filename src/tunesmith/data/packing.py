@@ -2,8 +2,10 @@
 
 In a packed row each example keeps its own position ids (restarting at 0). transformers builds a
 block-diagonal causal mask from position ids when no attention mask is given, so no token attends to
-another example. Targets are shifted here, inside each example: the last token of one example never
-learns to predict the first token of the next.
+another example; that mask costs the square of the row's width, so rows are capped at `max_length`.
+With per-example attention (`tunesmith.models.attention`) a row costs only its examples' own squares,
+so `flat=True` packs the whole micro-batch into one row with no padding. Targets are shifted here,
+inside each example: the last token of one example never learns to predict the first token of the next.
 """
 
 from __future__ import annotations
@@ -74,9 +76,10 @@ def collate_padded(examples: list[TokenizedExample], pad_id: int) -> Batch:
     return Batch(ids, targets, None, mask, int(mask.sum()), int((targets != IGNORE).sum()), owner)
 
 
-def collate_packed(examples: list[TokenizedExample], max_length: int, pad_id: int) -> Batch:
-    """Pack into as few rows as fit; every row is as wide as the fullest row."""
-    rows = pack_examples([len(e.input_ids) for e in examples], max_length)
+def collate_packed(examples: list[TokenizedExample], max_length: int, pad_id: int, flat: bool = False) -> Batch:
+    """Pack into as few rows of max_length as fit, every row as wide as the fullest; `flat`: one row of all."""
+    lengths = [len(e.input_ids) for e in examples]
+    rows = [list(range(len(examples)))] if flat else pack_examples(lengths, max_length)
     width = max(sum(len(examples[i].input_ids) for i in row) for row in rows)
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     targets = torch.full((len(rows), width), IGNORE, dtype=torch.long)
@@ -99,8 +102,8 @@ def collate_packed(examples: list[TokenizedExample], max_length: int, pad_id: in
     return Batch(ids, targets, positions, None, real, int((targets != IGNORE).sum()), owner)
 
 
-def collate(examples: list[TokenizedExample], packing: bool, max_length: int, pad_id: int) -> Batch:
-    return collate_packed(examples, max_length, pad_id) if packing else collate_padded(examples, pad_id)
+def collate(examples: list[TokenizedExample], packing: bool, max_length: int, pad_id: int, flat: bool = False) -> Batch:
+    return collate_packed(examples, max_length, pad_id, flat) if packing else collate_padded(examples, pad_id)
 
 
 def shared_prefix_length(a: TokenizedExample, b: TokenizedExample) -> int:
@@ -154,11 +157,11 @@ def collate_shared_prompt(chosen: list[TokenizedExample], rejected: list[Tokeniz
 
 
 def collate_pairs(chosen: list[TokenizedExample], rejected: list[TokenizedExample], packing: bool, max_length: int,
-                  pad_id: int) -> Batch:
+                  pad_id: int, flat: bool = False) -> Batch:
     """Both sides of n pairs for one forward; example ids: chosen i -> i, rejected i -> n + i.
 
     Default: one row per pair with the prompt computed once; `packing`: the 2n sequences packed into rows.
     """
     if packing:
-        return collate_packed(chosen + rejected, max_length, pad_id)
+        return collate_packed(chosen + rejected, max_length, pad_id, flat)
     return collate_shared_prompt(chosen, rejected, pad_id)

@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from tunesmith.errors import ConfigError, ModelError
+from tunesmith.models.attention import use_packed_attention
 
 
 def quiet_libraries() -> None:
@@ -91,7 +92,7 @@ def nf4_config(compute_dtype: torch.dtype):
 
 def load_model(model_dir: Path, device: torch.device, quantize_4bit: bool = False,
                compute_dtype: torch.dtype = torch.float32):
-    """The causal LM in float32 weights (or NF4 for QLoRA) on `device`, in eval mode."""
+    """The causal LM in float32 weights (or NF4 for QLoRA) on `device`, in eval mode, attending per packed example."""
     from transformers import AutoModelForCausalLM
 
     quiet_libraries()
@@ -104,6 +105,7 @@ def load_model(model_dir: Path, device: torch.device, quantize_4bit: bool = Fals
         raise ModelError(f"{model_dir}: cannot load model: {e}") from None
     if not quantize_4bit:
         model.to(device)
+    use_packed_attention(model)
     model.eval()
     return model
 

@@ -39,6 +39,7 @@ from tunesmith.forgetting.guard import guard_start, guard_step, start_guard, sto
 from tunesmith.losses.dpo import PREFERENCE_LOSSES
 from tunesmith.losses.reward import pair_accuracy
 from tunesmith.models import load_tokenizer, resolve_model_dir, select_device
+from tunesmith.models.attention import packs_flat
 from tunesmith.models.load import autocast_dtype
 from tunesmith.train.distributed import (Dist, full_state, load_checkpoint_everywhere, save_checkpoint_on_main,
                                          shard_model, shut_down, start_processes)
@@ -77,9 +78,10 @@ def pair_forward(model: torch.nn.Module, pairs: list[TokenizedPair], packing: bo
     """Chosen and rejected sequences in ONE forward.
 
     Default: one row per pair with the prompt computed once (`collate_shared_prompt`); with packing,
-    the 2n sequences packed into rows of max_length. Both give each sequence its own exact log-prob.
+    the 2n sequences packed into one row (`collate_packed`). Both give each sequence its own exact log-prob.
     """
-    batch = collate_pairs([p.chosen for p in pairs], [p.rejected for p in pairs], packing, max_length, pad_id)
+    batch = collate_pairs([p.chosen for p in pairs], [p.rejected for p in pairs], packing, max_length, pad_id,
+                          packs_flat(model))
     batch = batch.to(device)
     logps, counts = batch_sequence_logps(model, batch, 2 * len(pairs), amp_dtype)
     n = len(pairs)

@@ -27,6 +27,7 @@ from tunesmith.data.packing import collate_pairs
 from tunesmith.data.prepare import TokenizedPair, prepare_preference_data
 from tunesmith.losses.reward import bradley_terry_loss, pair_accuracy
 from tunesmith.models import load_tokenizer, resolve_model_dir, select_device
+from tunesmith.models.attention import packs_flat
 from tunesmith.models.load import autocast_dtype
 from tunesmith.models.reward import new_reward_head, save_reward_head
 from tunesmith.train.distributed import (full_state, load_checkpoint_everywhere, save_checkpoint_on_main, shard_model,
@@ -55,7 +56,8 @@ def pair_scores(model: torch.nn.Module, head: torch.nn.Linear, pairs: list[Token
                 max_length: int, pad_id: int, device: torch.device,
                 amp_dtype: torch.dtype | None) -> tuple[torch.Tensor, torch.Tensor, int]:
     """(r_chosen [n], r_rejected [n], tokens computed): both sides in one forward, the head in fp32."""
-    batch = collate_pairs([p.chosen for p in pairs], [p.rejected for p in pairs], packing, max_length, pad_id)
+    batch = collate_pairs([p.chosen for p in pairs], [p.rejected for p in pairs], packing, max_length, pad_id,
+                          packs_flat(model))
     last = batch_last_hidden(model, batch.to(device), 2 * len(pairs), amp_dtype)
     scores = head(last.float()).squeeze(-1)
     n = len(pairs)

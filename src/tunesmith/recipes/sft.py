@@ -27,6 +27,7 @@ from tunesmith.data.packing import collate
 from tunesmith.data.prepare import prepare_sft_data
 from tunesmith.forgetting.guard import guard_start, guard_step, guard_summary, start_guard, stop_over_budget
 from tunesmith.models import load_tokenizer, resolve_model_dir, select_device
+from tunesmith.models.attention import packs_flat
 from tunesmith.models.integrity import run_summary
 from tunesmith.models.load import autocast_dtype
 from tunesmith.report import write_report
@@ -86,6 +87,7 @@ def run_sft(cfg: SFTConfig, say: Callable[[str], None] = print, progress: bool =
     metrics = (MetricsLog(run_dir / "metrics.jsonl", resume_step=step if resume_from else None)
                if dist.is_main else NullLog())
     pad_id = tokenizer.pad_token_id
+    flat = packs_flat(model)  # per-example attention: a micro-batch packs into one row, no padding
     say(f"training {n_train} examples, {total_steps} steps of {cfg.train.batch_size} "
         f"(micro-batch {cfg.train.micro_batch_size}), lr {cfg.train.lr:g}, {device.type}"
         + (f", autocast {amp_dtype}" if amp_dtype else ", fp32")
@@ -114,7 +116,7 @@ def run_sft(cfg: SFTConfig, say: Callable[[str], None] = print, progress: bool =
         lr = cfg.train.lr * lr_multiplier(step, total_steps, warmup_steps, cfg.train.schedule)
         set_lr(optimizer, lr)
         examples = [data.train[i] for i in step_indices(n_train, cfg.train.batch_size, cfg.train.seed, step)]
-        batches = [collate(micro, cfg.data.packing, cfg.data.max_length, pad_id)
+        batches = [collate(micro, cfg.data.packing, cfg.data.max_length, pad_id, flat)
                    for micro in split_micro(examples, cfg.train.micro_batch_size)]
         # Normalise by the trained-token count of the whole step, not per micro-batch: accumulated
         # gradients then equal those of one big batch, and packed == unpacked exactly.

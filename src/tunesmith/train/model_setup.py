@@ -58,7 +58,7 @@ def compile_layers(model: torch.nn.Module) -> int:
     embedding, SiLU x up, and PEFT's `base + lora_B(lora_A(x)) * scale`. Returns the layers compiled."""
     layers = decoder_layers(model)
     for layer in layers:
-        layer.compile()
+        layer.compile(dynamic=True)
     return len(layers)
 
 

@@ -9,6 +9,7 @@ import torch
 from tunesmith.data.packing import Batch, collate
 from tunesmith.data.templates import TokenizedExample
 from tunesmith.losses.sft import IGNORE, sequence_logps, target_logps, token_nll_sum
+from tunesmith.models.attention import packs_flat
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -35,8 +36,11 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
 def final_hidden(model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.nn.Module]:
     """The decoder body's last hidden states and the LM head, without the head's full-vocabulary pass."""
     inner = unwrap(model)
+    packed = {}
+    if batch.attention_mask is None and batch.position_ids is not None and packs_flat(inner):
+        packed["packed_rows"] = True  # attention per packed example (models/attention.py), not over the row
     hidden = inner.get_decoder()(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                                 position_ids=batch.position_ids, use_cache=False).last_hidden_state
+                                 position_ids=batch.position_ids, use_cache=False, **packed).last_hidden_state
     return hidden, inner.get_output_embeddings()
 
 
@@ -115,7 +119,8 @@ def evaluate_nll(model: torch.nn.Module, examples: list[TokenizedExample], micro
     model.eval()
     total, count = 0.0, 0
     for start in range(0, len(examples), micro_batch_size):
-        batch = collate(examples[start : start + micro_batch_size], packing, max_length, pad_id).to(device)
+        batch = collate(examples[start : start + micro_batch_size], packing, max_length, pad_id,
+                        packs_flat(model)).to(device)
         total += float(batch_nll_sum(model, batch, amp_dtype))
         count += batch.num_targets
     model.train(was_training)
