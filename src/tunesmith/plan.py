@@ -56,16 +56,17 @@ separate fp32 master copy: the weights ARE the master copy)
                  full: 2 B × (block linears + LM head) — trainable leaves are cast once and held by
                  autocast's weight cache until the forward ends, checkpointing or not;
                  lora: 2 B × block linears (÷ L with checkpointing: one layer at a time) + 2 B × adapter
-                 + 2 B × V·d per logits chunk (the frozen LM head is cast again for every chunk, and
-                 each chunk keeps its copy); qlora: as lora without the block linears (bitsandbytes
-                 keeps the packed 4-bit weight and dequantises it again in backward).
-    logits       tunesmith computes logits only at trained positions, 2048 rows per matmul
-                 (losses/sft.py `target_logps`, `token_nll_sum`): saved for backward is the fp32
-                 log-softmax of every trained row, t·φ·V·4 B (`logits_bytes.tunesmith_chunked`), plus
-                 one chunk in flight, min(2048, t·φ)·V·(a + 4) B (bf16 logits and their fp32 copy;
+                 + 2 B × V·d (the frozen LM head, cast for the logits chunk in flight; no chunk keeps
+                 it); qlora: as lora without the block linears (bitsandbytes keeps the packed 4-bit
+                 weight and dequantises it again in backward).
+    logits       tunesmith computes logits only at trained positions, 512 rows per matmul, and keeps
+                 no vocabulary-wide row for backward (losses/sft.py `_LinearTargetLogps`): with a
+                 frozen head it keeps E = softmax·W per trained row, t·φ·d·4 B
+                 (`logits_bytes.tunesmith_chunked`); full fine-tuning keeps nothing and recomputes each
+                 chunk in backward. In flight: one chunk, min(512, t·φ)·V·(a + 4) B (bf16 logits and
+                 their fp32 copy; full: + 4 B for the softmax of the backward's recompute;
                  `chunk_in_flight`); the part `logits` is their sum. The naive size, fp32 logits at every
-                 position, t·V·4 B (`naive_full`), is reported beside it (not in the total). Chunking
-                 bounds the in-flight part; the rows kept for backward grow with the trained tokens.
+                 position, t·V·4 B (`naive_full`), is reported beside it (not in the total).
     step_temporaries  4 B × trainable at optimizer-step time: foreach AdamW's sqrt(v) buffer (and, on
                  several GPUs, the flat all-reduce buffer of the same size, at another moment).
     total        the larger of the forward/backward peak and the optimizer-step peak (they do not overlap).
@@ -93,6 +94,7 @@ FLOPs (a multiply-add is 2 FLOPs; N_lin = block linear weights, N_head = V·d, N
                  activation gradients 2N but no weight gradients. QLoRA's dequantisation is not FLOPs;
                  expect it to run slower than LoRA at the same MFU setting.
     checkpointing adds one more forward of the blocks: 2·(N_lin + N_lora) + 2·L·s·qd per token.
+    full         also recomputes the head's logits in backward (none are kept): 2·φ·N_head per token.
     run          flops = tokens × (model + recompute) per token; `model_flops` leaves the recompute out.
 Time and cost
     hours = flops / (peak × MFU × gpus) / 3600; cost_usd = hours × price per GPU-hour × gpus.
@@ -135,7 +137,7 @@ from tunesmith.errors import ConfigError, ModelError
 
 METHODS = ("full", "lora", "qlora")
 LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-CHUNK_ROWS = 2048  # losses/sft.py target_logps(chunk_size=2048)
+CHUNK_ROWS = 512  # losses/sft.py CHUNK_ROWS (tested equal; the planner does not import torch)
 NF4_BITS = 4 + 8 / 64 + 32 / (64 * 256)  # 4-bit code + 8-bit absmax per 64 + fp32 per 256 blocks = 4.127
 GIB = 2**30
 
@@ -330,9 +332,8 @@ def memory_breakdown(shape: Shape, method: str, counts: dict, targets: list[str]
     mask = micro_batch * seq_len * seq_len * act_bytes
     act_plain = int(tokens * (L * per_layer + final) + mask)
     act_ckpt = int(tokens * (L * 4 * d + per_layer + final) + mask)
-    chunks = math.ceil(trained / CHUNK_ROWS)
     if act_bytes == 2:
-        head = 2 * V * d * (1 if full else chunks)
+        head = 2 * V * d  # full: autocast's cached cast of the head; lora: one chunk's cast at a time
         if full:
             blocks = 2 * counts["block_linear"]
         elif method == "lora":
@@ -342,8 +343,9 @@ def memory_breakdown(shape: Shape, method: str, counts: dict, targets: list[str]
         copies = blocks + head
     else:
         copies = 0
-    kept = trained * V * 4
-    in_flight = min(CHUNK_ROWS, trained) * V * (act_bytes + 4 if act_bytes == 2 else 4)
+    kept = 0 if full else trained * d * 4  # E_t = p_t W per trained row; full saves nothing (recomputes)
+    per_row = (act_bytes + 4 if act_bytes == 2 else 4) + (4 if full else 0)  # z fp32 (+ bf16); full: + softmax
+    in_flight = min(CHUNK_ROWS, trained) * V * per_row
     logits = kept + in_flight
     grads, optim, temps = 4 * T, 8 * T, 4 * T
     if full and shards > 1:  # FSDP2: each process keeps 1/N of everything, plus what is gathered at a time
@@ -385,6 +387,8 @@ def flops_per_token(shape: Shape, method: str, counts: dict, seq_len: int, check
     else:
         model = 4 * lin + 6 * counts["lora"] + attention
     recompute = 2 * (counts["block_linear"] + counts["lora"]) + 2 * L * seq_len * qd if checkpointing else 0
+    if method == "full":  # a trainable head's logits are recomputed chunk by chunk in backward (losses/sft.py)
+        recompute += 2 * trained_fraction * counts["head_matmul"]
     return {"model": int(model), "recompute": int(recompute), "executed": int(model + recompute),
             "attention": int(attention)}
 
@@ -579,7 +583,7 @@ def format_plan(p: dict) -> str:
              "gradients": "fp32, trainable only", "optimizer": "AdamW, 2 fp32 moments",
              "activations": "saved for backward",
              "weight_copies": "bf16 casts kept for backward",
-             "logits": "trained rows only, 2048-row chunks",
+             "logits": "trained rows only, 512-row chunks, none kept for backward",
              "step_temporaries": "at the optimizer step, not with activations"}
     for key, note in notes.items():
         lines.append(f"  {key:17s} {_bytes(m[key]):>12s}   {note}")

@@ -47,3 +47,28 @@ def test_gguf_file_becomes_a_cached_hf_directory():
     assert resolve_model_dir(str(gguf)) == out
     assert time.time() - start < 5  # cached: no second conversion
     assert os.stat(out / "model.safetensors").st_mtime == mtime
+
+
+def test_4bit_model_keeps_no_view_of_the_checkpoint_mapping(tiny_dir):
+    """After NF4 quantisation no weight views the mapped *.safetensors file, so the mapping (and the
+    resident pages of the fp32 linears read once to quantise them) can go."""
+    import pytest
+    import torch
+
+    from pathlib import Path
+
+    maps = Path("/proc/self/maps")
+    if not maps.exists():
+        pytest.skip("needs /proc/self/maps (Linux)")
+    from tunesmith.models import load_model
+
+    model = load_model(tiny_dir, torch.device("cpu"), quantize_4bit=True)
+    ranges = []
+    for line in maps.read_text().splitlines():
+        if line.endswith(".safetensors") and str(tiny_dir) in line:
+            lo, hi = (int(x, 16) for x in line.split()[0].split("-"))
+            ranges.append((lo, hi))
+    inside = [n for n, p in model.named_parameters() if any(lo <= p.data_ptr() < hi for lo, hi in ranges)]
+    assert not inside, inside
+    unquantized = [n for n, p in model.named_parameters() if p.dtype == torch.float32]
+    assert unquantized  # the embedding and norms were copied, not dropped

@@ -50,6 +50,8 @@ def test_flat_packing_is_one_row_without_padding():
     assert flat.position_ids.tolist() == [[0, 1, 2, 3, 0, 1, 2, 0, 1, 2, 3]]
     assert flat.example_ids.tolist() == [[0] * 4 + [1] * 3 + [2] * 4]
     assert (flat.num_tokens, flat.num_targets) == (rows.num_tokens, rows.num_targets) == (11, 8)
+    full = [TokenizedExample([i] * 4, [IGNORE] + [i] * 3, str(i)) for i in (1, 2)]  # rows without padding stay
+    assert collate_packed(full, 4, pad_id=0, flat=True).input_ids.tolist() == [[1, 1, 1, 1], [2, 2, 2, 2]]
 
 
 def test_example_spans_follow_position_ids():

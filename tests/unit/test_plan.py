@@ -142,16 +142,27 @@ def test_checkpointing_reduces_activations():
         ckpt = plan("llama-3.1-8b", method, gradient_checkpointing=True, **args)
         assert ckpt["memory_bytes"]["activations"] < plain["memory_bytes"]["activations"] / 4
         assert plain["activations_bytes"] == ckpt["activations_bytes"]  # both reported either way
-        assert ckpt["flops_per_token"]["recompute"] > 0 == plain["flops_per_token"]["recompute"]
+        # without checkpointing only full fine-tuning recomputes: its head's logits, in backward
+        head = 2 * plain["trained_fraction"] * 128256 * 4096 if method == "full" else 0
+        assert ckpt["flops_per_token"]["recompute"] > plain["flops_per_token"]["recompute"] == int(head)
     longer = plan("llama-3.1-8b", "lora", seq_len=4096, batch_size=4, micro_batch_size=4)
     assert longer["memory_bytes"]["activations"] > 2 * plain["memory_bytes"]["activations"] - 1
+
+
+def test_planner_chunk_is_the_loss_chunk():
+    from tunesmith.losses.sft import CHUNK_ROWS
+    from tunesmith.plan import CHUNK_ROWS as PLANNED
+
+    assert PLANNED == CHUNK_ROWS
 
 
 def test_logits_only_at_trained_positions():
     p = plan("llama-3.1-8b", "lora", seq_len=2048, batch_size=2, micro_batch_size=2, trained_fraction=0.25)
     lg = p["logits_bytes"]
     assert lg["naive_full"] == 2 * 2048 * 128256 * 4
-    assert lg["tunesmith_chunked"] == lg["naive_full"] // 4
+    trained = 2 * 2048 // 4
+    assert lg["tunesmith_chunked"] == trained * 4096 * 4  # E = softmax·W per trained row, no vocabulary-wide row
+    assert lg["chunk_in_flight"] == 512 * 128256 * 6  # one 512-row chunk: bf16 logits + their fp32 copy
     assert p["memory_bytes"]["logits"] == lg["tunesmith_chunked"] + lg["chunk_in_flight"]
 
 

@@ -73,3 +73,28 @@ def test_sequence_logps_splits_packed_rows_by_example_id():
     got, counts = sequence_logps(hidden, targets, w, example_ids=example_ids, num_examples=3)
     assert torch.allclose(got, expected, atol=1e-5)
     assert counts.tolist() == [2, 3, 2]
+
+
+def test_target_logps_gradients_match_log_softmax():
+    """The chunked head gives log_softmax's values and gradients, for a frozen head (hidden only) and a
+    trainable one (hidden, weight, bias), whatever the upstream gradient and the chunk size."""
+    from tunesmith.losses.sft import target_logps
+
+    torch.manual_seed(0)
+    hidden, weight, bias = torch.randn(2, 7, 16), torch.randn(50, 16), torch.randn(50)
+    targets = torch.randint(0, 50, (2, 7))
+    targets[0, :3] = IGNORE
+    upstream = torch.randn(int((targets != IGNORE).sum()))
+    for trainable_head in (False, True):
+        for chunk in (3, 512):
+            leaves = [t.clone().requires_grad_(trainable_head or i == 0) for i, t in enumerate((hidden, weight, bias))]
+            ref = [t.clone().requires_grad_(trainable_head or i == 0) for i, t in enumerate((hidden, weight, bias))]
+            logps, _ = target_logps(leaves[0], targets, leaves[1], leaves[2], chunk_size=chunk)
+            keep = targets != IGNORE
+            expected = torch.log_softmax(ref[0][keep] @ ref[1].t() + ref[2], -1).gather(1, targets[keep][:, None])
+            torch.testing.assert_close(logps, expected.squeeze(1))
+            (logps * upstream).sum().backward()
+            (expected.squeeze(1) * upstream).sum().backward()
+            for a, b in zip(leaves, ref):
+                if b.grad is not None:
+                    torch.testing.assert_close(a.grad, b.grad, atol=1e-5, rtol=1e-4)

@@ -77,9 +77,16 @@ def collate_padded(examples: list[TokenizedExample], pad_id: int) -> Batch:
 
 
 def collate_packed(examples: list[TokenizedExample], max_length: int, pad_id: int, flat: bool = False) -> Batch:
-    """Pack into as few rows of max_length as fit, every row as wide as the fullest; `flat`: one row of all."""
+    """Pack into as few rows of max_length as fit, every row as wide as the fullest.
+
+    `flat` (for a model with per-example attention): when those rows would not come out equally full,
+    one row holding every example instead, so no padding is computed at all. Equally full rows stay
+    (e.g. examples cut to max_length, one per row): the same tokens, and one batched attention call.
+    """
     lengths = [len(e.input_ids) for e in examples]
-    rows = [list(range(len(examples)))] if flat else pack_examples(lengths, max_length)
+    rows = pack_examples(lengths, max_length)
+    if flat and len({sum(lengths[i] for i in row) for row in rows}) > 1:
+        rows = [list(range(len(examples)))]
     width = max(sum(len(examples[i].input_ids) for i in row) for row in rows)
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     targets = torch.full((len(rows), width), IGNORE, dtype=torch.long)

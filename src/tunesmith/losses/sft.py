@@ -6,33 +6,83 @@ import torch
 import torch.nn.functional as F
 
 IGNORE = -100
+CHUNK_ROWS = 512  # rows of logits in flight: 512 x 49K x 4 B = 100 MB for SmolLM2
+
+
+class _LinearTargetLogps(torch.autograd.Function):
+    """logp_t = log softmax(W h_t + b)[y_t] for rows of h, `chunk` rows of logits at a time, never kept.
+
+    Gradient: d logp_t / d h_t = W[y_t] - Σ_v p_tv W_v = W[y_t] - E_t, with p_t = softmax(W h_t + b).
+    With a frozen head (LoRA, QLoRA) the forward computes E_t = p_t W chunk by chunk and keeps only it,
+    [rows, H] instead of the [rows, V] log-softmax autograd would keep (V = 49K for SmolLM2); then
+    backward is grad_h_t = g_t (W[y_t] - E_t), with no extra matmul. With a trainable head (full
+    fine-tuning) backward recomputes each chunk's softmax instead: grad_z = g (onehot(y) - p),
+    grad_h = grad_z W, grad_W = grad_zᵀ h, grad_b = Σ grad_z: one more head forward, the same memory bound.
+    """
+
+    @staticmethod
+    def forward(ctx, h, weight, bias, y, chunk):
+        head_grad = ctx.needs_input_grad[1] or ctx.needs_input_grad[2]
+        expect = ctx.needs_input_grad[0] and not head_grad
+        logps, expected = [], []
+        for start in range(0, h.shape[0], chunk):
+            z = F.linear(h[start : start + chunk], weight, bias).float()
+            lse = torch.logsumexp(z, dim=-1, keepdim=True)
+            logps.append((z.gather(1, y[start : start + chunk, None]) - lse).squeeze(1))
+            if expect:
+                p = z.sub_(lse).exp_()  # in place: one [chunk, V] buffer in flight
+                expected.append((p.to(weight.dtype) @ weight).float())
+        ctx.chunk, ctx.head_grad, ctx.h_dtype = chunk, head_grad, h.dtype
+        if expect:
+            ctx.save_for_backward(weight, y, torch.cat(expected))
+        elif head_grad or ctx.needs_input_grad[0]:
+            ctx.save_for_backward(weight, y, h, bias)
+        return torch.cat(logps)
+
+    @staticmethod
+    def backward(ctx, grad):
+        if not ctx.head_grad:
+            weight, y, expected = ctx.saved_tensors
+            grad_h = grad[:, None] * (weight[y].float() - expected)
+            return grad_h.to(ctx.h_dtype), None, None, None, None
+        weight, y, h, bias = ctx.saved_tensors
+        grad_h, grad_w = torch.empty_like(h), torch.zeros_like(weight, dtype=torch.float32)
+        grad_b = None if bias is None else torch.zeros_like(bias, dtype=torch.float32)
+        for start in range(0, h.shape[0], ctx.chunk):
+            hc, yc = h[start : start + ctx.chunk], y[start : start + ctx.chunk]
+            gz = torch.softmax(F.linear(hc, weight, bias).float(), dim=-1).neg_()
+            gz[torch.arange(len(yc), device=yc.device), yc] += 1
+            gz.mul_(grad[start : start + ctx.chunk, None])  # g (onehot(y) - p)
+            grad_h[start : start + ctx.chunk] = (gz.to(weight.dtype) @ weight).to(h.dtype)
+            grad_w += gz.t() @ hc.float()
+            if grad_b is not None:
+                grad_b += gz.sum(0)
+        return (grad_h, grad_w.to(weight.dtype), None if grad_b is None else grad_b.to(bias.dtype), None, None)
 
 
 def target_logps(hidden: torch.Tensor, targets: torch.Tensor, lm_head_weight: torch.Tensor,
                  lm_head_bias: torch.Tensor | None = None,
-                 chunk_size: int = 2048) -> tuple[torch.Tensor, torch.Tensor]:
+                 chunk_size: int = CHUNK_ROWS) -> tuple[torch.Tensor, torch.Tensor]:
     """log p(y_t | tokens <= t) at every position with y_t != IGNORE, and the row each belongs to.
 
         logp_t = log softmax(W h_t + b)[y_t]
 
     hidden: [rows, T, H] final hidden states; targets: [rows, T] already shifted (position t predicts
     y_t). Logits are computed only at trained positions (prompt and padding positions never get a
-    [vocabulary]-wide row: 49K floats each for SmolLM2), `chunk_size` rows per matmul.
+    [vocabulary]-wide row: 49K floats each for SmolLM2), `chunk_size` rows per matmul, and no
+    [vocabulary]-wide row is kept for backward (`_LinearTargetLogps`).
     """
     keep = targets.reshape(-1) != IGNORE
     rows = torch.arange(targets.shape[0], device=targets.device).repeat_interleave(targets.shape[1])[keep]
     h = hidden.reshape(-1, hidden.shape[-1])[keep]
     y = targets.reshape(-1)[keep]
-    parts = []
-    for start in range(0, h.shape[0], chunk_size):
-        logits = F.linear(h[start : start + chunk_size], lm_head_weight, lm_head_bias).float()
-        parts.append(-F.cross_entropy(logits, y[start : start + chunk_size], reduction="none"))
-    logps = torch.cat(parts) if parts else hidden.new_zeros(0, dtype=torch.float32)
-    return logps, rows
+    if h.shape[0] == 0:
+        return hidden.new_zeros(0, dtype=torch.float32), rows
+    return _LinearTargetLogps.apply(h, lm_head_weight, lm_head_bias, y, chunk_size), rows
 
 
 def token_nll_sum(hidden: torch.Tensor, targets: torch.Tensor, lm_head_weight: torch.Tensor,
-                  lm_head_bias: torch.Tensor | None = None, chunk_size: int = 2048) -> torch.Tensor:
+                  lm_head_bias: torch.Tensor | None = None, chunk_size: int = CHUNK_ROWS) -> torch.Tensor:
     """Sum of next-token negative log-likelihoods over the trained positions:
 
         loss_sum = Σ_{t : y_t ≠ -100}  −log softmax(W h_t + b)[y_t]
@@ -46,7 +96,7 @@ def token_nll_sum(hidden: torch.Tensor, targets: torch.Tensor, lm_head_weight: t
 
 def sequence_logps(hidden: torch.Tensor, targets: torch.Tensor, lm_head_weight: torch.Tensor,
                    lm_head_bias: torch.Tensor | None = None, example_ids: torch.Tensor | None = None,
-                   num_examples: int | None = None, chunk_size: int = 2048) -> tuple[torch.Tensor, torch.Tensor]:
+                   num_examples: int | None = None, chunk_size: int = CHUNK_ROWS) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-sequence sum of target log-probabilities, log π(y | x) = Σ_t logp_t, and target counts.
 
     `example_ids` [rows, T] names the sequence each position belongs to (packed rows hold several);
