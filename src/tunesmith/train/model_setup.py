@@ -53,8 +53,10 @@ def build_trainable_model(cfg, model_dir: Path, device: torch.device, amp_dtype:
 
 def compile_layers(model: torch.nn.Module) -> int:
     """torch.compile each decoder layer in place ("regional" compilation): the layers share one code, so it
-    is compiled once (plus once more if shapes vary) rather than the whole model at once, and the LM head,
-    loss and optimizer stay eager. Fuses what eager runs as separate passes over memory: RMSNorm, rotary
+    is compiled once rather than the whole model at once, and the LM head, loss and optimizer stay eager.
+    Shapes are dynamic from the start: packed rows change width every step, and the recompile for
+    dynamic shapes would otherwise land in the second step. Attention over packed examples runs eagerly
+    inside (models/attention.py). Fuses what eager runs as separate passes over memory: RMSNorm, rotary
     embedding, SiLU x up, and PEFT's `base + lora_B(lora_A(x)) * scale`. Returns the layers compiled."""
     layers = decoder_layers(model)
     for layer in layers:
