@@ -136,7 +136,7 @@ def tunesmith_argv(model, data, steps, seed, out, flags=()) -> list[str]:
             "--lora-alpha", str(LORA["alpha"]), "--lora-dropout", str(LORA["dropout"]), "--target", "all-linear",
             "--batch-size", str(BATCH), "--micro-batch-size", str(BATCH), "--max-length", str(MAX_LEN),
             "--precision", "fp32", "--lr", str(LR),
-            "--max-steps", str(steps), "--seed", str(seed), "--log-every", "1", "--out", out, "--overwrite"]
+            "--max-steps", str(steps), "--seed", str(seed), "--log-every", "1", "--out", out, "--overwrite", *flags]
 
 
 def run_child(side: str, a: argparse.Namespace, data: str, out: str, flags=()) -> tuple[dict, float]:

@@ -1,0 +1,102 @@
+"""Where one SFT LoRA step spends its time: torch.profiler over tunesmith's own forward + backward.
+
+Run from the repository root (CPU, about a minute):
+
+    PYTHONPATH=src python bench/profile_sft_step.py [--max-length 128] [--compile] [--rows 25]
+
+Builds what `tunesmith sft` trains in bench/run.py's SFT job: SmolLM2-135M-Instruct in fp32 (per-example
+attention), PEFT LoRA r16 / alpha 32 / dropout 0 on all linear layers, the first 8 examples of the demo's
+support data that keep part of their reply when cut to --max-length, loss on the assistant replies,
+packed as `tunesmith sft` packs them. It runs two untimed steps (the compile, with --compile), times three,
+then profiles one and prints the operators by self CPU time, and the share of the step that `aten::mm`
+takes with its achieved GFLOP/s against a 4096² fp32 matmul measured here.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--max-length", type=int, default=128)
+    ap.add_argument("--compile", action="store_true", help="compile the decoder layers as --compile does")
+    ap.add_argument("--rows", type=int, default=25, help="operators to list")
+    a = ap.parse_args()
+
+    from tunesmith.adapters.lora import apply_lora
+    from tunesmith.config.schema import LoraConfig
+    from tunesmith.data.formats import load_sft_file
+    from tunesmith.data.packing import collate
+    from tunesmith.data.templates import tokenize_conversations
+    from tunesmith.models import load_model, load_tokenizer, resolve_model_dir
+    from tunesmith.models.attention import packs_flat
+    from tunesmith.train.model_setup import compile_layers
+    from tunesmith.train.step import batch_nll_sum
+
+    model_dir = resolve_model_dir("smollm2-135m-instruct")
+    tokenizer = load_tokenizer(model_dir)
+    torch.manual_seed(0)
+    model = apply_lora(load_model(model_dir, torch.device("cpu")),
+                       LoraConfig(r=16, alpha=32, dropout=0.0, target="all-linear"))
+    if a.compile:
+        compile_layers(model)
+    model.train()
+    examples = []
+    for e in tokenize_conversations(tokenizer, load_sft_file(ROOT / "src/tunesmith/demo/data/support_train.jsonl")):
+        e.input_ids, e.labels = e.input_ids[: a.max_length], e.labels[: a.max_length]  # --overlength truncate
+        if any(t != -100 for t in e.labels[1:]) and len(examples) < 8:  # as the bench: rows left with a reply
+            examples.append(e)
+    batch = collate(examples, True, a.max_length, tokenizer.pad_token_id, packs_flat(model))
+
+    def step() -> None:
+        batch_nll_sum(model, batch).backward()
+
+    for _ in range(2):
+        step()
+    times = []
+    for _ in range(3):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        step()
+    events = prof.key_averages()
+    print(events.table(sort_by="self_cpu_time_total", row_limit=a.rows))
+    total = sum(e.self_cpu_time_total for e in events) / 1e6
+    mm = sum(e.self_cpu_time_total for e in events if e.key == "aten::mm") / 1e6
+    x, y = torch.randn(4096, 4096), torch.randn(4096, 4096)
+    x @ y
+    peak = max(2 * 4096**3 / t for t in [_timed(lambda: x @ y) for _ in range(5)])
+    from tunesmith.plan import flops_per_token, parameter_counts, parse_targets, resolve_shape
+
+    shape, _ = resolve_shape(str(model_dir))  # the FLOPs the step needs, counted as bench/run.py counts them
+    counts = parameter_counts(shape, "lora", 16, parse_targets("all-linear"))
+    needed = sum(len(e.input_ids) * flops_per_token(shape, "lora", counts, len(e.input_ids), False,
+                                                    sum(t != -100 for t in e.labels[1:]) / len(e.input_ids))["model"]
+                 for e in examples)
+    n, m = batch.num_tokens, batch.num_targets
+    print(json.dumps({
+        "shape": list(batch.input_ids.shape), "tokens": n, "trained": m, "compile": a.compile,
+        "step_s": [round(t, 3) for t in times], "profiled_self_cpu_s": round(total, 3),
+        "mm_share": round(mm / total, 3), "mm_gflops_per_s_if_all_model_flops": round(needed / mm / 1e9, 1),
+        "matmul_peak_gflops_per_s": round(peak / 1e9, 1), "mfu": round(needed / min(times) / peak, 3),
+    }, indent=1))
+
+
+def _timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+if __name__ == "__main__":
+    main()
