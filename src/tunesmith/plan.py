@@ -61,7 +61,7 @@ separate fp32 master copy: the weights ARE the master copy)
                  weight and dequantises it again in backward).
     logits       tunesmith computes logits only at trained positions, 512 rows per matmul, and keeps
                  no vocabulary-wide row for backward (losses/sft.py `_LinearTargetLogps`): with a
-                 frozen head it keeps E = softmax·W per trained row, t·φ·d·4 B
+                 frozen head it keeps G = (softmax − onehot)·W per trained row, t·φ·d·4 B
                  (`logits_bytes.tunesmith_chunked`); full fine-tuning keeps nothing and recomputes each
                  chunk in backward. In flight: one chunk, min(512, t·φ)·V·(a + 4) B (bf16 logits and
                  their fp32 copy; full: + 4 B for the softmax of the backward's recompute;
@@ -343,7 +343,7 @@ def memory_breakdown(shape: Shape, method: str, counts: dict, targets: list[str]
         copies = blocks + head
     else:
         copies = 0
-    kept = 0 if full else trained * d * 4  # E_t = p_t W per trained row; full saves nothing (recomputes)
+    kept = 0 if full else trained * d * 4  # G_t = (p_t - onehot) W per trained row; full keeps none
     per_row = (act_bytes + 4 if act_bytes == 2 else 4) + (4 if full else 0)  # z fp32 (+ bf16); full: + softmax
     in_flight = min(CHUNK_ROWS, trained) * V * per_row
     logits = kept + in_flight

@@ -98,3 +98,24 @@ def test_target_logps_gradients_match_log_softmax():
             for a, b in zip(leaves, ref):
                 if b.grad is not None:
                     torch.testing.assert_close(a.grad, b.grad, atol=1e-5, rtol=1e-4)
+
+
+def test_target_logps_gradient_survives_bf16_autocast_near_one_hot():
+    """A confident model (p_y near 1) under bf16 autocast: the kept rows must not cancel into rounding noise."""
+    from tunesmith.losses.sft import target_logps
+
+    torch.manual_seed(0)
+    weight = torch.randn(64, 16)
+    targets = torch.randint(0, 64, (1, 12))
+    hidden = (weight[targets[0]] * 8.0)[None].clone()  # logits peak at the target: p_y close to 1
+    grads = []
+    for ours in (True, False):
+        h = hidden.clone().requires_grad_(True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            if ours:
+                logps, _ = target_logps(h, targets, weight)
+            else:
+                logps = torch.log_softmax((h[0] @ weight.t()).float(), -1).gather(1, targets[0][:, None])
+        logps.sum().backward()
+        grads.append(h.grad)
+    assert (grads[0] - grads[1]).norm() < 0.05 * grads[1].norm(), ((grads[0] - grads[1]).norm(), grads[1].norm())

@@ -12,10 +12,12 @@ CHUNK_ROWS = 512  # rows of logits in flight: 512 x 49K x 4 B = 100 MB for SmolL
 class _LinearTargetLogps(torch.autograd.Function):
     """logp_t = log softmax(W h_t + b)[y_t] for rows of h, `chunk` rows of logits at a time, never kept.
 
-    Gradient: d logp_t / d h_t = W[y_t] - Σ_v p_tv W_v = W[y_t] - E_t, with p_t = softmax(W h_t + b).
-    With a frozen head (LoRA, QLoRA) the forward computes E_t = p_t W chunk by chunk and keeps only it,
+    Gradient: d logp_t / d h_t = -(p_t - onehot(y_t)) W = -G_t, with p_t = softmax(W h_t + b).
+    With a frozen head (LoRA, QLoRA) the forward computes G_t chunk by chunk and keeps only it,
     [rows, H] instead of the [rows, V] log-softmax autograd would keep (V = 49K for SmolLM2); then
-    backward is grad_h_t = g_t (W[y_t] - E_t), with no extra matmul. With a trainable head (full
+    backward is grad_h_t = -g_t G_t, with no extra matmul. (G, not W[y] - p W: when p_t nears onehot
+    the two terms cancel, and under bf16 autocast their rounding would swamp the gradient; G's matmul
+    rounds like the usual backward's.) With a trainable head (full
     fine-tuning) backward recomputes each chunk's softmax instead: grad_z = g (onehot(y) - p),
     grad_h = grad_z W, grad_W = grad_zᵀ h, grad_b = Σ grad_z: one more head forward, the same memory bound.
     """
@@ -24,13 +26,14 @@ class _LinearTargetLogps(torch.autograd.Function):
     def forward(ctx, h, weight, bias, y, chunk):
         head_grad = ctx.needs_input_grad[1] or ctx.needs_input_grad[2]
         expect = ctx.needs_input_grad[0] and not head_grad
-        logps, expected = [], []
+        logps, expected = [], []  # expected: G rows, (p - onehot(y)) W
         for start in range(0, h.shape[0], chunk):
             z = F.linear(h[start : start + chunk], weight, bias).float()
             lse = torch.logsumexp(z, dim=-1, keepdim=True)
             logps.append((z.gather(1, y[start : start + chunk, None]) - lse).squeeze(1))
             if expect:
                 p = z.sub_(lse).exp_()  # in place: one [chunk, V] buffer in flight
+                p[torch.arange(p.shape[0], device=p.device), y[start : start + chunk]] -= 1  # p - onehot(y)
                 expected.append((p.to(weight.dtype) @ weight).float())
         ctx.chunk, ctx.head_grad, ctx.h_dtype = chunk, head_grad, h.dtype
         if expect:
@@ -42,9 +45,8 @@ class _LinearTargetLogps(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         if not ctx.head_grad:
-            weight, y, expected = ctx.saved_tensors
-            grad_h = grad[:, None] * (weight[y].float() - expected)
-            return grad_h.to(ctx.h_dtype), None, None, None, None
+            weight, y, g_rows = ctx.saved_tensors
+            return (-grad[:, None] * g_rows).to(ctx.h_dtype), None, None, None, None
         weight, y, h, bias = ctx.saved_tensors
         grad_h, grad_w = torch.empty_like(h), torch.zeros_like(weight, dtype=torch.float32)
         grad_b = None if bias is None else torch.zeros_like(bias, dtype=torch.float32)
