@@ -130,6 +130,8 @@ def timed_steps(model_dir: Path, run: dict) -> list[tuple[float, float]]:
             for b, s in list(zip(run["batches"], run["step_s"]))[1:]]
 
 
+@pytest.mark.skipif(os.environ.get("TUNESMITH_TIMING_TESTS") != "1",
+                    reason="timed: run with TUNESMITH_TIMING_TESTS=1 on a quiet machine (the suite stays untimed)")
 def test_step_time_from_the_measured_mfu(measured, model_dir):
     """The MFU measured on one shape predicts, through the planner, the step time of another within 30%."""
     peak = matmul_peak_tflops()
