@@ -73,16 +73,11 @@ def main() -> None:
     print(events.table(sort_by="self_cpu_time_total", row_limit=a.rows))
     total = sum(e.self_cpu_time_total for e in events) / 1e6
     mm = sum(e.self_cpu_time_total for e in events if e.key == "aten::mm") / 1e6
-    x, y = torch.randn(4096, 4096), torch.randn(4096, 4096)
-    x @ y
-    peak = max(2 * 4096**3 / t for t in [_timed(lambda: x @ y) for _ in range(5)])
-    from tunesmith.plan import flops_per_token, parameter_counts, parse_targets, resolve_shape
+    from run import measure_peak, model_counts, sft_flops  # bench/run.py: the harness's peak and FLOP count
 
-    shape, _ = resolve_shape(str(model_dir))  # the FLOPs the step needs, counted as bench/run.py counts them
-    counts = parameter_counts(shape, "lora", 16, parse_targets("all-linear"))
-    needed = sum(len(e.input_ids) * flops_per_token(shape, "lora", counts, len(e.input_ids), False,
-                                                    sum(t != -100 for t in e.labels[1:]) / len(e.input_ids))["model"]
-                 for e in examples)
+    peak = measure_peak()["flops_per_s"]
+    counts, shape = model_counts(str(model_dir), "lora")
+    needed = sum(sft_flops(counts, shape, len(e.input_ids), sum(t != -100 for t in e.labels[1:])) for e in examples)
     n, m = batch.num_tokens, batch.num_targets
     print(json.dumps({
         "shape": list(batch.input_ids.shape), "tokens": n, "trained": m, "compile": a.compile,
@@ -90,12 +85,6 @@ def main() -> None:
         "mm_share": round(mm / total, 3), "mm_gflops_per_s_if_all_model_flops": round(needed / mm / 1e9, 1),
         "matmul_peak_gflops_per_s": round(peak / 1e9, 1), "mfu": round(needed / min(times) / peak, 3),
     }, indent=1))
-
-
-def _timed(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
 
 
 if __name__ == "__main__":

@@ -87,7 +87,7 @@ def collate_packed(examples: list[TokenizedExample], max_length: int, pad_id: in
     rows = pack_examples(lengths, max_length)
     if flat and len({sum(lengths[i] for i in row) for row in rows}) > 1:
         rows = [list(range(len(examples)))]
-    width = max(sum(len(examples[i].input_ids) for i in row) for row in rows)
+    width = max(sum(lengths[i] for i in row) for row in rows)
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     targets = torch.full((len(rows), width), IGNORE, dtype=torch.long)
     positions = torch.zeros((len(rows), width), dtype=torch.long)

@@ -37,7 +37,7 @@ class _LinearTargetLogps(torch.autograd.Function):
                 expected.append((p.to(weight.dtype) @ weight).float())
         ctx.chunk, ctx.head_grad, ctx.h_dtype = chunk, head_grad, h.dtype
         if expect:
-            ctx.save_for_backward(weight, y, torch.cat(expected))
+            ctx.save_for_backward(torch.cat(expected))  # all that backward needs
         elif head_grad or ctx.needs_input_grad[0]:
             ctx.save_for_backward(weight, y, h, bias)
         return torch.cat(logps)
@@ -45,7 +45,7 @@ class _LinearTargetLogps(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         if not ctx.head_grad:
-            weight, y, g_rows = ctx.saved_tensors
+            (g_rows,) = ctx.saved_tensors
             return (-grad[:, None] * g_rows).to(ctx.h_dtype), None, None, None, None
         weight, y, h, bias = ctx.saved_tensors
         grad_h, grad_w = torch.empty_like(h), torch.zeros_like(weight, dtype=torch.float32)
