@@ -170,7 +170,8 @@ def tunesmith_row(name: str, a, data: str, tmp: str, flags: list[str], step_toke
                # packed rows compute every sequence token; the default rows compute each prompt once, so
                # fewer tokens go through the model than the harness counts (never more)
                tokens_match_harness=own == step_tokens if packing else all(o <= t for o, t in zip(own, step_tokens)),
-               tokens_computed_share=sum(own) / sum(step_tokens), pairs_match=pairs == [BATCH] * a.steps,
+               tokens_computed_share=sum(own) / sum(step_tokens), shares_prompt=not packing,
+               pairs_match=pairs == [BATCH] * a.steps,
                losses=[r.get("loss") for r in recs], child_wall_s=wall, threads=res["threads"])
 
 

@@ -2,12 +2,13 @@
 
 Run from the repository root (CPU, about a minute):
 
-    PYTHONPATH=src python bench/profile_sft_step.py [--max-length 128] [--compile] [--rows 25]
+    PYTHONPATH=src python bench/profile_sft_step.py [--max-length 128] [--compile] [--no-shared-prefix] [--rows 25]
 
 Builds what `tunesmith sft` trains in bench/run.py's SFT job: SmolLM2-135M-Instruct in fp32 (per-example
 attention), PEFT LoRA r16 / alpha 32 / dropout 0 on all linear layers, the first 8 examples of the demo's
 support data that keep part of their reply when cut to --max-length, loss on the assistant replies,
-packed as `tunesmith sft` packs them. It runs two untimed steps (the compile, with --compile), times three,
+packed as `tunesmith sft` packs them (their shared system prompt once; --no-shared-prefix: once per
+example). It runs two untimed steps (the compile, with --compile), times three,
 then profiles one and prints the operators by self CPU time, and the share of the step that `aten::mm`
 takes with its achieved GFLOP/s against a 4096² fp32 matmul measured here.
 """
@@ -28,6 +29,8 @@ def main() -> None:
     ap.add_argument("--max-length", type=int, default=128)
     ap.add_argument("--compile", action="store_true", help="compile the decoder layers as --compile does")
     ap.add_argument("--rows", type=int, default=25, help="operators to list")
+    ap.add_argument("--no-shared-prefix", dest="shared_prefix", action="store_false",
+                    help="compute the system prompt once per example, not once per step")
     a = ap.parse_args()
 
     from tunesmith.adapters.lora import apply_lora
@@ -53,7 +56,8 @@ def main() -> None:
         e.input_ids, e.labels = e.input_ids[: a.max_length], e.labels[: a.max_length]  # --overlength truncate
         if any(t != -100 for t in e.labels[1:]) and len(examples) < 8:  # as the bench: rows left with a reply
             examples.append(e)
-    batch = collate(examples, True, a.max_length, tokenizer.pad_token_id, packs_flat(model))
+    flat = packs_flat(model)
+    batch = collate(examples, True, a.max_length, tokenizer.pad_token_id, flat, flat and a.shared_prefix)
 
     def step() -> None:
         batch_nll_sum(model, batch).backward()
@@ -78,9 +82,15 @@ def main() -> None:
     peak = measure_peak()["flops_per_s"]
     counts, shape = model_counts(str(model_dir), "lora")
     needed = sum(sft_flops(counts, shape, len(e.input_ids), sum(t != -100 for t in e.labels[1:])) for e in examples)
+    if batch.input_ids.numel() < batch.num_tokens:  # a shared prefix ran once: its other copies are not work done
+        from tunesmith.data.packing import prefix_groups, trained_from
+
+        groups = prefix_groups([e.input_ids for e in examples], [trained_from(e) for e in examples])
+        needed -= sum((len(m) - 1) * sft_flops(counts, shape, s, 0) for s, m in groups if len(m) > 1)
     n, m = batch.num_tokens, batch.num_targets
     print(json.dumps({
         "shape": list(batch.input_ids.shape), "tokens": n, "trained": m, "compile": a.compile,
+        "shared_prefix": a.shared_prefix,
         "step_s": [round(t, 3) for t in times], "profiled_self_cpu_s": round(total, 3),
         "mm_share": round(mm / total, 3), "mm_gflops_per_s_if_all_model_flops": round(needed / mm / 1e9, 1),
         "matmul_peak_gflops_per_s": round(peak / 1e9, 1), "mfu": round(needed / min(times) / peak, 3),

@@ -18,7 +18,9 @@ What it does, in order, in one process tree:
        sft-qlora   SFT, LoRA over an NF4 double-quantised base  (TRL SFTTrainer + PEFT + bitsandbytes)
        dpo-lora    DPO (sigmoid, beta 0.1), reference = adapter off (TRL DPOTrainer + PEFT)
    each at every --lengths max length. tunesmith runs with its defaults (SFT packs each step's examples into
-   rows; DPO computes each pair's prompt once); TRL with its defaults except the settings both must share.
+   one row and computes a prefix they share, here the demo data's system prompt, once; DPO computes each
+   pair's prompt once), and once more with each --extra flag; TRL with its defaults except the settings both
+   must share.
 3. Computes, per row: tokens/s (non-padding tokens of the timed steps / their wall seconds; pairs/s for DPO),
    peak RSS of the training process, both as ratios to TRL's row of the same job, and
 
@@ -31,10 +33,12 @@ What it does, in order, in one process tree:
                           head is needed at trained positions only; attention score/value matmuls causal-counted)
        DPO                per chosen and rejected sequence, the SFT count (the policy) plus the reference
                           forward 2 N_lin n + 2 N_head m + 2 L qd n^2
-   The same count is used for both sides, so MFU ratios equal speed ratios; it is the work the training
-   needs, not what a trainer executes (TRL also computes logits at untrained positions and padding;
-   tunesmith's DPO computes each shared prompt once, so its executed FLOPs are fewer than counted).
-   QLoRA's dequantisation is not counted as FLOPs.
+   less what a row's layout never computes: tunesmith computes a prompt prefix that a step's SFT examples
+   share once (`--no-shared-prefix` rows do not), and each DPO pair's prompt once; there the k - 1 copies
+   of the prefix (per pair: the prompt less one token) are not counted. So MFU measures how busy each side
+   keeps the machine with the work its layout needs, and speed ratios also show the work a layout skips.
+   Neither side is counted for padding or for logits at untrained positions (TRL computes both). QLoRA's
+   dequantisation is not counted as FLOPs.
 4. Writes bench/results/<date>-<host>.json (everything, including each sub-bench's full result) and
    bench/results/<date>-<host>.md (the table and the issue-7 targets, each marked met or not).
 """
@@ -49,6 +53,7 @@ JOBS = {"sft-lora": ("sft_vs_trl.py", "lora"), "sft-qlora": ("sft_vs_trl.py", "q
 # issue 7's targets on a 2-core CPU: speed ratio to TRL (at least), memory ratio (at most), MFU, QLoRA/LoRA step time
 TARGETS = {"sft-lora": (2.5, 0.8), "dpo-lora": (2.0, 0.8)}
 SFT_LORA_MFU, QLORA_STEP_RATIO = 0.5, 1.5
+SFT_ONLY = {"--no-shared-prefix"}  # --extra flags that only `tunesmith sft` takes
 
 
 def measure_peak(dtype_name: str = "float32", n: int = 4096, repeats: int = 5) -> dict:
@@ -86,23 +91,34 @@ def reference_flops(c: dict, shape, n: int, m: int) -> float:
     return 2 * c["block_linear"] * n + 2 * c["head_matmul"] * m + 2 * shape.layers * shape.heads * shape.hd * n * n
 
 
-def step_flops(job: str, result: dict, c: dict, shape) -> list[float]:
-    """Model FLOPs of each step's examples (8 per step, in the order both sides trained them)."""
+def step_flops(job: str, result: dict, c: dict, shape, row: dict) -> list[float]:
+    """Model FLOPs of each step's examples (8 per step, in the order both sides trained them), less what a
+    row's own layout never computes: a prefix that k examples share runs once (tunesmith SFT), a pair's
+    prompt runs once (tunesmith DPO; the rejected sequence restarts from the prompt's last token)."""
     ex = result["examples"]
     if job.startswith("sft"):
         per = [sft_flops(c, shape, e["tokens"], e["trained"]) for e in ex]
     else:
         per = [sum(sft_flops(c, shape, n, n - e["prompt"]) + reference_flops(c, shape, n, n - e["prompt"])
                    for n in (e["chosen"], e["rejected"])) for e in ex]
+        if row.get("shares_prompt"):
+            once = [min(e["prompt"], e["chosen"], e["rejected"]) - 1 for e in ex]
+            per = [f - (sft_flops(c, shape, s, 0) + reference_flops(c, shape, s, 0) if s > 0 else 0)
+                   for f, s in zip(per, once)]
     batch = len(per) // len(result["harness_step_tokens"])
-    return [sum(per[i:i + batch]) for i in range(0, len(per), batch)]
+    steps = [sum(per[i:i + batch]) for i in range(0, len(per), batch)]
+    if job.startswith("sft") and row.get("shares_prefixes"):
+        steps = [f - sum((k - 1) * sft_flops(c, shape, s, 0) for s, k in groups)
+                 for f, groups in zip(steps, result["shared_prefixes"])]
+    return steps
 
 
 def run_job(job: str, length: int, a, tmp: str) -> dict:
     script, method = JOBS[job]
     out = Path(tmp, f"{job}-{length}")
+    extra = [f for f in a.extra if script == "sft_vs_trl.py" or f not in SFT_ONLY]
     cmd = [sys.executable, str(ROOT / "bench" / script), "--steps", str(a.steps), "--warmup-steps", str(a.warmup_steps),
-           "--max-length", str(length), "--results-dir", str(out), "--model", a.model, f"--extra={','.join(a.extra)}"]
+           "--max-length", str(length), "--results-dir", str(out), "--model", a.model, f"--extra={','.join(extra)}"]
     if script == "sft_vs_trl.py":
         cmd += ["--method", method]
     print(f"== {job} at max length {length}: {' '.join(cmd[1:])}", flush=True)
@@ -120,11 +136,10 @@ def run_job(job: str, length: int, a, tmp: str) -> dict:
 
 def summarise(job: str, length: int, result: dict, peak: float, model_dir: str) -> list[dict]:
     c, shape = model_counts(model_dir, JOBS[job][1])
-    flops = step_flops(job, result, c, shape)
     w = result["settings"]["warmup_steps"]
     rows = []
     for r in result["rows"]:
-        timed_flops = sum(flops[w:])
+        timed_flops = sum(step_flops(job, result, c, shape, r)[w:])
         rows.append(dict(
             job=job, max_length=length, side=r["side"], tokens_per_s=r["tokens_per_s"],
             pairs_per_s=r.get("pairs_per_s"), s_per_step=r["s_per_step"], s_per_step_median=r["s_per_step_median"],
@@ -185,8 +200,9 @@ def main() -> None:
     ap.add_argument("--model", help="HF model directory (default: tunesmith's smollm2-135m-instruct)")
     ap.add_argument("--results-dir", default=str(ROOT / "bench/results"))
     ap.add_argument("--name", help="results file name without extension (default <date>-<host>)")
-    ap.add_argument("--extra", default="--compile", help="tunesmith flags, comma-separated, each run as an extra "
-                    "tunesmith row (default --compile; '' for none)")
+    ap.add_argument("--extra", default="--compile,--no-shared-prefix", help="tunesmith flags, comma-separated, "
+                    "each run as an extra tunesmith row (default --compile,--no-shared-prefix, the latter for SFT "
+                    "only; '' for none)")
     ap.add_argument("--quick", action="store_true", help="3 steps, max length 128 only (a smoke run)")
     a = ap.parse_args()
     if a.quick:

@@ -16,8 +16,9 @@ in its own fresh subprocess, which reports its peak RSS (ru_maxrss). tokens/s = 
 steps' examples, counted once here with the model's tokenizer and chat template, / wall seconds of the timed steps
 (TRL: a TrainerCallback from on_step_begin to on_step_end; tunesmith: `step_s` in its metrics.jsonl). TRL pads each
 batch to its longest row (its default, no packing); tunesmith runs with its defaults, which pack each step's 8
-examples into one row with no padding (attention per example), and in extra rows with each of the --extra flags (default: --no-packing, padding
-like TRL; bench/run.py asks for --compile).
+examples into one row with no padding (attention per example) and compute a prompt prefix that they share once
+(the demo data's 81-token system prompt: `--no-shared-prefix` turns that off), and in extra rows with each of the
+--extra flags (default: --no-packing, padding like TRL; bench/run.py asks for --compile and --no-shared-prefix).
 Prints a table and writes bench/results/sft_vs_trl-<date>-<host>.json (see --results-dir).
 """
 from __future__ import annotations
@@ -171,6 +172,7 @@ def tunesmith_row(name: str, a, data: str, tmp: str, flags: list[str], step_toke
     own = [int(r["tokens"]) for r in recs]
     return row(name, [float(r["step_s"]) for r in recs], step_tokens, a.warmup_steps, res["maxrss_kib"],
                tunesmith_reported_tokens=own, tokens_match_harness=own == step_tokens,
+               shares_prefixes=not {"--no-shared-prefix", "--no-packing"} & set(flags),
                losses=[r.get("loss") for r in recs], child_wall_s=wall, threads=res["threads"])
 
 
@@ -244,9 +246,15 @@ def main() -> None:
         else:
             skipped += 1
     assert len(rows) == a.steps * BATCH, f"{a.data}: {len(rows)} usable rows, need {a.steps * BATCH}"
-    ex_tokens = [min(len(tok.apply_chat_template(r["messages"], tokenize=True, return_dict=True)["input_ids"]),
-                     MAX_LEN) for r in rows]
+    ex_ids = [tok.apply_chat_template(r["messages"], tokenize=True, return_dict=True)["input_ids"][:MAX_LEN]
+              for r in rows]
+    ex_tokens = [len(ids) for ids in ex_ids]
     step_tokens = [sum(ex_tokens[i * BATCH:(i + 1) * BATCH]) for i in range(a.steps)]
+    # the prefixes (s tokens shared by k examples) that tunesmith's default packing computes once per step
+    from tunesmith.data.packing import prefix_groups
+
+    shared = [[[s, len(m)] for s, m in prefix_groups(ex_ids[i * BATCH:(i + 1) * BATCH], starts[i * BATCH:(i + 1) * BATCH])
+               if len(m) > 1] for i in range(a.steps)]
     # what the model FLOPs of MFU need (bench/run.py): each example's length, and the tokens from its first reply
     # on (the trained ones, for a single-turn chat; an upper bound when later user turns follow)
     examples = [dict(tokens=n, trained=n - s) for n, s in zip(ex_tokens, starts)]
@@ -305,7 +313,8 @@ def main() -> None:
         versions=dict(python=platform.python_version(), torch=torch.__version__,
                       transformers=transformers.__version__, peft=peft.__version__, trl=trl.__version__),
         machine=dict(platform=platform.platform(), cpus=os.cpu_count()),
-        harness_step_tokens=step_tokens, examples=examples, rows_skipped=skipped, rows=table, notes=notes,
+        harness_step_tokens=step_tokens, examples=examples, shared_prefixes=shared, rows_skipped=skipped,
+        rows=table, notes=notes,
         tokens_per_s_ratio=ts and ts["tokens_per_s_ratio"], peak_rss_ratio=ts and ts["peak_rss_ratio"],
     )
     path = Path(a.results_dir).resolve() / f"sft_vs_trl-{result['date']}-{result['host']}.json"

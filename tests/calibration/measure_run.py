@@ -11,7 +11,8 @@ the recipe calls are wrapped (the recipe itself is untouched):
                          after loading, freed memory is handed back to the OS (malloc_trim) and the
                          kernel's peak-RSS counter (VmHWM) is reset, so loading transients (a state dict
                          and the model both alive, NF4 quantisation) are not what the peak measures.
-  collate                the shape of every micro-batch: rows, width, real tokens, trained tokens.
+  collate                the shape of every micro-batch: rows, width, real tokens (the examples'), tokens
+                         computed (fewer when examples share a prefix), trained tokens.
   optimizer_step         the time each step ends and the peak RSS so far; after the last step the run
                          stops (the final checkpoint and save are not training and are not measured).
 
@@ -137,11 +138,13 @@ def main(argv: list[str]) -> int:
         step_start[0] = time.perf_counter()
         return result
 
-    def measured_collate(examples, packing, max_length, pad_id, flat=False):
-        batch = collate(examples, packing, max_length, pad_id, flat)
+    def measured_collate(examples, *args, **kwargs):
+        batch = collate(examples, *args, **kwargs)
         rows, width = batch.input_ids.shape
         out["batches"].append({"step": len(out["step_s"]) + 1, "rows": rows, "width": width, "examples": len(examples),
-                               "tokens": batch.num_tokens, "targets": batch.num_targets})
+                               "tokens": batch.num_tokens, "targets": batch.num_targets,
+                               # through the model: one row has no padding, and holds a shared prefix once
+                               "computed": width if rows == 1 else batch.num_tokens})
         return batch
 
     def measured_step(*args, **kwargs):

@@ -84,10 +84,11 @@ def measured(model_dir, tmp_path_factory):
 
 
 def shape(batch: dict) -> tuple[int, int]:
-    """(sequences, length) with sequences x length = the tokens computed: examples x their mean length when
-    packed (one row, no padding: attention runs per example), rows x width when padded."""
+    """(sequences, length) with sequences x length = the tokens computed: examples x the tokens computed per
+    example when packed (one row, no padding: attention runs per example; the demo's shared system prompt
+    once), rows x width when padded."""
     if batch["rows"] == 1 and batch["examples"] > 1:
-        return batch["examples"], round(batch["tokens"] / batch["examples"])
+        return batch["examples"], round(batch["computed"] / batch["examples"])
     return batch["rows"], batch["width"]
 
 

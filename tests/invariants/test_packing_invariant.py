@@ -73,3 +73,37 @@ def test_packed_examples_do_not_attend_to_each_other(tiny_dir, tokenizer):
     starts = (batch.position_ids[0] == 0).nonzero().flatten().tolist()
     assert starts[:4] == [0, first_len, first_len + len(examples[1].input_ids),
                           first_len + len(examples[1].input_ids) + len(examples[2].input_ids)]
+
+
+def test_shared_prefix_loss_equals_unpacked(tiny_dir, tokenizer):
+    """Examples that share a system prompt (two of them their whole prompt) in one row that holds each
+    shared prefix once: the same loss and gradients as one example per padded row, with fewer tokens."""
+    from tunesmith.data.packing import prefix_groups, trained_from
+
+    system = {"role": "system", "content": "You turn support tickets into JSON with the keys name, order and intent."}
+    rows = []
+    for i, r in enumerate(chat_rows(12, seed=5)):
+        if "messages" in r and i % 3:  # most chats get the long system prompt, the others keep theirs
+            r = {"messages": [system] + [m for m in r["messages"] if m["role"] != "system"]}
+        rows.append(r)
+    same = {"role": "user", "content": "where is my parcel"}
+    rows += [{"messages": [system, same, {"role": "assistant", "content": reply}]}
+             for reply in ("on its way", "delivered yesterday at noon")]
+    convs = [Conversation(parse_row(r)[0], f"row{i}") for i, r in enumerate(rows)]
+    model = load_model(tiny_dir, torch.device("cpu"))
+    assert packs_flat(model)
+    model.requires_grad_(True)
+    for train_on_prompt in (False, True):
+        examples = tokenize_conversations(tokenizer, convs, train_on_prompt)
+        groups = prefix_groups([e.input_ids for e in examples], [trained_from(e) for e in examples])
+        saved = sum((len(members) - 1) * s for s, members in groups)
+        assert (saved > 0) == (not train_on_prompt)  # training on the prompt leaves nothing to share
+        padded = collate_padded(examples, tokenizer.pad_token_id)
+        shared = collate_packed(examples, 256, tokenizer.pad_token_id, flat=True, share_prefixes=True)
+        assert shared.input_ids.shape == (1, padded.num_tokens - saved)
+        assert (shared.num_tokens, shared.num_targets) == (padded.num_tokens, padded.num_targets)
+        loss_a, grads_a = _loss_and_grads(model, padded)
+        loss_b, grads_b = _loss_and_grads(model, shared)
+        assert abs(loss_a - loss_b) < 1e-5, (train_on_prompt, loss_a, loss_b)
+        for name in grads_a:
+            torch.testing.assert_close(grads_a[name], grads_b[name], atol=1e-5, rtol=1e-4)

@@ -59,8 +59,51 @@ def test_example_spans_follow_position_ids():
 
     from tunesmith.models.attention import example_spans
 
-    positions = torch.tensor([[0, 1, 2, 0, 1, 0, 1, 2, 3], [0, 1, 2, 3, 4, 5, 0, 1, 2], [4, 5, 6, 7, 8, 9, 10, 11, 12]])
-    assert example_spans(positions) == [[(0, 3), (3, 5), (5, 9)], [(0, 6), (6, 9)], [(0, 9)]]
+    positions = torch.tensor([[0, 1, 2, 0, 1, 0, 1, 2, 3], [0, 1, 2, 3, 4, 5, 0, 1, 2], [4, 5, 6, 7, 8, 9, 10, 11, 12],
+                              [0, 1, 2, 3, 2, 3, 4, 2, 3]])
+    assert example_spans(positions) == [[(0, 3, 0), (3, 5, 0), (5, 9, 0)], [(0, 6, 0), (6, 9, 0)], [(0, 9, 4)],
+                                        [(0, 4, 0), (4, 7, 2), (7, 9, 2)]]
+
+
+def test_prefix_groups_share_untrained_prompts_only():
+    from tunesmith.data.packing import prefix_groups
+
+    system = list(range(100, 110))  # ten tokens every sequence but the third begins with
+    ids = [system + [1, 2, 3], system + [4, 5], [7] * 12, system + [1, 2, 9], system[:5] + [8] * 8]
+    trained = [11, 10, 3, 11, 6]
+    # 0, 1 and 3 share the ten system tokens, less the one each restarts from: 2 x 9 saved. 4 shares
+    # only 5 - 1 with them (all four: 3 x 4 = 12 saved, fewer), so it stays alone; 2 shares nothing
+    assert prefix_groups(ids, trained, min_shared=4) == [(9, [0, 1, 3]), (0, [2]), (0, [4])]
+    # the same sequences in another order: the same groups
+    assert prefix_groups(ids[::-1], trained[::-1], min_shared=4) == [(0, [0]), (9, [1, 3, 4]), (0, [2])]
+    # 0 and 3 alone share 10 (one short of their 11 common untrained tokens), but 1 with them saves 2 x 9
+    assert prefix_groups([ids[0], ids[3]], [11, 11], min_shared=4) == [(10, [0, 1])]
+    assert prefix_groups([ids[0], ids[3], ids[1]], [11, 11, 10], min_shared=4) == [(9, [0, 1, 2])]
+    assert prefix_groups(ids, trained, min_shared=10) == [(10, [0, 3]), (0, [1]), (0, [2]), (0, [4])]
+    assert prefix_groups(ids[:2], [0, 0], min_shared=1) == [(0, [0]), (0, [1])]  # trained from the start: no sharing
+    assert prefix_groups([system + [1], system + [1]], [len(system) + 1] * 2, min_shared=4) == [(10, [0, 1])]
+
+
+def test_shared_prefix_rows_lay_each_prefix_out_once():
+    from tunesmith.data.packing import collate_shared_prefixes, prefix_groups
+
+    system = [9, 9, 9, 9, 8]
+    examples = [TokenizedExample(system + [1, 2], [IGNORE] * 5 + [1, 2], "a"),
+                TokenizedExample([5, 6, 7], [IGNORE, 6, 7], "b"),
+                TokenizedExample(system + [3], [IGNORE] * 5 + [3], "c")]
+    groups = prefix_groups([e.input_ids for e in examples], [5, 1, 5], min_shared=3)
+    assert groups == [(4, [0, 2]), (0, [1])]
+    batch = collate_shared_prefixes(examples, groups)
+    assert batch.input_ids.tolist() == [[9, 9, 9, 9, 8, 1, 2, 8, 3, 5, 6, 7]]
+    assert batch.position_ids.tolist() == [[0, 1, 2, 3, 4, 5, 6, 4, 5, 0, 1, 2]]
+    assert batch.targets.tolist() == [[IGNORE, IGNORE, IGNORE, IGNORE, 1, 2, IGNORE, 3, IGNORE, 6, 7, IGNORE]]
+    assert batch.example_ids.tolist() == [[-1, -1, -1, -1, 0, 0, 0, 2, 2, 1, 1, 1]]
+    assert (batch.num_tokens, batch.num_targets) == (16, 5)  # the examples' own tokens; every target kept once
+    # through collate_packed, a prefix shorter than MIN_SHARED tokens is not worth sharing
+    assert collate_packed(examples, 8, 0, flat=True, share_prefixes=True).input_ids.shape == (1, 16)
+    longer = [TokenizedExample([9] * 12 + e.input_ids, [IGNORE] * 12 + e.labels, e.where) for e in examples]
+    # all three now begin with twelve 9s (b's own tokens start after them): one group sharing 12 - 1
+    assert collate_packed(longer, 8, 0, flat=True, share_prefixes=True).input_ids.shape == (1, 16 + 36 - 2 * 11)
 
 
 def test_shared_prompt_rows_give_each_sequence_its_own_logps(tiny_dir):

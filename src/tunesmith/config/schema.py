@@ -41,6 +41,8 @@ class DataConfig:
     max_length: int = opt(512, "--max-length", "tokens per example")
     overlength: str = opt("truncate", "--overlength", "what to do with longer examples", ("truncate", "drop"))
     packing: bool = opt(True, "--packing", "pack each micro-batch into one row without padding, attention isolated per example")
+    shared_prefix: bool = opt(True, "--shared-prefix", "with packing, compute a prompt prefix that examples of a "
+                              "micro-batch share (such as one system prompt) once: the same loss, fewer tokens")
     train_on_prompt: bool = opt(False, "--train-on-prompt", "compute the loss on every token, not only the assistant's")
     replay: str | None = opt(None, "--replay", "mix general examples into training against forgetting: `self` "
                              "(the base's own answers to bundled general prompts) or an SFT data FILE")

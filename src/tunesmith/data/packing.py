@@ -6,6 +6,10 @@ another example; that mask costs the square of the row's width, so rows are capp
 With per-example attention (`tunesmith.models.attention`) a row costs only its examples' own squares,
 so `flat=True` packs the whole micro-batch into one row with no padding. Targets are shifted here,
 inside each example: the last token of one example never learns to predict the first token of the next.
+
+`share_prefixes=True` goes one step further: examples that begin with the same untrained tokens (most
+often one system prompt, rendered into every example) share one copy of them in the row, and each
+example's own tokens attend to that copy (`prefix_groups`, `collate_shared_prefixes`).
 """
 
 from __future__ import annotations
@@ -52,7 +56,8 @@ class Batch:
     attention_mask: torch.Tensor | None  # [rows, length] 1 for real tokens, 0 for padding; or [rows, 1, L, L] bool
     num_tokens: int  # real (non-padding) tokens
     num_targets: int  # tokens the loss covers
-    example_ids: torch.Tensor  # [rows, length]: index of the example (in the collated list) or -1 for padding
+    example_ids: torch.Tensor  # [rows, length]: index of the example (in the collated list), -1 for padding
+    # and for a prefix that several examples share
 
     def to(self, device: torch.device) -> "Batch":
         move = lambda t: None if t is None else t.to(device, non_blocking=True)  # noqa: E731
@@ -76,13 +81,20 @@ def collate_padded(examples: list[TokenizedExample], pad_id: int) -> Batch:
     return Batch(ids, targets, None, mask, int(mask.sum()), int((targets != IGNORE).sum()), owner)
 
 
-def collate_packed(examples: list[TokenizedExample], max_length: int, pad_id: int, flat: bool = False) -> Batch:
+def collate_packed(examples: list[TokenizedExample], max_length: int, pad_id: int, flat: bool = False,
+                   share_prefixes: bool = False) -> Batch:
     """Pack into as few rows of max_length as fit, every row as wide as the fullest.
 
     `flat` (for a model with per-example attention): when those rows would not come out equally full,
     one row holding every example instead, so no padding is computed at all. Equally full rows stay
     (e.g. examples cut to max_length, one per row): the same tokens, and one batched attention call.
+    `share_prefixes` (per-example attention too): when some examples begin with the same untrained
+    tokens, one row in which each such prefix appears once (`collate_shared_prefixes`).
     """
+    if share_prefixes:
+        groups = prefix_groups([e.input_ids for e in examples], [trained_from(e) for e in examples])
+        if any(len(members) > 1 for _, members in groups):
+            return collate_shared_prefixes(examples, groups)
     lengths = [len(e.input_ids) for e in examples]
     rows = pack_examples(lengths, max_length)
     if flat and len({sum(lengths[i] for i in row) for row in rows}) > 1:
@@ -109,8 +121,99 @@ def collate_packed(examples: list[TokenizedExample], max_length: int, pad_id: in
     return Batch(ids, targets, positions, None, real, int((targets != IGNORE).sum()), owner)
 
 
-def collate(examples: list[TokenizedExample], packing: bool, max_length: int, pad_id: int, flat: bool = False) -> Batch:
-    return collate_packed(examples, max_length, pad_id, flat) if packing else collate_padded(examples, pad_id)
+MIN_SHARED = 8  # tokens: a shorter common prefix is not worth a segment of its own
+
+
+def trained_from(e: TokenizedExample) -> int:
+    """Index of the first token the example trains on (its length if none)."""
+    return next((i for i, label in enumerate(e.labels) if label != IGNORE), len(e.labels))
+
+
+def prefix_groups(ids: list[list[int]], trained: list[int], min_shared: int = MIN_SHARED) -> list[tuple[int, list[int]]]:
+    """Group sequences that begin with the same untrained tokens, so each group's prefix runs once.
+
+    Returns [(s, members)]: groups in the order of their first member, members ascending, s the tokens
+    the group shares (0 for a sequence alone). `trained[i]` is where sequence i's first trained label
+    is. s stops one token short of what the members have in common before any of them trains: every
+    member restarts from its own copy of that last common token, whose output predicts the member's
+    own next token, so no shared position has a target.
+
+    Sorted by their untrained beginnings, sequences with long common prefixes sit next to each other;
+    the sorted list is cut into runs that save the most tokens in all (k members sharing s save
+    (k - 1) s; a run shares the least its neighbours have in common, and at least `min_shared`). The
+    result does not depend on the input order.
+    """
+    order = sorted(range(len(ids)), key=lambda i: (ids[i][: trained[i]], i))
+
+    def shared(i: int, j: int) -> int:  # what i and j would share: their common untrained tokens less one
+        limit = min(len(ids[i]), len(ids[j]), trained[i], trained[j])
+        n = 0
+        while n < limit and ids[i][n] == ids[j][n]:
+            n += 1
+        return n - 1
+
+    link = [shared(a, b) for a, b in zip(order, order[1:])]
+    # best[j]: the most tokens saved over order[:j]; cut[j]: where its last run starts
+    best, cut = [0] * (len(order) + 1), [0] * (len(order) + 1)
+    for j in range(1, len(order) + 1):
+        best[j], cut[j] = best[j - 1], j - 1  # order[j - 1] alone
+        s = None
+        for i in range(j - 2, -1, -1):  # the run order[i:j]
+            s = link[i] if s is None else min(s, link[i])
+            if s < min_shared:
+                break
+            if best[i] + (j - i - 1) * s > best[j]:
+                best[j], cut[j] = best[i] + (j - i - 1) * s, i
+    groups, j = [], len(order)
+    while j:
+        i = cut[j]
+        run = order[i:j]
+        groups.append((min(link[i : j - 1]) if len(run) > 1 else 0, sorted(run)))
+        j = i
+    return sorted(groups, key=lambda g: g[1][0])
+
+
+def collate_shared_prefixes(examples: list[TokenizedExample], groups: list[tuple[int, list[int]]]) -> Batch:
+    """One row, no padding, each group's shared prefix once (groups from `prefix_groups`):
+
+        row:        [ prefix t_0..t_s-1 | a_s .. a_m-1 | b_s .. b_n-1 | c_0 .. c_k-1 ]
+        positions:    0 .. s-1            s .. m-1       s .. n-1       0 .. k-1
+        attends:      causal              prefix + itself               itself
+
+    An example's segment whose positions start at s > 0 sees the first s tokens of the last segment
+    that started at 0 (`models.attention`), so every token's hidden state is what it would be in its
+    own sequence: the same loss and gradients as one example per row, with (k - 1)·s fewer tokens
+    through the model for a group of k. Prefix positions have no targets (their labels are IGNORE up
+    to s), and num_tokens counts the examples' own tokens, as the unshared layouts do.
+    """
+    ids: list[int] = []
+    targets: list[int] = []
+    positions: list[int] = []
+    owner: list[int] = []
+    for s, members in groups:
+        if s:
+            lead = examples[members[0]]
+            ids += lead.input_ids[:s]
+            targets += shifted_targets(lead.labels)[:s]
+            positions += range(s)
+            owner += [-1] * s
+        for i in members:
+            e = examples[i]
+            n = len(e.input_ids)
+            ids += e.input_ids[s:]
+            targets += shifted_targets(e.labels)[s:]
+            positions += range(s, n)
+            owner += [i] * (n - s)
+    row = lambda values: torch.tensor([values], dtype=torch.long)  # noqa: E731
+    return Batch(row(ids), row(targets), row(positions), None, sum(len(e.input_ids) for e in examples),
+                 sum(t != IGNORE for t in targets), row(owner))
+
+
+def collate(examples: list[TokenizedExample], packing: bool, max_length: int, pad_id: int, flat: bool = False,
+            share_prefixes: bool = False) -> Batch:
+    if not packing:
+        return collate_padded(examples, pad_id)
+    return collate_packed(examples, max_length, pad_id, flat, share_prefixes)
 
 
 def shared_prefix_length(a: TokenizedExample, b: TokenizedExample) -> int:

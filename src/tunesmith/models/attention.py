@@ -11,6 +11,12 @@ micro-batch packs into one row with no padding at all (`collate_packed(..., flat
 "varlen" layout that flash-attention kernels take on GPU, written with plain SDPA so it runs on
 every device.
 
+A segment whose positions start at s > 0 rather than 0 continues a shared prefix
+(`data.packing.collate_shared_prefixes`): its queries see the first s tokens of the last segment
+that started at 0, then themselves causally, so a prompt that several examples share is computed
+once. transformers' own packed-sequence masks would isolate such a segment; rows laid out that way
+are for this attention function only.
+
 The decoder is told that a batch is packed with the `packed_rows=True` keyword, which transformers
 passes through every decoder layer to the attention function; anything else (a padding mask, a
 caller's own 4-D mask, generation with a KV cache) goes to transformers' SDPA unchanged.
@@ -25,37 +31,49 @@ NAME = "tunesmith_packed"
 _REGISTERED = False
 
 
-def example_spans(position_ids: torch.Tensor) -> list[list[tuple[int, int]]]:
-    """Per row, the [start, end) of each run of positions that count up by one: one packed example each.
+def example_spans(position_ids: torch.Tensor) -> list[list[tuple[int, int, int]]]:
+    """Per row, each run of positions that count up by one, as (start, end, first position): one packed
+    example (first position 0) or the rest of one that continues a shared prefix (first position > 0).
 
-    positions [[0 1 2 0 1 0 1 2 3]] -> [[(0, 3), (3, 5), (5, 9)]]
+    positions [[0 1 2 0 1 0 1 2 3]] -> [[(0, 3, 0), (3, 5, 0), (5, 9, 0)]]
+    positions [[0 1 2 3 2 3 4]]     -> [[(0, 4, 0), (4, 7, 2)]]
     """
     rows, width = position_ids.shape
     starts = torch.ones((rows, width), dtype=torch.bool, device=position_ids.device)
     starts[:, 1:] = position_ids[:, 1:] != position_ids[:, :-1] + 1
     spans = []
-    for row in starts.cpu().tolist():
+    for row, positions in zip(starts.cpu().tolist(), position_ids.cpu().tolist()):
         edges = [t for t, s in enumerate(row) if s] + [width]
-        spans.append(list(zip(edges[:-1], edges[1:])))
+        spans.append([(a, b, positions[a]) for a, b in zip(edges[:-1], edges[1:])])
     return spans
 
 
 @torch.compiler.disable  # the example boundaries are data: a compiled layer runs this part eagerly
-def _per_example_sdpa(query, key, value, position_ids, scaling):
+def _per_example_sdpa(query, key, value, position_ids, scaling, dropout):
     rows, width = query.shape[0], query.shape[2]
     spans = example_spans(position_ids.expand(rows, -1))
     gqa = query.shape[1] != key.shape[1]
-    if all(s == [(0, width)] for s in spans):  # one example per row: one batched call
-        out = F.scaled_dot_product_attention(query, key, value, is_causal=True, scale=scaling, enable_gqa=gqa)
+    if all(s == [(0, width, 0)] for s in spans):  # one example per row: one batched call
+        out = F.scaled_dot_product_attention(query, key, value, is_causal=True, dropout_p=dropout, scale=scaling,
+                                             enable_gqa=gqa)
         return out.transpose(1, 2).contiguous()  # [rows, width, heads, head_dim], as transformers expects
     outs = []
     # unbind/split rather than slicing: their backward concatenates the pieces' gradients once, where a
     # slice's backward would write each piece into its own zero-filled copy of the whole tensor
     for q, k, v, row in zip(query.unbind(0), key.unbind(0), value.unbind(0), spans):
-        sizes = [b - a for a, b in row]
-        pieces = [F.scaled_dot_product_attention(qi[None], ki[None], vi[None], is_causal=True, scale=scaling,
-                                                 enable_gqa=gqa)[0]
-                  for qi, ki, vi in zip(q.split(sizes, dim=1), k.split(sizes, dim=1), v.split(sizes, dim=1))]
+        sizes = [b - a for a, b, _ in row]
+        pieces, root = [], None
+        for (_, _, first), qi, ki, vi in zip(row, q.split(sizes, dim=1), k.split(sizes, dim=1), v.split(sizes, dim=1)):
+            if first == 0 or root is None or root[0].shape[1] < first:
+                root = (ki, vi)  # a sequence of its own (a row that merely starts past 0 counts as one)
+                mask, causal = None, True
+            else:  # continues the shared prefix: its first `first` tokens, then itself
+                ki, vi = torch.cat([root[0][:, :first], ki], dim=1), torch.cat([root[1][:, :first], vi], dim=1)
+                mask = torch.ones(qi.shape[1], ki.shape[1], dtype=torch.bool, device=qi.device).tril(first)
+                causal = False
+            pieces.append(F.scaled_dot_product_attention(qi[None], ki[None], vi[None], attn_mask=mask,
+                                                         is_causal=causal, dropout_p=dropout, scale=scaling,
+                                                         enable_gqa=gqa)[0])
         outs.append(torch.cat(pieces, dim=1).transpose(0, 1))
     return torch.stack(outs).contiguous()
 
@@ -67,8 +85,8 @@ def packed_attention_forward(module, query, key, value, attention_mask, dropout:
 
     packed = kwargs.pop("packed_rows", False)
     position_ids = kwargs.get("position_ids")
-    if packed and position_ids is not None and dropout == 0.0 and key.shape[2] == query.shape[2]:
-        return _per_example_sdpa(query, key, value, position_ids, scaling), None
+    if packed and position_ids is not None and key.shape[2] == query.shape[2]:
+        return _per_example_sdpa(query, key, value, position_ids, scaling, dropout), None
     return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                   is_causal=is_causal, **kwargs)
 

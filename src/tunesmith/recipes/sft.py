@@ -88,6 +88,7 @@ def run_sft(cfg: SFTConfig, say: Callable[[str], None] = print, progress: bool =
                if dist.is_main else NullLog())
     pad_id = tokenizer.pad_token_id
     flat = packs_flat(model)  # per-example attention: a micro-batch packs into one row, no padding
+    share = flat and cfg.data.shared_prefix  # ... with a prefix its examples share computed once
     say(f"training {n_train} examples, {total_steps} steps of {cfg.train.batch_size} "
         f"(micro-batch {cfg.train.micro_batch_size}), lr {cfg.train.lr:g}, {device.type}"
         + (f", autocast {amp_dtype}" if amp_dtype else ", fp32")
@@ -97,7 +98,7 @@ def run_sft(cfg: SFTConfig, say: Callable[[str], None] = print, progress: bool =
         if not data.eval:
             return None
         return evaluate_nll(model, data.eval, cfg.train.micro_batch_size, cfg.data.packing,
-                            cfg.data.max_length, pad_id, device, amp_dtype)
+                            cfg.data.max_length, pad_id, device, amp_dtype, cfg.data.shared_prefix)
 
     def checkpoint(at_step: int) -> None:
         save_checkpoint_on_main(dist, run_dir, at_step, model, optimizer, {"tokens_seen": tokens_seen})
@@ -116,7 +117,7 @@ def run_sft(cfg: SFTConfig, say: Callable[[str], None] = print, progress: bool =
         lr = cfg.train.lr * lr_multiplier(step, total_steps, warmup_steps, cfg.train.schedule)
         set_lr(optimizer, lr)
         examples = [data.train[i] for i in step_indices(n_train, cfg.train.batch_size, cfg.train.seed, step)]
-        batches = [collate(micro, cfg.data.packing, cfg.data.max_length, pad_id, flat)
+        batches = [collate(micro, cfg.data.packing, cfg.data.max_length, pad_id, flat, share)
                    for micro in split_micro(examples, cfg.train.micro_batch_size)]
         # Normalise by the trained-token count of the whole step, not per micro-batch: accumulated
         # gradients then equal those of one big batch, and packed == unpacked exactly.
