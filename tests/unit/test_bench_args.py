@@ -23,3 +23,19 @@ def test_extra_flags_reach_the_tunesmith_command(name):
     argv = _script(name).tunesmith_argv("MODEL", "DATA", 3, 0, "OUT", ["--compile", "--no-packing"])
     assert argv[-2:] == ["--compile", "--no-packing"]
     assert argv[argv.index("--model") + 1] == "MODEL" and argv[argv.index("--max-steps") + 1] == "3"
+
+
+def test_mfu_counts_a_shared_prefix_once_for_the_rows_that_share_it(tiny_dir):
+    """bench/run.py: a tunesmith SFT row that computed a prefix once is not credited with its copies; TRL's
+    and `--no-shared-prefix` rows are counted per example; a DPO row with the prompt once, likewise."""
+    run = _script("run")
+    c, shape = run.model_counts(str(tiny_dir), "lora")
+    sft = dict(examples=[dict(tokens=100, trained=20)] * 4, harness_step_tokens=[400], shared_prefixes=[[[60, 4]]])
+    full = run.step_flops("sft-lora", sft, c, shape, {"side": "trl"})
+    assert full == run.step_flops("sft-lora", sft, c, shape, {"shares_prefixes": False})
+    shared = run.step_flops("sft-lora", sft, c, shape, {"shares_prefixes": True})
+    assert shared[0] == pytest.approx(full[0] - 3 * run.sft_flops(c, shape, 60, 0))
+    dpo = dict(examples=[dict(prompt=50, chosen=80, rejected=70)], harness_step_tokens=[150])
+    both = run.step_flops("dpo-lora", dpo, c, shape, {})
+    once = run.step_flops("dpo-lora", dpo, c, shape, {"shares_prompt": True})
+    assert once[0] == pytest.approx(both[0] - run.sft_flops(c, shape, 49, 0) - run.reference_flops(c, shape, 49, 0))
