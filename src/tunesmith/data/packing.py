@@ -129,6 +129,16 @@ def trained_from(e: TokenizedExample) -> int:
     return next((i for i, label in enumerate(e.labels) if label != IGNORE), len(e.labels))
 
 
+def common_untrained(a: list[int], a_trained: int, b: list[int], b_trained: int) -> int:
+    """How many leading tokens two sequences share before either has a trained label (at a_trained,
+    b_trained): the prompt they both continue."""
+    limit = min(len(a), len(b), a_trained, b_trained)
+    n = 0
+    while n < limit and a[n] == b[n]:
+        n += 1
+    return n
+
+
 def prefix_groups(ids: list[list[int]], trained: list[int], min_shared: int = MIN_SHARED) -> list[tuple[int, list[int]]]:
     """Group sequences that begin with the same untrained tokens, so each group's prefix runs once.
 
@@ -144,15 +154,8 @@ def prefix_groups(ids: list[list[int]], trained: list[int], min_shared: int = MI
     result does not depend on the input order.
     """
     order = sorted(range(len(ids)), key=lambda i: (ids[i][: trained[i]], i))
-
-    def shared(i: int, j: int) -> int:  # what i and j would share: their common untrained tokens less one
-        limit = min(len(ids[i]), len(ids[j]), trained[i], trained[j])
-        n = 0
-        while n < limit and ids[i][n] == ids[j][n]:
-            n += 1
-        return n - 1
-
-    link = [shared(a, b) for a, b in zip(order, order[1:])]
+    # what neighbours would share: their common untrained tokens less the one each restarts from
+    link = [common_untrained(ids[a], trained[a], ids[b], trained[b]) - 1 for a, b in zip(order, order[1:])]
     # best[j]: the most tokens saved over order[:j]; cut[j]: where its last run starts
     best, cut = [0] * (len(order) + 1), [0] * (len(order) + 1)
     for j in range(1, len(order) + 1):
@@ -218,13 +221,7 @@ def collate(examples: list[TokenizedExample], packing: bool, max_length: int, pa
 
 def shared_prefix_length(a: TokenizedExample, b: TokenizedExample) -> int:
     """Tokens two sequences share before either has a trained label: the prompt they both continue."""
-    limit = min(len(a.input_ids), len(b.input_ids))
-    for labels in (a.labels, b.labels):
-        limit = min(limit, next((i for i, label in enumerate(labels) if label != IGNORE), limit))
-    n = 0
-    while n < limit and a.input_ids[n] == b.input_ids[n]:
-        n += 1
-    return n
+    return common_untrained(a.input_ids, trained_from(a), b.input_ids, trained_from(b))
 
 
 def collate_shared_prompt(chosen: list[TokenizedExample], rejected: list[TokenizedExample], pad_id: int) -> Batch:

@@ -25,19 +25,19 @@ class _LinearTargetLogps(torch.autograd.Function):
     @staticmethod
     def forward(ctx, h, weight, bias, y, chunk):
         head_grad = ctx.needs_input_grad[1] or ctx.needs_input_grad[2]
-        expect = ctx.needs_input_grad[0] and not head_grad
-        logps, expected = [], []  # expected: G rows, (p - onehot(y)) W
+        keep_g = ctx.needs_input_grad[0] and not head_grad
+        logps, g_rows = [], []  # G rows, (p - onehot(y)) W
         for start in range(0, h.shape[0], chunk):
             z = F.linear(h[start : start + chunk], weight, bias).float()
             lse = torch.logsumexp(z, dim=-1, keepdim=True)
             logps.append((z.gather(1, y[start : start + chunk, None]) - lse).squeeze(1))
-            if expect:
+            if keep_g:
                 p = z.sub_(lse).exp_()  # in place: one [chunk, V] buffer in flight
                 p[torch.arange(p.shape[0], device=p.device), y[start : start + chunk]] -= 1  # p - onehot(y)
-                expected.append((p.to(weight.dtype) @ weight).float())
+                g_rows.append((p.to(weight.dtype) @ weight).float())
         ctx.chunk, ctx.head_grad, ctx.h_dtype = chunk, head_grad, h.dtype
-        if expect:
-            ctx.save_for_backward(torch.cat(expected))  # all that backward needs
+        if keep_g:
+            ctx.save_for_backward(torch.cat(g_rows))  # all that backward needs
         elif head_grad or ctx.needs_input_grad[0]:
             ctx.save_for_backward(weight, y, h, bias)
         return torch.cat(logps)

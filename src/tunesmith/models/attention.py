@@ -38,12 +38,10 @@ def example_spans(position_ids: torch.Tensor) -> list[list[tuple[int, int, int]]
     positions [[0 1 2 0 1 0 1 2 3]] -> [[(0, 3, 0), (3, 5, 0), (5, 9, 0)]]
     positions [[0 1 2 3 2 3 4]]     -> [[(0, 4, 0), (4, 7, 2)]]
     """
-    rows, width = position_ids.shape
-    starts = torch.ones((rows, width), dtype=torch.bool, device=position_ids.device)
-    starts[:, 1:] = position_ids[:, 1:] != position_ids[:, :-1] + 1
     spans = []
-    for row, positions in zip(starts.cpu().tolist(), position_ids.cpu().tolist()):
-        edges = [t for t, s in enumerate(row) if s] + [width]
+    for positions in position_ids.tolist():  # one copy to the host (a sync on a GPU), then plain Python
+        edges = [t for t in range(len(positions)) if t == 0 or positions[t] != positions[t - 1] + 1]
+        edges.append(len(positions))
         spans.append([(a, b, positions[a]) for a, b in zip(edges[:-1], edges[1:])])
     return spans
 

@@ -112,24 +112,19 @@ def load_model(model_dir: Path, device: torch.device, quantize_4bit: bool = Fals
     return model
 
 
-def own_unquantized_weights(model: torch.nn.Module) -> int:
+def own_unquantized_weights(model: torch.nn.Module) -> None:
     """Copy a 4-bit model's unquantized weights (embedding, norms, head) out of the checkpoint's mapping.
 
     transformers memory-maps the *.safetensors file and fp32 weights stay views of it. Quantising read
     every fp32 linear once, and those pages stay resident for as long as the mapping lives, which is as
     long as any tensor still views it: the embedding alone kept ~400 MB of SmolLM2's dead fp32 linears
-    in the process's RSS. Owning the few unquantized weights lets the mapping go. Returns bytes copied.
+    in the process's RSS. Owning the few unquantized weights lets the mapping go.
     """
     import bitsandbytes as bnb
 
-    copied, seen = 0, set()
-    for param in model.parameters():
-        if id(param) in seen or isinstance(param, bnb.nn.Params4bit):
-            continue
-        seen.add(id(param))
-        param.data = param.data.clone()
-        copied += param.numel() * param.element_size()
-    return copied
+    for param in model.parameters():  # each once: parameters() skips tied duplicates
+        if not isinstance(param, bnb.nn.Params4bit):
+            param.data = param.data.clone()
 
 
 def keep_4bit_differentiable(model: torch.nn.Module) -> int:
