@@ -74,7 +74,7 @@ def generate_chat(model, tokenizer, prompts: list[str | list[dict]], max_new_tok
 
     precision "auto" runs under bf16 autocast where the device has fast bf16 (as training does)."""
     from tunesmith.models.load import autocast_dtype
-    from tunesmith.train.step import autocast
+    from tunesmith.models.forward import autocast
 
     device = next(model.parameters()).device
     amp = autocast_dtype(precision, device)
@@ -128,7 +128,7 @@ def stream_reply(model, tokenizer, messages: list[dict], on_text, max_new_tokens
     from transformers import TextStreamer
 
     from tunesmith.models.load import autocast_dtype
-    from tunesmith.train.step import autocast
+    from tunesmith.models.forward import autocast
 
     class _Callback(TextStreamer):
         def on_finalized_text(self, text: str, stream_end: bool = False) -> None:

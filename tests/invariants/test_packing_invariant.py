@@ -11,7 +11,7 @@ from tunesmith.data.templates import tokenize_conversations
 from tunesmith.data.formats import parse_row
 from tunesmith.models import load_model
 from tunesmith.models.attention import NAME, packs_flat
-from tunesmith.train.step import batch_nll_sum
+from tunesmith.models.forward import batch_nll_sum
 
 
 def _examples(tokenizer, n=12, train_on_prompt=False):
@@ -57,7 +57,7 @@ def test_packed_examples_do_not_attend_to_each_other(tiny_dir, tokenizer):
     first_len = len(examples[0].input_ids)
     changed = batch.input_ids.clone()
     changed[0, : first_len - 1] = (changed[0, : first_len - 1] + 7) % 1000
-    from tunesmith.train.step import unwrap
+    from tunesmith.models.forward import unwrap
 
     def hidden(ids, **packed):
         inner = unwrap(model)

@@ -114,7 +114,7 @@ def test_shared_prompt_rows_give_each_sequence_its_own_logps(tiny_dir):
     from tunesmith.data.packing import collate_padded, collate_shared_prompt, shared_prefix_length
     from tunesmith.data.templates import IGNORE, TokenizedExample
     from tunesmith.models import load_model
-    from tunesmith.train.step import batch_sequence_logps
+    from tunesmith.models.forward import batch_sequence_logps
 
     def ex(prompt, completion):
         return TokenizedExample(prompt + completion, [IGNORE] * len(prompt) + completion, "t")
@@ -131,5 +131,7 @@ def test_shared_prompt_rows_give_each_sequence_its_own_logps(tiny_dir):
     with torch.no_grad():
         expected, n_exp = batch_sequence_logps(model, collate_padded(chosen + rejected, 0), 6)
         got, n_got = batch_sequence_logps(model, shared, 6)
+        flat, n_flat = batch_sequence_logps(model, collate_shared_prompt(chosen, rejected, 0, flat=True), 6)
     assert torch.equal(n_exp, n_got)
     assert torch.allclose(got, expected, atol=1e-5), (got, expected)
+    assert torch.equal(n_exp, n_flat) and torch.allclose(flat, expected, atol=1e-5), (flat, expected)

@@ -230,7 +230,7 @@ def test_activation_formula_matches_what_autograd_saves(tmp_path):
     from tunesmith.adapters.lora import apply_lora
     from tunesmith.config.schema import LoraConfig
     from tunesmith.losses.sft import token_nll_sum
-    from tunesmith.train.step import final_hidden
+    from tunesmith.models.forward import final_hidden
 
     shape = dict(hidden_size=256, intermediate_size=704, num_hidden_layers=3, num_attention_heads=4,
                  num_key_value_heads=2, vocab_size=512, tie_word_embeddings=True)

@@ -119,3 +119,30 @@ def test_target_logps_gradient_survives_bf16_autocast_near_one_hot():
         logps.sum().backward()
         grads.append(h.grad)
     assert (grads[0] - grads[1]).norm() < 0.05 * grads[1].norm(), ((grads[0] - grads[1]).norm(), grads[1].norm())
+
+
+def test_soft_capped_logits_give_the_gradients_of_capped_cross_entropy():
+    """z = c · tanh((W h + b) / c) (Gemma 2's final soft-cap): loss and gradients for h, W and b equal
+    autograd's through the explicit formula, with a frozen head and with a trainable one."""
+    from tunesmith.losses.sft import target_logps
+
+    torch.manual_seed(2)
+    cap = 1.5
+    for train_head in (False, True):
+        w = (torch.randn(40, 6) * 2).requires_grad_(train_head)
+        b = torch.randn(40).requires_grad_(train_head)
+        h = torch.randn(2, 7, 6, requires_grad=True)
+        y = torch.randint(0, 40, (2, 7))
+        y[1, :2] = IGNORE
+        got, _ = target_logps(h, y, w, b, chunk_size=3, softcap=cap)
+        weights = torch.randn_like(got)
+        grads = torch.autograd.grad((got * weights).sum(), [t for t in (h, w, b) if t.requires_grad])
+        z = torch.tanh((h @ w.T + b) / cap) * cap
+        keep = y != IGNORE
+        expected = torch.log_softmax(z, -1).gather(-1, y.clamp(min=0)[..., None])[..., 0][keep]
+        want = torch.autograd.grad((expected * weights).sum(), [t for t in (h, w, b) if t.requires_grad])
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+        for g, e in zip(grads, want, strict=True):
+            torch.testing.assert_close(g, e, atol=1e-5, rtol=1e-4)
+        uncapped, _ = target_logps(h, y, w, b)
+        assert (uncapped - got).abs().max() > 0.1  # the cap matters at these logits

@@ -224,7 +224,8 @@ def shared_prefix_length(a: TokenizedExample, b: TokenizedExample) -> int:
     return common_untrained(a.input_ids, trained_from(a), b.input_ids, trained_from(b))
 
 
-def collate_shared_prompt(chosen: list[TokenizedExample], rejected: list[TokenizedExample], pad_id: int) -> Batch:
+def collate_shared_prompt(chosen: list[TokenizedExample], rejected: list[TokenizedExample], pad_id: int,
+                          flat: bool = False) -> Batch:
     """One row per pair: the prompt once, then the chosen reply, then the rejected reply.
 
         row:       [ prompt p_0..p_P-1 | chosen c_1..c_C | p_P-1 r_1..r_R ]
@@ -235,6 +236,10 @@ def collate_shared_prompt(chosen: list[TokenizedExample], rejected: list[Tokeniz
     and sees the shared prompt but never the chosen reply, so every token's hidden state is exactly
     what it would be in its own sequence, while the prompt (often half the tokens) is computed once.
     Example ids: chosen i -> i, rejected i -> n + i, as in collate([*chosen, *rejected]).
+
+    `flat` (a model with per-example attention, models/attention.py): no mask at all, the positions say
+    it, since a segment whose positions restart at P-1 continues the first P-1 tokens of its row's first
+    segment; this is also what keeps a sliding window exact, which a custom 4-D mask would override.
     """
     n = len(chosen)
     starts = [max(0, shared_prefix_length(c, r) - 1) for c, r in zip(chosen, rejected)]
@@ -244,7 +249,7 @@ def collate_shared_prompt(chosen: list[TokenizedExample], rejected: list[Tokeniz
     targets = torch.full((n, width), IGNORE, dtype=torch.long)
     positions = torch.zeros((n, width), dtype=torch.long)
     owner = torch.full((n, width), -1, dtype=torch.long)
-    mask = torch.tril(torch.ones(width, width, dtype=torch.bool)).repeat(n, 1, 1)
+    mask = None if flat else torch.tril(torch.ones(width, width, dtype=torch.bool)).repeat(n, 1, 1)
     for b, (c, r, s) in enumerate(zip(chosen, rejected, starts)):
         lc, lr = len(c.input_ids), len(r.input_ids) - s
         ids[b, :lc] = torch.tensor(c.input_ids)
@@ -255,20 +260,24 @@ def collate_shared_prompt(chosen: list[TokenizedExample], rejected: list[Tokeniz
         targets[b, lc : lc + lr] = torch.tensor(shifted_targets(r.labels)[s:])
         positions[b, lc : lc + lr] = torch.arange(s, s + lr)
         owner[b, lc : lc + lr] = n + b
+        if mask is None:
+            continue
         mask[b, lc:, s:lc] = False  # the rejected reply never sees the chosen one (nor the prompt copy it restarts from)
         pad = torch.arange(lc + lr, width)
         mask[b, pad, :] = False
         mask[b, pad, pad] = True  # padding attends to itself only (no empty softmax rows)
     real = sum(lengths)
-    return Batch(ids, targets, positions, mask[:, None], real, int((targets != IGNORE).sum()), owner)
+    return Batch(ids, targets, positions, None if mask is None else mask[:, None], real, int((targets != IGNORE).sum()),
+                 owner)
 
 
 def collate_pairs(chosen: list[TokenizedExample], rejected: list[TokenizedExample], packing: bool, max_length: int,
-                  pad_id: int, flat: bool = False) -> Batch:
+                  pad_id: int, flat: bool = False, in_positions: bool = False) -> Batch:
     """Both sides of n pairs for one forward; example ids: chosen i -> i, rejected i -> n + i.
 
-    Default: one row per pair with the prompt computed once; `packing`: the 2n sequences packed into rows.
+    Default: one row per pair with the prompt computed once (its layout in position ids rather than a
+    mask when `in_positions`); `packing`: the 2n sequences packed into rows.
     """
     if packing:
         return collate_packed(chosen + rejected, max_length, pad_id, flat)
-    return collate_shared_prompt(chosen, rejected, pad_id)
+    return collate_shared_prompt(chosen, rejected, pad_id, in_positions)

@@ -6,7 +6,7 @@ import torch
 
 from tunesmith.data.packing import collate_padded
 from tunesmith.data.templates import TokenizedExample
-from tunesmith.train.step import batch_last_hidden
+from tunesmith.models.forward import batch_last_hidden
 
 
 @torch.no_grad()

@@ -17,7 +17,7 @@ import torch
 
 from tunesmith.data.packing import collate_padded
 from tunesmith.data.templates import IGNORE, TokenizedExample
-from tunesmith.train.step import autocast, final_hidden
+from tunesmith.models.forward import autocast, final_hidden
 
 
 def kl_and_nll_sums(tuned_logits: torch.Tensor, base_logits: torch.Tensor, targets: torch.Tensor,
@@ -36,7 +36,7 @@ def kl_and_nll_sums(tuned_logits: torch.Tensor, base_logits: torch.Tensor, targe
 def _answer_logits(model: torch.nn.Module, batch, keep: torch.Tensor) -> torch.Tensor:
     """Logits at the trained (answer) positions only: [N, V]."""
     hidden, head = final_hidden(model, batch)
-    return head(hidden.reshape(-1, hidden.shape[-1])[keep])
+    return head.logits(hidden.reshape(-1, hidden.shape[-1])[keep])
 
 
 def base_context(model: torch.nn.Module, base: torch.nn.Module | None):

@@ -39,7 +39,7 @@ from tunesmith.forgetting.guard import guard_start, guard_step, start_guard, sto
 from tunesmith.losses.dpo import PREFERENCE_LOSSES
 from tunesmith.losses.reward import pair_accuracy
 from tunesmith.models import load_tokenizer, resolve_model_dir, select_device
-from tunesmith.models.attention import packs_flat
+from tunesmith.models.attention import packs_flat, pairs_in_positions
 from tunesmith.models.load import autocast_dtype
 from tunesmith.train.distributed import (Dist, full_state, load_checkpoint_everywhere, save_checkpoint_on_main,
                                          shard_model, shut_down, start_processes)
@@ -48,7 +48,8 @@ from tunesmith.train.model_setup import build_trainable_model, save_trained
 from tunesmith.train.order import split_micro, step_indices
 from tunesmith.train.rundir import open_run_dir, write_run_result
 from tunesmith.train.schedule import build_optimizer, lr_multiplier, plan_steps, set_lr
-from tunesmith.train.step import batch_sequence_logps, optimizer_step
+from tunesmith.models.forward import batch_sequence_logps
+from tunesmith.train.step import optimizer_step
 
 REFERENCE_FILE = "reference_logps.safetensors"
 
@@ -81,7 +82,7 @@ def pair_forward(model: torch.nn.Module, pairs: list[TokenizedPair], packing: bo
     the 2n sequences packed into one row (`collate_packed`). Both give each sequence its own exact log-prob.
     """
     batch = collate_pairs([p.chosen for p in pairs], [p.rejected for p in pairs], packing, max_length, pad_id,
-                          packs_flat(model))
+                          packs_flat(model), pairs_in_positions(model))
     batch = batch.to(device)
     logps, counts = batch_sequence_logps(model, batch, 2 * len(pairs), amp_dtype)
     n = len(pairs)

@@ -42,7 +42,8 @@ from tunesmith.train.model_setup import build_trainable_model, save_trained
 from tunesmith.train.order import step_indices
 from tunesmith.train.rundir import open_run_dir, write_run_result
 from tunesmith.train.schedule import build_optimizer, lr_multiplier, plan_steps, set_lr
-from tunesmith.train.step import batch_token_logps, optimizer_step
+from tunesmith.models.forward import batch_token_logps
+from tunesmith.train.step import optimizer_step
 
 
 @dataclass

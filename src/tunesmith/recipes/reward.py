@@ -27,7 +27,7 @@ from tunesmith.data.packing import collate_pairs
 from tunesmith.data.prepare import TokenizedPair, prepare_preference_data
 from tunesmith.losses.reward import bradley_terry_loss, pair_accuracy
 from tunesmith.models import load_tokenizer, resolve_model_dir, select_device
-from tunesmith.models.attention import packs_flat
+from tunesmith.models.attention import packs_flat, pairs_in_positions
 from tunesmith.models.load import autocast_dtype
 from tunesmith.models.reward import new_reward_head, save_reward_head
 from tunesmith.train.distributed import (full_state, load_checkpoint_everywhere, save_checkpoint_on_main, shard_model,
@@ -37,7 +37,8 @@ from tunesmith.train.model_setup import build_trainable_model, save_trained
 from tunesmith.train.order import split_micro, step_indices
 from tunesmith.train.rundir import open_run_dir, write_run_result
 from tunesmith.train.schedule import build_optimizer, lr_multiplier, plan_steps, set_lr
-from tunesmith.train.step import batch_last_hidden, optimizer_step, unwrap
+from tunesmith.models.forward import batch_last_hidden, unwrap
+from tunesmith.train.step import optimizer_step
 
 
 @dataclass
@@ -57,7 +58,7 @@ def pair_scores(model: torch.nn.Module, head: torch.nn.Linear, pairs: list[Token
                 amp_dtype: torch.dtype | None) -> tuple[torch.Tensor, torch.Tensor, int]:
     """(r_chosen [n], r_rejected [n], tokens computed): both sides in one forward, the head in fp32."""
     batch = collate_pairs([p.chosen for p in pairs], [p.rejected for p in pairs], packing, max_length, pad_id,
-                          packs_flat(model))
+                          packs_flat(model), pairs_in_positions(model))
     last = batch_last_hidden(model, batch.to(device), 2 * len(pairs), amp_dtype)
     scores = head(last.float()).squeeze(-1)
     n = len(pairs)

@@ -38,7 +38,8 @@ from tunesmith.train.model_setup import build_trainable_model, save_trained
 from tunesmith.train.order import split_micro, step_indices
 from tunesmith.train.rundir import open_run_dir
 from tunesmith.train.schedule import build_optimizer, lr_multiplier, plan_steps, set_lr
-from tunesmith.train.step import batch_nll_sum, evaluate_nll, optimizer_step
+from tunesmith.models.forward import batch_nll_sum
+from tunesmith.train.step import evaluate_nll, optimizer_step
 
 
 @dataclass

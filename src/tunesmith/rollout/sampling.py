@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from tunesmith.data.templates import IGNORE, TokenizedExample
-from tunesmith.train.step import autocast
+from tunesmith.models.forward import autocast
 
 
 def prompt_ids(tokenizer, messages: list[dict], max_prompt_length: int) -> list[int]:

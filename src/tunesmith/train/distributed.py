@@ -193,7 +193,7 @@ def shard_model(model: torch.nn.Module, dist: Dist) -> None:
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import FSDPModule, fully_shard
 
-    from tunesmith.train.step import decoder_layers, unwrap
+    from tunesmith.models.forward import decoder_layers, unwrap
 
     if not dist.sharded:
         return

@@ -13,7 +13,7 @@ from tunesmith.atomic import atomic_directory, atomic_write_text
 from tunesmith.config.load import config_to_yaml
 from tunesmith.models import load_model
 from tunesmith.models.load import fp32_weight_bytes, keep_4bit_differentiable, weight_bytes
-from tunesmith.train.step import decoder_layers, unwrap
+from tunesmith.models.forward import decoder_layers, unwrap
 
 
 def human_bytes(n: int) -> str:
