@@ -22,18 +22,15 @@ with each of the --extra flags (default --packing; bench/run.py asks for --compi
 """
 from __future__ import annotations
 
-import argparse, datetime, json, math, os, platform, resource, socket, subprocess, sys, tempfile, time
-from pathlib import Path
+import argparse, json, math, os, subprocess, sys, tempfile
 
-ROOT = Path(__file__).resolve().parents[1]
+from harness import (ROOT, add_ratios, child_env, child_side, count_batches, default_model_dir, emit,
+                     first_usable, peft_lora, print_table, row, run_side, side_by_side_parser, side_by_side_result,
+                     step_timer, tunesmith_data, tunesmith_row, tunesmith_variants, versions, write_jsonl,
+                     write_result)
+
 BATCH, LR, BETA, LORA = 8, 5e-5, 0.1, dict(r=16, alpha=32, dropout=0.0)
 MAX_LEN = 128  # --max-length
-
-
-def emit(obj: dict) -> None:
-    """Child side: peak RSS of this process, then one JSON line, the last on stdout."""
-    obj["maxrss_kib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
-    print(json.dumps(obj), flush=True)
 
 
 def trl_config_kwargs(out: str, steps: int, seed: int) -> dict:
@@ -53,36 +50,18 @@ def trl_config_kwargs(out: str, steps: int, seed: int) -> dict:
 def child_trl(a: argparse.Namespace) -> None:
     import torch
     from datasets import load_dataset
-    from peft import LoraConfig
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import DPOConfig, DPOTrainer
 
     tok = AutoTokenizer.from_pretrained(a.model)
     data = load_dataset("json", data_files=a.data, split="train")
-    step_s, batch_tokens, batch_pairs, t0 = [], [], [], [0.0]
-
-    class Timer(TrainerCallback):
-        def on_step_begin(self, args, state, control, **kw):
-            t0[0] = time.perf_counter()
-
-        def on_step_end(self, args, state, control, **kw):
-            step_s.append(time.perf_counter() - t0[0])
-
+    step_s = []
     cfg = DPOConfig(**trl_config_kwargs(a.out, a.steps, a.seed))
-    peft_cfg = LoraConfig(r=LORA["r"], lora_alpha=LORA["alpha"], lora_dropout=LORA["dropout"],
-                          target_modules="all-linear", task_type="CAUSAL_LM")
+    peft_cfg = peft_lora(LORA)
     model = AutoModelForCausalLM.from_pretrained(a.model, dtype=torch.float32)
     trainer = DPOTrainer(model=model, ref_model=None, args=cfg, train_dataset=data, processing_class=tok,
-                         peft_config=peft_cfg, callbacks=[Timer()])
-    collate = trainer.data_collator
-
-    def counting_collator(examples):  # records the pairs and non-padding tokens of each batch actually trained
-        batch = collate(examples)
-        batch_pairs.append(len(examples))
-        batch_tokens.append(int(batch["attention_mask"].sum()))  # chosen and rejected sequences
-        return batch
-
-    trainer.data_collator = counting_collator
+                         peft_config=peft_cfg, callbacks=[step_timer(step_s)])
+    batch_tokens, batch_pairs = count_batches(trainer)  # tokens of the chosen and rejected sequences
     trainer.train()
     logs = [h for h in trainer.state.log_history if "loss" in h]
     lora_p = [m.p for n, m in trainer.model.named_modules()
@@ -97,14 +76,6 @@ def child_trl(a: argparse.Namespace) -> None:
               trainable_params=sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)))
 
 
-def child_tunesmith(a: argparse.Namespace) -> None:
-    import torch
-    from tunesmith.cli import main
-
-    rc = main(tunesmith_argv(a.model, a.data, a.steps, a.seed, a.out, json.loads(a.flags)))
-    emit(dict(rc=rc, threads=torch.get_num_threads()))
-
-
 def tunesmith_argv(model, data, steps, seed, out, flags=()) -> list[str]:
     """`tunesmith dpo` with the shared settings and tunesmith's defaults for the rest, plus `flags`."""
     return ["dpo", "--model", model, "--data", data, "--method", "lora", "--lora-r", str(LORA["r"]),
@@ -113,10 +84,6 @@ def tunesmith_argv(model, data, steps, seed, out, flags=()) -> list[str]:
             "--precision", "fp32", "--lr", str(LR), "--beta", str(BETA), "--loss", "dpo",
             "--max-steps", str(steps), "--seed", str(seed), "--log-every", "1", "--save-every", "0",
             "--out", out, "--overwrite", *flags]
-
-
-def child_env() -> dict:
-    return dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")])))
 
 
 def tunesmith_preflight(model: str, data: str) -> str | None:
@@ -132,61 +99,17 @@ def tunesmith_preflight(model: str, data: str) -> str | None:
         f"tunesmith can't parse `dpo ...` (rc {p.returncode}): {(p.stderr or p.stdout).strip()[-800:]}"
 
 
-def run_child(side: str, a: argparse.Namespace, data: str, out: str, flags=()) -> tuple[dict, float]:
-    cmd = [sys.executable, __file__, "--child", side, "--model", a.model, "--data", data, "--out", out,
-           "--steps", str(a.steps), "--seed", str(a.seed), "--max-length", str(MAX_LEN)] + \
-        ["--flags", json.dumps(list(flags))]
-    t = time.perf_counter()
-    p = subprocess.run(cmd, capture_output=True, text=True, env=child_env())
-    wall = time.perf_counter() - t
-    lines = p.stdout.strip().splitlines()
-    if p.returncode or not lines or not lines[-1].startswith("{"):
-        sys.exit(f"{side} child failed (rc {p.returncode}):\n{p.stdout[-3000:]}\n{p.stderr[-6000:]}")
-    return json.loads(lines[-1]), wall
-
-
-def row(name: str, step_s: list[float], step_tokens: list[int], w: int, maxrss_kib: int, **extra) -> dict:
-    timed = sorted(step_s[w:])
-    secs, toks, pairs = sum(timed), sum(step_tokens[w:]), BATCH * len(timed)
-    return dict(side=name, steps_timed=len(timed), timed_pairs=pairs, timed_tokens=toks, timed_s=secs,
-                pairs_per_s=pairs / secs, tokens_per_s=toks / secs, s_per_step=secs / len(timed),
-                s_per_step_median=timed[len(timed) // 2], step_s_spread=timed[-1] / timed[0],
-                peak_rss_mb=maxrss_kib / 1024, step_s=step_s, step_tokens=step_tokens, **extra)
-
-
-def tunesmith_row(name: str, a, data: str, tmp: str, flags: list[str], step_tokens: list[int]) -> dict:
-    out = os.path.join(tmp, name.replace(" ", "_"))
+def pair_row(name: str, a, data: str, tmp: str, flags: list[str], step_tokens: list[int]) -> dict:
+    """A tunesmith row, with the pairs it reports and how many of the harness's tokens it computed."""
     packing = "--packing" in flags
-    res, wall = run_child("tunesmith", a, data, out, flags)
-    if res["rc"] != 0:
-        sys.exit(f"tunesmith dpo exited {res['rc']}")
-    recs = [json.loads(l) for l in Path(out, "metrics.jsonl").read_text().splitlines() if l.strip()]
-    recs = [r for r in recs if "step_s" in r and "tokens" in r][: a.steps]
-    if len(recs) < a.steps:
-        sys.exit(f"{name}: {len(recs)} step records with step_s and tokens in metrics.jsonl, expected {a.steps}")
-    own, pairs = [int(r["tokens"]) for r in recs], [r.get("pairs") for r in recs]
-    return row(name, [float(r["step_s"]) for r in recs], step_tokens, a.warmup_steps, res["maxrss_kib"],
-               tunesmith_reported_tokens=own, tunesmith_reported_pairs=pairs,
-               # packed rows compute every sequence token; the default rows compute each prompt once, so
-               # fewer tokens go through the model than the harness counts (never more)
-               tokens_match_harness=own == step_tokens if packing else all(o <= t for o, t in zip(own, step_tokens)),
-               tokens_computed_share=sum(own) / sum(step_tokens), shares_prompt=not packing,
-               pairs_match=pairs == [BATCH] * a.steps,
-               losses=[r.get("loss") for r in recs], child_wall_s=wall, threads=res["threads"])
-
-
-def tunesmith_layout(rows: list[dict], seed: int) -> list[dict] | None:
-    """tunesmith always draws each epoch in a seeded random order; lay the rows out so that its step k
-    trains rows k*8 .. k*8+7 of the file order, like TRL's sequential sampler (None if it can't be done)."""
-    try:
-        from tunesmith.train.order import step_indices
-    except ImportError:
-        return None
-    laid: list = [None] * len(rows)
-    for k in range(len(rows) // BATCH):
-        for j, pos in enumerate(step_indices(len(rows), BATCH, seed, k)):
-            laid[pos] = rows[k * BATCH + j]
-    return laid if all(r is not None for r in laid) else None
+    r, recs = tunesmith_row(__file__, "dpo", name, a, data, tmp, flags, step_tokens, pairs_per_step=BATCH,
+                            shares_prompt=not packing)
+    own, pairs = r["tunesmith_reported_tokens"], [x.get("pairs") for x in recs]
+    r.update(tunesmith_reported_pairs=pairs, tokens_computed_share=sum(own) / sum(step_tokens),
+             pairs_match=pairs == [BATCH] * a.steps)
+    if not packing:  # each prompt computed once: fewer tokens go through the model than counted, never more
+        r["tokens_match_harness"] = all(o <= t for o, t in zip(own, step_tokens))
+    return r
 
 
 def conversational(r: dict) -> dict:
@@ -213,61 +136,40 @@ def pair_tokens(tok, c: dict) -> tuple[int, int, int] | None:
     return (n, len(pc), len(pr)) if n < MAX_LEN else None
 
 
-def model_dir() -> str:
-    code = "from tunesmith.models import resolve_model_dir; print(resolve_model_dir('smollm2-135m-instruct'))"
-    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=child_env(), check=True)
-    return p.stdout.strip().splitlines()[-1]
-
-
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=6)
-    ap.add_argument("--warmup-steps", type=int, default=1)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--model", help="HF model directory (default: tunesmith's smollm2-135m-instruct)")
-    ap.add_argument("--data", default=str(ROOT / "src/tunesmith/demo/data/tone_train.jsonl"))
-    ap.add_argument("--results-dir", default=str(ROOT / "bench/results"), help="where the results JSON goes")
-    ap.add_argument("--max-length", type=int, default=128)
-    ap.add_argument("--skip-tunesmith", action="store_true", help="run the TRL side only")
-    ap.add_argument("--extra", default="--packing", help="comma-separated tunesmith flags, each adding a row that "
-                    "runs tunesmith with it (default --packing: the 2n sequences packed into rows; '' for none)")
-    ap.add_argument("--child", choices=["trl", "tunesmith"], help=argparse.SUPPRESS)
-    ap.add_argument("--out", help=argparse.SUPPRESS)
-    ap.add_argument("--flags", default="[]", help=argparse.SUPPRESS)
+    ap = side_by_side_parser(__doc__, str(ROOT / "src/tunesmith/demo/data/tone_train.jsonl"), "--packing",
+                             "comma-separated tunesmith flags, each adding a row that runs tunesmith with it "
+                             "(default --packing: the 2n sequences packed into rows; '' for none)")
     a = ap.parse_args()
     global MAX_LEN
     MAX_LEN = a.max_length
     if a.child:
-        return child_trl(a) if a.child == "trl" else child_tunesmith(a)
+        return child_side(a, child_trl, tunesmith_argv)
     assert a.steps > a.warmup_steps >= 0, "--steps must exceed --warmup-steps"
-    a.model = a.model or model_dir()
+    a.model = a.model or default_model_dir()
     if not a.skip_tunesmith and (why := tunesmith_preflight(a.model, a.data)):
         sys.exit(f"{why}\n(run the TRL side alone with --skip-tunesmith)")
 
-    import peft, torch, transformers, trl
+    vers = versions()
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(a.model)
-    rows_all = [json.loads(l) for l in Path(a.data).read_text().splitlines() if l.strip()]
-    rows, convs, lens, skipped = [], [], [], 0
-    for r in rows_all:
-        if len(rows) == a.steps * BATCH:
-            break
+
+    def measure(r: dict) -> tuple[dict, tuple[int, int, int]] | None:
         c = conversational(r)
         n = pair_tokens(tok, c)
-        if n is None:
-            skipped += 1
-            continue
-        rows.append(r), convs.append(c), lens.append(n)
-    assert len(rows) == a.steps * BATCH, f"{a.data}: {len(rows)} usable pairs, need {a.steps * BATCH}"
+        return None if n is None else (c, n)
+
+    rows, measured, skipped = first_usable(a.data, a.steps * BATCH, measure, "pairs")
+    convs, lens = [c for c, _ in measured], [n for _, n in measured]
     pair_tok = [min(pc, MAX_LEN) + min(pr, MAX_LEN) for _, pc, pr in lens]
     step_tokens = [sum(pair_tok[i * BATCH:(i + 1) * BATCH]) for i in range(a.steps)]
     truncated = sum((pc > MAX_LEN) + (pr > MAX_LEN) for _, pc, pr in lens)
     w = a.warmup_steps
     with tempfile.TemporaryDirectory(prefix="dpo_vs_trl-") as tmp:
         trl_data = os.path.join(tmp, "train_trl.jsonl")
-        Path(trl_data).write_text("".join(json.dumps(c) + "\n" for c in convs))
-        res, wall = run_child("trl", a, trl_data, os.path.join(tmp, "trl"))
+        write_jsonl(trl_data, convs)
+        res, wall = run_side(__file__, "trl", a, trl_data, os.path.join(tmp, "trl"))
         notes = []
         if skipped:
             notes.append(f"skipped {skipped} pair(s) whose prompt fills {MAX_LEN} tokens or whose replies are "
@@ -283,17 +185,12 @@ def main() -> None:
         if res["losses"] and abs(res["losses"][0] - math.log(2)) > 1e-3:
             notes.append(f"TRL's first loss is {res['losses'][0]:.4f}, not ln 2 = 0.6931 (policy != reference at "
                          "step 0?)")
-        table = [row("trl", res["step_s"], step_tokens, w, res["maxrss_kib"], child_wall_s=wall,
+        table = [row("trl", res["step_s"], step_tokens, w, res["maxrss_kib"], pairs_per_step=BATCH, child_wall_s=wall,
                      **{k: v for k, v in res.items() if k not in ("step_s", "maxrss_kib")})]
         if not a.skip_tunesmith:
-            laid = tunesmith_layout(rows, a.seed)
-            if laid is None:
-                laid = rows
-                notes.append("could not align tunesmith's (seeded, shuffled) data order with file order")
-            ts_data = os.path.join(tmp, "train_tunesmith.jsonl")
-            Path(ts_data).write_text("".join(json.dumps(r) + "\n" for r in laid))
-            for name, flags in [("tunesmith", [])] + [(f"tunesmith {f}", [f]) for f in a.extra.split(",") if f]:
-                r = tunesmith_row(name, a, ts_data, tmp, flags, step_tokens)
+            ts_data = tunesmith_data(rows, a.seed, BATCH, tmp, notes)
+            for name, flags in tunesmith_variants(a.extra):
+                r = pair_row(name, a, ts_data, tmp, flags, step_tokens)
                 packing = "--packing" in flags
                 table.append(r)
                 if not packing:
@@ -302,26 +199,13 @@ def main() -> None:
                 if not r["tokens_match_harness"] or not r["pairs_match"]:
                     notes.append(f"{name} trained different pairs/tokens per step than the harness counted: "
                                  f"{r['tunesmith_reported_pairs']} pairs, {r['tunesmith_reported_tokens']} tokens")
-    base = table[0]
-    for r in table:
-        r["pairs_per_s_ratio"] = r["pairs_per_s"] / base["pairs_per_s"]
-        r["peak_rss_ratio"] = r["peak_rss_mb"] / base["peak_rss_mb"]
-        if r["step_s_spread"] > 1.5:
-            notes.append(f"{r['side']}: slowest timed step {r['step_s_spread']:.1f}x the fastest: a busy machine? "
-                         "compare the median s/step, or rerun")
-    print(f"\n{'side':<18} {'steps timed':>11} {'pairs/s':>8} {'tokens/s':>9} {'s/step':>7} {'(median)':>8} "
-          f"{'peak RSS MB':>11} {'ratio pairs/s':>13} {'ratio RSS':>9}")
-    for r in table:
-        print(f"{r['side']:<18} {r['steps_timed']:>11} {r['pairs_per_s']:>8.3f} {r['tokens_per_s']:>9.1f} "
-              f"{r['s_per_step']:>7.2f} {r['s_per_step_median']:>8.2f} {r['peak_rss_mb']:>11.0f} "
-              f"{r['pairs_per_s_ratio']:>13.2f} {r['peak_rss_ratio']:>9.2f}")
+    add_ratios(table, "pairs_per_s", notes)
+    print_table(table, 18, "pairs_per_s")
     print("TRL losses (first steps):", ", ".join(f"{x:.4f}" for x in res["losses"][:3]))
     for n in notes:
         print("note:", n)
-    ts = next((r for r in table if r["side"] == "tunesmith"), None)
-    result = dict(
-        bench="dpo_vs_trl", date=datetime.date.today().isoformat(), host=socket.gethostname(),
-        command=" ".join([Path(sys.executable).name] + sys.argv),
+    result = side_by_side_result(
+        "dpo_vs_trl", vers, table=table, speed="pairs_per_s", notes=notes,
         settings=dict(model=a.model, data=a.data, pairs=len(rows), steps=a.steps, warmup_steps=w, seed=a.seed,
                       pairs_per_step=BATCH, grad_accum=1, max_length=MAX_LEN, precision="fp32", device="cpu",
                       lr=LR, optimizer="AdamW", beta=BETA, loss="sigmoid (standard DPO)",
@@ -329,19 +213,11 @@ def main() -> None:
                       packing=False, sequences_truncated=truncated,
                       trl_dpo_config=trl_config_kwargs("OUT", a.steps, a.seed),
                       tunesmith_argv=tunesmith_argv(a.model, "DATA", a.steps, a.seed, "OUT")),
-        versions=dict(python=platform.python_version(), torch=torch.__version__,
-                      transformers=transformers.__version__, peft=peft.__version__, trl=trl.__version__),
-        machine=dict(platform=platform.platform(), cpus=os.cpu_count()),
-        harness_step_tokens=step_tokens, pairs_skipped=skipped, rows=table, notes=notes,
+        harness_step_tokens=step_tokens, pairs_skipped=skipped,
         # per pair: prompt, prompt+chosen and prompt+rejected tokens, truncated (the model FLOPs of MFU: bench/run.py)
         examples=[dict(prompt=n, chosen=min(pc, MAX_LEN), rejected=min(pr, MAX_LEN)) for n, pc, pr in lens],
-        trl_first_losses=res["losses"][:3],
-        pairs_per_s_ratio=ts and ts["pairs_per_s_ratio"], peak_rss_ratio=ts and ts["peak_rss_ratio"],
-    )
-    path = Path(a.results_dir).resolve() / f"dpo_vs_trl-{result['date']}-{result['host']}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}")
+        trl_first_losses=res["losses"][:3])
+    write_result(result, a.results_dir)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from harness import ROOT, write_result
 
 
 def train(name: str, out: Path, data: Path, a, guarded: bool) -> dict:
@@ -110,10 +110,7 @@ def main() -> None:
         print(f"B stopped: {B['forgetting']['budget_exceeded']}; kept step {B['forgetting']['kept_step']}")
     print(f"targets met: {result['met']}")
     suffix = "" if a.b_name == "B_replay_budget" else f"-{a.b_name}"
-    path = Path(a.results_dir) / f"forgetting-{result['date']}-{result['host']}{suffix}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {path}")
+    write_result(result, a.results_dir, suffix)
 
 
 if __name__ == "__main__":

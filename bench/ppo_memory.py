@@ -16,34 +16,24 @@ Both trained runs use fp32 and LoRA dropout 0. Writes bench/results/ppo_memory-<
 """
 from __future__ import annotations
 
-import argparse, datetime, json, os, platform, resource, socket, subprocess, sys, tempfile
+import argparse, datetime, json, os, platform, socket, sys, tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from harness import ROOT, child_tunesmith, read_jsonl, run_child, write_result
+
 DATA = ROOT / "src" / "tunesmith" / "demo" / "data"
 COMMON = ["--model", "smollm2-135m-instruct", "--method", "lora", "--precision", "fp32", "--save-every", "0",
           "--no-progress", "--overwrite"]
 
 
-def child(argv: list[str]) -> None:
-    from tunesmith.cli import main
-
-    rc = main(argv)
-    print(json.dumps({"rc": rc, "maxrss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}), flush=True)
-
-
 def run(argv: list[str]) -> dict:
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")])))
-    p = subprocess.run([sys.executable, __file__, "--child", *argv], capture_output=True, text=True, env=env)
-    lines = p.stdout.strip().splitlines()
-    if p.returncode or not lines or not lines[-1].startswith("{") or json.loads(lines[-1])["rc"] != 0:
-        sys.exit(f"tunesmith {argv[0]} failed (rc {p.returncode}):\n{p.stdout[-3000:]}\n{p.stderr[-4000:]}")
-    return json.loads(lines[-1])
+    """`tunesmith <argv>` in a fresh process: its exit code and peak RSS."""
+    return run_child([sys.executable, __file__, "--child", *argv], f"tunesmith {argv[0]}", 4000, check_rc=True)[0]
 
 
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
-        return child(sys.argv[2:])
+        return child_tunesmith(sys.argv[2:])
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--reward-model", help="an existing `tunesmith reward` run on smollm2-135m-instruct (lora)")
@@ -67,7 +57,7 @@ def main() -> None:
         ppo = run(["ppo", *COMMON, "--reward-model", rm, "--prompts", prompts, "--rollouts-per-step", "8",
                    "--max-new-tokens", "64", "--ppo-epochs", "4", "--max-steps", str(a.steps),
                    "--out", os.path.join(tmp, "ppo")])
-        ppo_rows = [json.loads(l) for l in Path(tmp, "ppo", "metrics.jsonl").read_text().splitlines() if l.strip()]
+        ppo_rows = read_jsonl(Path(tmp, "ppo", "metrics.jsonl"))
     import torch
 
     sft_mb, ppo_mb = sft["maxrss_kib"] / 1024, ppo["maxrss_kib"] / 1024
@@ -80,10 +70,7 @@ def main() -> None:
               "ppo_response_length": [r.get("response_length") for r in ppo_rows],
               "ppo_step_s": [r.get("step_s") for r in ppo_rows]}
     print(f"\nLoRA SFT peak RSS {sft_mb:.0f} MB; PPO peak RSS {ppo_mb:.0f} MB; ratio {ppo_mb / sft_mb:.2f} (target <= 1.6)")
-    out = Path(a.results_dir) / f"ppo_memory-{result['date']}-{result['host']}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_result(result, a.results_dir)
 
 
 if __name__ == "__main__":

@@ -41,7 +41,7 @@ def main() -> None:
     from tunesmith.models import load_model, load_tokenizer, resolve_model_dir
     from tunesmith.models.attention import packs_flat
     from tunesmith.train.model_setup import compile_layers
-    from tunesmith.train.step import batch_nll_sum
+    from tunesmith.models.forward import batch_nll_sum
 
     model_dir = resolve_model_dir("smollm2-135m-instruct")
     tokenizer = load_tokenizer(model_dir)
@@ -77,7 +77,7 @@ def main() -> None:
     print(events.table(sort_by="self_cpu_time_total", row_limit=a.rows))
     total = sum(e.self_cpu_time_total for e in events) / 1e6
     mm = sum(e.self_cpu_time_total for e in events if e.key == "aten::mm") / 1e6
-    from run import measure_peak, model_counts, sft_flops  # bench/run.py: the harness's peak and FLOP count
+    from harness import measure_peak, model_counts, sft_flops  # bench/run.py's peak and FLOP count
 
     peak = measure_peak()["flops_per_s"]
     counts, shape = model_counts(str(model_dir), "lora")

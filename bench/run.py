@@ -47,43 +47,14 @@ from __future__ import annotations
 import argparse, datetime, json, os, platform, socket, subprocess, sys, tempfile, time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from harness import ROOT, measure_peak, model_counts, sft_flops, versions
+
 sys.path.insert(0, str(ROOT / "src"))
 JOBS = {"sft-lora": ("sft_vs_trl.py", "lora"), "sft-qlora": ("sft_vs_trl.py", "qlora"), "dpo-lora": ("dpo_vs_trl.py", "lora")}
 # issue 7's targets on a 2-core CPU: speed ratio to TRL (at least), memory ratio (at most), MFU, QLoRA/LoRA step time
 TARGETS = {"sft-lora": (2.5, 0.8), "dpo-lora": (2.0, 0.8)}
 SFT_LORA_MFU, QLORA_STEP_RATIO = 0.5, 1.5
 SFT_ONLY = {"--no-shared-prefix"}  # --extra flags that only `tunesmith sft` takes
-
-
-def measure_peak(dtype_name: str = "float32", n: int = 4096, repeats: int = 5) -> dict:
-    """The best FLOP/s of an n x n matmul in `dtype` over `repeats` timed runs (after one warm-up)."""
-    import torch
-
-    dtype = getattr(torch, dtype_name)
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    torch.matmul(a, b)
-    best = 0.0
-    for _ in range(repeats):
-        t = time.perf_counter()
-        torch.matmul(a, b)
-        best = max(best, 2 * n**3 / (time.perf_counter() - t))
-    return dict(flops_per_s=best, dtype=dtype_name, n=n, repeats=repeats, threads=torch.get_num_threads())
-
-
-def model_counts(model_dir: str, method: str) -> tuple[dict, object]:
-    from tunesmith.plan import parameter_counts, parse_targets, resolve_shape
-
-    shape, _ = resolve_shape(model_dir)
-    return parameter_counts(shape, method, 16, parse_targets("all-linear")), shape
-
-
-def sft_flops(c: dict, shape, n: int, m: int) -> float:
-    """Model FLOPs of one SFT (LoRA/QLoRA) example of n tokens, m of them trained: the planner's per-token
-    count at sequence length n and trained fraction m / n, times n."""
-    from tunesmith.plan import flops_per_token
-
-    return n * flops_per_token(shape, "lora", c, n, False, m / n)["model"]
 
 
 def reference_flops(c: dict, shape, n: int, m: int) -> float:
@@ -210,7 +181,7 @@ def main() -> None:
     jobs, lengths, a.extra = a.jobs.split(","), [int(x) for x in a.lengths.split(",")], [f for f in a.extra.split(",") if f]
     unknown = [j for j in jobs if j not in JOBS]
     assert not unknown, f"unknown job(s) {unknown}; choose from {list(JOBS)}"
-    import peft, torch, transformers, trl
+    vers = versions()
     from tunesmith.models import resolve_model_dir
 
     a.model = a.model or str(resolve_model_dir("smollm2-135m-instruct"))
@@ -229,8 +200,7 @@ def main() -> None:
     meta = dict(date=date, host=host, command=" ".join(["python"] + [Path(sys.argv[0]).as_posix()] + sys.argv[1:]),
                 machine=f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}", peak=peak,
                 steps=a.steps, warmup_steps=a.warmup_steps,
-                versions=dict(python=platform.python_version(), torch=torch.__version__,
-                              transformers=transformers.__version__, peft=peft.__version__, trl=trl.__version__))
+                versions=vers)
     table = markdown(rows, goals, meta)
     print("\n" + table)
     out = Path(a.results_dir)

@@ -101,17 +101,28 @@ def test_packing_and_micro_batches_give_the_same_step(tmp_path, pairs_file):
         cfg = _config(tmp_path, name, pairs_file, max_steps=2, lr=1e-2, packing=packing, micro_batch_size=micro)
         runs[name] = _train_records(run_dpo(cfg, say=lambda s: None, progress=False).run_dir)
     for name in ("packed", "micro"):
+        assert [r["step"] for r in runs["padded"]] == [r["step"] for r in runs[name]] == [1, 2], name
         for a, b in zip(runs["padded"], runs[name]):  # step 2 also checks the accumulated gradient
             for key in ("loss", "logp_chosen", "logp_rejected", "reward_margin"):
                 assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-5), (name, key, a["step"])
 
 
 def test_sft_weight_adds_the_chosen_nll(tmp_path, pairs_file):
-    cfg = _config(tmp_path, "sftw", pairs_file, max_steps=1, lr=1e-3, sft_weight=0.5)
-    first = _train_records(run_dpo(cfg, say=lambda s: None, progress=False).run_dir)[0]
+    """Against the same run without the term: the same first (preference) loss, but another gradient, and
+    chosen replies made more likely by the step."""
+    runs = {}
+    for weight in (0.0, 0.5):
+        cfg = _config(tmp_path, f"sftw-{weight}", pairs_file, max_steps=2, lr=1e-3, sft_weight=weight)
+        runs[weight] = _train_records(run_dpo(cfg, say=lambda s: None, progress=False).run_dir)
+    plain, sft = runs[0.0], runs[0.5]
+    assert [r["step"] for r in plain] == [r["step"] for r in sft] == [1, 2]
     # the logged loss is the preference loss alone; the objective adds 0.5 * chosen_nll
-    assert first["loss"] == pytest.approx(LN2, abs=1e-6)
-    assert first["chosen_nll"] > 0
+    assert sft[0]["loss"] == pytest.approx(LN2, abs=1e-6) and plain[0]["loss"] == pytest.approx(LN2, abs=1e-6)
+    assert sft[0]["logp_chosen"] == pytest.approx(plain[0]["logp_chosen"], rel=1e-6)  # the same model at step 1
+    assert sft[0]["chosen_nll"] > 0 and "chosen_nll" not in plain[0]
+    # the NLL term's gradient joins the preference loss's: a step that also raises the chosen replies' log-probs
+    assert sft[0]["grad_norm"] != pytest.approx(plain[0]["grad_norm"], rel=1e-3)
+    assert sft[1]["logp_chosen"] > plain[1]["logp_chosen"]
 
 
 def test_ipo_first_loss(tmp_path, pairs_file):
@@ -153,7 +164,7 @@ def test_resume_equals_uninterrupted(tmp_path, pairs_file, monkeypatch, method):
     if method == "full":
         assert any("reference log-probs: reusing" in line for line in said)
     a, b = _train_records(whole.run_dir), _train_records(resumed.run_dir)
-    assert [r["step"] for r in b] == [1, 2, 3, 4, 5, 6]
+    assert [r["step"] for r in a] == [r["step"] for r in b] == [1, 2, 3, 4, 5, 6]
     for x, y in zip(a, b):
         assert x["loss"] == pytest.approx(y["loss"], abs=1e-6)
         assert x["reward_margin"] == pytest.approx(y["reward_margin"], abs=1e-6)

@@ -150,11 +150,15 @@ def test_ppo_raises_the_reward_models_score(tmp_path, peaked_model, newline_rewa
     result = run_ppo(cfg, say=lambda s: None, progress=False)
     records = read_metrics(result.run_dir / "metrics.jsonl")
     rewards = [r["reward_mean"] for r in records]
+    assert len(rewards) == 20
     assert sum(rewards[-5:]) / 5 > sum(rewards[:5]) / 5 + 0.8, rewards
     assert records[0]["kl"] == pytest.approx(0.0, abs=1e-5)  # a fresh adapter: policy == reference
     for key in ("reward_std", "kl_coef", "policy_loss", "value_loss", "clip_fraction", "entropy", "response_length"):
         assert key in records[-1]
-    assert (result.run_dir / "value_head.safetensors").is_file() and (result.run_dir / "samples.jsonl").is_file()
+    assert (result.run_dir / "value_head.safetensors").is_file()
+    samples = [json.loads(line) for line in (result.run_dir / "samples.jsonl").read_text().splitlines()]
+    assert {s["step"] for s in samples} == {1, 5, 10, 15, 20}  # step 1, then every --samples-every 5
+    assert all(set(s) == {"step", "prompt", "completion", "reward"} for s in samples)
     adapter = json.loads((result.output / "adapter_config.json").read_text())
     assert adapter["r"] == 16  # the policy adapter alone: the reward adapter is not saved with it
 

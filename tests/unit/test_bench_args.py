@@ -11,7 +11,9 @@ import pytest
 BENCH = Path(__file__).resolve().parents[2] / "bench"
 
 
-def _script(name: str):
+def _script(name: str, monkeypatch):
+    # `python bench/<name>.py` puts bench/ first on sys.path, where the scripts find their shared harness.py
+    monkeypatch.syspath_prepend(str(BENCH))
     spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -19,16 +21,16 @@ def _script(name: str):
 
 
 @pytest.mark.parametrize("name", ["sft_vs_trl", "dpo_vs_trl"])
-def test_extra_flags_reach_the_tunesmith_command(name):
-    argv = _script(name).tunesmith_argv("MODEL", "DATA", 3, 0, "OUT", ["--compile", "--no-packing"])
+def test_extra_flags_reach_the_tunesmith_command(name, monkeypatch):
+    argv = _script(name, monkeypatch).tunesmith_argv("MODEL", "DATA", 3, 0, "OUT", ["--compile", "--no-packing"])
     assert argv[-2:] == ["--compile", "--no-packing"]
     assert argv[argv.index("--model") + 1] == "MODEL" and argv[argv.index("--max-steps") + 1] == "3"
 
 
-def test_mfu_counts_a_shared_prefix_once_for_the_rows_that_share_it(tiny_dir):
+def test_mfu_counts_a_shared_prefix_once_for_the_rows_that_share_it(tiny_dir, monkeypatch):
     """bench/run.py: a tunesmith SFT row that computed a prefix once is not credited with its copies; TRL's
     and `--no-shared-prefix` rows are counted per example; a DPO row with the prompt once, likewise."""
-    run = _script("run")
+    run = _script("run", monkeypatch)
     c, shape = run.model_counts(str(tiny_dir), "lora")
     sft = dict(examples=[dict(tokens=100, trained=20)] * 4, harness_step_tokens=[400], shared_prefixes=[[[60, 4]]])
     full = run.step_flops("sft-lora", sft, c, shape, {"side": "trl"})

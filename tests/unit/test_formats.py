@@ -190,6 +190,7 @@ def _trained_text(tokenizer, ex: TokenizedExample) -> str:
 def _trained_runs(tokenizer, ex: TokenizedExample) -> list[str]:
     """The decoded text of each maximal run of consecutive trained tokens."""
     runs, cur = [], []
+    assert len(ex.input_ids) == len(ex.labels)
     for tok, label in zip(ex.input_ids, ex.labels):
         if label != IGNORE:
             assert label == tok
