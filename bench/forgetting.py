@@ -50,10 +50,10 @@ def train(name: str, out: Path, data: Path, a, guarded: bool) -> dict:
 
 
 def score(adapter: str) -> dict:
-    from tunesmith.demo.run import HELDOUT_FILE, MODEL, score_model
     from tunesmith.data.formats import load_sft_file
+    from tunesmith.demo.run import HELDOUT_FILE, MODEL, score_model
     from tunesmith.forgetting.evaluate import evaluate_model
-    from tunesmith.generation import load_for_inference
+    from tunesmith.models.inference import load_for_inference
 
     drift = evaluate_model(MODEL, adapter, say=print)
     model, tokenizer = load_for_inference(MODEL, [adapter], merge=True)

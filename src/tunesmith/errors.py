@@ -24,3 +24,11 @@ class ModelError(TunesmithError):
 
 class OutputError(TunesmithError):
     """The output directory cannot be used as asked (not empty, nothing to resume, ...)."""
+
+
+class Interrupted(TunesmithError):
+    """SIGINT (Ctrl-C) or SIGTERM during training: a checkpoint was saved, `--resume` continues the run."""
+
+    def __init__(self, message: str, exit_code: int):
+        self.exit_code = exit_code  # 130 for SIGINT, 143 for SIGTERM, as a shell reports a signal
+        super().__init__(message)

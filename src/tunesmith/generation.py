@@ -1,59 +1,14 @@
-"""Chat generation with the tokenizer's template: batched, left-padded, greedy or sampled."""
+"""Chat generation with the tokenizer's template: batched, left-padded, greedy or sampled.
+
+The model comes from `tunesmith.models.inference.load_for_inference` (a base plus adapters).
+"""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 
-from tunesmith.errors import ModelError
-from tunesmith.models import load_model, load_tokenizer, resolve_model_dir, select_device
-
-
-def adapter_names(adapters: list[str]) -> list[str]:
-    """A short, unique name per adapter directory: its folder's name, or its run's name for RUN/adapter."""
-    names: list[str] = []
-    for adapter in adapters:
-        path = Path(adapter).resolve()
-        base = path.parent.name if path.name == "adapter" else path.name
-        name, n = base, 2
-        while name in names or name == "base":
-            name, n = f"{base}-{n}", n + 1
-        names.append(name)
-    return names
-
-
-def load_for_inference(model: str, adapters: list[str] | None = None, device: str = "auto",
-                       merge: bool = False):
-    """(model, tokenizer) for a base (alias, HF dir or .gguf) plus optional PEFT adapter directories.
-
-    Each adapter is loaded under `adapter_names` (e.g. "support" for runs/support/adapter); the last one is
-    active (`model.set_adapter(name)` switches). `merge` folds a single adapter into a copy of the weights in
-    memory (W + B·A·alpha/r; the files are untouched): same outputs, and no extra LoRA matmuls at every
-    decoding step.
-    """
-    model_dir = resolve_model_dir(model)
-    tokenizer = load_tokenizer(model_dir)
-    dev = select_device(device)
-    net = load_model(model_dir, dev)
-    adapters = list(adapters or [])
-    for i, (adapter, name) in enumerate(zip(adapters, adapter_names(adapters))):
-        path = Path(adapter)
-        if not (path / "adapter_config.json").is_file():
-            raise ModelError(f"{path}: not an adapter directory (no adapter_config.json)")
-        from peft import PeftModel
-
-        if i == 0:
-            net = PeftModel.from_pretrained(net, str(path), adapter_name=name)
-        else:
-            net.load_adapter(str(path), adapter_name=name)
-            net.set_adapter(name)
-    if merge and adapters:
-        if len(adapters) > 1:
-            raise ModelError("merge: only one adapter can be folded into the weights")
-        net = net.merge_and_unload()
-    net.eval()
-    return net, tokenizer
+from tunesmith.models.forward import autocast
+from tunesmith.models.load import autocast_dtype
 
 
 def as_messages(prompt: str | list[dict], system: str | None = None) -> list[dict]:
@@ -73,9 +28,6 @@ def generate_chat(model, tokenizer, prompts: list[str | list[dict]], max_new_tok
     """Completions for each prompt (a user message, or a message list ending with a user turn).
 
     precision "auto" runs under bf16 autocast where the device has fast bf16 (as training does)."""
-    from tunesmith.models.load import autocast_dtype
-    from tunesmith.models.forward import autocast
-
     device = next(model.parameters()).device
     amp = autocast_dtype(precision, device)
     texts = [tokenizer.apply_chat_template(as_messages(p, system), tokenize=False, add_generation_prompt=True)
@@ -125,10 +77,7 @@ def stream_reply(model, tokenizer, messages: list[dict], on_text, max_new_tokens
                  temperature: float = 0.0, top_p: float = 1.0, precision: str = "auto") -> tuple[str, int]:
     """Generate the assistant's reply to `messages`, calling on_text(piece) as text is decoded; stops at
     the template's end-of-turn token. Returns (reply, tokens generated)."""
-    from transformers import TextStreamer
-
-    from tunesmith.models.load import autocast_dtype
-    from tunesmith.models.forward import autocast
+    from transformers import TextStreamer  # heavy: transformers, deferred to the first call
 
     class _Callback(TextStreamer):
         def on_finalized_text(self, text: str, stream_end: bool = False) -> None:

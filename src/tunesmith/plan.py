@@ -120,9 +120,15 @@ fraction ~0.22, each in a fresh process (tests/calibration/measure_run.py).
                  measured (medians, the warm-up step left out).
 
 Tokens of a data file (--data): characters/4 per message plus 4 template tokens per message, each row
-cut at --seq-len; trained tokens are those of assistant turns with weight 1 (+1 end-of-turn each);
+cut at --max-length; trained tokens are those of assistant turns with weight 1 (+1 end-of-turn each);
 φ = trained / all. With --model a local directory holding a tokenizer and a chat template, rows are
 counted exactly with the template instead. Rows are assumed packed (tunesmith's default): no padding.
+
+A training config (`plan_config`; `tunesmith plan --recipe NAME` reads the training command's flags,
+--config files and --set keys): s is --max-length (grpo, ppo: --max-prompt-length + --max-new-tokens), a
+step's rows are --batch-size examples × the sequences each trains (dpo, reward: chosen and rejected; grpo:
+--group-size samples), and the run's length is --data × --epochs or --max-steps (which overrides the epochs, as
+in training). Passes without gradients (references, sampling) are not counted; the plan's warnings say which.
 """
 
 from __future__ import annotations
@@ -133,6 +139,7 @@ import os
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+from tunesmith.data.formats import problems_error, read_sft_file
 from tunesmith.errors import ConfigError, ModelError
 
 METHODS = ("full", "lora", "qlora")
@@ -399,7 +406,7 @@ def _local_tokenizer(model_dir: Path | None):
     if model_dir is None or not (model_dir / "tokenizer_config.json").is_file():
         return None
     try:
-        from transformers import AutoTokenizer
+        from transformers import AutoTokenizer  # heavy: deferred for CLI start-up
 
         tok = AutoTokenizer.from_pretrained(str(model_dir))
     except Exception:  # an unreadable tokenizer falls back to the estimate
@@ -409,8 +416,6 @@ def _local_tokenizer(model_dir: Path | None):
 
 def count_data_tokens(path: str | Path, seq_len: int, model_dir: Path | None = None) -> dict:
     """Tokens and trained tokens of one pass over an SFT JSONL file (see the module docstring)."""
-    from tunesmith.data.formats import problems_error, read_sft_file
-
     parsed = read_sft_file(path)
     if parsed.problems:
         raise problems_error(parsed.path, parsed.problems)
@@ -447,8 +452,12 @@ def plan(model: str, method: str, lora_r: int = 16, target: str = "all-linear", 
          data: str | None = None, epochs: int | None = None, gpu: str = "h100", gpus: int = 1,
          price_per_hour: float | None = None, mfu: float | None = None, peak_tflops: float | None = None,
          gradient_checkpointing: bool = False, precision: str | None = None,
-         trained_fraction: float | None = None) -> dict:
-    """Everything `tunesmith plan` prints, as one JSON-ready dict."""
+         trained_fraction: float | None = None, max_steps: int | None = None) -> dict:
+    """Everything `tunesmith plan` prints, as one JSON-ready dict.
+
+    `seq_len` is the tokens per row (`--max-length` of an SFT run) and `batch_size` the rows per step. The
+    run's length is `tokens`, or `data` × `epochs`, or `max_steps` steps (which, as in training, overrides
+    the epochs: that many steps of the data's mean example, or, without data, of full rows)."""
     if method not in METHODS:
         raise ConfigError(f"--method: unknown method '{method}' (expected one of {', '.join(METHODS)})")
     gpu_key = gpu.strip().lower()
@@ -457,12 +466,15 @@ def plan(model: str, method: str, lora_r: int = 16, target: str = "all-linear", 
     micro_batch_size = batch_size if micro_batch_size is None else micro_batch_size
     checks = [
         (lora_r >= 1, "--lora-r must be >= 1"),
-        (seq_len >= 8, "--seq-len must be >= 8"),
+        (seq_len >= 8, "--max-length must be >= 8"),
         (batch_size >= 1 and micro_batch_size >= 1, "--batch-size and --micro-batch-size must be >= 1"),
         (batch_size % micro_batch_size == 0, f"--micro-batch-size must divide --batch-size ({batch_size})"),
         (gpus >= 1, "--gpus must be >= 1"),
         (tokens is None or tokens >= 1, "--tokens must be >= 1"),
         (not (tokens is not None and data), "--tokens and --data: give one (the data's tokens x --epochs, or a count)"),
+        (not (tokens is not None and max_steps), "--tokens and --max-steps: give one (--max-steps is that many "
+                                                 "steps of --batch-size)"),
+        (max_steps is None or max_steps >= 1, "--max-steps must be >= 1"),
         (epochs is None or data, "--epochs needs --data"),
         (epochs is None or epochs >= 1, "--epochs must be >= 1"),
         (mfu is None or 0 < mfu <= 1, "--mfu must be in (0, 1]"),
@@ -485,13 +497,22 @@ def plan(model: str, method: str, lora_r: int = 16, target: str = "all-linear", 
         precision = "fp32" if gpu_key == "cpu" else "bf16"
     act_bytes = 2 if precision == "bf16" else 4
 
-    data_info = None
+    data_info = steps = None
     if data:
         data_info = count_data_tokens(data, seq_len, model_dir)
-        data_info["epochs"] = epochs or 1
-        tokens = data_info["tokens"] * data_info["epochs"]
+        rows = data_info["rows"]
+        if max_steps:  # training's --max-steps overrides --epochs: that many steps of the data's examples
+            steps = max_steps
+            data_info["epochs"] = round(max_steps * batch_size / rows, 2) if rows else 0
+            tokens = round(data_info["tokens"] * max_steps * batch_size / rows) if rows else 0
+        else:
+            data_info["epochs"] = epochs or 1
+            steps = data_info["epochs"] * math.ceil(rows / batch_size)
+            tokens = data_info["tokens"] * data_info["epochs"]
         if trained_fraction is None and data_info["tokens"]:
             trained_fraction = data_info["trained_tokens"] / data_info["tokens"]
+    elif max_steps:  # no data to measure: every row full, an upper bound
+        steps, tokens = max_steps, max_steps * batch_size * seq_len
     if trained_fraction is None:
         trained_fraction = 1.0
 
@@ -508,21 +529,21 @@ def plan(model: str, method: str, lora_r: int = 16, target: str = "all-linear", 
         hints = [h for h, ok in [("--method lora", method == "full"), ("--method qlora", method != "qlora"),
                                  ("--gradient-checkpointing", not gradient_checkpointing),
                                  ("a smaller --micro-batch-size", micro_batch_size > 1),
-                                 ("a shorter --seq-len", True)] if ok]
+                                 ("a shorter --max-length", True)] if ok]
         warnings.append(f"does not fit: needs {total / GIB:.1f} GiB per {'GPU' if gpu_key != 'cpu' else 'machine'}, "
                         f"{device.name} has {capacity / GIB:.1f} GiB; try {', '.join(hints)}")
     elif fits and total > 0.9 * capacity:
         warnings.append(f"tight: {total / GIB:.1f} of {capacity / GIB:.1f} GiB; CUDA context and fragmentation "
                         "are not counted")
 
-    flops = model_flops = hours = gpu_hours = cost = steps = None
+    flops = model_flops = hours = gpu_hours = cost = None
     if tokens is not None:
         flops = tokens * fpt["executed"]
         model_flops = tokens * fpt["model"]
         hours = flops / (device.peak_tflops * 1e12 * mfu * gpus) / 3600
         gpu_hours = hours * gpus
         cost = None if price_per_hour is None else gpu_hours * price_per_hour
-        steps = math.ceil(tokens / (batch_size * seq_len))
+        steps = steps or math.ceil(tokens / (batch_size * seq_len))
 
     return {
         "model": model, "shape": asdict(shape), "method": method,
@@ -537,11 +558,64 @@ def plan(model: str, method: str, lora_r: int = 16, target: str = "all-linear", 
         "gpu": {"key": gpu_key, "name": device.name, "peak_tflops": device.peak_tflops,
                 "memory_bytes": capacity, "count": gpus},
         "fits": fits, "warnings": warnings,
-        "tokens": tokens, "data": data_info, "steps": steps,
+        "tokens": tokens, "data": data_info, "steps": steps, "max_steps": max_steps,
         "flops_per_token": fpt, "flops": flops, "model_flops": model_flops,
         "mfu": mfu, "hours": hours, "gpu_hours": gpu_hours,
         "price_per_hour": price_per_hour, "cost_usd": cost,
     }
+
+
+# --------------------------------------------------------------------------------------- a run's config
+
+# The arithmetic above is one SFT step. The other recipes are planned as the sequences their step trains
+# on (`sequences_per_example`); what else they run is left out, and the plan says so.
+NOT_COUNTED = {
+    "dpo": "the reference log-probs (a forward without gradients, or computed once before training) are not counted",
+    "kto": "the reference and KL-estimate forwards (without gradients) are not counted",
+    "reward": "counted as if the scalar head were the LM head (logits memory, head FLOPs): an overestimate",
+    "grpo": "only the training forward/backward is counted: not the sampling (KV cache) or the reference pass",
+    "ppo": "only the policy's training forward/backward is counted: not the sampling (KV cache), the reference "
+           "pass, the value head or the reward model's scoring",
+}
+
+
+def sequences_per_example(cfg, recipe: str) -> int:
+    """Sequences one example puts through a recipe's trained forward: a pair's chosen and rejected (dpo, reward),
+    a prompt's K samples (grpo), one otherwise."""
+    if recipe == "grpo":
+        return cfg.grpo.group_size
+    return 2 if recipe in ("dpo", "reward") else 1
+
+
+def sequence_length(cfg) -> int:
+    """Tokens per sequence: the data's --max-length, or for prompt data the prompt plus what is sampled."""
+    data = cfg.data
+    return data.max_length if hasattr(data, "max_length") else data.max_prompt_length + cfg.sampling.max_new_tokens
+
+
+def plan_config(cfg, recipe: str = "sft", tokens: int | None = None, gpu: str | None = None, gpus: int = 1,
+                price_per_hour: float | None = None, mfu: float | None = None, peak_tflops: float | None = None,
+                trained_fraction: float | None = None) -> dict:
+    """The plan of the run a training config describes (`tunesmith plan --config FILE`): its model, method,
+    adapter, sequence length, batch, precision, checkpointing and length (--data and --epochs, or --max-steps);
+    the arguments are what training has no field for. `gpu` defaults to the cpu for --device cpu, else h100."""
+    n, t = sequences_per_example(cfg, recipe), cfg.train
+    data = cfg.data.train if recipe == "sft" else None  # the token counter reads SFT data
+    result = plan(cfg.model, cfg.method, lora_r=cfg.lora.r, target=cfg.lora.target, seq_len=sequence_length(cfg),
+                  batch_size=t.batch_size * n, micro_batch_size=t.micro_batch_size * n, tokens=tokens, data=data,
+                  epochs=t.epochs if data else None, max_steps=t.max_steps,
+                  gpu=gpu or ("cpu" if cfg.device == "cpu" else "h100"), gpus=gpus, price_per_hour=price_per_hour,
+                  mfu=mfu, peak_tflops=peak_tflops, gradient_checkpointing=t.gradient_checkpointing,
+                  precision=None if t.precision == "auto" else t.precision, trained_fraction=trained_fraction)
+    warnings = cfg.guard_rail_warnings()
+    if recipe in NOT_COUNTED:
+        per = f"; batch and micro-batch counted in sequences, {n} per example" if n > 1 else ""
+        warnings.append(f"{recipe}: {NOT_COUNTED[recipe]}{per}")
+    if cfg.data.train and data is None and tokens is None:
+        warnings.append(f"{recipe}: the data's tokens are counted for sft only; give --tokens N for the run's time")
+    if getattr(cfg.data, "replay", None):
+        warnings.append("--replay: the replayed examples are not counted in the run's tokens")
+    return {**result, "recipe": recipe, "warnings": result["warnings"] + warnings}
 
 
 # ---------------------------------------------------------------------------------------------- format
@@ -570,6 +644,7 @@ def format_plan(p: dict) -> str:
              f"heads {s['heads']}/{s['kv_heads']} kv, vocab {s['vocab']}, "
              f"{'tied' if s['tied'] else 'untied'} embeddings"]
     method = p["method"] + (f" r={p['lora']['r']} on {','.join(p['lora']['targets'])}" if p["lora"] else "")
+    method = f"{p['recipe']}, {method}" if p.get("recipe") else method
     lines.append(f"method      {method}")
     lines.append(f"parameters  total {p['total_params']:,}  trainable {p['trainable_params']:,} "
                  f"({p['trainable_percent']:.4f}%)")
@@ -602,10 +677,11 @@ def format_plan(p: dict) -> str:
     recompute = f" + {_num(f['recompute'])} recompute" if f["recompute"] else ""
     lines.append(f"FLOPs/token {_num(f['model'])} model{recompute}")
     if p["tokens"] is None:
-        lines.append("time, cost  give --tokens N or --data FILE for the run's FLOPs, time and cost")
+        lines.append("time, cost  give --tokens N, --data FILE or --max-steps N for the run's FLOPs, time and cost")
     else:
         d = p["data"]
-        src = f" ({d['rows']} rows x {d['epochs']} epochs, {d['method']})" if d else ""
+        src = (f" ({d['rows']} rows x {d['epochs']:g} epochs, {d['method']})" if d
+               else " (--max-steps of full rows: an upper bound)" if p["max_steps"] else "")
         lines.append(f"run         {_num(p['tokens'])} tokens{src}, {p['steps']:,} steps of "
                      f"{p['batch_size']} x {p['seq_len']}; {p['flops']:.3g} FLOPs")
         lines.append(f"time        {_hours(p['hours'])} at MFU {p['mfu']:g} on {g['count']} device(s) "

@@ -14,11 +14,9 @@ import json
 from pathlib import Path
 
 from tunesmith.atomic import atomic_write_bytes, atomic_write_text
+from tunesmith.recipes import RECIPES
 from tunesmith.train.metrics import read_metrics
 
-# recipe -> its headline metric in metrics.jsonl (its eval_ twin is plotted with it when present)
-MAIN_METRIC = {"sft": "loss", "dpo": "reward_accuracy", "reward": "accuracy", "grpo": "reward_mean",
-               "ppo": "reward_mean"}
 PLOTS = {"loss.png": "training and evaluation loss", "main.png": "main metric",
          "forgetting.png": "drift from the base"}
 
@@ -33,7 +31,7 @@ def _png(curves: list[tuple[str, list[int], list[float], str | None]], title: st
     curves = [c for c in curves if c[1]]
     if not curves:
         return None
-    import matplotlib
+    import matplotlib  # heavy: deferred until a figure is drawn
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -61,8 +59,8 @@ def summary_rows(records: list[dict], recipe: str) -> list[tuple[str, float, flo
     stop = next((r for r in records if "budget_exceeded" in r), None)
     if stop is not None:
         records = [r for r in records if r.get("step", 0) <= stop["kept_step"] and "budget_exceeded" not in r]
-    main = MAIN_METRIC.get(recipe, "loss")
-    keys = ["loss" if recipe in ("sft", "dpo", "reward") else None,  # RL's "loss" is a surrogate: no yardstick
+    main = RECIPES[recipe].main_metric  # its eval_ twin is plotted with it when present
+    keys = [None if RECIPES[recipe].samples else "loss",  # RL's "loss" is a surrogate: no yardstick
             f"eval_{main}" if main != "loss" else None, main, "eval_loss", "eval_reward_mean",
             "probe_perplexity", "probe_ppl_increase", "kl_to_base"]
     rows = []
@@ -86,7 +84,7 @@ def write_report(run_dir: str | Path, recipe: str) -> str:
     """Write the PNGs and report.html into `run_dir`; return the table printed at the end of a run."""
     run_dir = Path(run_dir)
     records = read_metrics(run_dir / "metrics.jsonl") if (run_dir / "metrics.jsonl").is_file() else []
-    main = MAIN_METRIC.get(recipe, "loss")
+    main = RECIPES[recipe].main_metric
     figures = {
         "loss.png": _png([("loss", *_series(records, "loss"), "loss"),
                           ("eval_loss", *_series(records, "eval_loss"), "loss")], "loss"),

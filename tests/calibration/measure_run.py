@@ -117,13 +117,14 @@ def main(argv: list[str]) -> int:
 
     from tunesmith.cli import main as tunesmith_main
     from tunesmith.recipes import sft
+    from tunesmith.train import run as run_scaffold  # builds every recipe's model
 
     out: dict = {"threads": torch.get_num_threads(), "batches": [], "step_s": [], "hwm_after_step": [],
                  "anon_peak_after_step": []}
     step_start = [0.0]
     trained: list = []  # the model, once built
     sampler = Sampler()
-    build, collate, optimizer_step = sft.build_trainable_model, sft.collate, sft.optimizer_step
+    build, collate, optimizer_step = run_scaffold.build_trainable_model, sft.collate, sft.optimizer_step
 
     def measured_build(*args, **kwargs):
         release_freed()
@@ -159,7 +160,8 @@ def main(argv: list[str]) -> int:
         step_start[0] = time.perf_counter()
         return norm
 
-    sft.build_trainable_model, sft.collate, sft.optimizer_step = measured_build, measured_collate, measured_step
+    run_scaffold.build_trainable_model = measured_build
+    sft.collate, sft.optimizer_step = measured_collate, measured_step
     try:
         code = tunesmith_main(argv)
         raise SystemExit(f"the run ended (exit {code}) before step {max_steps}")

@@ -6,9 +6,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import tunesmith.recipes.sft as sft_recipe
+import tunesmith.train.run as run_scaffold
 from tests.conftest import chat_rows, write_jsonl
 from tunesmith.config.schema import SFTConfig
+from tunesmith.recipes.sft import run_sft
 
 
 def _config(data, out, resume=False):
@@ -32,20 +33,20 @@ class Crash(Exception):
 
 def test_resume_equals_uninterrupted(tmp_path, monkeypatch, tiny_dir):
     data = write_jsonl(tmp_path / "train.jsonl", chat_rows(10))  # 10 examples, batch 4: epochs wrap
-    whole = sft_recipe.run_sft(_config(data, tmp_path / "whole"), say=lambda s: None, progress=False)
+    whole = run_sft(_config(data, tmp_path / "whole"), say=lambda s: None, progress=False)
 
-    real_save = sft_recipe.save_checkpoint_on_main
+    real_save = run_scaffold.save_checkpoint_on_main
 
     def save_then_crash(*args, **kwargs):
         real_save(*args, **kwargs)
         raise Crash()  # the process dies right after its first checkpoint
 
-    monkeypatch.setattr(sft_recipe, "save_checkpoint_on_main", save_then_crash)
+    monkeypatch.setattr(run_scaffold, "save_checkpoint_on_main", save_then_crash)
     with pytest.raises(Crash):
-        sft_recipe.run_sft(_config(data, tmp_path / "split"), say=lambda s: None, progress=False)
-    monkeypatch.setattr(sft_recipe, "save_checkpoint_on_main", real_save)
+        run_sft(_config(data, tmp_path / "split"), say=lambda s: None, progress=False)
+    monkeypatch.setattr(run_scaffold, "save_checkpoint_on_main", real_save)
     assert [p.name for p in (tmp_path / "split" / "checkpoints").iterdir()] == ["step-00000003"]
-    resumed = sft_recipe.run_sft(_config(data, tmp_path / "split", resume=True), say=lambda s: None,
+    resumed = run_sft(_config(data, tmp_path / "split", resume=True), say=lambda s: None,
                                  progress=False)
     assert resumed.steps == whole.steps == 6
 

@@ -12,7 +12,8 @@ from transformers import AutoModelForCausalLM
 from tests.conftest import chat_rows, write_jsonl
 from tunesmith.cli import main
 from tunesmith.config.schema import SFTConfig
-from tunesmith.generation import chat_loop, end_of_turn_ids, load_for_inference, stream_reply
+from tunesmith.generation import chat_loop, end_of_turn_ids, stream_reply
+from tunesmith.models.inference import load_for_inference
 from tunesmith.recipes.sft import run_sft
 
 IDS = torch.tensor([[1, 17, 23, 99, 140, 7, 300, 12]])
@@ -91,7 +92,7 @@ def test_adapters_info(lora_run, capsys):
     info = json.loads(capsys.readouterr().out)
     assert info["rank"] == 16 and info["alpha"] == 32 and info["method"] == "lora" and info["recipe"] == "sft"
     assert info["trainable_params"] > 0 and info["base"] and info["data"]["train"]["sha256"]
-    assert "final_loss" in info["metrics"]
+    assert "loss" in info["metrics"]["final"]
 
 
 def test_combine_is_the_weighted_sum_of_deltas(tmp_path, tiny_dir, lora_run, capsys):

@@ -138,7 +138,7 @@ class Crash(Exception):
 @pytest.mark.parametrize("method", ["lora", "full"])
 def test_resume_equals_uninterrupted(tmp_path, pairs_file, monkeypatch, method):
     """3 steps + crash + resume == 6 uninterrupted steps (the full run reuses its cached reference)."""
-    import tunesmith.recipes.dpo as dpo_recipe
+    import tunesmith.train.run as run_scaffold
 
     def config(name, resume=False):
         cfg = _config(tmp_path, name, pairs_file, method=method, max_steps=6, lr=1e-2 if method == "lora" else 1e-4,
@@ -148,16 +148,16 @@ def test_resume_equals_uninterrupted(tmp_path, pairs_file, monkeypatch, method):
         return cfg
 
     whole = run_dpo(config("whole"), say=lambda s: None, progress=False)
-    real_save = dpo_recipe.save_checkpoint_on_main
+    real_save = run_scaffold.save_checkpoint_on_main
 
     def save_then_crash(*args, **kwargs):
         real_save(*args, **kwargs)
         raise Crash()
 
-    monkeypatch.setattr(dpo_recipe, "save_checkpoint_on_main", save_then_crash)
+    monkeypatch.setattr(run_scaffold, "save_checkpoint_on_main", save_then_crash)
     with pytest.raises(Crash):
         run_dpo(config("split"), say=lambda s: None, progress=False)
-    monkeypatch.setattr(dpo_recipe, "save_checkpoint_on_main", real_save)
+    monkeypatch.setattr(run_scaffold, "save_checkpoint_on_main", real_save)
     said = []
     resumed = run_dpo(config("split", resume=True), say=said.append, progress=False)
     assert resumed.steps == whole.steps == 6

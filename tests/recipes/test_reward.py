@@ -80,7 +80,7 @@ def test_score_prints_the_trained_models_rewards(trained, pairs_file, tmp_path, 
     pairs = tokenize_pairs(tokenizer, load_preference_file(pairs_file).pairs)
     trained.model.eval()
     with torch.no_grad():
-        r_w, r_l, _ = pair_scores(trained.model, trained.head, pairs, False, 64, tokenizer.pad_token_id,
+        r_w, r_l, _ = pair_scores(trained.model, trained.model.reward_head, pairs, False, 64, tokenizer.pad_token_id,
                                   torch.device("cpu"), None)
     assert [r["chosen"] for r in rows] == pytest.approx(r_w.tolist(), abs=1e-4)
     assert [r["rejected"] for r in rows] == pytest.approx(r_l.tolist(), abs=1e-4)
@@ -104,28 +104,28 @@ class Crash(Exception):
 
 def test_full_reward_model_and_resume(tmp_path, pairs_file, monkeypatch):
     """The head is checkpointed with the weights: 2 steps + crash + resume == 4 uninterrupted."""
-    import tunesmith.recipes.reward as reward_recipe
+    import tunesmith.train.run as run_scaffold
     from tunesmith.models.reward import load_reward_model
 
     whole = run_reward(_config(tmp_path, "whole", pairs_file, method="full", steps=4), say=lambda s: None,
                        progress=False)
     assert (whole.output / "model" / "model.safetensors").is_file()
-    real_save = reward_recipe.save_checkpoint_on_main
+    real_save = run_scaffold.save_checkpoint_on_main
 
     def save_then_crash(*args, **kwargs):
         real_save(*args, **kwargs)
         raise Crash()
 
     split = _config(tmp_path, "split", pairs_file, method="full", steps=4, save_every=2)
-    monkeypatch.setattr(reward_recipe, "save_checkpoint_on_main", save_then_crash)
+    monkeypatch.setattr(run_scaffold, "save_checkpoint_on_main", save_then_crash)
     with pytest.raises(Crash):
         run_reward(split, say=lambda s: None, progress=False)
-    monkeypatch.setattr(reward_recipe, "save_checkpoint_on_main", real_save)
+    monkeypatch.setattr(run_scaffold, "save_checkpoint_on_main", real_save)
     split.resume = True
     resumed = run_reward(split, say=lambda s: None, progress=False)
     a = [r["loss"] for r in read_metrics(whole.run_dir / "metrics.jsonl") if "loss" in r]
     b = [r["loss"] for r in read_metrics(resumed.run_dir / "metrics.jsonl") if "loss" in r]
     assert len(b) == 4 and a == pytest.approx(b, abs=1e-6)
-    assert torch.allclose(whole.head.weight, resumed.head.weight, atol=1e-6)
+    assert torch.allclose(whole.model.reward_head.weight, resumed.model.reward_head.weight, atol=1e-6)
     _, head, _ = load_reward_model(resumed.run_dir)
-    assert torch.allclose(head.weight, resumed.head.weight)
+    assert torch.allclose(head.weight, resumed.model.reward_head.weight)

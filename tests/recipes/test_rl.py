@@ -48,7 +48,7 @@ def _config(tmp_path, model, prompts, reward, steps, **grpo) -> GRPOConfig:
     cfg.data.train = str(prompts)
     cfg.grpo.reward = reward
     cfg.grpo.group_size = 8
-    cfg.grpo.max_new_tokens = 12
+    cfg.sampling.max_new_tokens = 12
     cfg.grpo.kl_coef = 0.0
     for key, value in grpo.items():
         setattr(cfg.grpo, key, value)
@@ -87,11 +87,11 @@ def test_grpo_kl_and_eval(tmp_path, tiny_dir):
     cfg.train.lr = 1e-2
     result = run_grpo(cfg, say=lambda s: None, progress=False)
     records = read_metrics(result.run_dir / "metrics.jsonl")
-    assert records[0] == {"step": 0, "eval_reward_mean": result.eval_before,
-                          "eval_reward/length_penalty:3": result.eval_before}  # one reward: its part is the total
+    assert records[0] == {"step": 0, "eval_reward_mean": result.manifest["eval_reward_before"],
+                          "eval_reward/length_penalty:3": result.manifest["eval_reward_before"]}  # one reward: its part is the total
     assert records[1]["kl"] == pytest.approx(0.0, abs=1e-6)  # a fresh adapter: policy == reference
     assert records[2]["kl"] > 0
-    assert result.eval_after is not None and records[-1]["final"] is True
+    assert result.eval is not None and records[-1]["final"] is True
 
 
 def test_grpo_bad_input(tmp_path, capsys):
@@ -143,7 +143,7 @@ def test_ppo_raises_the_reward_models_score(tmp_path, peaked_model, newline_rewa
     cfg = PPOConfig(model=str(peaked_model), out=str(tmp_path / "ppo"))
     cfg.data.train = str(prompts)
     cfg.ppo.reward_model = str(newline_reward_model)
-    cfg.ppo.rollouts_per_step, cfg.ppo.max_new_tokens, cfg.ppo.kl_coef = 8, 12, 0.01
+    cfg.ppo.rollouts_per_step, cfg.sampling.max_new_tokens, cfg.ppo.kl_coef = 8, 12, 0.01
     cfg.train.precision, cfg.train.max_steps, cfg.train.lr = "fp32", 20, 5e-4
     cfg.train.warmup_ratio, cfg.train.schedule, cfg.train.save_every = 0.0, "constant", 0
     cfg.validate()

@@ -183,6 +183,20 @@ def test_value_checks(argv, key):
         cfg_from(*argv)
 
 
+def test_stand_ins_fill_empty_keys_for_validation_only(tmp_path):
+    """`tunesmith plan` validates a run without --out or --data: the stand-ins let validate() pass, leave
+    nothing behind, and never replace a value the file, a flag or --set gave; every other check still runs."""
+    stand_ins = {"out": "-", "data.train": "-"}
+    cfg = build_config(SFTConfig, {"train.batch_size": 4}, stand_ins=stand_ins)
+    assert cfg.out is None and cfg.data.train is None and cfg.train.micro_batch_size == 4  # validate() ran
+    given = write(tmp_path, "data:\n  train: mine.jsonl\n")
+    assert build_config(SFTConfig, {"config": str(given)}, stand_ins=stand_ins).data.train == "mine.jsonl"
+    with pytest.raises(ConfigError, match="train.micro_batch_size"):
+        build_config(SFTConfig, {"train.micro_batch_size": 3}, stand_ins=stand_ins)
+    with pytest.raises(ConfigError, match="out"):
+        build_config(SFTConfig, {"data.train": "d.jsonl"})  # training still requires them
+
+
 def test_dict_args_work_without_argparse():
     cfg = build_config(SFTConfig, {"data.train": "d.jsonl", "out": "o", "train.batch_size": 4})
     assert cfg.train.batch_size == 4

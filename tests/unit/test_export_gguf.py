@@ -173,12 +173,13 @@ def test_untied_model_with_other_head_layout(tmp_path, tiny_dir):
 
 @pytest.mark.parametrize("config", [
     {"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"]},
-    {"model_type": "mistral", "architectures": ["MistralForCausalLM"]},
     {"model_type": "llama", "architectures": ["LlamaForSequenceClassification"]},
+    {"model_type": "mistral", "architectures": ["LlamaForCausalLM"]},
 ])
-def test_non_llama_is_refused(tmp_path, config):
+def test_unsupported_architectures_are_refused(tmp_path, config):
+    # the other supported families: tests/unit/test_export_gguf_families.py
     (tmp_path / "config.json").write_text(json.dumps(config))
-    with pytest.raises(ModelError, match="Llama models only"):
+    with pytest.raises(ModelError, match=r"does not support .* supported: Llama \(LlamaForCausalLM\)"):
         export_gguf(tmp_path, tmp_path / "out.gguf")
     assert not (tmp_path / "out.gguf").exists()
 
@@ -189,7 +190,9 @@ def test_bad_inputs(tmp_path, tiny_dir):
     with pytest.raises(ConfigError, match="dtype"):
         export_gguf(tiny_dir, tmp_path / "out.gguf", dtype="q4_0")
     scaled = json.loads((tiny_dir / "config.json").read_text())
-    scaled["rope_parameters"] = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0}
+    scaled["rope_parameters"] = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0,  # Llama 3.1's
+                                 "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                                 "original_max_position_embeddings": 8192}
     (tmp_path / "config.json").write_text(json.dumps(scaled))
     with pytest.raises(ModelError, match="rope_type 'llama3'"):
         export_gguf(tmp_path, tmp_path / "out.gguf")

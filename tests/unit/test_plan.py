@@ -1,19 +1,27 @@
 """`tunesmith plan`: parameter counts of known models, the LoRA fractions people quote, memory ordering,
-FLOPs/time/cost arithmetic, data token counts, the CLI's JSON and its errors."""
+FLOPs/time/cost arithmetic, data token counts, the CLI's JSON and its errors, and its options: those of the
+training command (`--recipe`), so a training config plans as it trains."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
+import shlex
 import shutil
+from pathlib import Path
 
 import pytest
 
 from tests.conftest import write_jsonl
+from tunesmith.cli.plan import NOT_NEEDED_TO_PLAN
+from tunesmith.config.load import add_arguments, leaf_fields
 from tunesmith.errors import ConfigError, DataError
 from tunesmith.plan import GPUS, NF4_BITS, SHAPES, count_data_tokens, parameter_counts, plan, resolve_shape
+from tunesmith.recipes import RECIPES
 
 GIB = 2**30
+ROOT = Path(__file__).resolve().parents[2]
 
 # Parameter totals of the released checkpoints (the sum of their tensors' sizes).
 KNOWN_TOTALS = {
@@ -27,14 +35,24 @@ KNOWN_TOTALS = {
 }
 
 
-def run_cli(argv, capsys) -> str:
+def plan_parser() -> argparse.ArgumentParser:
     from tunesmith.cli.plan import register
 
-    parser = argparse.ArgumentParser()
-    register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["plan", *argv])
+    parser = argparse.ArgumentParser(prog="tunesmith")
+    sub = parser.add_subparsers(dest="command", required=True)
+    register(sub)
+    parser.plan = sub.choices["plan"]
+    return parser
+
+
+def run_cli(argv, capsys) -> str:
+    args = plan_parser().parse_args(["plan", *argv])
     assert args.handler(args) == 0
     return capsys.readouterr().out
+
+
+def run_json(argv, capsys) -> dict:
+    return json.loads(run_cli([*argv, "--json"], capsys))
 
 
 @pytest.mark.parametrize("name", sorted(KNOWN_TOTALS))
@@ -266,7 +284,7 @@ def test_activation_formula_matches_what_autograd_saves(tmp_path):
 
 
 def test_cli_json_and_table(capsys):
-    out = run_cli(["--model", "llama-2-7b", "--method", "lora", "--target", "q_proj,v_proj", "--seq-len", "2048",
+    out = run_cli(["--model", "llama-2-7b", "--method", "lora", "--target", "q_proj,v_proj", "--max-length", "2048",
                    "--micro-batch-size", "1", "--tokens", "100000000", "--gpus", "8", "--price-per-hour", "3",
                    "--gradient-checkpointing", "--json"], capsys)
     p = json.loads(out)
@@ -290,7 +308,8 @@ def test_cli_json_and_table(capsys):
     (dict(epochs=2), "--epochs"),
     (dict(mfu=0.0), "--mfu"),
     (dict(gpu="tpu"), "--gpu"),
-    (dict(seq_len=4), "--seq-len"),
+    (dict(seq_len=4), "--max-length"),
+    (dict(tokens=10, max_steps=3), "--max-steps"),
     (dict(lora_r=0), "--lora-r"),
     (dict(trained_fraction=1.5), "--trained-fraction"),
 ])
@@ -310,3 +329,88 @@ def test_full_fine_tuning_on_several_gpus_is_sharded():
     assert 4 * (2 * 32000 * 4096) < gathered < 4 * (2 * 32000 * 4096 + 3 * 202_383_360)
     lora_one, lora_four = (plan("llama-2-7b", "lora", gpus=n)["memory_bytes"] for n in (1, 4))
     assert lora_four["weights"] == lora_one["weights"]  # replicated
+
+
+def test_max_steps_sets_the_run_length_as_in_training(tmp_path):
+    """--max-steps overrides --epochs: that many steps of the data's mean example, or of full rows without data."""
+    full_rows = plan("smollm2-135m", "lora", seq_len=256, batch_size=8, max_steps=5)
+    assert (full_rows["steps"], full_rows["tokens"]) == (5, 5 * 8 * 256)
+    path = write_jsonl(tmp_path / "d.jsonl", [{"prompt": "a" * 40, "completion": "b" * 20}] * 4)
+    per_row = count_data_tokens(path, seq_len=256)["tokens"] / 4
+    by_data = plan("smollm2-135m", "lora", seq_len=256, batch_size=8, data=str(path), epochs=3)
+    assert (by_data["steps"], by_data["tokens"]) == (3, 3 * 4 * per_row)  # 4 rows a step of 8: one step an epoch
+    capped = plan("smollm2-135m", "lora", seq_len=256, batch_size=8, data=str(path), epochs=3, max_steps=2)
+    assert (capped["steps"], capped["tokens"], capped["data"]["epochs"]) == (2, 2 * 8 * per_row, 4)
+
+
+def test_cli_takes_the_training_flags(capsys):
+    """The example from the issue: training's flag names (--max-length, not --seq-len), plan's defaults."""
+    p = run_json(["--model", "smollm2-135m-instruct", "--method", "qlora", "--max-length", "1024", "--batch-size",
+                  "16", "--micro-batch-size", "4", "--gradient-checkpointing"], capsys)
+    shape = (p["recipe"], p["method"], p["seq_len"], p["batch_size"], p["micro_batch_size"])
+    assert shape == ("sft", "qlora", 1024, 16, 4)
+    assert p["gradient_checkpointing"] is True and p["lora"]["r"] == 16 and p["gpu"]["key"] == "h100"
+    with pytest.raises(SystemExit):
+        plan_parser().parse_args(["plan", "--seq-len", "1024"])
+
+
+def test_cli_plans_a_shipped_training_config_as_it_trains(capsys):
+    """`tunesmith plan --config FILE` answers for the run `tunesmith sft --config FILE` starts: its shape, its
+    data's tokens, its epochs; flags and --set override the file exactly as in training."""
+    config = ROOT / "configs" / "sft" / "smollm2-135m-lora.yaml"
+    shipped = json.loads(run_cli(["--config", str(config), "--json"], capsys))
+    data = str(ROOT / "src" / "tunesmith" / "demo" / "data" / "support_train.jsonl")
+    expected = plan("smollm2-135m-instruct", "lora", lora_r=16, seq_len=256, batch_size=8, micro_batch_size=8,
+                    data=data, epochs=1)
+    for key in ("seq_len", "batch_size", "micro_batch_size", "tokens", "steps", "trained_fraction", "memory_bytes",
+                "flops", "total_params", "trainable_params"):
+        assert shipped[key] == expected[key], key
+    assert shipped["data"]["rows"] == expected["data"]["rows"] > 0
+    changed = run_json(["--config", str(config), "--lora-r", "8", "--set", "data.max_length=128",
+                        "--set", "train.epochs=2"], capsys)
+    assert (changed["lora"]["r"], changed["seq_len"], changed["data"]["epochs"]) == (8, 128, 2)
+    assert changed["tokens"] < 2 * shipped["tokens"]  # rows cut at 128 tokens
+    on_cpu = run_json(["--config", str(config), "--device", "cpu"], capsys)
+    assert on_cpu["gpu"]["key"] == "cpu" and on_cpu["precision"] == "fp32"
+
+
+@pytest.mark.parametrize("name", sorted(RECIPES))
+def test_each_recipe_plans_with_its_training_flags_and_without_its_inputs(name, capsys):
+    """`--recipe NAME` adds exactly that recipe's config flags (none clashing with the planner's own), and the
+    run plans without what only training needs (--out, --data, --prompts, a reward)."""
+    recipe = RECIPES[name]
+    parser = plan_parser()
+    parser.parse_args(["plan", "--recipe", name])
+    plan_options = {s for a in parser.plan._actions for s in a.option_strings}
+    training = argparse.ArgumentParser(add_help=False)
+    add_arguments(training, recipe.config)
+    assert {s for a in training._actions for s in a.option_strings} <= plan_options
+    keys = {leaf.key for leaf in leaf_fields(recipe.config)}
+    assert {"out", "data.train"} <= keys and set(NOT_NEEDED_TO_PLAN) & keys
+    method = "full" if name in ("sft", "dpo", "reward") else "lora"
+    p = run_json(["--recipe", name, "--method", method, "--max-steps", "2"], capsys)
+    assert p["recipe"] == name and p["steps"] == 2 and p["tokens"] > 0
+
+
+def test_cli_checks_the_config_as_training_does(capsys):
+    with pytest.raises(ConfigError, match="train.micro_batch_size"):
+        run_cli(["--batch-size", "8", "--micro-batch-size", "3"], capsys)
+    with pytest.raises(ConfigError, match="method full"):
+        run_cli(["--recipe", "ppo", "--method", "full"], capsys)
+    dpo = run_json(["--recipe", "dpo", "--batch-size", "4", "--micro-batch-size", "2", "--max-length", "300"], capsys)
+    assert (dpo["batch_size"], dpo["micro_batch_size"], dpo["seq_len"]) == (8, 4, 300)  # chosen + rejected per pair
+    assert any("reference" in w for w in dpo["warnings"])
+    grpo = run_json(["--recipe", "grpo", "--group-size", "8", "--max-prompt-length", "100", "--max-new-tokens", "28"],
+                    capsys)
+    assert (grpo["batch_size"], grpo["seq_len"]) == (8 * 8, 128)
+    risky = run_json(["--lr", "0.01"], capsys)
+    assert any("learning rate" in w for w in risky["warnings"])
+
+
+def test_readme_plan_commands_parse():
+    """Every `tunesmith plan` command in README.md uses flags the command has."""
+    readme = (ROOT / "README.md").read_text()
+    commands = [shlex.split(line)[2:] for line in re.findall(r"^tunesmith plan .*$", readme, re.M)]
+    assert commands
+    for argv in commands:
+        plan_parser().parse_args(["plan", *argv])

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
 
+from tunesmith.atomic import atomic_directory
 from tunesmith.errors import ModelError
 
 
 def adapter_info(adapter_dir: str | Path) -> dict:
     """PEFT settings (method, rank, alpha, targets), trainable parameters, base, and, for an adapter written
     by a tunesmith run, the run's recipe, data checksums and final metrics."""
-    from safetensors import safe_open
+    from safetensors import safe_open  # heavy: deferred for CLI start-up
 
     path = Path(adapter_dir)
     config_file = path / "adapter_config.json"
@@ -36,7 +38,7 @@ def adapter_info(adapter_dir: str | Path) -> dict:
     run = json.loads((run_dir / "run.json").read_text()) if (run_dir / "run.json").is_file() else None
     if run is not None:
         info.update({"recipe": run.get("recipe"), "method": run.get("method"), "steps": run.get("steps"),
-                     "metrics": {k: run[k] for k in ("final_loss", "eval_loss", "final", "eval", "eval_reward_after")
+                     "metrics": {k: run[k] for k in ("final", "eval")
                                  if run.get(k) is not None},
                      "base_checksum": run.get("base_checksum"), "forgetting": run.get("forgetting")})
     data = run_dir / "data_checksum.json"
@@ -62,10 +64,7 @@ def combine_adapters(model: str, adapters: list[str], weights: list[float], out:
 
     "cat" (default) concatenates the ranks so that ΔW = Σ_i w_i ΔW_i exactly; "linear" averages A and B
     (needs equal ranks; not exact); "svd" re-factorises Σ_i w_i ΔW_i to the largest rank."""
-    import tempfile
-
-    from tunesmith.atomic import atomic_directory
-    from tunesmith.generation import adapter_names, load_for_inference
+    from tunesmith.models.inference import adapter_names, load_for_inference  # heavy: deferred for CLI start-up
 
     if len(adapters) < 1 or len(weights) != len(adapters):
         raise ModelError(f"combine: {len(adapters)} adapter(s) and {len(weights)} weight(s); give one weight each")

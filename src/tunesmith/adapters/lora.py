@@ -31,7 +31,7 @@ def linear_layer_names(model: torch.nn.Module) -> list[str]:
 
 def apply_lora(model: torch.nn.Module, cfg: LoraConfig):
     """Freeze the base and inject LoRA layers (ΔW = B·A·alpha/r, B zero-initialised) with PEFT."""
-    import peft
+    import peft  # heavy: peft loads transformers; deferred until LoRA is applied
 
     for p in model.parameters():
         p.requires_grad_(False)

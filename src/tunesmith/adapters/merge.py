@@ -19,6 +19,7 @@ import torch
 
 from tunesmith.atomic import atomic_directory
 from tunesmith.errors import ConfigError, ModelError
+from tunesmith.models import load_model, load_tokenizer, resolve_model_dir
 
 BASE_WEIGHTS = ("auto", "nf4", "original")
 
@@ -37,9 +38,7 @@ def adapter_method(adapter_dir: Path) -> str | None:
 def dequantized_nf4_weights(model_dir: Path) -> dict[str, torch.Tensor]:
     """{module name: dequantize(NF4(W))} for every linear layer QLoRA quantizes, exactly as training loads
     them (double-quantized NF4 through bitsandbytes), in fp32."""
-    import bitsandbytes as bnb
-
-    from tunesmith.models.load import load_model
+    import bitsandbytes as bnb  # heavy: deferred until a QLoRA adapter is merged
 
     quantized = load_model(model_dir, torch.device("cpu"), quantize_4bit=True)
     weights = {}
@@ -60,9 +59,7 @@ def resolve_base_weights(choice: str, adapter_dir: Path) -> str:
 
 def merged_model(model: str, adapter: str | Path, base_weights: str = "auto", say: Callable[[str], None] = print):
     """(merged model, tokenizer, which base weights) in memory, on the CPU in fp32."""
-    from peft import PeftModel
-
-    from tunesmith.models import load_model, load_tokenizer, resolve_model_dir
+    from peft import PeftModel  # heavy: peft loads transformers; deferred until used
 
     adapter = Path(adapter)
     if not (adapter / "adapter_config.json").is_file():

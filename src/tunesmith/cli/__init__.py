@@ -10,19 +10,18 @@ import argparse
 import sys
 
 from tunesmith import __version__
-from tunesmith.errors import TunesmithError
+from tunesmith.errors import Interrupted, TunesmithError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from tunesmith.cli import (adapters, chat, data, demo, dpo, evaluate, generate, grpo, merge, models, plan, ppo,
-                               reward, sft, verify)
+    from tunesmith.cli import (adapters, chat, data, demo, evaluate, generate, launch, merge, models, plan, score,
+                               serve, verify)
 
     parser = argparse.ArgumentParser(
         prog="tunesmith", description="Fine-tune a language model into a specialist: cheaply, reversibly, measured.")
     parser.add_argument("--version", action="version", version=f"tunesmith {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (demo, sft, dpo, reward, ppo, grpo, evaluate, generate, chat, merge, verify, adapters, plan, data,
-                   models):
+    for module in (demo, launch, score, evaluate, generate, chat, merge, verify, adapters, plan, data, models, serve):
         module.register(sub)
     return parser
 
@@ -33,6 +32,9 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = list(argv) if argv is not None else sys.argv[1:]
     try:
         return int(args.handler(args) or 0)
+    except Interrupted as e:
+        print(str(e), file=sys.stderr)
+        return e.exit_code
     except TunesmithError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
-from tunesmith.errors import ConfigError
+from tunesmith.adapters.info import adapter_info, combine_adapters, format_info
+from tunesmith.errors import ConfigError, OutputError
 
 
 def register(sub) -> None:
@@ -26,19 +28,12 @@ def register(sub) -> None:
 
 
 def info(args) -> int:
-    from tunesmith.adapters.info import adapter_info, format_info
-
     result = adapter_info(args.dir)
     print(json.dumps(result, indent=2) if args.json else format_info(result))
     return 0
 
 
 def combine(args) -> int:
-    from pathlib import Path
-
-    from tunesmith.adapters.info import combine_adapters
-    from tunesmith.errors import OutputError
-
     try:
         weights = [float(w) for w in args.weights.split(",")]
     except ValueError:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 from tunesmith.errors import ConfigError
 
 
@@ -20,9 +22,8 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    import sys
-
-    from tunesmith.generation import chat_loop, load_for_inference
+    from tunesmith.generation import chat_loop  # heavy: deferred for CLI start-up
+    from tunesmith.models.inference import load_for_inference
 
     if args.max_new_tokens < 1 or args.temperature < 0 or not 0 < args.top_p <= 1:
         raise ConfigError("--max-new-tokens must be >= 1, --temperature >= 0 and --top-p in (0, 1]")

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from collections import Counter
 
+from tunesmith.data.formats import read_sft_file
+from tunesmith.data.preference import read_preference_file
+from tunesmith.data.templates import tokenize_conversations
+
 
 def register(sub) -> None:
     p = sub.add_parser("data", help="inspect and validate training data")
@@ -19,7 +23,7 @@ def register(sub) -> None:
 
 
 def _length_lines(label: str, lengths: list[int], max_length: int) -> list[str]:
-    from tunesmith.data.prepare import length_stats
+    from tunesmith.data.prepare import length_stats  # heavy: torch; deferred for CLI start-up
 
     s = length_stats(lengths)
     over = sum(n > max_length for n in lengths)
@@ -32,8 +36,7 @@ def validate(args) -> int:
 
 
 def validate_preference(args) -> int:
-    from tunesmith.data.prepare import tokenize_pairs
-    from tunesmith.data.preference import read_preference_file
+    from tunesmith.data.prepare import tokenize_pairs  # heavy: torch; deferred for CLI start-up
     from tunesmith.models import load_tokenizer, resolve_model_dir
 
     parsed = read_preference_file(args.file)
@@ -59,9 +62,7 @@ def validate_preference(args) -> int:
 
 
 def validate_sft(args) -> int:
-    from tunesmith.data.formats import read_sft_file
-    from tunesmith.data.prepare import length_stats
-    from tunesmith.data.templates import tokenize_conversations
+    from tunesmith.data.prepare import length_stats  # heavy: torch; deferred for CLI start-up
     from tunesmith.models import load_tokenizer, resolve_model_dir
 
     parsed = read_sft_file(args.file)

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from tunesmith.demo import dpo, grpo, ppo
+from tunesmith.demo.run import run_demo
 from tunesmith.errors import ConfigError
+
+# --recipe: (the demo, its default --out, its default --max-steps)
+DEMOS = {"sft": (run_demo, "runs/demo", 72), "dpo": (dpo.run_dpo_demo, "runs/demo-dpo", dpo.DEFAULT_STEPS),
+         "grpo": (grpo.run_grpo_demo, "runs/demo-grpo", grpo.DEFAULT_STEPS),
+         "ppo": (ppo.run_ppo_demo, "runs/demo-ppo", ppo.DEFAULT_STEPS)}
 
 
 def register(sub) -> None:
@@ -13,7 +20,7 @@ def register(sub) -> None:
                                    "dpo: LoRA DPO teaches a courteous, concise, actionable support-reply tone. "
                                    "grpo: LoRA GRPO rewards JSON extraction (json_valid + json_fields), from the base. "
                                    "ppo: a reward model of the dpo demo's pairs, then LoRA PPO against it.")
-    p.add_argument("--recipe", choices=("sft", "dpo", "grpo", "ppo"), default="sft", help="which demo (default sft)")
+    p.add_argument("--recipe", choices=tuple(DEMOS), default="sft", help="which demo (default sft)")
     p.add_argument("--out", help="run directory (default runs/demo, or runs/demo-RECIPE)")
     p.add_argument("--max-steps", type=int, help="optimizer steps (default 72 sft and 24 dpo, of 8 examples; "
                                                  "18 grpo, of 4 prompts x 4 samples; 16 ppo, of 8 rollouts)")
@@ -30,22 +37,6 @@ def run(args) -> int:
         raise ConfigError("--max-steps: must be >= 1")
     if args.limit is not None and args.limit < 1:
         raise ConfigError("--limit: must be >= 1")
-    if args.recipe == "dpo":
-        from tunesmith.demo.dpo import DEFAULT_STEPS, run_dpo_demo
-
-        run_dpo_demo(Path(args.out or "runs/demo-dpo"), args.max_steps or DEFAULT_STEPS, args.seed, args.limit,
-                     progress=args.progress)
-        return 0
-    if args.recipe in ("grpo", "ppo"):
-        if args.recipe == "grpo":
-            from tunesmith.demo.grpo import DEFAULT_STEPS, run_grpo_demo as run_rl_demo
-        else:
-            from tunesmith.demo.ppo import DEFAULT_STEPS, run_ppo_demo as run_rl_demo
-
-        run_rl_demo(Path(args.out or f"runs/demo-{args.recipe}"), args.max_steps or DEFAULT_STEPS, args.seed,
-                    args.limit, progress=args.progress)
-        return 0
-    from tunesmith.demo.run import run_demo
-
-    run_demo(Path(args.out or "runs/demo"), args.max_steps or 72, args.seed, args.limit, progress=args.progress)
+    run_one, out, steps = DEMOS[args.recipe]
+    run_one(Path(args.out or out), args.max_steps or steps, args.seed, args.limit, progress=args.progress)
     return 0

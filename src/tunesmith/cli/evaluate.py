@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 
+from tunesmith.errors import ConfigError
+from tunesmith.forgetting.evaluate import evaluate_model, format_result
+
 
 def register(sub) -> None:
     p = sub.add_parser("eval", help="measure forgetting (probe perplexity, KL to the base) and task metrics",
@@ -28,9 +31,6 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from tunesmith.errors import ConfigError
-    from tunesmith.forgetting.evaluate import evaluate_model, format_result
-
     if args.adapter and args.base:
         raise ConfigError("--adapter and --base: with an adapter, the base is the adapter switched off; give one")
     if args.probe_size < 0 or (args.limit is not None and args.limit < 1) or args.max_length < 8:

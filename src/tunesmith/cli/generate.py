@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 from tunesmith.errors import ConfigError
 
 
@@ -23,9 +25,8 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    import contextlib
-
-    from tunesmith.generation import adapter_names, generate_chat, load_for_inference
+    from tunesmith.generation import generate_chat  # heavy: deferred for CLI start-up
+    from tunesmith.models.inference import adapter_names, load_for_inference
 
     if args.max_new_tokens < 1:
         raise ConfigError("--max-new-tokens: must be >= 1")

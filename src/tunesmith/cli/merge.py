@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 from tunesmith.errors import ConfigError, OutputError
@@ -18,8 +19,9 @@ def register(sub) -> None:
     m.set_defaults(handler=merge)
 
     e = sub.add_parser("export", help="write a model (optionally merged with an adapter) as GGUF or HF files",
-                       description="--format gguf writes one .gguf file (llama architecture; f16 or f32 weights) "
-                                   "that llama.cpp and transformers (gguf_file=) load; --format hf is `merge`.")
+                       description="--format gguf writes one .gguf file (Llama, Mistral, Qwen2, Qwen3, Gemma 2, "
+                                   "Gemma 3 text or Phi-3; f16 or f32 weights) that llama.cpp and transformers "
+                                   "(gguf_file=) load; --format hf is `merge`.")
     _common(e)
     e.add_argument("--adapter", help="PEFT adapter directory to merge first")
     e.add_argument("--format", choices=("gguf", "hf"), default="gguf")
@@ -41,7 +43,7 @@ def _check_out(out: Path, overwrite: bool) -> None:
 
 
 def merge(args) -> int:
-    from tunesmith.adapters.merge import merge_to_directory
+    from tunesmith.adapters.merge import merge_to_directory  # heavy: deferred for CLI start-up
 
     _check_out(Path(args.out), args.overwrite)
     result = merge_to_directory(args.model, args.adapter, args.out, args.base_weights)
@@ -50,9 +52,7 @@ def merge(args) -> int:
 
 
 def export(args) -> int:
-    import tempfile
-
-    from tunesmith.adapters.merge import merge_to_directory
+    from tunesmith.adapters.merge import merge_to_directory  # heavy: deferred for CLI start-up
     from tunesmith.export.gguf import export_gguf
     from tunesmith.models import resolve_model_dir
 

@@ -14,7 +14,7 @@ def register(sub) -> None:
 
 
 def list_models(args) -> int:
-    from tunesmith.models.registry import ALIASES, tunesmith_home
+    from tunesmith.models.registry import ALIASES, tunesmith_home  # heavy: tunesmith.models loads torch
 
     home = tunesmith_home() / "models"
     for alias in ALIASES.values():
@@ -24,7 +24,7 @@ def list_models(args) -> int:
 
 
 def model_path(args) -> int:
-    from tunesmith.models.registry import resolve_model_dir
+    from tunesmith.models.registry import resolve_model_dir  # heavy: tunesmith.models loads torch
 
     print(resolve_model_dir(args.name))
     return 0

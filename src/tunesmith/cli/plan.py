@@ -1,52 +1,84 @@
-"""`tunesmith plan`: what a run will take (parameters, memory, FLOPs, time, cost), answered before it starts."""
+"""`tunesmith plan`: what a run will take (parameters, memory, FLOPs, time, cost), answered before it starts.
+
+Its options are the training command's own: `--recipe NAME` (default sft) picks the recipe, and that
+recipe's config schema gives the flags, the `--config` YAML keys and the `--set` keys, so
+`tunesmith plan --config run.yaml` plans the run `tunesmith sft --config run.yaml` starts. Only what
+training has no field for (the hardware, its price, the run's size in tokens) is the planner's own.
+"""
 
 from __future__ import annotations
 
+import argparse
 import json
+import sys
+
+from tunesmith.config.load import add_arguments, build_config, leaf_fields
+from tunesmith.plan import GPUS, SHAPES, format_plan, plan_config
+from tunesmith.recipes import RECIPES
+
+# What training requires and a plan does not: where the run goes, what it reads, what scores it. They
+# stand in while the config is validated (every other check is training's own) and are empty after.
+NOT_NEEDED_TO_PLAN = {"out": "-", "data.train": "-", "grpo.reward": "-", "ppo.reward_model": "-"}
+
+_RECIPE = argparse.ArgumentParser(add_help=False, exit_on_error=False)
+_RECIPE.add_argument("--recipe", default="sft")
+
+
+class RecipeOptionsParser(argparse.ArgumentParser):
+    """`plan`'s parser. Before it parses, it adds the options of the recipe that `--recipe` names (argparse
+    matches every option string before it runs any action, so the `--recipe` action itself cannot add them)."""
+
+    recipe: str | None = None
+
+    def parse_known_args(self, args=None, namespace=None):
+        args = sys.argv[1:] if args is None else list(args)
+        try:
+            name = _RECIPE.parse_known_args(args)[0].recipe
+        except argparse.ArgumentError:  # `--recipe` without a name: the full parse below says so
+            name = "sft"
+        name = name if name in RECIPES else "sft"  # an unknown name: its `choices` say so below
+        if self.recipe is None:
+            add_arguments(self, RECIPES[name].config)
+            self.recipe = name
+        elif self.recipe != name:
+            raise ValueError(f"this parser holds the options of {self.recipe}; build another for {name}")
+        return super().parse_known_args(args, namespace)
 
 
 def register(sub) -> None:
-    from tunesmith.plan import GPUS, SHAPES
-
     p = sub.add_parser("plan", help="parameters, memory, FLOPs, time and cost of a run, before running it",
                        description="Arithmetic on the model's shape, no download and no torch: total and trainable "
                                    "parameters; memory per GPU split into weights, gradients, AdamW state, "
                                    "activations, bf16 weight copies and the logits buffer; FLOPs per token and for "
                                    "the run; time at an MFU and cost. Formulas: the docstring of tunesmith/plan.py. "
-                                   f"Built-in shapes: {', '.join(SHAPES)} (and smollm2-135m-instruct).")
-    p.add_argument("--model", required=True, help="a built-in shape, a local Hugging Face directory or a config.json")
-    p.add_argument("--method", required=True, choices=("full", "lora", "qlora"))
-    p.add_argument("--lora-r", type=int, default=16, help="LoRA rank")
-    p.add_argument("--target", default="all-linear",
-                   help="layers to adapt: all-linear, or a list such as q_proj,v_proj")
-    p.add_argument("--seq-len", type=int, default=512, help="tokens per (packed) row")
-    p.add_argument("--batch-size", type=int, default=8, help="rows per optimizer step (global)")
-    p.add_argument("--micro-batch-size", type=int, help="rows per forward (default: --batch-size)")
-    p.add_argument("--tokens", type=int, help="tokens the run trains on (all epochs)")
-    p.add_argument("--data", help="SFT JSONL whose tokens to count (chars/4, or the model's tokenizer for a local dir)")
-    p.add_argument("--epochs", type=int, help="passes over --data (default 1)")
-    p.add_argument("--trained-fraction", type=float,
-                   help="share of positions that carry a loss (default: from --data, else 1.0)")
-    p.add_argument("--gpu", default="h100", choices=tuple(GPUS), help="the device (default h100)")
-    p.add_argument("--gpus", type=int, default=1, help="data-parallel processes (lora/qlora: each holds the whole model; full: FSDP2-sharded)")
-    p.add_argument("--price-per-hour", type=float, help="USD per GPU-hour")
-    p.add_argument("--mfu", type=float, help="fraction of peak reached (default 0.4; cpu: 1.0 of the measured peak)")
-    p.add_argument("--peak-tflops", type=float, help="override the device's peak (cpu default: measured 0.095)")
-    p.add_argument("--precision", choices=("bf16", "fp32"), help="matmul precision (default bf16; cpu: fp32)")
-    p.add_argument("--gradient-checkpointing", action="store_true",
-                   help="keep only layer inputs, recompute in backward")
-    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+                                   "The options are those of the training command --recipe names (the same "
+                                   "--config files and --set keys; --out and --data are not needed), then the "
+                                   f"planner's own. Built-in shapes: {', '.join(SHAPES)} (and smollm2-135m-instruct).")
+    p.__class__ = RecipeOptionsParser  # add_parser builds a plain ArgumentParser
+    p.add_argument("--recipe", choices=tuple(RECIPES), default="sft",
+                   help="the training command whose options follow (default sft); `tunesmith plan --recipe dpo -h` "
+                        "lists dpo's")
+    own = p.add_argument_group("planner options (training has no field for these)")
+    own.add_argument("--tokens", type=int, help="tokens the run trains on, all epochs (instead of counting --data "
+                     "or taking --max-steps of full rows)")
+    own.add_argument("--trained-fraction", type=float,
+                     help="share of positions that carry a loss (default: from --data, else 1.0)")
+    own.add_argument("--gpu", choices=tuple(GPUS), help="the device (default h100; cpu with --device cpu)")
+    own.add_argument("--gpus", type=int, default=1, help="data-parallel processes, as --nproc N trains (lora/qlora: "
+                     "each holds the whole model; full: FSDP2-sharded)")
+    own.add_argument("--price-per-hour", type=float, help="USD per GPU-hour")
+    own.add_argument("--mfu", type=float, help="fraction of peak reached (default 0.4; cpu: 1.0 of the measured peak)")
+    own.add_argument("--peak-tflops", type=float, help="override the device's peak (cpu default: measured 0.095)")
+    own.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p.set_defaults(handler=run)
 
 
 def run(args) -> int:
-    from tunesmith.plan import format_plan, plan
-
-    result = plan(args.model, args.method, lora_r=args.lora_r, target=args.target, seq_len=args.seq_len,
-                  batch_size=args.batch_size, micro_batch_size=args.micro_batch_size, tokens=args.tokens,
-                  data=args.data, epochs=args.epochs, gpu=args.gpu, gpus=args.gpus,
-                  price_per_hour=args.price_per_hour, mfu=args.mfu, peak_tflops=args.peak_tflops,
-                  gradient_checkpointing=args.gradient_checkpointing, precision=args.precision,
-                  trained_fraction=args.trained_fraction)
+    recipe = RECIPES[args.recipe]
+    keys = {leaf.key for leaf in leaf_fields(recipe.config)}
+    cfg = build_config(recipe.config, args, stand_ins={k: v for k, v in NOT_NEEDED_TO_PLAN.items() if k in keys})
+    result = plan_config(cfg, recipe.name, tokens=args.tokens, gpu=args.gpu, gpus=args.gpus,
+                         price_per_hour=args.price_per_hour, mfu=args.mfu, peak_tflops=args.peak_tflops,
+                         trained_fraction=args.trained_fraction)
     print(json.dumps(result) if args.json else format_plan(result))
     return 0

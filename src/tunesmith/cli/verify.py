@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 
 def register(sub) -> None:
     p = sub.add_parser("verify", help="check that a run left its base model's weight files untouched",
@@ -13,9 +15,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    import sys
-
-    from tunesmith.models.integrity import verify_run
+    from tunesmith.models.integrity import verify_run  # heavy: tunesmith.models loads torch
 
     ok, message = verify_run(args.run)
     print(message, file=sys.stdout if ok else sys.stderr)

@@ -172,10 +172,20 @@ def _assign(cfg: Any, key: str, value: Any) -> None:
     setattr(obj, name, value)
 
 
+def _lookup(cfg: Any, key: str) -> Any:
+    for name in key.split("."):
+        cfg = getattr(cfg, name)
+    return cfg
+
+
 def build_config(cls: type, args: argparse.Namespace | dict | None = None,
-                 base_file: str | Path | None = None) -> Any:
+                 base_file: str | Path | None = None, stand_ins: dict[str, Any] | None = None) -> Any:
     """Defaults, then `base_file` (a resumed run's saved config), then `--config` YAML, then explicit
-    flags, then `--set` items; then `validate()`."""
+    flags, then `--set` items; then `validate()`.
+
+    `stand_ins` fill the keys among theirs that are still empty (None or ""), for `validate()` only:
+    afterwards those keys are empty again. `tunesmith plan` checks a run exactly as training would,
+    without the --out or --data that only training needs."""
     ns = dict(vars(args) if isinstance(args, argparse.Namespace) else (args or {}))
     leaves = {leaf.key: leaf for leaf in leaf_fields(cls)}
     cfg = cls()
@@ -190,8 +200,14 @@ def build_config(cls: type, args: argparse.Namespace | dict | None = None,
     merged.update(parse_set_items(ns.get("set") or [], leaves))
     for key, value in merged.items():
         _assign(cfg, key, value)
+    stand_ins = stand_ins or {}
+    empty = {key: _lookup(cfg, key) for key in stand_ins if _lookup(cfg, key) in (None, "")}
+    for key in empty:
+        _assign(cfg, key, coerce(leaves[key], stand_ins[key]))
     if hasattr(cfg, "validate"):
         cfg.validate()
+    for key, value in empty.items():
+        _assign(cfg, key, value)
     return cfg
 
 

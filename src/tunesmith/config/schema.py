@@ -1,12 +1,19 @@
 """The config schema: dataclasses whose fields carry their CLI flag and help text.
 
 A field's `metadata` holds `flag` (the command-line option), `help` and, where the value is one of a
-fixed set, `choices`. `load.py` turns the schema into argparse options and validates YAML against it,
-so a new option is added in exactly one place.
+fixed set, `choices`. `load.py` turns the schema into argparse options, Python keyword arguments and
+YAML keys, so a new option is added in exactly one place.
+
+Every recipe's config is a `RunConfig` (model, method, output, device, LoRA shape, training loop) with
+its own sections composed onto it: `data` of the recipe's kind, `forgetting` for the recipes the guard
+serves (sft, dpo, grpo, ppo), `sampling` for those that sample (grpo, ppo), and the recipe's options.
+Each section checks its own values (`check()`); the config checks what spans sections. Nothing is
+rewritten behind the user's back: two settings that disagree are an error naming both.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -18,7 +25,7 @@ DEFAULT_LR = {"full": 1e-5, "lora": 2e-4, "qlora": 2e-4}
 # without bound; PPO/GRPO follow their own samples), so their customary rates are lower: DPO papers
 # use 5e-7..1e-6 for full fine-tuning.
 POLICY_DEFAULT_LR = {"full": 1e-6, "lora": 5e-5, "qlora": 5e-5}
-PREFERENCE_LOSS_NAMES = ("dpo", "ipo")  # keys of tunesmith.losses.dpo.PREFERENCE_LOSSES (a test checks)
+PREFERENCE_LOSS_NAMES = ("dpo", "ipo", "orpo", "simpo")  # keys of tunesmith.losses.dpo.PREFERENCE_LOSSES (a test checks)
 
 
 def require(checks: list[tuple[bool, str, str]]) -> None:
@@ -48,6 +55,13 @@ class DataConfig:
                              "(the base's own answers to bundled general prompts) or an SFT data FILE")
     replay_ratio: float = opt(0.1, "--replay-ratio", "share of the training examples that are replayed general examples")
 
+    def check(self) -> None:
+        if self.train is None:
+            raise ConfigError("data.train: no training data given (use --data FILE)")
+        require([(self.max_length >= 8, "data.max_length", "must be >= 8"),
+                  (0 <= self.eval_split < 1, "data.eval_split", "must be in [0, 1)"),
+                  (0 < self.replay_ratio < 1, "data.replay_ratio", "must be in (0, 1)")])
+
 
 @dataclass
 class PreferenceDataConfig:
@@ -60,6 +74,12 @@ class PreferenceDataConfig:
     packing: bool = opt(False, "--packing", "pack the micro-batch's sequences into one row instead of "
                         "one row per pair with the prompt computed once")
 
+    def check(self) -> None:
+        if self.train is None:
+            raise ConfigError("data.train: no training data given (use --data FILE)")
+        require([(self.max_length >= 8, "data.max_length", "must be >= 8"),
+                  (0 <= self.eval_split < 1, "data.eval_split", "must be in [0, 1)")])
+
 
 @dataclass
 class LoraConfig:
@@ -68,13 +88,17 @@ class LoraConfig:
     dropout: float = opt(0.0, "--lora-dropout", "dropout on the LoRA input (0 is fastest: CPU dropout masks cost ~40%% of a step)")
     target: str = opt("all-linear", "--target", "layers to adapt: all-linear, or a list such as q_proj,v_proj")
 
+    def check(self) -> None:
+        require([(self.r >= 1, "lora.r", "must be >= 1"), (0 <= self.dropout < 1, "lora.dropout", "must be in [0, 1)")])
+
 
 @dataclass
 class TrainConfig:
     lr: float | None = opt(None, "--lr", "peak learning rate (default sft: 1e-5 full, 2e-4 lora/qlora; dpo: 1e-6 full, 5e-5 lora/qlora)")
     epochs: int = opt(1, "--epochs", "passes over the training data")
     max_steps: int | None = opt(None, "--max-steps", "optimizer steps; overrides --epochs")
-    batch_size: int = opt(8, "--batch-size", "examples per optimizer step (global)")
+    batch_size: int | None = opt(None, "--batch-size", "examples per optimizer step, global (default 8; ppo: "
+                                 "--rollouts-per-step)")
     micro_batch_size: int | None = opt(None, "--micro-batch-size", "examples per forward; accumulation = batch / micro")
     schedule: str = opt("cosine", "--schedule", "learning-rate decay after warm-up", ("cosine", "linear", "constant"))
     warmup_ratio: float = opt(0.05, "--warmup-ratio", "fraction of the steps spent warming up")
@@ -89,6 +113,25 @@ class TrainConfig:
     save_every: int = opt(50, "--save-every", "checkpoint every N steps (0: only at the end)")
     log_every: int = opt(1, "--log-every", "write metrics every N steps")
 
+    def check(self) -> None:
+        """After the recipe filled `lr` and `batch_size`; fills `micro_batch_size` (= batch_size unless given)."""
+        if self.micro_batch_size is None:
+            self.micro_batch_size = self.batch_size
+        assert self.lr is not None and self.batch_size is not None
+        require([
+            (self.lr > 0, "train.lr", "must be > 0"),
+            (self.epochs >= 1, "train.epochs", "must be >= 1"),
+            (self.max_steps is None or self.max_steps >= 1, "train.max_steps", "must be >= 1"),
+            (self.batch_size >= 1, "train.batch_size", "must be >= 1"),
+            (self.micro_batch_size >= 1, "train.micro_batch_size", "must be >= 1"),
+            (self.batch_size % self.micro_batch_size == 0, "train.micro_batch_size",
+             f"must divide train.batch_size ({self.batch_size})"),
+            (0 <= self.warmup_ratio < 1, "train.warmup_ratio", "must be in [0, 1)"),
+            (self.max_grad_norm >= 0, "train.max_grad_norm", "must be >= 0"),
+            (self.log_every >= 1, "train.log_every", "must be >= 1"),
+            (self.save_every >= 0 and self.eval_every >= 0, "train.save_every/eval_every", "must be >= 0"),
+        ])
+
 
 @dataclass
 class ForgettingOptions:
@@ -102,6 +145,18 @@ class ForgettingOptions:
     max_probe_ppl_increase: float | None = opt(None, "--max-probe-ppl-increase", "stop when the probe perplexity "
                                                "rises by more than this fraction of the base's (0.05 = 5%%)")
 
+    def check(self) -> None:
+        budget = self.max_kl is not None or self.max_probe_ppl_increase is not None
+        require([
+            (self.every >= 0, "forgetting.every", "must be >= 0"),
+            (self.probe_size >= 0, "forgetting.probe_size", "must be >= 0 (0: the whole probe)"),
+            (self.max_kl is None or self.max_kl > 0, "forgetting.max_kl", "must be > 0"),
+            (self.max_probe_ppl_increase is None or self.max_probe_ppl_increase > 0,
+             "forgetting.max_probe_ppl_increase", "must be > 0 (a fraction: 0.05 = 5%)"),
+            (self.every > 0 or not budget, "forgetting.every",
+             "a budget (--max-kl, --max-probe-ppl-increase) needs measurements: set --forgetting-every N"),
+        ])
+
 
 # Learning rates past which forgetting is the usual outcome (a warning, not an error; more than 3 epochs
 # is warned about by train.schedule.plan_steps, which knows the data size).
@@ -109,63 +164,35 @@ LR_WARNING = {"full": 5e-5, "lora": 2e-3, "qlora": 2e-3}
 
 
 @dataclass
-class SFTConfig:
+class RunConfig:
+    """What every recipe's run has: the base, the method, where it goes, the adapter, the training loop."""
+
     model: str = opt("smollm2-135m-instruct", "--model", "alias, local Hugging Face directory or .gguf file")
     method: str = opt("lora", "--method", "what trains", METHODS)
     out: str | None = opt(None, "--out", "run directory")
     overwrite: bool = opt(False, "--overwrite", "replace a non-empty run directory")
     resume: bool = opt(False, "--resume", "continue from the last checkpoint in --out")
     device: str = opt("auto", "--device", "auto, cpu, cuda or cuda:N")
-    data: DataConfig = field(default_factory=DataConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    forgetting: ForgettingOptions = field(default_factory=ForgettingOptions)
 
     default_lr: ClassVar[dict[str, float]] = DEFAULT_LR
+    default_batch_size: ClassVar[int] = 8
 
     def validate(self) -> None:
-        """Check values that types alone cannot; fill derived defaults (learning rate per method)."""
-        if self.data.train is None:
-            raise ConfigError("data.train: no training data given (use --data FILE)")
+        """Fill derived defaults (learning rate per method, batch size), check every section, then what spans them."""
+        if self.train.lr is None:
+            self.train.lr = self.default_lr[self.method]
+        if self.train.batch_size is None:
+            self.train.batch_size = self.default_batch_size
+        for f in dataclasses.fields(self):
+            section = getattr(self, f.name)
+            if hasattr(section, "check"):
+                section.check()
         if self.out is None:
             raise ConfigError("out: no run directory given (use --out DIR)")
         if self.overwrite and self.resume:
             raise ConfigError("overwrite, resume: choose one; --resume continues the run that --overwrite would delete")
-        t = self.train
-        if t.lr is None:
-            t.lr = self.default_lr[self.method]
-        if t.micro_batch_size is None:
-            t.micro_batch_size = t.batch_size
-        checks = [
-            (t.lr > 0, "train.lr", "must be > 0"),
-            (t.epochs >= 1, "train.epochs", "must be >= 1"),
-            (t.max_steps is None or t.max_steps >= 1, "train.max_steps", "must be >= 1"),
-            (t.batch_size >= 1, "train.batch_size", "must be >= 1"),
-            (t.micro_batch_size >= 1, "train.micro_batch_size", "must be >= 1"),
-            (t.batch_size % t.micro_batch_size == 0, "train.micro_batch_size",
-             f"must divide train.batch_size ({t.batch_size})"),
-            (0 <= t.warmup_ratio < 1, "train.warmup_ratio", "must be in [0, 1)"),
-            (t.max_grad_norm >= 0, "train.max_grad_norm", "must be >= 0"),
-            (t.log_every >= 1, "train.log_every", "must be >= 1"),
-            (t.save_every >= 0 and t.eval_every >= 0, "train.save_every/eval_every", "must be >= 0"),
-            (getattr(self.data, "max_length", 8) >= 8, "data.max_length", "must be >= 8"),
-            (0 <= getattr(self.data, "eval_split", 0) < 1, "data.eval_split", "must be in [0, 1)"),
-            (self.lora.r >= 1, "lora.r", "must be >= 1"),
-            (0 <= self.lora.dropout < 1, "lora.dropout", "must be in [0, 1)"),
-            (0 < getattr(self.data, "replay_ratio", 0.5) < 1, "data.replay_ratio", "must be in (0, 1)"),
-        ]
-        f = self.forgetting
-        budget = f.max_kl is not None or f.max_probe_ppl_increase is not None
-        checks += [
-            (f.every >= 0, "forgetting.every", "must be >= 0"),
-            (f.probe_size >= 0, "forgetting.probe_size", "must be >= 0 (0: the whole probe)"),
-            (f.max_kl is None or f.max_kl > 0, "forgetting.max_kl", "must be > 0"),
-            (f.max_probe_ppl_increase is None or f.max_probe_ppl_increase > 0, "forgetting.max_probe_ppl_increase",
-             "must be > 0 (a fraction: 0.05 = 5%)"),
-            (f.every > 0 or not budget, "forgetting.every",
-             "a budget (--max-kl, --max-probe-ppl-increase) needs measurements: set --forgetting-every N"),
-        ]
-        require(checks)
 
     def guard_rail_warnings(self) -> list[str]:
         """Settings that usually end in forgetting, each with the reason (printed, never refused)."""
@@ -179,42 +206,44 @@ class SFTConfig:
 
 
 @dataclass
+class SFTConfig(RunConfig):
+    """Supervised fine-tuning on demonstrations."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    forgetting: ForgettingOptions = field(default_factory=ForgettingOptions)
+
+
+@dataclass
 class DPOOptions:
-    beta: float = opt(0.1, "--beta", "strength of the pull towards the reference (DPO β; IPO τ)")
-    loss: str = opt("dpo", "--loss", "preference loss", PREFERENCE_LOSS_NAMES)
+    beta: float = opt(0.1, "--beta", "strength of the pull towards the reference (DPO β; IPO τ); ORPO's λ; "
+                      "SimPO's β (its paper uses 2-10)")
+    loss: str = opt("dpo", "--loss", "preference loss: dpo, ipo (towards the base); orpo, simpo (reference-free)",
+                    PREFERENCE_LOSS_NAMES)
+    gamma: float = opt(0.5, "--gamma", "SimPO's target reward margin γ")
     sft_weight: float = opt(0.0, "--sft-weight", "add this times the chosen answer's NLL per token (0: off)")
     precompute_ref: bool = opt(False, "--precompute-ref", "compute the reference log-probs once before training "
                                "(always on for full fine-tuning; saves lora/qlora one forward per step)")
 
+    def check(self) -> None:
+        require([(self.beta > 0, "dpo.beta", "must be > 0"), (self.sft_weight >= 0, "dpo.sft_weight", "must be >= 0")])
+
 
 @dataclass
-class DPOConfig(SFTConfig):
-    """Direct preference optimisation: the SFT options that apply, preference data and `dpo.*`."""
+class DPOConfig(RunConfig):
+    """Direct preference optimisation (and IPO, ORPO, SimPO) on chosen/rejected pairs."""
 
     data: PreferenceDataConfig = field(default_factory=PreferenceDataConfig)
     dpo: DPOOptions = field(default_factory=DPOOptions)
+    forgetting: ForgettingOptions = field(default_factory=ForgettingOptions)
     default_lr: ClassVar[dict[str, float]] = POLICY_DEFAULT_LR
-
-    def validate(self) -> None:
-        super().validate()
-        if not self.dpo.beta > 0:
-            raise ConfigError("dpo.beta: must be > 0")
-        if self.dpo.sft_weight < 0:
-            raise ConfigError("dpo.sft_weight: must be >= 0")
 
 
 @dataclass
-class RewardConfig(SFTConfig):
-    """A reward model: the SFT options that apply, on preference data; a scalar head on the base."""
+class RewardConfig(RunConfig):
+    """A reward model: a scalar head on the base, trained on preference pairs (it does not generate, so the
+    forgetting guard, which measures drift on generated probe answers, has no section here)."""
 
     data: PreferenceDataConfig = field(default_factory=PreferenceDataConfig)
-
-    def validate(self) -> None:
-        super().validate()
-        f = self.forgetting
-        if f.every or f.max_kl is not None or f.max_probe_ppl_increase is not None:
-            raise ConfigError("forgetting: a reward model does not generate, so its drift is not measured on the "
-                              "probe; the forgetting guard applies to sft, dpo, ppo and grpo")
 
 
 @dataclass
@@ -223,6 +252,46 @@ class PromptDataConfig:
                             "other fields (e.g. `reference`) reach the reward functions")
     eval: str | None = opt(None, "--eval-prompts", "held-out prompts: greedy replies scored before and after")
     max_prompt_length: int = opt(256, "--max-prompt-length", "longer prompts keep their last tokens")
+
+    def check(self) -> None:
+        if self.train is None:
+            raise ConfigError("data.train: no prompts given (use --prompts FILE)")
+        require([(self.max_prompt_length >= 8, "data.max_prompt_length", "must be >= 8")])
+
+
+@dataclass
+class SamplingOptions:
+    """How the recipes that learn from their own samples (grpo, ppo) sample."""
+
+    temperature: float = opt(1.0, "--temperature", "sampling temperature")
+    top_p: float = opt(1.0, "--top-p", "nucleus sampling")
+    max_new_tokens: int = opt(64, "--max-new-tokens", "tokens per sampled completion")
+    samples_every: int = opt(5, "--samples-every", "write a few sampled completions to samples.jsonl every N steps")
+
+    def check(self) -> None:
+        require([(self.temperature > 0, "sampling.temperature", "must be > 0 (sampling)"),
+                 (0 < self.top_p <= 1, "sampling.top_p", "must be in (0, 1]"),
+                 (self.max_new_tokens >= 1, "sampling.max_new_tokens", "must be >= 1"),
+                 (self.samples_every >= 0, "sampling.samples_every", "must be >= 0")])
+
+
+# Sampling runs the same layers with a growing KV cache, one new length per token: compiled layers would
+# recompile (or fall back) all the time. The recipes that sample train eagerly.
+NO_COMPILE_WITH_SAMPLING = "not with a recipe that samples (grpo, ppo); use it with sft, dpo or reward"
+
+
+@dataclass
+class SamplingRunConfig(RunConfig):
+    """A recipe that learns from its own samples: prompts, the sampling section, the forgetting guard."""
+
+    data: PromptDataConfig = field(default_factory=PromptDataConfig)
+    sampling: SamplingOptions = field(default_factory=SamplingOptions)
+    forgetting: ForgettingOptions = field(default_factory=ForgettingOptions)
+    default_lr: ClassVar[dict[str, float]] = POLICY_DEFAULT_LR
+
+    def validate(self) -> None:
+        super().validate()
+        require([(not self.train.compile, "train.compile", NO_COMPILE_WITH_SAMPLING)])
 
 
 @dataclass
@@ -234,50 +303,34 @@ class GRPOOptions:
     kl_coef: float = opt(0.04, "--kl-coef", "weight of the KL to the frozen base (0: no reference pass)")
     clip_range: float = opt(0.2, "--clip-range", "PPO clip range ε of the policy ratio")
     epochs_per_step: int = opt(1, "--epochs-per-step", "optimisation passes over each batch of samples")
-    temperature: float = opt(1.0, "--temperature", "sampling temperature")
-    top_p: float = opt(1.0, "--top-p", "nucleus sampling")
-    max_new_tokens: int = opt(64, "--max-new-tokens", "tokens per sampled completion")
-    samples_every: int = opt(5, "--samples-every", "write a few sampled completions to samples.jsonl every N steps")
+
+    def check(self) -> None:
+        if not self.reward and not self.reward_model:
+            raise ConfigError("grpo.reward: no reward given (use --reward NAME[,NAME...] and/or --reward-model DIR)")
+        require([(self.group_size >= 2, "grpo.group_size", "must be >= 2 (advantages compare samples of one prompt)"),
+                 (self.kl_coef >= 0, "grpo.kl_coef", "must be >= 0"),
+                 (self.clip_range > 0, "grpo.clip_range", "must be > 0"),
+                 (self.epochs_per_step >= 1, "grpo.epochs_per_step", "must be >= 1")])
 
 
 @dataclass
-class GRPOConfig(SFTConfig):
+class GRPOConfig(SamplingRunConfig):
     """Group relative policy optimisation: K samples per prompt, group-normalised rewards, KL to the base."""
 
-    data: PromptDataConfig = field(default_factory=PromptDataConfig)
     grpo: GRPOOptions = field(default_factory=GRPOOptions)
-    default_lr: ClassVar[dict[str, float]] = POLICY_DEFAULT_LR
 
     def validate(self) -> None:
-        if self.data.train is None:
-            raise ConfigError("data.train: no prompts given (use --prompts FILE)")
         super().validate()
-        g = self.grpo
-        if not g.reward and not g.reward_model:
-            raise ConfigError("grpo.reward: no reward given (use --reward NAME[,NAME...] and/or --reward-model DIR)")
-        if self.method == "full" and g.kl_coef > 0:
+        if self.method == "full" and self.grpo.kl_coef > 0:
             raise ConfigError("method full: the reference is the base with the adapter switched off; full "
                               "fine-tuning has none, so use --method lora/qlora or --kl-coef 0")
-        checks = [(g.group_size >= 2, "grpo.group_size", "must be >= 2 (advantages compare samples of one prompt)"),
-                  (g.kl_coef >= 0, "grpo.kl_coef", "must be >= 0"), (g.clip_range > 0, "grpo.clip_range", "must be > 0"),
-                  (g.epochs_per_step >= 1, "grpo.epochs_per_step", "must be >= 1"),
-                  (g.temperature > 0, "grpo.temperature", "must be > 0 (sampling)"),
-                  (0 < g.top_p <= 1, "grpo.top_p", "must be in (0, 1]"),
-                  (g.max_new_tokens >= 1, "grpo.max_new_tokens", "must be >= 1"),
-                  (self.data.max_prompt_length >= 8, "data.max_prompt_length", "must be >= 8"),
-                  (not self.train.compile, "train.compile", NO_COMPILE_WITH_SAMPLING)]
-        require(checks)
-
-
-# Sampling runs the same layers with a growing KV cache, one new length per token: compiled layers would
-# recompile (or fall back) all the time. The recipes that sample train eagerly.
-NO_COMPILE_WITH_SAMPLING = "not with a recipe that samples (grpo, ppo); use it with sft, dpo or reward"
 
 
 @dataclass
 class PPOOptions:
     reward_model: str | None = opt(None, "--reward-model", "a `tunesmith reward` run (lora/qlora on the same base)")
-    rollouts_per_step: int = opt(8, "--rollouts-per-step", "prompts sampled (one completion each) per step")
+    rollouts_per_step: int | None = opt(None, "--rollouts-per-step", "prompts sampled (one completion each) per "
+                                        "step: the step's batch (default 8, or --batch-size)")
     ppo_epochs: int = opt(4, "--ppo-epochs", "optimisation passes over each batch of rollouts")
     kl_coef: float = opt(0.05, "--kl-coef", "per-token KL penalty to the frozen base (initial value if --kl-target)")
     kl_target: float | None = opt(None, "--kl-target", "adapt kl_coef so the per-sequence KL tracks this (Ziegler et al.)")
@@ -288,37 +341,68 @@ class PPOOptions:
     clip_range_value: float = opt(0.2, "--clip-range-value", "value clip ε")
     vf_coef: float = opt(0.1, "--vf-coef", "weight of the value loss")
     whiten_advantages: bool = opt(True, "--whiten-advantages", "normalise advantages over the batch")
-    temperature: float = opt(1.0, "--temperature", "sampling temperature")
-    top_p: float = opt(1.0, "--top-p", "nucleus sampling")
-    max_new_tokens: int = opt(64, "--max-new-tokens", "tokens per sampled completion")
-    samples_every: int = opt(5, "--samples-every", "write a few rollouts to samples.jsonl every N steps")
+
+    def check(self) -> None:
+        if not self.reward_model:
+            raise ConfigError("ppo.reward_model: no reward model given (use --reward-model DIR from `tunesmith reward`)")
+        require([(self.rollouts_per_step is None or self.rollouts_per_step >= 2, "ppo.rollouts_per_step",
+                  "must be >= 2 (advantages are whitened)"),
+                 (self.ppo_epochs >= 1, "ppo.ppo_epochs", "must be >= 1"), (self.kl_coef >= 0, "ppo.kl_coef", "must be >= 0"),
+                 (self.kl_target is None or self.kl_target > 0, "ppo.kl_target", "must be > 0"),
+                 (0 < self.gamma <= 1 and 0 <= self.lam <= 1, "ppo.gamma/lam", "gamma in (0, 1], lam in [0, 1]"),
+                 (self.clip_range > 0 and self.clip_range_value > 0, "ppo.clip_range", "must be > 0")])
 
 
 @dataclass
-class PPOConfig(SFTConfig):
+class PPOConfig(SamplingRunConfig):
     """PPO against a reward model; policy, value head, reference and reward share one copy of the base."""
 
-    data: PromptDataConfig = field(default_factory=PromptDataConfig)
     ppo: PPOOptions = field(default_factory=PPOOptions)
-    default_lr: ClassVar[dict[str, float]] = POLICY_DEFAULT_LR
 
     def validate(self) -> None:
-        if self.data.train is None:
-            raise ConfigError("data.train: no prompts given (use --prompts FILE)")
-        if not self.ppo.reward_model:
-            raise ConfigError("ppo.reward_model: no reward model given (use --reward-model DIR from `tunesmith reward`)")
+        # one optimizer batch is one batch of rollouts: the two names must agree, and either one sets both
+        o, t = self.ppo, self.train
+        if o.rollouts_per_step is not None and t.batch_size is not None and o.rollouts_per_step != t.batch_size:
+            raise ConfigError(f"ppo.rollouts_per_step ({o.rollouts_per_step}), train.batch_size ({t.batch_size}): "
+                              "a PPO step's batch is its rollouts; give one of them, or the same value")
+        o.rollouts_per_step = t.batch_size = o.rollouts_per_step or t.batch_size or self.default_batch_size
+        super().validate()
         if self.method == "full":
             raise ConfigError("method full: PPO's reference is the base with the adapter switched off; "
                               "use --method lora or qlora")
-        self.train.batch_size = self.ppo.rollouts_per_step  # one optimizer batch = one batch of rollouts
+
+
+@dataclass
+class UnpairedDataConfig(PreferenceDataConfig):
+    train: str | None = opt(None, "--data", "unpaired examples, JSONL: `prompt`/`completion`/`label` (true: "
+                            "desirable) or `messages` ending with the assistant's reply, plus `label`")
+    eval: str | None = opt(None, "--eval-data", "evaluation examples in the same format")
+    packing: bool = opt(True, "--packing", "pack each micro-batch's sequences into one row without padding")
+
+
+@dataclass
+class KTOOptions:
+    beta: float = opt(0.1, "--beta", "KTO β: how sharply the value function saturates around the reference point")
+    desirable_weight: float = opt(1.0, "--desirable-weight", "λ_D, weight of the desirable examples' loss")
+    undesirable_weight: float = opt(1.0, "--undesirable-weight", "λ_U, weight of the undesirable examples' loss")
+
+    def check(self) -> None:
+        require([(self.beta > 0, "kto.beta", "must be > 0"),
+                 (self.desirable_weight > 0 and self.undesirable_weight > 0, "kto.desirable_weight/undesirable_weight",
+                  "must be > 0")])
+
+
+@dataclass
+class KTOConfig(RunConfig):
+    """Kahneman-Tversky optimisation on unpaired examples labelled desirable or undesirable."""
+
+    data: UnpairedDataConfig = field(default_factory=UnpairedDataConfig)
+    kto: KTOOptions = field(default_factory=KTOOptions)
+    forgetting: ForgettingOptions = field(default_factory=ForgettingOptions)
+    default_lr: ClassVar[dict[str, float]] = POLICY_DEFAULT_LR
+
+    def validate(self) -> None:
         super().validate()
-        o = self.ppo
-        checks = [(o.rollouts_per_step >= 2, "ppo.rollouts_per_step", "must be >= 2 (advantages are whitened)"),
-                  (o.ppo_epochs >= 1, "ppo.ppo_epochs", "must be >= 1"), (o.kl_coef >= 0, "ppo.kl_coef", "must be >= 0"),
-                  (o.kl_target is None or o.kl_target > 0, "ppo.kl_target", "must be > 0"),
-                  (0 < o.gamma <= 1 and 0 <= o.lam <= 1, "ppo.gamma/lam", "gamma in (0, 1], lam in [0, 1]"),
-                  (o.clip_range > 0 and o.clip_range_value > 0, "ppo.clip_range", "must be > 0"),
-                  (o.temperature > 0, "ppo.temperature", "must be > 0"), (0 < o.top_p <= 1, "ppo.top_p", "in (0, 1]"),
-                  (o.max_new_tokens >= 1, "ppo.max_new_tokens", "must be >= 1"),
-                  (not self.train.compile, "train.compile", NO_COMPILE_WITH_SAMPLING)]
-        require(checks)
+        if self.method == "full":
+            raise ConfigError("method full: KTO's reference is the base with the adapter switched off; "
+                              "use --method lora or qlora")

@@ -7,10 +7,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-from tunesmith.config.schema import DataConfig, PreferenceDataConfig
+from tunesmith.config.schema import DataConfig, PreferenceDataConfig, UnpairedDataConfig
 from tunesmith.data.formats import Conversation, load_sft_file
 from tunesmith.data.preference import PreferencePair, load_preference_file
 from tunesmith.data.templates import TokenizedExample, apply_length_policy, tokenize_conversations
+from tunesmith.data.unpaired import UnpairedExample, load_unpaired_file
 from tunesmith.errors import ConfigError, DataError
 
 FEW_EXAMPLES = 1000
@@ -83,10 +84,11 @@ def mix_replay(train: list, pool: list, ratio: float, seed: int) -> tuple[list, 
     return train + drawn, n
 
 
-def prepare_sft_data(cfg: DataConfig, tokenizer, seed: int, model_dir=None,
-                     say=print) -> PreparedData:
-    """Training and eval examples; with `cfg.replay`, general examples mixed in at `cfg.replay_ratio`
-    (`self` answers the bundled replay prompts with the base at `model_dir`, once, cached)."""
+def prepare_sft_data(cfg: DataConfig, tokenizer, seed: int,
+                     self_replay: list[TokenizedExample] | None = None) -> PreparedData:
+    """Training and eval examples; with `cfg.replay`, general examples mixed in at `cfg.replay_ratio`:
+    from a file, or for `self` the base's own answers that the caller brings (`self_replay`, from
+    forgetting.replay.self_replay_examples)."""
     notes: list[str] = []
     train = _load(cfg.train, tokenizer, cfg, "train", notes)
     evaluation: list[TokenizedExample] = []
@@ -101,10 +103,8 @@ def prepare_sft_data(cfg: DataConfig, tokenizer, seed: int, model_dir=None,
     replayed = 0
     if cfg.replay:
         if cfg.replay == "self":
-            from tunesmith.forgetting.replay import self_replay_examples
-
-            pool = apply_length_policy(self_replay_examples(tokenizer, model_dir, say), cfg.max_length,
-                                       cfg.overlength).examples
+            assert self_replay is not None, "replay 'self': the caller brings the base's answers"
+            pool = apply_length_policy(self_replay, cfg.max_length, cfg.overlength).examples
         else:
             pool = _load(cfg.replay, tokenizer, cfg, "replay", notes)
         task = len(train)
@@ -123,10 +123,13 @@ class TokenizedPair:
     where: str
 
 
-def _side(pair: PreferencePair, completion: list[dict]) -> Conversation:
+def _conversation(prompt: list[dict], completion: list[dict], where: str) -> Conversation:
     # earlier assistant turns inside the prompt are context (weight 0); the completion is what is scored
-    prompt = [{**m, "weight": 0} for m in pair.prompt]
-    return Conversation(prompt + [{**m, "weight": 1} for m in completion], pair.where)
+    return Conversation([{**m, "weight": 0} for m in prompt] + [{**m, "weight": 1} for m in completion], where)
+
+
+def _side(pair: PreferencePair, completion: list[dict]) -> Conversation:
+    return _conversation(pair.prompt, completion, pair.where)
 
 
 def tokenize_pairs(tokenizer, pairs: list[PreferencePair]) -> list[TokenizedPair]:
@@ -180,16 +183,73 @@ def _load_pairs(path: str, tokenizer, cfg: PreferenceDataConfig, label: str, not
     return pairs
 
 
+def train_and_eval(load, cfg, seed: int, notes: list[str], warnings: list[str], unit: str) -> tuple[list, list]:
+    """`load(path, label)` on the training file, and on the eval file or a held-out `cfg.eval_split` of it."""
+    train = load(cfg.train, "train")
+    if cfg.eval:
+        return train, load(cfg.eval, "eval")
+    if cfg.eval_split > 0:
+        return hold_out(train, cfg.eval_split, seed, notes, unit)
+    return train, []
+
+
 def prepare_preference_data(cfg: PreferenceDataConfig, tokenizer, seed: int) -> PreparedPreferences:
     notes: list[str] = []
     warnings: list[str] = []
-    train = _load_pairs(cfg.train, tokenizer, cfg, "train", notes, warnings)
-    evaluation: list[TokenizedPair] = []
-    if cfg.eval:
-        evaluation = _load_pairs(cfg.eval, tokenizer, cfg, "eval", notes, warnings)
-    elif cfg.eval_split > 0:
-        train, evaluation = hold_out(train, cfg.eval_split, seed, notes, "pair")
+    train, evaluation = train_and_eval(lambda path, label: _load_pairs(path, tokenizer, cfg, label, notes, warnings),
+                                       cfg, seed, notes, warnings, "pair")
     if len(train) < FEW_PAIRS:
         warnings.append(f"only {len(train)} training pairs: fewer than {FEW_PAIRS} rarely pins down a preference; "
                         "watch the eval reward accuracy")
     return PreparedPreferences(train, evaluation, notes, warnings)
+
+
+# ---- unpaired examples (KTO) --------------------------------------------------------------------
+
+@dataclass
+class TokenizedUnpaired:
+    example: TokenizedExample  # prompt + completion; labels on the completion only
+    mismatched: TokenizedExample  # the same prompt with the next example's completion: KTO's KL sample
+    desirable: bool
+    where: str
+
+
+def _load_unpaired(path: str, tokenizer, cfg: UnpairedDataConfig, label: str, notes: list[str],
+                   warnings: list[str]) -> list[TokenizedUnpaired]:
+    parsed = load_unpaired_file(path)
+    warnings += parsed.warnings
+    rows: list[UnpairedExample] = parsed.examples
+    own = tokenize_conversations(tokenizer, [_conversation(e.prompt, e.completion, e.where) for e in rows])
+    # KTO's reference point: the policy's KL to the base on completions that do not answer their prompt
+    # (each prompt with the next row's completion), so it cannot be raised by learning the task itself
+    swapped = tokenize_conversations(tokenizer, [_conversation(e.prompt, rows[(i + 1) % len(rows)].completion, e.where)
+                                                 for i, e in enumerate(rows)])
+    kept, dropped = [], 0
+    for example, mismatched, row in zip(own, swapped, rows, strict=True):
+        sides = [apply_length_policy([x], cfg.max_length, cfg.overlength).examples for x in (example, mismatched)]
+        if all(sides):
+            kept.append(TokenizedUnpaired(sides[0][0], sides[1][0], row.desirable, row.where))
+        else:
+            dropped += 1
+    if dropped:
+        notes.append(f"{label}: dropped {dropped} example(s) longer than {cfg.max_length} tokens or left empty")
+    if not kept:
+        raise DataError([f"{path}: no example left after the length policy (max_length {cfg.max_length})"])
+    return kept
+
+
+@dataclass
+class PreparedUnpaired:
+    train: list[TokenizedUnpaired]
+    eval: list[TokenizedUnpaired]
+    notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+def prepare_unpaired_data(cfg: UnpairedDataConfig, tokenizer, seed: int) -> PreparedUnpaired:
+    notes: list[str] = []
+    warnings: list[str] = []
+    train, evaluation = train_and_eval(
+        lambda path, label: _load_unpaired(path, tokenizer, cfg, label, notes, warnings), cfg, seed, notes, warnings,
+        "example")
+    return PreparedUnpaired(train, evaluation, notes, warnings)

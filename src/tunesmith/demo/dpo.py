@@ -56,7 +56,8 @@ def reply_stats(messages: list[str], replies: list[str]) -> dict[str, float]:
 
 def run_dpo_demo(out: Path, max_steps: int = DEFAULT_STEPS, seed: int = 0, limit: int | None = None,
                  say: Callable[[str], None] = print, progress: bool = True) -> dict:
-    from tunesmith.generation import generate_chat, load_for_inference
+    from tunesmith.generation import generate_chat  # heavy: deferred for CLI start-up
+    from tunesmith.models.inference import load_for_inference
     from tunesmith.recipes.dpo import run_dpo
 
     started = time.time()

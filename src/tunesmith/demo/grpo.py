@@ -49,7 +49,8 @@ def demo_config(run_dir: Path, train: Path, heldout: Path, max_steps: int, seed:
     cfg = GRPOConfig(model=MODEL, method="lora", out=str(run_dir), overwrite=True)
     cfg.data.train, cfg.data.eval, cfg.data.max_prompt_length = str(train), str(heldout), 256
     g = cfg.grpo
-    g.reward, g.group_size, g.temperature, g.max_new_tokens, g.kl_coef = ",".join(REWARDS), 4, 0.7, 64, 0.04
+    g.reward, g.group_size, g.kl_coef = ",".join(REWARDS), 4, 0.04
+    cfg.sampling.temperature, cfg.sampling.max_new_tokens = 0.7, 64
     cfg.train.max_steps, cfg.train.batch_size, cfg.train.lr = max_steps, 4, 3e-4
     cfg.train.seed, cfg.train.save_every, cfg.train.log_every = seed, 0, 1
     cfg.validate()
@@ -63,7 +64,7 @@ def check_out(out: Path) -> None:
 
 def run_grpo_demo(out: Path, max_steps: int = DEFAULT_STEPS, seed: int = 0, limit: int | None = None,
                   say: Callable[[str], None] = print, progress: bool = True) -> dict:
-    from tunesmith.recipes.grpo import run_grpo
+    from tunesmith.recipes.grpo import run_grpo  # heavy: deferred for CLI start-up
 
     started = time.time()
     out = Path(out)

@@ -22,7 +22,9 @@ from typing import Callable
 
 from tunesmith.atomic import atomic_write_text
 from tunesmith.config.schema import PPOConfig, RewardConfig
+from tunesmith.data.formats import Conversation
 from tunesmith.data.preference import load_preference_file
+from tunesmith.data.templates import tokenize_conversations
 from tunesmith.demo.dpo import HELDOUT_FILE, TRAIN_FILE
 from tunesmith.demo.run import MODEL
 from tunesmith.demo.run import check_out as run_check_out
@@ -48,7 +50,8 @@ def ppo_config(out: Path, prompts: Path, reward_run: Path, max_steps: int, seed:
     cfg = PPOConfig(model=MODEL, method="lora", out=str(out), overwrite=True)
     cfg.data.train = str(prompts)
     o = cfg.ppo
-    o.reward_model, o.rollouts_per_step, o.max_new_tokens, o.temperature = str(reward_run), 8, MAX_NEW_TOKENS, TEMPERATURE
+    o.reward_model, o.rollouts_per_step = str(reward_run), 8
+    cfg.sampling.max_new_tokens, cfg.sampling.temperature = MAX_NEW_TOKENS, TEMPERATURE
     o.kl_coef, o.kl_target, o.kl_horizon = 0.1, KL_TARGET, 200
     cfg.train.max_steps, cfg.train.lr, cfg.train.seed, cfg.train.save_every = max_steps, 1e-4, seed, 0
     cfg.validate()
@@ -58,10 +61,9 @@ def ppo_config(out: Path, prompts: Path, reward_run: Path, max_steps: int, seed:
 def sampled_rewards(adapter: Path | None, reward_run: Path, prompts: list[list[dict]]) -> tuple[list[str], list[float]]:
     """SAMPLES_PER_MESSAGE replies per prompt from the base (+ adapter), sampled as in the rollouts with fixed
     seeds, and the reward model's score of each; prompt-major order."""
-    from tunesmith.data.formats import Conversation
-    from tunesmith.data.templates import tokenize_conversations
-    from tunesmith.eval.reward import score_examples
-    from tunesmith.generation import generate_chat, load_for_inference
+    from tunesmith.eval.reward import score_examples  # heavy: deferred for CLI start-up
+    from tunesmith.generation import generate_chat
+    from tunesmith.models.inference import load_for_inference
     from tunesmith.models.reward import load_reward_model
 
     model, tokenizer = load_for_inference(MODEL, [str(adapter)] if adapter else None, merge=adapter is not None)
@@ -89,7 +91,7 @@ def check_out(out: Path) -> None:
 
 def run_ppo_demo(out: Path, max_steps: int = DEFAULT_STEPS, seed: int = 0, limit: int | None = None,
                  say: Callable[[str], None] = print, progress: bool = True) -> dict:
-    from tunesmith.recipes.ppo import run_ppo
+    from tunesmith.recipes.ppo import run_ppo  # heavy: deferred for CLI start-up
     from tunesmith.recipes.reward import run_reward
 
     started = time.time()

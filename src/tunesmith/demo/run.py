@@ -43,7 +43,7 @@ def demo_config(out: Path, max_steps: int, seed: int) -> SFTConfig:
 
 
 def score_model(model, tokenizer, heldout, batch_size: int = 60) -> tuple[dict, list[str]]:
-    from tunesmith.generation import generate_chat
+    from tunesmith.generation import generate_chat  # heavy: deferred for CLI start-up
 
     prompts = [[m for m in row.messages if m["role"] != "assistant"] for row in heldout]
     references = [json.loads(next(m["content"] for m in row.messages if m["role"] == "assistant"))
@@ -60,7 +60,7 @@ def check_out(out: Path, marker: str = "config.yaml", what: str = "a tunesmith r
 
 def run_demo(out: Path, max_steps: int = 72, seed: int = 0, limit: int | None = None,
              say: Callable[[str], None] = print, progress: bool = True) -> dict:
-    from tunesmith.generation import load_for_inference
+    from tunesmith.models.inference import load_for_inference  # heavy: deferred for CLI start-up
     from tunesmith.recipes.sft import run_sft
 
     started = time.time()

@@ -1,13 +1,15 @@
-"""Export a Llama-architecture Hugging Face directory to a GGUF file (llama.cpp's format).
+"""Export a Hugging Face decoder directory to a GGUF file (llama.cpp's format).
 
-The file follows what llama.cpp's own `convert_hf_to_gguf.py` writes for a `LlamaForCausalLM`: the
-`llama.*` hyperparameters, the tokenizer as `tokenizer.ggml.*` metadata plus `tokenizer.chat_template`,
-and every tensor under llama.cpp's standard name. Two details make the round trip exact:
+The file follows what llama.cpp's own `convert_hf_to_gguf.py` writes for the model's class: the
+`<arch>.*` hyperparameters, the tokenizer as `tokenizer.ggml.*` metadata plus `tokenizer.chat_template`,
+and every tensor under llama.cpp's standard name. What differs between architectures (tensor names,
+value changes, extra keys, what llama.cpp cannot represent) is one table per family in
+`gguf_families.py`: Llama, Mistral, Qwen2, Qwen3, Gemma 2, Gemma 3 (text) and Phi-3. Shared details:
 
-* Q and K projections are stored with their rows permuted per head (llama.cpp's rotary layout pairs
+* Llama and Mistral store Q and K with their rows permuted per head (llama.cpp's rotary layout pairs
   dimensions `(2i, 2i+1)`, Hugging Face pairs `(i, i + head_dim/2)`). `_permute_qk` is llama.cpp's
   `LlamaModel.permute`; transformers' GGUF loader (`LlamaTensorProcessor._reverse_permute_weights`)
-  applies its exact inverse.
+  applies its exact inverse. The other architectures use llama.cpp's NeoX rotary, HF's own layout.
 * Tied embeddings are signalled by the *absence* of `output.weight`: that is how llama.cpp reads it,
   and how transformers' loader sets `tie_word_embeddings`.
 
@@ -29,26 +31,10 @@ import numpy as np
 
 from tunesmith.atomic import fsync_dir
 from tunesmith.errors import ConfigError, ModelError
+from tunesmith.export.gguf_families import FAMILIES, GLOBAL_NAMES, Family
 
 DTYPES = ("f16", "f32")
 
-# Hugging Face parameter name (inside a decoder layer) -> llama.cpp tensor name (inside `blk.N`).
-_LAYER_NAMES = {
-    "input_layernorm": "attn_norm",
-    "post_attention_layernorm": "ffn_norm",
-    "self_attn.q_proj": "attn_q",
-    "self_attn.k_proj": "attn_k",
-    "self_attn.v_proj": "attn_v",
-    "self_attn.o_proj": "attn_output",
-    "mlp.gate_proj": "ffn_gate",
-    "mlp.up_proj": "ffn_up",
-    "mlp.down_proj": "ffn_down",
-}
-_GLOBAL_NAMES = {
-    "model.embed_tokens.weight": "token_embd.weight",
-    "model.norm.weight": "output_norm.weight",
-    "lm_head.weight": "output.weight",
-}
 _LAYER_RE = re.compile(r"^model\.layers\.(\d+)\.(.+)\.(weight|bias)$")
 
 # tokenizer.ggml.token_type values (gguf.TokenType)
@@ -64,20 +50,23 @@ _SPECIAL_TOKENS = {
 
 
 def export_gguf(model_dir: Path, out_file: Path, dtype: str = "f16") -> dict:
-    """Write the Llama model in `model_dir` (config.json, *.safetensors, tokenizer.json) to `out_file`.
+    """Write the model in `model_dir` (config.json, *.safetensors, tokenizer.json) to `out_file`.
+
+    The model's class must be one of `gguf_families.FAMILIES`; any other is a `ModelError`.
 
     2-D weights are stored in `dtype` ("f16" or "f32"); 1-D tensors (the RMS norms) always in f32.
     The file appears atomically: it is written to a temporary sibling, fsync'ed and renamed.
     Returns `{"path", "tensors", "bytes", "dtype"}`.
     """
-    import gguf
+    import gguf  # heavy: deferred for CLI start-up
 
     if dtype not in DTYPES:
         raise ConfigError(f"dtype: expected one of {', '.join(DTYPES)}, got {dtype!r}")
     model_dir, out_file = Path(model_dir), Path(out_file)
-    config = _read_llama_config(model_dir)
-    hp = _hyperparameters(config, model_dir)
-    tokenizer = _read_tokenizer(model_dir, config, hp["vocab_size"])
+    raw_config, family = _read_family(model_dir)
+    config = _resolved_config(model_dir)
+    hp = _hyperparameters(config, family, model_dir)
+    tokenizer = _read_tokenizer(model_dir, raw_config, hp["vocab_size"])
 
     out_file.parent.mkdir(parents=True, exist_ok=True)
     # A sibling, so the rename stays on one file system; O_EXCL with 0o666 gives the usual
@@ -85,10 +74,10 @@ def export_gguf(model_dir: Path, out_file: Path, dtype: str = "f16") -> dict:
     tmp = out_file.parent / f".{out_file.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
     os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
     try:
-        writer = gguf.GGUFWriter(tmp, "llama")
-        _write_metadata(writer, gguf, config, hp, tokenizer, model_dir, dtype)
+        writer = gguf.GGUFWriter(tmp, family.arch)
+        _write_metadata(writer, gguf, raw_config, family.metadata(config), hp, tokenizer, model_dir, dtype)
         count = 0
-        for name, array in _gguf_tensors(model_dir, hp, dtype):
+        for name, array in _gguf_tensors(model_dir, family, hp, dtype):
             writer.add_tensor(name, array)
             count += 1
         writer.write_header_to_file()
@@ -121,7 +110,8 @@ def _read_json(path: Path) -> Any:
         raise ModelError(f"{path}: unreadable ({e})") from None
 
 
-def _read_llama_config(model_dir: Path) -> dict:
+def _read_family(model_dir: Path) -> tuple[dict, Family]:
+    """config.json as saved, and the family its class belongs to."""
     if not model_dir.is_dir():
         raise ModelError(f"{model_dir}: not a directory")
     if not (model_dir / "config.json").is_file():
@@ -129,44 +119,94 @@ def _read_llama_config(model_dir: Path) -> dict:
     config = _read_json(model_dir / "config.json")
     model_type = config.get("model_type")
     architectures = config.get("architectures") or []
-    if model_type != "llama" or any(a != "LlamaForCausalLM" for a in architectures):
-        raise ModelError(
-            f"{model_dir}: GGUF export supports Llama models only (model_type 'llama', LlamaForCausalLM); "
-            f"this one has model_type {model_type!r}, architectures {architectures}")
-    return config
+    if architectures:
+        family = FAMILIES.get(architectures[0]) if len(architectures) == 1 else None
+    else:
+        family = next((f for f in FAMILIES.values() if f.model_type == model_type), None)
+    if family is None or family.model_type != model_type:
+        supported = ", ".join(f"{f.label} ({f.hf_class})" for f in FAMILIES.values())
+        raise ModelError(f"{model_dir}: GGUF export does not support model_type {model_type!r}, architectures "
+                         f"{architectures}; supported: {supported}")
+    return config, family
 
 
-def _hyperparameters(config: dict, model_dir: Path) -> dict:
+def _resolved_config(model_dir: Path) -> dict:
+    """The config transformers builds the model from: defaults filled in, legacy keys (rope_theta,
+    rope_scaling, sliding_window_pattern) turned into rope_parameters and layer_types."""
+    from transformers import AutoConfig  # heavy: deferred until used
+
+    try:
+        return AutoConfig.from_pretrained(model_dir).to_dict()
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ModelError(f"{model_dir}/config.json: transformers cannot read it ({e})") from None
+
+
+def _rope_sets(config: dict) -> list[dict]:
+    """rope_parameters as a list: one dict, or one per layer type (Gemma 3's full and sliding layers)."""
+    rope = config.get("rope_parameters") or config.get("rope_scaling") or {}
+    nested = rope and all(isinstance(v, dict) for v in rope.values())
+    return list(rope.values()) if nested else [rope]
+
+
+def _sliding_refusals(config: dict, family: Family) -> list[str]:
+    window, n_layers = config.get("sliding_window"), config["num_hidden_layers"]
+    layer_types = config.get("layer_types") or []
+    if family.swa_period is None:
+        # llama.cpp attends over the whole context on every layer of these architectures
+        slides = "sliding_attention" in layer_types if layer_types else window is not None
+        if slides and window is not None and window < config["max_position_embeddings"]:
+            return [f"sliding_window {window} (llama.cpp's {family.arch} graph has no sliding window)"]
+        return []
+    period = family.swa_period
+    expected = ["sliding_attention" if (i + 1) % period else "full_attention" for i in range(n_layers)]
+    if window is None or (layer_types and layer_types != expected):
+        why = (f"layer_types {layer_types} with sliding_window {window} (llama.cpp fixes one full-attention "
+               f"layer in every {period}, each other layer sliding)")
+        return [why]
+    return []
+
+
+def _hyperparameters(config: dict, family: Family, model_dir: Path) -> dict:
     def need(key: str) -> Any:
         if config.get(key) is None:
             raise ModelError(f"{model_dir}/config.json: '{key}' is missing")
         return config[key]
 
-    unsupported = []
-    if config.get("hidden_act", "silu") != "silu":
-        unsupported.append(f"hidden_act {config['hidden_act']!r}")
-    # transformers' GGUF loader does not read biases back for llama (its config never sets
-    # attention_bias / mlp_bias), so such a file would load as a different model.
-    for key in ("attention_bias", "mlp_bias"):
+    unsupported = list(family.refuse(config)) + _sliding_refusals(config, family)
+    activation = config.get("hidden_activation") or config.get("hidden_act") or family.activation
+    if activation != family.activation:
+        unsupported.append(f"activation {activation!r} (llama.cpp's {family.arch} computes {family.activation})")
+    # transformers' GGUF loader never sets attention_bias / mlp_bias, so such a file would load as a
+    # different model (Qwen2's q/k/v biases are part of its architecture, not a config switch).
+    for key in ("attention_bias", "mlp_bias", "use_bidirectional_attention"):
         if config.get(key):
             unsupported.append(f"{key}=true")
-    rope = config.get("rope_parameters") or config.get("rope_scaling") or {}
-    rope_type = rope.get("rope_type", rope.get("type", "default"))
-    if rope_type not in (None, "default"):
-        unsupported.append(f"rope_type {rope_type!r}")
+    ropes = _rope_sets(config)
+    for rope in ropes:
+        rope_type = rope.get("rope_type", rope.get("type", "default"))
+        if rope_type not in (None, "default"):
+            unsupported.append(f"rope_type {rope_type!r}")
+        if rope.get("partial_rotary_factor", config.get("partial_rotary_factor", 1.0)) != 1.0:
+            unsupported.append(f"partial_rotary_factor {rope.get('partial_rotary_factor')}")
+    tied = bool(config.get("tie_word_embeddings", False))
+    if family.tied_only and not tied:
+        unsupported.append(f"untied embeddings (llama.cpp's {family.arch} reuses token_embd as the output)")
     if unsupported:
-        raise ModelError(f"{model_dir}: cannot export to GGUF: {', '.join(unsupported)} not supported")
+        raise ModelError(f"{model_dir}: cannot export this {family.label} model to GGUF: "
+                         f"{', '.join(dict.fromkeys(unsupported))} not supported")
 
     hidden, heads = need("hidden_size"), need("num_attention_heads")
     kv_heads = config.get("num_key_value_heads") or heads
     head_dim = config.get("head_dim") or hidden // heads
+    # the full-attention layers' theta when there is one per layer type; llama.cpp's rope.freq_base
+    rope = (config.get("rope_parameters") or {}).get("full_attention") or ropes[0]
     rope_theta = rope.get("rope_theta", config.get("rope_theta", 10000.0))
     return {
         "context_length": need("max_position_embeddings"), "embedding_length": hidden,
         "block_count": need("num_hidden_layers"), "feed_forward_length": need("intermediate_size"),
         "head_count": heads, "head_count_kv": kv_heads, "head_dim": head_dim,
         "rope_freq_base": float(rope_theta), "rms_norm_eps": float(config.get("rms_norm_eps", 1e-6)),
-        "vocab_size": need("vocab_size"), "tie_word_embeddings": bool(config.get("tie_word_embeddings", False)),
+        "vocab_size": need("vocab_size"), "tie_word_embeddings": tied,
     }
 
 
@@ -199,6 +239,7 @@ def _known_split_name(regex: str | None) -> str | None:
     if regex is None:
         return None
     try:
+        # heavy: transformers, deferred until used
         from transformers.integrations.gguf.gguf_tokenizer_mapping import GGUF_PRE_TOKENIZER_SPLITS
     except ImportError:  # pragma: no cover - older transformers
         return None
@@ -279,7 +320,8 @@ def _read_tokenizer(model_dir: Path, config: dict, vocab_size: int) -> dict:
 # --- writing ----------------------------------------------------------------------------------------
 
 
-def _write_metadata(writer, gguf, config: dict, hp: dict, tok: dict, model_dir: Path, dtype: str) -> None:
+def _write_metadata(writer, gguf, config: dict, extra: dict, hp: dict, tok: dict, model_dir: Path,
+                    dtype: str) -> None:
     writer.add_type("model")
     writer.add_name(str(config.get("_name_or_path") or config.get("_model_name_or_path") or model_dir.name))
     writer.add_context_length(hp["context_length"])
@@ -292,9 +334,12 @@ def _write_metadata(writer, gguf, config: dict, hp: dict, tok: dict, model_dir: 
     writer.add_layer_norm_rms_eps(hp["rms_norm_eps"])
     writer.add_vocab_size(hp["vocab_size"])
     writer.add_rope_dimension_count(hp["head_dim"])
-    if hp["head_dim"] != hp["embedding_length"] // hp["head_count"]:
-        writer.add_key_length(hp["head_dim"])
-        writer.add_value_length(hp["head_dim"])
+    # Always stated: transformers' Gemma reader takes head_dim from it, not from the other shapes.
+    writer.add_key_length(hp["head_dim"])
+    writer.add_value_length(hp["head_dim"])
+    for key, value in extra.items():  # the family's own keys, in the types llama.cpp reads them as
+        add = writer.add_float32 if isinstance(value, float) else writer.add_uint32
+        add(f"{writer.arch}.{key}", value)
     file_type = gguf.LlamaFileType.MOSTLY_F16 if dtype == "f16" else gguf.LlamaFileType.ALL_F32
     writer.add_file_type(int(file_type))
 
@@ -320,13 +365,15 @@ def _permute_qk(w: np.ndarray, n_head: int) -> np.ndarray:
     return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-def _gguf_name(hf_name: str) -> str | None:
-    if hf_name in _GLOBAL_NAMES:
-        return _GLOBAL_NAMES[hf_name]
+def _gguf_name(hf_name: str, family: Family) -> str | None:
+    if hf_name in GLOBAL_NAMES:
+        return GLOBAL_NAMES[hf_name]
     m = _LAYER_RE.match(hf_name)
-    if m and m.group(2) in _LAYER_NAMES:
-        return f"blk.{m.group(1)}.{_LAYER_NAMES[m.group(2)]}.{m.group(3)}"
-    return None
+    if not m or m.group(2) not in family.layer_names:
+        return None
+    if m.group(3) == "bias" and m.group(2) not in family.biases:
+        return None
+    return f"blk.{m.group(1)}.{family.layer_names[m.group(2)]}.{m.group(3)}"
 
 
 def _safetensors_files(model_dir: Path) -> list[Path]:
@@ -336,8 +383,8 @@ def _safetensors_files(model_dir: Path) -> list[Path]:
     return files
 
 
-def _gguf_tensors(model_dir: Path, hp: dict, dtype: str) -> Iterator[tuple[str, np.ndarray]]:
-    import torch
+def _gguf_tensors(model_dir: Path, family: Family, hp: dict, dtype: str) -> Iterator[tuple[str, np.ndarray]]:
+    import torch  # heavy: deferred until the weights are written
     from safetensors import safe_open
 
     np_dtype = np.float16 if dtype == "f16" else np.float32
@@ -349,14 +396,16 @@ def _gguf_tensors(model_dir: Path, hp: dict, dtype: str) -> Iterator[tuple[str, 
                     continue
                 if hf_name == "lm_head.weight" and hp["tie_word_embeddings"]:
                     continue  # tied: llama.cpp and transformers reuse token_embd when `output` is absent
-                name = _gguf_name(hf_name)
+                name = _gguf_name(hf_name, family)
                 if name is None:
-                    raise ModelError(f"{file}: tensor '{hf_name}' has no llama GGUF equivalent")
+                    raise ModelError(f"{file}: tensor '{hf_name}' has no {family.arch} GGUF equivalent")
                 array = f.get_tensor(hf_name).to(torch.float32).numpy()
-                if ".attn_q." in name:
+                if family.permute_qk and ".attn_q." in name:
                     array = _permute_qk(array, hp["head_count"])
-                elif ".attn_k." in name:
+                elif family.permute_qk and ".attn_k." in name:
                     array = _permute_qk(array, hp["head_count_kv"])
+                if family.norm_offset and name.endswith("norm.weight"):  # in f32: the norms stay f32
+                    array = array + np.float32(family.norm_offset)
                 array = np.ascontiguousarray(array.astype(np_dtype if array.ndim >= 2 else np.float32))
                 seen.add(name)
                 yield name, array
@@ -364,7 +413,8 @@ def _gguf_tensors(model_dir: Path, hp: dict, dtype: str) -> Iterator[tuple[str, 
     if not hp["tie_word_embeddings"]:
         expected.add("output.weight")
     for i in range(hp["block_count"]):
-        expected |= {f"blk.{i}.{n}.weight" for n in _LAYER_NAMES.values()}
+        expected |= {f"blk.{i}.{n}.weight" for n in family.layer_names.values()}
+        expected |= {f"blk.{i}.{family.layer_names[m]}.bias" for m in family.biases}
     missing = sorted(expected - seen)
     if missing:
         raise ModelError(f"{model_dir}: weights missing for GGUF tensors {', '.join(missing[:6])}"

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
+from tunesmith.data.formats import load_sft_file
+from tunesmith.data.templates import apply_length_policy, tokenize_conversations
 from tunesmith.errors import DataError
+from tunesmith.eval.structured import score_structured
 
 
 def _json_references(convs) -> list[dict] | None:
@@ -33,8 +35,7 @@ def _json_references(convs) -> list[dict] | None:
 
 
 def task_metrics(model, tokenizer, path: str, max_length: int, device, amp_dtype, limit: int | None) -> dict:
-    from tunesmith.data.formats import load_sft_file
-    from tunesmith.data.templates import apply_length_policy, tokenize_conversations
+    from tunesmith.generation import generate_chat  # heavy: deferred for CLI start-up
     from tunesmith.train.step import evaluate_nll
 
     convs = load_sft_file(path)[:limit]
@@ -45,9 +46,6 @@ def task_metrics(model, tokenizer, path: str, max_length: int, device, amp_dtype
     out = {"task_examples": len(convs), "task_loss": nll, "task_perplexity": math.exp(nll)}
     references = _json_references(convs)
     if references is not None:
-        from tunesmith.eval.structured import score_structured
-        from tunesmith.generation import generate_chat
-
         prompts = [[m for m in c.messages if m["role"] != "assistant"] for c in convs]
         fields = list(dict.fromkeys(k for r in references for k in r))
         answers = generate_chat(model, tokenizer, prompts, max_new_tokens=128, batch_size=32)
@@ -60,11 +58,12 @@ def evaluate_model(model: str, adapter: str | None = None, base: str | None = No
                    probe_size: int = 0, data: str | None = None, max_length: int = 512, device: str = "auto",
                    precision: str = "auto", limit: int | None = None, say=print) -> dict:
     """The numbers `tunesmith eval` prints."""
+    # heavy: deferred for CLI start-up
     from tunesmith.forgetting.guard import spread_subset
     from tunesmith.forgetting.measure import base_perplexity, measure_drift
     from tunesmith.forgetting.probe import base_answers, load_probe, probe_examples
-    from tunesmith.generation import load_for_inference
     from tunesmith.models import resolve_model_dir
+    from tunesmith.models.inference import load_for_inference
     from tunesmith.models.load import autocast_dtype
 
     items = load_probe(probe)

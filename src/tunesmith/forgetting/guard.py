@@ -18,6 +18,7 @@ import torch
 
 from tunesmith.forgetting.measure import base_perplexity, measure_drift
 from tunesmith.forgetting.probe import base_answers, load_probe, probe_examples
+from tunesmith.models import load_model
 
 
 def spread_subset(n: int, size: int) -> list[int]:
@@ -39,8 +40,6 @@ class ForgettingGuard:
         self.examples = probe_examples(tokenizer, items, answers)
         self.base: torch.nn.Module | None = None
         if method == "full":
-            from tunesmith.models import load_model
-
             self.base = load_model(model_dir, device).eval().requires_grad_(False)
         self.base_perplexity = base_perplexity(model, self.examples, self.pad_id, self.base, amp_dtype)
         self.kept_step = 0

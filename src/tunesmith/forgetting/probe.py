@@ -19,6 +19,8 @@ from tunesmith.data.formats import Conversation
 from tunesmith.data.prompts import load_prompt_file
 from tunesmith.data.templates import TokenizedExample, tokenize_conversations
 from tunesmith.errors import DataError
+from tunesmith.generation import generate_chat
+from tunesmith.models.inference import load_for_inference
 from tunesmith.models.registry import tunesmith_home
 
 BUNDLED_PROBE = Path(__file__).parent / "data" / "probe_prompts.jsonl"
@@ -74,8 +76,6 @@ def base_answers(items: list[ProbeItem], model_dir: Path, say=print) -> list[str
     keys = [_prompt_key(item.messages) for item in items]
     todo = list(dict.fromkeys(k for k, item in zip(keys, items) if item.answer is None and k not in known))
     if todo:
-        from tunesmith.generation import generate_chat, load_for_inference
-
         by_key = {k: item.messages for k, item in zip(keys, items)}
         say(f"probe: the base model answers {len(todo)} prompts once (cached in {cache.parent})")
         model, tokenizer = load_for_inference(str(model_dir))

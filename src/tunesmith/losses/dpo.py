@@ -1,4 +1,5 @@
-"""Preference losses on sequence log-probabilities: DPO and IPO, registered by name.
+"""Preference losses on sequence log-probabilities: DPO and IPO here, ORPO and SimPO (reference-free)
+beside them, all registered by name in PREFERENCE_LOSSES.
 
 Inputs are per-pair sums of token log-probabilities over the completion tokens only:
   logp_chosen = log πθ(y_w | x),  logp_rejected = log πθ(y_l | x)  (policy)
@@ -9,10 +10,14 @@ of a completion is r(x, y) = β · (log πθ(y|x) − log π_ref(y|x)).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
+
+from tunesmith.losses.orpo import orpo_loss
+from tunesmith.losses.simpo import simpo_loss
 
 PreferenceLoss = Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
 
@@ -49,4 +54,39 @@ def ipo_loss(logp_chosen: torch.Tensor, logp_rejected: torch.Tensor, ref_chosen:
     return losses, beta * chosen.detach(), beta * rejected.detach()
 
 
-PREFERENCE_LOSSES: dict[str, PreferenceLoss] = {"dpo": dpo_loss, "ipo": ipo_loss}
+@dataclass(frozen=True)
+class PairLogps:
+    """A micro-batch of pairs: summed completion log-probs and token counts ([pairs] each), and the
+    reference's summed log-probs where the loss needs them."""
+    chosen: torch.Tensor
+    rejected: torch.Tensor
+    chosen_tokens: torch.Tensor
+    rejected_tokens: torch.Tensor
+    ref_chosen: torch.Tensor | None = None
+    ref_rejected: torch.Tensor | None = None
+
+
+@dataclass(frozen=True)
+class RegisteredLoss:
+    """fn(pairs, beta, gamma) -> (per-pair losses, chosen rewards, rejected rewards); `reference`: whether
+    it needs π_ref (the recipe then computes it: adapter off, or precomputed)."""
+    fn: Callable[[PairLogps, float, float], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+    reference: bool
+
+
+def _orpo(p: PairLogps, beta: float, gamma: float):
+    return orpo_loss(p.chosen, p.rejected, p.chosen_tokens, p.rejected_tokens, beta)
+
+
+def _simpo(p: PairLogps, beta: float, gamma: float):
+    return simpo_loss(p.chosen, p.rejected, p.chosen_tokens, p.rejected_tokens, beta, gamma)
+
+
+PREFERENCE_LOSSES: dict[str, RegisteredLoss] = {
+    "dpo": RegisteredLoss(lambda p, beta, gamma: dpo_loss(p.chosen, p.rejected, p.ref_chosen, p.ref_rejected, beta),
+                          reference=True),
+    "ipo": RegisteredLoss(lambda p, beta, gamma: ipo_loss(p.chosen, p.rejected, p.ref_chosen, p.ref_rejected, beta),
+                          reference=True),
+    "orpo": RegisteredLoss(_orpo, reference=False),
+    "simpo": RegisteredLoss(_simpo, reference=False),
+}

@@ -30,8 +30,12 @@ caller's own 4-D mask, generation with a KV cache) goes to transformers' SDPA un
 
 from __future__ import annotations
 
+import sys
+
 import torch
 import torch.nn.functional as F
+
+from tunesmith.errors import ModelError
 
 NAME = "tunesmith_packed"  # for models that run SDPA
 NAME_EAGER = "tunesmith_packed_eager"  # for models that run eager attention (SDPA cannot soft-cap: Gemma 2)
@@ -140,10 +144,8 @@ def _fallback(module):
     """What runs everything but packed rows: transformers' SDPA, or for a model without SDPA support
     (soft-capped Gemma 2) its own eager attention, as it would have run without us."""
     if getattr(module.config, "_attn_implementation", None) == NAME_EAGER:
-        import sys
-
         return sys.modules[type(module).__module__].eager_attention_forward
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward  # heavy: deferred until used
 
     return sdpa_attention_forward
 
@@ -153,7 +155,7 @@ def register() -> None:
     global _REGISTERED
     if _REGISTERED:
         return
-    from transformers import AttentionInterface
+    from transformers import AttentionInterface  # heavy: deferred until a model is loaded
     from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, eager_mask, sdpa_mask
 
     AttentionInterface.register(NAME, packed_attention_forward)
@@ -202,8 +204,6 @@ def pairs_in_positions(model: torch.nn.Module) -> bool:
     config = _config(model)
     needs = has_sliding_window(config) or getattr(config, "_attn_implementation", None) == NAME_EAGER
     if needs and not packs_flat(model):
-        from tunesmith.errors import ModelError
-
         raise ModelError(f"{getattr(config, 'model_type', 'this model')}: its sliding-window attention cannot be "
                          f"reproduced for preference rows with attention implementation "
                          f"{getattr(config, '_attn_implementation', None)!r}; load it with sdpa or eager attention")

@@ -6,9 +6,11 @@ from pathlib import Path
 
 import torch
 
+from tunesmith.models.load import quiet_libraries
+
 
 def _gguf_tokenizer(gguf: Path):
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer  # heavy: deferred until a model is converted
 
     return AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
 
@@ -19,9 +21,7 @@ def gguf_to_hf_dir(gguf: Path, out: Path) -> None:
     `save_pretrained` refuses a GGUF-loaded model, so the weights move into a fresh model built from
     the same config (without the GGUF quantization entry).
     """
-    from transformers import AutoModelForCausalLM
-
-    from tunesmith.models.load import quiet_libraries
+    from transformers import AutoModelForCausalLM  # heavy: deferred until a model is converted
 
     quiet_libraries()
     tokenizer = _gguf_tokenizer(gguf)
@@ -39,7 +39,7 @@ def gguf_to_hf_dir(gguf: Path, out: Path) -> None:
 def tiny_random_llama(gguf: Path, out: Path, seed: int = 0) -> None:
     """A 2-layer, hidden-64 Llama with random weights and the embedded model's tokenizer and chat
     template: real tokenization, fast forward passes."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaConfig, LlamaForCausalLM  # heavy: deferred until used
 
     tokenizer = _gguf_tokenizer(gguf)
     config = LlamaConfig(

@@ -8,6 +8,7 @@ peculiarities (logit soft-capping, a scaled head, packed-row attention) are hand
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -51,6 +52,23 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     """The transformers model under a PEFT wrapper (LoRA layers stay injected in it)."""
     get_base = getattr(model, "get_base_model", None)
     return get_base() if callable(get_base) else model
+
+
+def adapter_off(model: torch.nn.Module):
+    """The reference policy: PEFT's disable_adapter() for LoRA/QLoRA; the model itself otherwise."""
+    return model.disable_adapter() if hasattr(model, "peft_config") else contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def eval_mode(model: torch.nn.Module) -> Iterator[None]:
+    """No dropout and no gradients inside; the model's training mode as it was afterwards."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        model.train(was_training)
 
 
 def decoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:

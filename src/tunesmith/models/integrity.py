@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 from tunesmith.atomic import atomic_write_text
+from tunesmith.errors import OutputError
 
 CHECKSUM_FILE = "base_checksum.json"
 WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.gguf")
@@ -58,8 +59,6 @@ def summary(record: dict) -> dict:
 
 def verify_run(run_dir: str | Path) -> tuple[bool, str]:
     """(ok, message): the base's weight files now against the checksums recorded by the run."""
-    from tunesmith.errors import OutputError
-
     path = Path(run_dir) / CHECKSUM_FILE
     if not path.is_file():
         raise OutputError(f"{path}: no base checksum recorded (not a tunesmith run, or one from before checksums)")

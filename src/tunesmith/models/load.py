@@ -19,7 +19,7 @@ def quiet_libraries() -> None:
     for name in ("transformers", "bitsandbytes", "peft", "accelerate"):
         logging.getLogger(name).setLevel(logging.ERROR)
     try:
-        from transformers.utils import logging as hf_logging
+        from transformers.utils import logging as hf_logging  # heavy: transformers, deferred until used
 
         hf_logging.set_verbosity_error()
         hf_logging.disable_progress_bar()
@@ -72,7 +72,7 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
 
 
 def load_tokenizer(model_dir: Path):
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer  # heavy: transformers, deferred until used
 
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     if tokenizer.pad_token is None:
@@ -84,7 +84,7 @@ def load_tokenizer(model_dir: Path):
 
 def nf4_config(compute_dtype: torch.dtype):
     """4-bit NormalFloat with double quantization (the QLoRA paper's storage for the frozen base)."""
-    from transformers import BitsAndBytesConfig
+    from transformers import BitsAndBytesConfig  # heavy: transformers, deferred until used
 
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                               bnb_4bit_compute_dtype=compute_dtype)
@@ -93,7 +93,7 @@ def nf4_config(compute_dtype: torch.dtype):
 def load_model(model_dir: Path, device: torch.device, quantize_4bit: bool = False,
                compute_dtype: torch.dtype = torch.float32):
     """The causal LM in float32 weights (or NF4 for QLoRA) on `device`, in eval mode, attending per packed example."""
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM  # heavy: transformers, deferred until used
 
     quiet_libraries()
     kwargs = {"dtype": torch.float32}
@@ -120,7 +120,7 @@ def own_unquantized_weights(model: torch.nn.Module) -> None:
     long as any tensor still views it: the embedding alone kept ~400 MB of SmolLM2's dead fp32 linears
     in the process's RSS. Owning the few unquantized weights lets the mapping go.
     """
-    import bitsandbytes as bnb
+    import bitsandbytes as bnb  # heavy: deferred until used
 
     for param in model.parameters():  # each once: parameters() skips tied duplicates
         if not isinstance(param, bnb.nn.Params4bit):

@@ -20,6 +20,7 @@ from typing import Callable, Iterator
 
 from tunesmith.atomic import atomic_directory
 from tunesmith.errors import ModelError
+from tunesmith.models.convert import gguf_to_hf_dir, tiny_random_llama
 
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -42,14 +43,10 @@ def embedded_gguf_path() -> Path:
 
 
 def _build_embedded(out: Path) -> None:
-    from tunesmith.models.convert import gguf_to_hf_dir
-
     gguf_to_hf_dir(embedded_gguf_path(), out)
 
 
 def _build_tiny_random(out: Path) -> None:
-    from tunesmith.models.convert import tiny_random_llama
-
     tiny_random_llama(embedded_gguf_path(), out)
 
 
@@ -130,8 +127,6 @@ def resolve_model_dir(name: str) -> Path:
             raise ModelError(f"{path}: not a Hugging Face model directory (no config.json)")
         return path.resolve()
     if path.suffix == ".gguf" and path.is_file():
-        from tunesmith.models.convert import gguf_to_hf_dir
-
         digest = _file_digest(path)
         return _cached(f"gguf-{path.stem}-{digest[:12]}", lambda out: gguf_to_hf_dir(path, out),
                        {"gguf": str(path.resolve()), "sha256": digest})

@@ -17,6 +17,7 @@ from safetensors.torch import load_file, save
 
 from tunesmith.atomic import atomic_write_bytes, atomic_write_text
 from tunesmith.errors import ModelError
+from tunesmith.models.inference import load_for_inference
 
 CONFIG = "reward_model.json"
 HEAD = "reward_head.safetensors"
@@ -59,8 +60,6 @@ def load_reward_head(directory: Path, meta: dict, device: torch.device) -> torch
 
 def load_reward_model(path: str | Path, device: str = "auto") -> tuple[torch.nn.Module, torch.nn.Linear, object]:
     """(model, head, tokenizer) of a reward model directory written by `tunesmith reward`."""
-    from tunesmith.generation import load_for_inference
-
     directory, meta = find_reward_model(path)
     if (directory / "adapter").is_dir():
         model, tokenizer = load_for_inference(meta["base"], [str(directory / "adapter")], device)

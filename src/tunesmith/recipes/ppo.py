@@ -1,6 +1,6 @@
 """PPO against a trained reward model (RLHF), LoRA or QLoRA, on ONE copy of the base weights.
 
-    setup:  device -> model dir -> tokenizer -> prompts -> run dir -> base + policy adapter ("default")
+    setup:  processes, device, tokenizer -> prompts -> run dir, base + policy adapter ("default")
             + value head -> the reward model's adapter ("reward") and head -> optimizer
     loop:   per step: its prompts -> one sampled completion each -> old log-probs and values (policy),
             reference log-probs (adapters off), score (reward adapter + head) -> per-token rewards
@@ -20,48 +20,30 @@ reward model is a second, frozen adapter with its own head, switched on only to 
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 from safetensors.torch import save
-from tqdm import tqdm
 
 from tunesmith.atomic import atomic_write_bytes
 from tunesmith.config.schema import PPOConfig
 from tunesmith.data.packing import Batch, collate_padded
 from tunesmith.data.prompts import PromptRow, load_prompt_file
 from tunesmith.errors import ModelError
-from tunesmith.forgetting.guard import guard_start, guard_step, start_guard, stop_over_budget
 from tunesmith.losses.kl import AdaptiveKLController, FixedKLController, kl_k1, masked_mean
 from tunesmith.losses.ppo import ppo_policy_loss, ppo_value_loss
-from tunesmith.models import load_tokenizer, resolve_model_dir, select_device
-from tunesmith.models.load import autocast_dtype
+from tunesmith.models.forward import adapter_off, batch_last_hidden, batch_token_logps, unwrap
 from tunesmith.models.reward import find_reward_model, load_reward_head, new_reward_head
+from tunesmith.recipes import RECIPES
 from tunesmith.rollout.advantages import gae, per_token_rewards
 from tunesmith.rollout.sampling import completion_example, prompt_ids, rollout_seed, sample_completions
-from tunesmith.train.distributed import load_checkpoint_everywhere, save_checkpoint_on_main, shut_down, start_processes
-from tunesmith.train.metrics import MetricsLog, NullLog
-from tunesmith.train.model_setup import build_trainable_model, save_trained
+from tunesmith.train.model_setup import save_trained
 from tunesmith.train.order import step_indices
-from tunesmith.train.rundir import open_run_dir, write_run_result
-from tunesmith.train.schedule import build_optimizer, lr_multiplier, plan_steps, set_lr
-from tunesmith.models.forward import batch_last_hidden, batch_token_logps, unwrap
+from tunesmith.train.run import Event, Run, RunResult, finish_run, open_run, start_run
 from tunesmith.train.step import optimizer_step
 
 POLICY, REWARD = "default", "reward"
-
-
-@dataclass
-class PPOResult:
-    run_dir: Path
-    output: Path
-    steps: int
-    final: dict[str, float]
-    seconds: float
-    model: torch.nn.Module
 
 
 def policy_forward(model: torch.nn.Module, value_head: torch.nn.Linear, batch: Batch, amp_dtype,
@@ -101,155 +83,125 @@ def reward_scores(model: torch.nn.Module, head: torch.nn.Linear, batch: Batch, n
         model.set_adapter(POLICY)
 
 
-def run_ppo(cfg: PPOConfig, say: Callable[[str], None] = print, progress: bool = True) -> PPOResult:
-    started = time.time()
+@torch.no_grad()
+def rollout(run: Run, reward_head: torch.nn.Linear, kl_coef: float, rows: list[PromptRow], at_step: int,
+            index: int) -> dict[str, Any]:
+    """One completion for each prompt of micro-batch `index` of the step, sampled with its own seed, and
+    the rollout statistics: old log-probs and values (policy), reference log-probs (adapters off), the
+    reward model's score, per-token rewards and GAE."""
+    cfg, model, amp, tokenizer = run.cfg, run.model, run.amp_dtype, run.tokenizer
+    o, s, value_head = cfg.ppo, cfg.sampling, run.model.value_head
+    p_ids = [prompt_ids(tokenizer, r.messages, cfg.data.max_prompt_length) for r in rows]
+    completions = sample_completions(model, p_ids, 1, s.temperature, s.top_p, s.max_new_tokens, tokenizer.pad_token_id,
+                                     tokenizer.eos_token_id, amp, seed=rollout_seed(cfg.train.seed, at_step, index))
+    batch = collate_padded([completion_example(p, c, r.where) for p, c, r in zip(p_ids, completions, rows)],
+                           tokenizer.pad_token_id).to(run.device)
+    old_logp, old_values, mask = policy_forward(model, value_head, batch, amp, s.temperature)
+    with adapter_off(model):
+        ref_logp = policy_forward(model, value_head, batch, amp, s.temperature)[0]
+    scores = reward_scores(model, reward_head, batch, len(rows), amp)
+    kl = kl_k1(old_logp, ref_logp) * mask
+    rewards = per_token_rewards(scores, kl, mask, kl_coef)
+    advantages, returns = gae(rewards, old_values, mask, o.gamma, o.lam)
+    return {"batch": batch, "old_logp": old_logp, "old_values": old_values, "mask": mask, "scores": scores,
+            "kl": kl.sum(1), "advantages": advantages, "returns": returns, "completions": completions,
+            "prompts": [r.messages[-1]["content"] for r in rows]}
+
+
+def update(run: Run, roll: list[dict[str, Any]], n_rollouts: int) -> tuple[dict[str, float], float]:
+    """ppo_epochs passes of clipped policy + value loss over this process's rollouts, an optimizer step each."""
+    o, model, amp = run.cfg.ppo, run.model, run.amp_dtype
+    sums = dict.fromkeys(("policy_loss", "value_loss", "clip_fraction", "value_clip_fraction", "entropy"), 0.0)
+    grad_norm = 0.0
+    for epoch in range(o.ppo_epochs):
+        for r in roll:
+            logp, values, mask = policy_forward(model, model.value_head, r["batch"], amp, run.cfg.sampling.temperature)
+            pl, pstats = ppo_policy_loss(logp, r["old_logp"], r["advantages"], mask, o.clip_range)
+            vl, vstats = ppo_value_loss(values, r["old_values"], r["returns"], mask, o.clip_range_value)
+            share = len(r["scores"]) / n_rollouts
+            ((pl + o.vf_coef * vl) * share).backward()
+            per_epoch = share / o.ppo_epochs
+            sums["policy_loss"] += float(pl.detach()) * per_epoch
+            sums["value_loss"] += float(vl.detach()) * per_epoch
+            sums["clip_fraction"] += float(pstats["clip_fraction"]) * per_epoch
+            sums["value_clip_fraction"] += float(vstats["value_clip_fraction"]) * per_epoch
+            if epoch == 0:  # −log π of the sampled tokens: a Monte-Carlo estimate of the entropy
+                sums["entropy"] += float(masked_mean(-logp.detach(), mask)) * share
+        run.dist.sum_gradients(run.params)
+        grad_norm = optimizer_step(run.params, run.optimizer, run.cfg.train.max_grad_norm)
+    return {k: run.dist.sum(v) for k, v in sums.items()}, grad_norm
+
+
+def save_policy(run: Run) -> Path:
+    """adapter/: the policy alone (the reward adapter is dropped), and the value head beside it."""
+    model = run.model
+    model.delete_adapter(REWARD)
+    if not run.dist.is_main:
+        return run.run_dir / "adapter"
+    value_head = model.value_head
+    del model.value_head
+    output = save_trained(model, run.tokenizer, run.run_dir, run.cfg.method, run.model_dir)
+    model.value_head = value_head
+    atomic_write_bytes(run.run_dir / "value_head.safetensors", save(
+        {"weight": value_head.weight.detach().cpu().contiguous(), "bias": value_head.bias.detach().cpu()}))
+    return output
+
+
+def run_ppo(cfg: PPOConfig, say: Callable[[str], None] = print, progress: bool = True,
+            on_event: Callable[[Event], None] | None = None) -> RunResult:
     o = cfg.ppo
     # ---- setup -------------------------------------------------------------------------------
-    dist = start_processes(cfg, "ppo")
-    if not dist.is_main:  # rank 0 speaks and writes for all
-        say, progress = (lambda s: None), False
-    device = dist.device or select_device(cfg.device)
-    amp_dtype = autocast_dtype(cfg.train.precision, device)
-    model_dir = resolve_model_dir(cfg.model)
-    tokenizer = load_tokenizer(model_dir)
+    run = start_run(cfg, RECIPES["ppo"], say, progress, on_event)
     prompts = load_prompt_file(cfg.data.train)
-    pad_id, eos_id = tokenizer.pad_token_id, tokenizer.eos_token_id
-    reward_dir, reward_meta = reward_model_dir(o.reward_model, model_dir)
+    reward_dir, reward_meta = reward_model_dir(o.reward_model, run.model_dir)
 
-    run_dir, resume_from = open_run_dir(cfg, "ppo", dist)
-    model, trainable, total = build_trainable_model(cfg, model_dir, device, amp_dtype, say)
-    reward_head = attach_reward_adapter(model, reward_dir, reward_meta, device)
-    model.value_head = value_head = new_reward_head(unwrap(model).config.hidden_size, device)  # V starts at 0
-    guard = start_guard(cfg, model, tokenizer, model_dir, device, amp_dtype, say)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = build_optimizer(params, cfg.train.lr, cfg.train.weight_decay)
-    kl_ctl = (AdaptiveKLController(o.kl_coef, o.kl_target, o.kl_horizon) if o.kl_target
-              else FixedKLController(o.kl_coef))
-    n_prompts = len(prompts)
-    total_steps, warmup_steps, too_many = plan_steps(cfg.train, n_prompts)
-    if too_many:
-        say(f"warning: {too_many}")
-    step = 0
-    if resume_from is not None:
-        state = load_checkpoint_everywhere(dist, resume_from, model, optimizer)
-        step, kl_ctl.value = state["step"], state.get("kl_coef", kl_ctl.value)
-        say(f"resumed from {resume_from} at step {step}")
-    resume_step = step if resume_from else None
-    metrics = MetricsLog(run_dir / "metrics.jsonl", resume_step) if dist.is_main else NullLog()
-    samples_log = MetricsLog(run_dir / "samples.jsonl", resume_step) if dist.is_main else NullLog()
-    mbs = cfg.train.micro_batch_size
-    say(f"ppo on {n_prompts} prompts, {total_steps} steps of {o.rollouts_per_step} rollouts x {o.ppo_epochs} epochs, "
-        f"kl_coef {o.kl_coef:g}" + (f" (adaptive, target {o.kl_target:g})" if o.kl_target else "")
-        + f", lr {cfg.train.lr:g}, {device.type}" + (f", autocast {amp_dtype}" if amp_dtype else ", fp32")
-        + (f", {dist.world} processes" if dist.active else ""))
+    reward_head: list[torch.nn.Linear] = []  # frozen, kept out of the model: not checkpointed, not optimised
 
-    @torch.no_grad()
-    def rollout(at_step: int, index: int, rows: list[PromptRow]) -> dict[str, Any]:
-        """One completion for each prompt of micro-batch `index` of the step, sampled with its own seed, and
-        the rollout statistics: old log-probs and values (policy), reference log-probs (adapters off), the
-        reward model's score, per-token rewards and GAE."""
-        p_ids = [prompt_ids(tokenizer, r.messages, cfg.data.max_prompt_length) for r in rows]
-        completions = sample_completions(model, p_ids, 1, o.temperature, o.top_p, o.max_new_tokens, pad_id, eos_id,
-                                         amp_dtype, seed=rollout_seed(cfg.train.seed, at_step, index))
-        batch = collate_padded([completion_example(p, c, r.where) for p, c, r in zip(p_ids, completions, rows)],
-                               pad_id).to(device)
-        old_logp, old_values, mask = policy_forward(model, value_head, batch, amp_dtype, o.temperature)
-        with model.disable_adapter():
-            ref_logp = policy_forward(model, value_head, batch, amp_dtype, o.temperature)[0]
-        scores = reward_scores(model, reward_head, batch, len(rows), amp_dtype)
-        kl = kl_k1(old_logp, ref_logp) * mask
-        rewards = per_token_rewards(scores, kl, mask, kl_ctl.value)
-        advantages, returns = gae(rewards, old_values, mask, o.gamma, o.lam)
-        return {"batch": batch, "old_logp": old_logp, "old_values": old_values, "mask": mask, "scores": scores,
-                "kl": kl.sum(1), "advantages": advantages, "returns": returns, "completions": completions,
-                "prompts": [r.messages[-1]["content"] for r in rows]}
+    def attach(run: Run) -> None:
+        reward_head.append(attach_reward_adapter(run.model, reward_dir, reward_meta, run.device))
+        run.model.value_head = new_reward_head(unwrap(run.model).config.hidden_size, run.device)  # V starts at 0
+
+    kl_ctl = AdaptiveKLController(o.kl_coef, o.kl_target, o.kl_horizon) if o.kl_target else FixedKLController(o.kl_coef)
+    run.counters["kl_coef"] = kl_ctl.value
+    open_run(run, len(prompts), attach=attach)
+    kl_ctl.value = run.counters["kl_coef"]  # a resumed run's adapted coefficient
+    samples_log = run.open_log("samples.jsonl")
+    mbs, n_prompts = cfg.train.micro_batch_size, len(prompts)
+    run.say(f"ppo on {n_prompts} prompts, {run.total_steps} steps of {o.rollouts_per_step} rollouts x {o.ppo_epochs} "
+            f"epochs, kl_coef {o.kl_coef:g}" + (f" (adaptive, target {o.kl_target:g})" if o.kl_target else "")
+            + f", lr {cfg.train.lr:g}, {run.where()}")
 
     # ---- loop --------------------------------------------------------------------------------
-    if step == 0 and guard is not None:
-        metrics.write({"step": 0, **guard_start(guard)})
-    bar = tqdm(total=total_steps, initial=step, disable=not progress, unit="step", dynamic_ncols=True)
-    record: dict[str, Any] = {}
-    while step < total_steps:
-        t0 = time.perf_counter()
-        lr = cfg.train.lr * lr_multiplier(step, total_steps, warmup_steps, cfg.train.schedule)
-        set_lr(optimizer, lr)
-        rows = [prompts[i] for i in step_indices(n_prompts, o.rollouts_per_step, cfg.train.seed, step)]
-        # One rollout per micro-batch of prompts, sampled with its own seed: the same whichever process
-        # samples it. Each process takes every N-th micro-batch.
-        model.eval()
-        roll = [rollout(step, index, rows[start : start + mbs])
-                for index, start in dist.share(list(enumerate(range(0, len(rows), mbs))))]
+    run.begin()
+    while run.step < run.total_steps:
+        lr = run.begin_step()
+        rows = [prompts[i] for i in step_indices(n_prompts, cfg.train.batch_size, cfg.train.seed, run.step)]
+        run.model.eval()  # each process samples every N-th micro-batch, with that micro-batch's own seed
+        roll = [rollout(run, reward_head[0], kl_ctl.value, rows[start : start + mbs], run.step, index)
+                for index, start in run.dist.share(list(enumerate(range(0, len(rows), mbs))))]
         if o.whiten_advantages:  # across the whole batch of rollouts (every process's), not per micro-batch
-            mean, std = dist.mean_std([r["advantages"][r["mask"]] for r in roll])
+            mean, std = run.dist.mean_std([r["advantages"][r["mask"]] for r in roll])
             for r in roll:
                 r["advantages"] = torch.where(r["mask"], (r["advantages"] - mean) / max(std, 1e-8), 0.0)
-        model.train()
-        sums = dict.fromkeys(("policy_loss", "value_loss", "clip_fraction", "value_clip_fraction", "entropy"), 0.0)
-        for epoch in range(o.ppo_epochs):
-            for r in roll:
-                logp, values, mask = policy_forward(model, value_head, r["batch"], amp_dtype, o.temperature)
-                pl, pstats = ppo_policy_loss(logp, r["old_logp"], r["advantages"], mask, o.clip_range)
-                vl, vstats = ppo_value_loss(values, r["old_values"], r["returns"], mask, o.clip_range_value)
-                share = len(r["scores"]) / len(rows)
-                ((pl + o.vf_coef * vl) * share).backward()
-                per_epoch = share / o.ppo_epochs
-                sums["policy_loss"] += float(pl.detach()) * per_epoch
-                sums["value_loss"] += float(vl.detach()) * per_epoch
-                sums["clip_fraction"] += float(pstats["clip_fraction"]) * per_epoch
-                sums["value_clip_fraction"] += float(vstats["value_clip_fraction"]) * per_epoch
-                if epoch == 0:  # −log π of the sampled tokens: a Monte-Carlo estimate of the entropy
-                    sums["entropy"] += float(masked_mean(-logp.detach(), mask)) * share
-            dist.sum_gradients(params)
-            grad_norm = optimizer_step(params, optimizer, cfg.train.max_grad_norm)
-        sums = {k: dist.sum(v) for k, v in sums.items()}
+        run.model.train()
+        sums, grad_norm = update(run, roll, len(rows))
         # the whole step's rollouts, in order: (prompt, completion, score, sequence KL) each
-        done = [x for part in dist.unshare([list(zip(r["prompts"], r["completions"], r["scores"].tolist(),
-                                                         r["kl"].tolist())) for r in roll]) for x in part]
+        done = [x for part in run.dist.unshare([list(zip(r["prompts"], r["completions"], r["scores"].tolist(),
+                                                             r["kl"].tolist())) for r in roll]) for x in part]
         scores, seq_kl = torch.tensor([d[2] for d in done]), torch.tensor([d[3] for d in done])
-        kl_coef_used = kl_ctl.value
+        record = {"reward_mean": float(scores.mean()), "reward_std": float(scores.std()), "kl": float(seq_kl.mean()),
+                  "kl_coef": kl_ctl.value, **sums, "response_length": sum(len(d[1]) for d in done) / len(done),
+                  "lr": lr, "grad_norm": grad_norm}
         kl_ctl.update(float(seq_kl.mean()), len(done))
-        step += 1
-        seconds = time.perf_counter() - t0
-        record = {"step": step, "reward_mean": float(scores.mean()), "reward_std": float(scores.std()),
-                  "kl": float(seq_kl.mean()), "kl_coef": kl_coef_used, **sums,
-                  "response_length": sum(len(d[1]) for d in done) / len(done),
-                  "lr": lr, "grad_norm": grad_norm, "step_s": seconds}
-        over_budget = guard_step(guard, model, step, total_steps, record)
-        if step % cfg.train.log_every == 0 or "kl_to_base" in record:
-            metrics.write(record)
-        if o.samples_every and (step % o.samples_every == 0 or step == 1):
-            for prompt, c, s, _ in done[:4]:
-                samples_log.write({"step": step, "prompt": prompt,
-                                   "completion": tokenizer.decode(c, skip_special_tokens=True), "reward": s})
-        bar.set_postfix(reward=f"{record['reward_mean']:.3f}", kl=f"{record['kl']:.3f}", refresh=False)
-        bar.update(1)
-        if over_budget:
+        run.counters["kl_coef"] = kl_ctl.value
+        stop = run.end_step(record, show=("reward_mean", "kl"))
+        if cfg.sampling.samples_every and (run.step % cfg.sampling.samples_every == 0 or run.step == 1):
+            for prompt, c, score, _ in done[:4]:
+                samples_log.write({"step": run.step, "prompt": prompt, "reward": score,
+                                   "completion": run.tokenizer.decode(c, skip_special_tokens=True)})
+        if stop:
             break
-        if cfg.train.save_every and step % cfg.train.save_every == 0 and step < total_steps:
-            save_checkpoint_on_main(dist, run_dir, step, model, optimizer, {"kl_coef": kl_ctl.value})
-    bar.close()
-    stop_over_budget(guard, model, metrics, step, say)
 
     # ---- save --------------------------------------------------------------------------------
-    metrics.close()
-    samples_log.close()
-    save_checkpoint_on_main(dist, run_dir, step, model, optimizer, {"kl_coef": kl_ctl.value})
-    model.delete_adapter(REWARD)  # the saved adapter/ is the policy alone
-    output = run_dir / "adapter"
-    if dist.is_main:
-        del model.value_head
-        output = save_trained(model, tokenizer, run_dir, cfg.method, model_dir)
-        model.value_head = value_head
-        atomic_write_bytes(run_dir / "value_head.safetensors", save(
-            {"weight": value_head.weight.detach().cpu().contiguous(), "bias": value_head.bias.detach().cpu()}))
-    seconds = time.time() - started
-    final = {k: record[k] for k in ("reward_mean", "kl", "kl_coef", "response_length") if k in record}
-    manifest = {"recipe": "ppo", "method": cfg.method, "model": cfg.model, "model_dir": str(model_dir),
-                "reward_model": o.reward_model, "steps": step, "prompts": n_prompts, "final": final,
-                "trainable_params": trainable, "total_params": total, "processes": dist.world,
-                "seconds": round(seconds, 2), "output": output.name}
-    if dist.is_main:
-        write_run_result(run_dir, "ppo", manifest, guard, output, step, seconds, say)
-    shut_down(dist)
-    model.eval()
-    return PPOResult(run_dir, output, step, final, seconds, model)
+    return finish_run(run, manifest={"reward_model": o.reward_model, "prompts": n_prompts},
+                      final_keys=("reward_mean", "kl", "kl_coef", "response_length"), save=save_policy)

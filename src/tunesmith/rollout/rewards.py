@@ -54,6 +54,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 from tunesmith.errors import ConfigError, DataError, TunesmithError
+from tunesmith.eval.structured import extract_json_object
 
 RewardFn = Callable[[list[dict], str, dict], float]
 
@@ -122,8 +123,6 @@ def reference_object(row: dict) -> dict:
 
 def json_fields(prompt: list[dict], completion: str, row: dict) -> float:
     """Share of the reference object's fields that the completion's first JSON object matches exactly."""
-    from tunesmith.eval.structured import extract_json_object
-
     reference = reference_object(row)
     value = extract_json_object(completion)
     if value is None:
@@ -134,7 +133,7 @@ def json_fields(prompt: list[dict], completion: str, row: dict) -> float:
 def json_schema_reward(spec: str, path: str) -> RewardFn:
     """A reward that is 1.0 if the completion parses (as in json_valid, any JSON value) and validates
     against the JSON Schema in `path`, else 0.0. The file is read and checked here, once."""
-    from jsonschema.exceptions import SchemaError
+    from jsonschema.exceptions import SchemaError  # heavy: deferred until a schema reward is built
     from jsonschema.validators import validator_for
 
     try:

@@ -160,23 +160,23 @@ def init_distributed(device: str = "auto", shard: bool = False) -> Dist:
     return Dist(rank, world, dev, sharded=shard, owns_group=owns_group)
 
 
-def start_processes(cfg, recipe: str) -> Dist:
-    """A recipe's Dist: full fine-tuning shards with FSDP2 (GRPO's stays replicated, see the docstring)."""
+def start_processes(cfg, recipe: str, shards_full: bool) -> Dist:
+    """A recipe's Dist: full fine-tuning shards with FSDP2 where the recipe allows (`Recipe.shards_full`)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    check_parallel_config(cfg, recipe, world)
-    return init_distributed(cfg.device, shard=sharded_run(cfg, recipe, world))
+    check_parallel_config(cfg, recipe, world, shards_full)
+    return init_distributed(cfg.device, shard=sharded_run(cfg, world, shards_full))
 
 
-def sharded_run(cfg, recipe: str, world: int) -> bool:
-    return world > 1 and cfg.method == "full" and recipe != "grpo"
+def sharded_run(cfg, world: int, shards_full: bool) -> bool:
+    return world > 1 and cfg.method == "full" and shards_full
 
 
-def check_parallel_config(cfg, recipe: str, world: int) -> None:
+def check_parallel_config(cfg, recipe: str, world: int, shards_full: bool) -> None:
     """What cannot run as `world` processes, refused before anything starts."""
     from tunesmith.errors import ConfigError
 
     forgetting = getattr(cfg, "forgetting", None)
-    if sharded_run(cfg, recipe, world) and forgetting is not None and forgetting.every:
+    if sharded_run(cfg, world, shards_full) and forgetting is not None and forgetting.every:
         raise ConfigError(f"{recipe}: --forgetting-every with --method full runs in one process (the guard keeps a "
                           "whole frozen copy of the base, which FSDP's sharded weights cannot be compared with); "
                           "drop --nproc, or measure afterwards with `tunesmith eval`")

@@ -17,6 +17,11 @@ def _clean(value: Any) -> Any:
     return value
 
 
+def clean_record(record: dict[str, Any]) -> dict[str, Any]:
+    """A metrics row as it is written: floats to 8 decimals, NaN and infinities as null."""
+    return {k: _clean(v) for k, v in record.items()}
+
+
 class RunningMeans:
     """Per-item means of logged quantities over the items seen (the pairs of a step, an evaluation pass)."""
 
@@ -46,7 +51,7 @@ class MetricsLog:
         self._file = open(self.path, "a", encoding="utf-8")
 
     def write(self, record: dict[str, Any]) -> None:
-        self._file.write(json.dumps({k: _clean(v) for k, v in record.items()}) + "\n")
+        self._file.write(json.dumps(clean_record(record)) + "\n")
         self._file.flush()
         os.fsync(self._file.fileno())
 

@@ -1,22 +1,12 @@
-"""`tunesmith reward` (train a reward model) and `tunesmith score` (read rewards back)."""
+"""`tunesmith score`: read rewards back from a trained reward model (`tunesmith reward` trains one)."""
 
 from __future__ import annotations
 
 import json
 
-from tunesmith.cli.launch import add_run_arguments, run_training
-from tunesmith.config.load import add_arguments
-from tunesmith.config.schema import RewardConfig
 
 
 def register(sub) -> None:
-    p = sub.add_parser("reward", help="train a reward model (scalar head, Bradley-Terry) on preference pairs",
-                       description="Train a reward model on preference pairs (the formats `tunesmith dpo` reads): "
-                                   "a scalar head on the base's last-token hidden state, with lora, qlora or full.")
-    add_arguments(p, RewardConfig)
-    add_run_arguments(p, "reward")
-    p.set_defaults(handler=run)
-
     s = sub.add_parser("score", help="print a reward per row with a trained reward model",
                        description="One JSON line per row: {\"line\", \"reward\"} for chat or prompt/completion rows "
                                    "(the last assistant reply is scored), {\"line\", \"chosen\", \"rejected\"} for "
@@ -29,12 +19,6 @@ def register(sub) -> None:
     s.add_argument("--batch-size", type=int, default=16)
     s.add_argument("--device", default="auto")
     s.set_defaults(handler=score)
-
-
-def run(args) -> int:
-    from tunesmith.recipes.reward import run_reward
-
-    return run_training(args, RewardConfig, "reward", run_reward)
 
 
 def _first_row_keys(path: str) -> set[str]:

@@ -1,0 +1,1 @@
+"""The /v1 routers, one per resource; each handler reads and writes the database, never trains."""

@@ -1,0 +1,279 @@
+"""A job's life outside the web process: validating its files, running it as an ordinary tunesmith run
+in a child process (`python -m tunesmith.serve.jobs JOB_ID ...`), and what its run left behind
+(checkpoints as servable adapters, the metrics CSV, the final status)."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import re
+import shutil
+import struct
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from tunesmith.errors import DataError, Interrupted, TunesmithError
+from tunesmith.serve.db import Checkpoint, Event, File, Job, make_sessions, new_id, now
+from tunesmith.serve.hyper import resolve_hyperparameters, run_options
+from tunesmith.serve.protocol import ft_name
+from tunesmith.serve.settings import Settings
+
+METRIC_NAMES = {"loss": "train_loss", "eval_loss": "valid_loss", "kl_to_base": "kl_to_base",
+                "probe_perplexity": "probe_perplexity"}
+MAX_PROBLEMS = 10
+
+
+def add_event(session: Session, job_id: str, message: str, type: str = "message", data: dict | None = None,
+              level: str = "info") -> None:
+    session.add(Event(id=new_id("ftevent"), job_id=job_id, message=message, type=type, data=data, level=level))
+
+
+def file_path(settings: Settings, file_id: str) -> Path:
+    return settings.files_dir / file_id
+
+
+def run_dir(settings: Settings, job: Job) -> Path:
+    return settings.runs_dir / job.id
+
+
+# ---- validation: validating_files -> queued | failed ----------------------------------------------
+def validate_job(session: Session, settings: Settings, job: Job) -> None:
+    """Parse the training (and validation) file with tunesmith's own loaders; resolve "auto" from its size."""
+    from tunesmith.data.formats import load_sft_file
+    from tunesmith.data.preference import load_preference_file
+
+    load = load_sft_file if job.recipe == "sft" else load_preference_file
+    n_rows = 0
+    for param in ("training_file", "validation_file"):
+        file_id = getattr(job, param)
+        if file_id is None:
+            continue
+        path = file_path(settings, file_id)
+        try:
+            parsed = load(path)
+        except DataError as e:
+            # the problems name the stored path; the user knows the file by its id
+            problems = [p.replace(str(path), file_id) for p in e.problems]
+            shown = problems[:MAX_PROBLEMS] + ([f"... and {len(problems) - MAX_PROBLEMS} more"]
+                                               if len(problems) > MAX_PROBLEMS else [])
+            fail(session, job, f"{param} {file_id} is malformed ({len(problems)} problems):\n" + "\n".join(shown),
+                 code=f"invalid_{param}", param=param)
+            return
+        except (OSError, TunesmithError) as e:
+            fail(session, job, f"{param} {file_id}: {e}", code=f"invalid_{param}", param=param)
+            return
+        if param == "training_file":
+            n_rows = len(parsed.pairs if job.recipe == "dpo" else parsed)
+    method = job.method.get(job.method["type"]) or {}
+    job.hyperparameters = resolve_hyperparameters(job.recipe, method.get("hyperparameters") or {}, n_rows)
+    job.options = run_options(job.recipe, job.hyperparameters, job.extension, file_path(settings, job.training_file),
+                              file_path(settings, job.validation_file) if job.validation_file else None,
+                              job.seed, job.model, run_dir(settings, job))
+    job.status = "queued"
+    add_event(session, job.id, f"Validated training file {job.training_file}: {n_rows} rows")
+    add_event(session, job.id, "Job queued")
+
+
+def fail(session: Session, job: Job, message: str, code: str, param: str | None = None) -> None:
+    job.status, job.finished_at = "failed", now()
+    job.error = {"code": code, "message": message, "param": param}
+    job.worker = job.lease_until = job.requested = None
+    add_event(session, job.id, f"Job failed: {message}", level="error")
+
+
+# ---- checkpoints as servable adapters ---------------------------------------------------------------
+def _safetensors_header(path: Path) -> tuple[dict, bytes]:
+    raw = path.read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    return json.loads(raw[8:8 + n]), raw[8 + n:]
+
+
+def export_checkpoint_adapter(settings: Settings, job: Job, step_dir: Path, step: int) -> Path | None:
+    """A LoRA checkpoint's trainable weights as a PEFT adapter directory (keys without the adapter name,
+    adapter_config.json from the run's config), without loading torch: only the header is rewritten."""
+    if (job.extension.get("method") or "lora") == "full":
+        return None  # a full checkpoint is the whole model's weights, not an adapter; not served
+    header, data = _safetensors_header(step_dir / "trainable.safetensors")
+    renamed = {k.replace(".default.", "."): v for k, v in header.items()}
+    targets = sorted({k.removeprefix("base_model.model.").split(".lora_")[0] for k in renamed if ".lora_A." in k})
+    r = next(v["shape"][0] for k, v in renamed.items() if ".lora_A." in k)
+    config = yaml.safe_load((run_dir(settings, job) / "config.yaml").read_text())
+    from tunesmith.models import resolve_model_dir  # the model is already built: the run loaded it
+
+    adapter_config = {"peft_type": "LORA", "task_type": "CAUSAL_LM", "r": r,
+                      "lora_alpha": config["lora"]["alpha"], "lora_dropout": 0.0, "bias": "none",
+                      "target_modules": targets, "inference_mode": True, "fan_in_fan_out": False,
+                      "base_model_name_or_path": str(resolve_model_dir(job.model))}
+    target = settings.checkpoints_dir / job.id / f"step-{step}"
+    tmp = target.with_name(target.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    head = json.dumps(renamed).encode()
+    head += b" " * (-len(head) % 8)
+    (tmp / "adapter_model.safetensors").write_bytes(struct.pack("<Q", len(head)) + head + data)
+    (tmp / "adapter_config.json").write_text(json.dumps(adapter_config, indent=1))
+    shutil.rmtree(target, ignore_errors=True)
+    tmp.rename(target)
+    return target
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            pass  # a line being written
+    return rows
+
+
+def public_metrics(row: dict[str, Any]) -> dict[str, Any]:
+    out = {"step": row.get("step")}
+    out.update({name: row[key] for key, name in METRIC_NAMES.items() if key in row})
+    return out
+
+
+def record_checkpoints(session: Session, settings: Settings, job: Job) -> None:
+    """Every checkpoint the run saved since we last looked becomes a Checkpoint row (and an adapter)."""
+    from tunesmith.train.checkpoint import list_checkpoints
+
+    known = set(session.scalars(select(Checkpoint.step).where(Checkpoint.job_id == job.id)))
+    found = [(int(p.name.split("-")[1]), p) for p in list_checkpoints(run_dir(settings, job))]
+    new = [(step, p) for step, p in found if step not in known]
+    if not new:
+        return
+    by_step = {row.get("step"): row for row in read_metrics(run_dir(settings, job) / "metrics.jsonl")}
+    for step, path in new:
+        try:
+            adapter = export_checkpoint_adapter(settings, job, path, step)
+        except (OSError, KeyError, StopIteration, ValueError):
+            continue  # pruned or half-written; the next look finds the newer ones
+        metrics = public_metrics(by_step.get(step, {"step": step}))
+        session.add(Checkpoint(id=new_id("ftckpt"), job_id=job.id, step=step, metrics=metrics,
+                               adapter_dir=str(adapter) if adapter else None))
+        add_event(session, job.id, f"Checkpoint saved at step {step}")
+
+
+# ---- success ------------------------------------------------------------------------------------
+def write_results_file(session: Session, settings: Settings, job: Job) -> str:
+    rows = read_metrics(run_dir(settings, job) / "metrics.jsonl")
+    columns = ["step", "train_loss", "valid_loss", "kl_to_base", "probe_perplexity"]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow(public_metrics(row))
+    data = buffer.getvalue().encode()
+    file_id = new_id("file")
+    tmp = settings.files_dir / f".tmp-{file_id}"
+    tmp.write_bytes(data)
+    tmp.rename(file_path(settings, file_id))
+    session.add(File(id=file_id, owner=job.owner, filename="step_metrics.csv", purpose="fine-tune-results",
+                     bytes=len(data)))
+    return file_id
+
+
+def succeed(session: Session, settings: Settings, job: Job) -> None:
+    manifest = json.loads((run_dir(settings, job) / "run.json").read_text())
+    record_checkpoints(session, settings, job)
+    job.trained_tokens = int(manifest.get("tokens_seen") or 0)
+    job.result_files = [write_results_file(session, settings, job)]
+    job.fine_tuned_model = ft_name(job)
+    job.status, job.finished_at, job.estimated_finish = "succeeded", now(), None
+    add_event(session, job.id, f"New fine-tuned model created: {job.fine_tuned_model}")
+    add_event(session, job.id, "The job has successfully completed")
+
+
+# ---- the child: one ordinary tunesmith run ---------------------------------------------------------
+TOTAL_STEPS = re.compile(r"(\d+) steps of")
+
+
+class EventWriter:
+    """on_event: every message and metrics row of the run, written to the database as it happens."""
+
+    def __init__(self, sessions: sessionmaker, settings: Settings, job_id: str):
+        self.sessions, self.settings, self.job_id = sessions, settings, job_id
+        self.total_steps: int | None = None
+        self.started = time.time()
+        self.first_step: int | None = None
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        with self.sessions() as session:
+            if event.get("type") == "metrics":
+                data = public_metrics(event.get("data") or {})
+                step = data.get("step") or 0
+                add_event(session, self.job_id, f"Step {step}" + (f"/{self.total_steps}" if self.total_steps else "")
+                          + (f": training loss={data['train_loss']:.4f}" if "train_loss" in data else ""),
+                          type="metrics", data=data)
+                self._estimate(session, step)
+                job = session.scalar(select(Job).where(Job.id == self.job_id))
+                # the run keeps only its last two checkpoints: record each while it is on disk
+                record_checkpoints(session, self.settings, job)
+            else:
+                message = str(event.get("message", ""))
+                match = TOTAL_STEPS.search(message)
+                if match and self.total_steps is None:
+                    self.total_steps = int(match.group(1))
+                add_event(session, self.job_id, message)
+            session.commit()
+
+    def _estimate(self, session: Session, step: int) -> None:
+        if not self.total_steps or step <= 0:
+            return
+        if self.first_step is None:
+            self.first_step, self.started = step, time.time()
+            return
+        per_step = (time.time() - self.started) / max(step - self.first_step, 1)
+        job = session.scalar(select(Job).where(Job.id == self.job_id))
+        if job is not None:
+            job.estimated_finish = int(time.time() + per_step * max(self.total_steps - step, 0))
+
+
+def run_child(job_id: str, settings: Settings) -> int:
+    """The job's run, in this (child) process: resume from the run's last checkpoint when it has one."""
+    import tunesmith
+    from tunesmith.train.checkpoint import list_checkpoints
+
+    sessions = make_sessions(settings.db_url)
+    with sessions() as session:
+        job = session.scalar(select(Job).where(Job.id == job_id))
+        options = dict(job.options)
+        recipe = job.recipe
+    out = Path(options["out"])
+    if list_checkpoints(out):
+        options["resume"] = True
+    elif out.exists():
+        options["overwrite"] = True  # stopped before its first checkpoint: start again
+    error_file = settings.logs_dir / f"{job_id}.error.json"
+    error_file.unlink(missing_ok=True)
+    try:
+        getattr(tunesmith, recipe)(**options, on_event=EventWriter(sessions, settings, job_id), quiet=True)
+    except Interrupted as e:
+        return e.exit_code
+    except TunesmithError as e:
+        error_file.write_text(json.dumps({"message": str(e), "type": type(e).__name__}))
+        return 2
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tunesmith.serve.jobs")
+    parser.add_argument("job_id")
+    parser.add_argument("--home", required=True)
+    parser.add_argument("--db")
+    args = parser.parse_args(argv)
+    return run_child(args.job_id, Settings(home=Path(args.home), db=args.db))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
