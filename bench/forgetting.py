@@ -45,8 +45,13 @@ def train(name: str, out: Path, data: Path, a, guarded: bool) -> dict:
     started = time.time()
     result = run_sft(cfg, progress=False)
     run = json.loads((result.run_dir / "run.json").read_text())
-    return {"adapter": str(result.output), "steps": result.steps, "seconds": round(time.time() - started, 1),
-            "replay_examples": run["replay_examples"], "forgetting": run.get("forgetting")}
+    return {
+        "adapter": str(result.output),
+        "steps": result.steps,
+        "seconds": round(time.time() - started, 1),
+        "replay_examples": run["replay_examples"],
+        "forgetting": run.get("forgetting"),
+    }
 
 
 def score(adapter: str) -> dict:
@@ -58,9 +63,14 @@ def score(adapter: str) -> dict:
     drift = evaluate_model(MODEL, adapter, say=print)
     model, tokenizer = load_for_inference(MODEL, [adapter], merge=True)
     task, _ = score_model(model, tokenizer, load_sft_file(HELDOUT_FILE))
-    return {"probe_perplexity": drift["probe_perplexity"], "base_probe_perplexity": drift["base_probe_perplexity"],
-            "probe_ppl_increase": drift["probe_ppl_increase"], "kl_to_base": drift["kl_to_base"],
-            "json_valid": task["json_valid"], "field_accuracy": task["field_accuracy"]}
+    return {
+        "probe_perplexity": drift["probe_perplexity"],
+        "base_probe_perplexity": drift["base_probe_perplexity"],
+        "probe_ppl_increase": drift["probe_ppl_increase"],
+        "kl_to_base": drift["kl_to_base"],
+        "json_valid": task["json_valid"],
+        "field_accuracy": task["field_accuracy"],
+    }
 
 
 def main() -> None:
@@ -95,17 +105,28 @@ def main() -> None:
         runs[name] = train(name, out, data, a, guarded)
         runs[name].update(score(runs[name]["adapter"]))
     A, B = runs["A_unguarded"], runs[a.b_name]
-    result = {"bench": "forgetting", "date": datetime.date.today().isoformat(), "host": socket.gethostname(),
-              "command": " ".join(["python", "bench/forgetting.py", *sys.argv[1:]]), "settings": vars(a),
-              "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__},
-              "runs": runs,
-              "target": {"B_probe_ppl_increase_max": 0.05, "B_field_accuracy_within_points_of_A": 2},
-              "met": {"B_probe_ppl_increase": B["probe_ppl_increase"] <= 0.05,
-                      "B_accuracy_within_2_points": (A["field_accuracy"] - B["field_accuracy"]) * 100 <= 2}}
-    print(f"\n{'run':18s} {'steps':>5s} {'field acc':>9s} {'json ok':>7s} {'probe ppl +':>11s} {'KL':>7s} {'replay':>6s}")
+    result = {
+        "bench": "forgetting",
+        "date": datetime.date.today().isoformat(),
+        "host": socket.gethostname(),
+        "command": " ".join(["python", "bench/forgetting.py", *sys.argv[1:]]),
+        "settings": vars(a),
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__},
+        "runs": runs,
+        "target": {"B_probe_ppl_increase_max": 0.05, "B_field_accuracy_within_points_of_A": 2},
+        "met": {
+            "B_probe_ppl_increase": B["probe_ppl_increase"] <= 0.05,
+            "B_accuracy_within_2_points": (A["field_accuracy"] - B["field_accuracy"]) * 100 <= 2,
+        },
+    }
+    print(
+        f"\n{'run':18s} {'steps':>5s} {'field acc':>9s} {'json ok':>7s} {'probe ppl +':>11s} {'KL':>7s} {'replay':>6s}"
+    )
     for name, r in runs.items():
-        print(f"{name:18s} {r['steps']:5d} {r['field_accuracy']:9.3f} {r['json_valid']:7.3f} "
-              f"{r['probe_ppl_increase']:11.2%} {r['kl_to_base']:7.4f} {r['replay_examples']:6d}")
+        print(
+            f"{name:18s} {r['steps']:5d} {r['field_accuracy']:9.3f} {r['json_valid']:7.3f} "
+            f"{r['probe_ppl_increase']:11.2%} {r['kl_to_base']:7.4f} {r['replay_examples']:6d}"
+        )
     if B["forgetting"] and B["forgetting"]["budget_exceeded"]:
         print(f"B stopped: {B['forgetting']['budget_exceeded']}; kept step {B['forgetting']['kept_step']}")
     print(f"targets met: {result['met']}")

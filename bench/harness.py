@@ -4,9 +4,19 @@ tunesmith's data order, result files, and the matmul peak and model FLOPs that M
 Not a benchmark. The scripts import it as a sibling module (`from harness import ...`), which works because
 `python bench/<script>.py` puts bench/ first on sys.path.
 """
+
 from __future__ import annotations
 
-import argparse, datetime, json, os, platform, resource, socket, subprocess, sys, time
+import argparse
+import datetime
+import json
+import os
+import platform
+import resource
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,6 +43,7 @@ def emit(obj: dict) -> None:
 def child_tunesmith(argv: list[str]) -> None:
     """Child side: `tunesmith <argv>` in this process, then its exit code and peak RSS (emit)."""
     import torch
+
     from tunesmith.cli import main
 
     rc = main(argv)
@@ -94,9 +105,27 @@ def first_usable(path: str, n: int, measure, what: str) -> tuple[list[dict], lis
 def run_side(script: str, side: str, a, data: str, out: str, flags=(), settings=()) -> tuple[dict, float]:
     """One side of a side-by-side bench, in a fresh `script --child side` process: its JSON line and wall
     seconds. `settings`: the script's own flags that the child must see too."""
-    cmd = [sys.executable, script, "--child", side, "--model", a.model, "--data", data, "--out", out,
-           "--steps", str(a.steps), "--seed", str(a.seed), "--max-length", str(a.max_length), *settings,
-           "--flags", json.dumps(list(flags))]
+    cmd = [
+        sys.executable,
+        script,
+        "--child",
+        side,
+        "--model",
+        a.model,
+        "--data",
+        data,
+        "--out",
+        out,
+        "--steps",
+        str(a.steps),
+        "--seed",
+        str(a.seed),
+        "--max-length",
+        str(a.max_length),
+        *settings,
+        "--flags",
+        json.dumps(list(flags)),
+    ]
     return run_child(cmd, f"{side} child")
 
 
@@ -118,8 +147,13 @@ def peft_lora(lora: dict):
     """PEFT's LoraConfig for the TRL side: `lora` (r, alpha, dropout) on all linear layers of the blocks."""
     from peft import LoraConfig
 
-    return LoraConfig(r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"],
-                      target_modules="all-linear", task_type="CAUSAL_LM")
+    return LoraConfig(
+        r=lora["r"],
+        lora_alpha=lora["alpha"],
+        lora_dropout=lora["dropout"],
+        target_modules="all-linear",
+        task_type="CAUSAL_LM",
+    )
 
 
 def count_batches(trainer) -> tuple[list[int], list[int]]:
@@ -137,29 +171,55 @@ def count_batches(trainer) -> tuple[list[int], list[int]]:
 
 
 def read_jsonl(path) -> list[dict]:
-    return [json.loads(l) for l in Path(path).read_text().splitlines() if l.strip()]
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
 
 
 def write_jsonl(path, rows: list[dict]) -> None:
     Path(path).write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
-def row(name: str, step_s: list[float], step_tokens: list[int], w: int, maxrss_kib: int, pairs_per_step: int = 0,
-        **extra) -> dict:
+def row(
+    name: str, step_s: list[float], step_tokens: list[int], w: int, maxrss_kib: int, pairs_per_step: int = 0, **extra
+) -> dict:
     """One side's table row: the steps after the first w timed, tokens/s over them (and pairs/s, given
     pairs_per_step), and its peak RSS."""
     timed = sorted(step_s[w:])
     secs, toks = sum(step_s[w:]), sum(step_tokens[w:])
-    pairs = dict(timed_pairs=pairs_per_step * len(timed), pairs_per_s=pairs_per_step * len(timed) / secs) \
-        if pairs_per_step else {}
-    return dict(side=name, steps_timed=len(timed), **pairs, timed_tokens=toks, timed_s=secs, tokens_per_s=toks / secs,
-                s_per_step=secs / len(timed), s_per_step_median=timed[len(timed) // 2],
-                step_s_spread=timed[-1] / timed[0], peak_rss_mb=maxrss_kib / 1024, step_s=step_s,
-                step_tokens=step_tokens, **extra)
+    pairs = (
+        dict(timed_pairs=pairs_per_step * len(timed), pairs_per_s=pairs_per_step * len(timed) / secs)
+        if pairs_per_step
+        else {}
+    )
+    return dict(
+        side=name,
+        steps_timed=len(timed),
+        **pairs,
+        timed_tokens=toks,
+        timed_s=secs,
+        tokens_per_s=toks / secs,
+        s_per_step=secs / len(timed),
+        s_per_step_median=timed[len(timed) // 2],
+        step_s_spread=timed[-1] / timed[0],
+        peak_rss_mb=maxrss_kib / 1024,
+        step_s=step_s,
+        step_tokens=step_tokens,
+        **extra,
+    )
 
 
-def tunesmith_row(script: str, command: str, name: str, a, data: str, tmp: str, flags: list[str],
-                  step_tokens: list[int], settings=(), pairs_per_step: int = 0, **extra) -> tuple[dict, list[dict]]:
+def tunesmith_row(
+    script: str,
+    command: str,
+    name: str,
+    a,
+    data: str,
+    tmp: str,
+    flags: list[str],
+    step_tokens: list[int],
+    settings=(),
+    pairs_per_step: int = 0,
+    **extra,
+) -> tuple[dict, list[dict]]:
     """Runs `tunesmith <command>` as the side `name` (a row of the table) with `flags`: its row, and its first
     a.steps step records (metrics.jsonl) for the script's own checks. `tokens_match_harness`: tunesmith
     trained the tokens the harness counted, step by step."""
@@ -171,9 +231,20 @@ def tunesmith_row(script: str, command: str, name: str, a, data: str, tmp: str, 
     if len(recs) < a.steps:
         sys.exit(f"{name}: {len(recs)} step records with step_s and tokens in metrics.jsonl, expected {a.steps}")
     own = [int(r["tokens"]) for r in recs]
-    side = row(name, [float(r["step_s"]) for r in recs], step_tokens, a.warmup_steps, res["maxrss_kib"],
-               pairs_per_step, tunesmith_reported_tokens=own, tokens_match_harness=own == step_tokens,
-               losses=[r.get("loss") for r in recs], child_wall_s=wall, threads=res["threads"], **extra)
+    side = row(
+        name,
+        [float(r["step_s"]) for r in recs],
+        step_tokens,
+        a.warmup_steps,
+        res["maxrss_kib"],
+        pairs_per_step,
+        tunesmith_reported_tokens=own,
+        tokens_match_harness=own == step_tokens,
+        losses=[r.get("loss") for r in recs],
+        child_wall_s=wall,
+        threads=res["threads"],
+        **extra,
+    )
     return side, recs
 
 
@@ -215,8 +286,10 @@ def add_ratios(table: list[dict], speed: str, notes: list[str]) -> None:
         r[f"{speed}_ratio"] = r[speed] / base[speed]
         r["peak_rss_ratio"] = r["peak_rss_mb"] / base["peak_rss_mb"]
         if r["step_s_spread"] > 1.5:
-            notes.append(f"{r['side']}: slowest timed step {r['step_s_spread']:.1f}x the fastest: a busy machine? "
-                         "compare the median s/step, or rerun")
+            notes.append(
+                f"{r['side']}: slowest timed step {r['step_s_spread']:.1f}x the fastest: a busy machine? "
+                "compare the median s/step, or rerun"
+            )
 
 
 def print_table(table: list[dict], side_width: int, speed: str) -> None:
@@ -224,10 +297,16 @@ def print_table(table: list[dict], side_width: int, speed: str) -> None:
     to TRL shown."""
     ratio = "ratio pairs/s" if speed == "pairs_per_s" else "ratio tok/s"
     pairs = [("pairs/s", "pairs_per_s", 8, ".3f")] if speed == "pairs_per_s" else []
-    columns = [("steps timed", "steps_timed", 11, ""), *pairs, ("tokens/s", "tokens_per_s", 9, ".1f"),
-               ("s/step", "s_per_step", 7, ".2f"), ("(median)", "s_per_step_median", 8, ".2f"),
-               ("peak RSS MB", "peak_rss_mb", 11, ".0f"), (ratio, f"{speed}_ratio", len(ratio), ".2f"),
-               ("ratio RSS", "peak_rss_ratio", 9, ".2f")]
+    columns = [
+        ("steps timed", "steps_timed", 11, ""),
+        *pairs,
+        ("tokens/s", "tokens_per_s", 9, ".1f"),
+        ("s/step", "s_per_step", 7, ".2f"),
+        ("(median)", "s_per_step_median", 8, ".2f"),
+        ("peak RSS MB", "peak_rss_mb", 11, ".0f"),
+        (ratio, f"{speed}_ratio", len(ratio), ".2f"),
+        ("ratio RSS", "peak_rss_ratio", 9, ".2f"),
+    ]
     print("\n" + " ".join([f"{'side':<{side_width}}"] + [f"{title:>{w}}" for title, _, w, _ in columns]))
     for r in table:
         print(" ".join([f"{r['side']:<{side_width}}"] + [f"{r[key]:>{w}{fmt}}" for _, key, w, fmt in columns]))
@@ -237,18 +316,35 @@ def side_by_side_result(bench: str, vers: dict, settings: dict, table: list[dict
     """What sft_vs_trl.py and dpo_vs_trl.py write: the run, `fields`, the rows, and the tunesmith row's
     `speed` and peak RSS ratios to TRL."""
     ts = next((r for r in table if r["side"] == "tunesmith"), None)
-    return dict(bench=bench, date=datetime.date.today().isoformat(), host=socket.gethostname(),
-                command=" ".join([Path(sys.executable).name] + sys.argv), settings=settings, versions=vers,
-                machine=dict(platform=platform.platform(), cpus=os.cpu_count()), **fields, rows=table,
-                **{f"{speed}_ratio": ts and ts[f"{speed}_ratio"]}, peak_rss_ratio=ts and ts["peak_rss_ratio"])
+    return dict(
+        bench=bench,
+        date=datetime.date.today().isoformat(),
+        host=socket.gethostname(),
+        command=" ".join([Path(sys.executable).name] + sys.argv),
+        settings=settings,
+        versions=vers,
+        machine=dict(platform=platform.platform(), cpus=os.cpu_count()),
+        **fields,
+        rows=table,
+        **{f"{speed}_ratio": ts and ts[f"{speed}_ratio"]},
+        peak_rss_ratio=ts and ts["peak_rss_ratio"],
+    )
 
 
 def versions() -> dict:
     """The versions both sides ran with (fails early when the baseline, trl, is not installed)."""
-    import peft, torch, transformers, trl
+    import peft
+    import torch
+    import transformers
+    import trl
 
-    return dict(python=platform.python_version(), torch=torch.__version__, transformers=transformers.__version__,
-                peft=peft.__version__, trl=trl.__version__)
+    return dict(
+        python=platform.python_version(),
+        torch=torch.__version__,
+        transformers=transformers.__version__,
+        peft=peft.__version__,
+        trl=trl.__version__,
+    )
 
 
 def write_result(result: dict, results_dir: str, suffix: str = "") -> None:

@@ -14,16 +14,34 @@ Three fresh subprocesses, each reporting its peak RSS (ru_maxrss, process start 
           (prompt + reply ~110-130 tokens, like the SFT rows), 4 PPO epochs, --steps steps
 Both trained runs use fp32 and LoRA dropout 0. Writes bench/results/ppo_memory-<date>-<host>.json.
 """
+
 from __future__ import annotations
 
-import argparse, datetime, json, os, platform, socket, sys, tempfile
+import argparse
+import datetime
+import json
+import os
+import platform
+import socket
+import sys
+import tempfile
 from pathlib import Path
 
 from harness import ROOT, child_tunesmith, read_jsonl, run_child, write_result
 
 DATA = ROOT / "src" / "tunesmith" / "demo" / "data"
-COMMON = ["--model", "smollm2-135m-instruct", "--method", "lora", "--precision", "fp32", "--save-every", "0",
-          "--no-progress", "--overwrite"]
+COMMON = [
+    "--model",
+    "smollm2-135m-instruct",
+    "--method",
+    "lora",
+    "--precision",
+    "fp32",
+    "--save-every",
+    "0",
+    "--no-progress",
+    "--overwrite",
+]
 
 
 def run(argv: list[str]) -> dict:
@@ -44,32 +62,91 @@ def main() -> None:
         if rm is None:
             rm = os.path.join(tmp, "rm")
             print("training a reward model on the tone pairs ...", flush=True)
-            run(["reward", *COMMON, "--data", str(DATA / "tone_train.jsonl"), "--max-length", "128",
-                 "--max-steps", "10", "--lr", "5e-4", "--out", rm])
+            run(
+                [
+                    "reward",
+                    *COMMON,
+                    "--data",
+                    str(DATA / "tone_train.jsonl"),
+                    "--max-length",
+                    "128",
+                    "--max-steps",
+                    "10",
+                    "--lr",
+                    "5e-4",
+                    "--out",
+                    rm,
+                ]
+            )
         prompts = os.path.join(tmp, "prompts.jsonl")
         with open(DATA / "tone_heldout.jsonl") as f, open(prompts, "w") as out:
             for line in f:
                 out.write(json.dumps({"messages": json.loads(line)["prompt"]}) + "\n")
         print("sft ...", flush=True)
-        sft = run(["sft", *COMMON, "--data", str(DATA / "support_train.jsonl"), "--max-length", "128", "--no-packing",
-                   "--batch-size", "8", "--max-steps", str(a.steps), "--out", os.path.join(tmp, "sft")])
+        sft = run(
+            [
+                "sft",
+                *COMMON,
+                "--data",
+                str(DATA / "support_train.jsonl"),
+                "--max-length",
+                "128",
+                "--no-packing",
+                "--batch-size",
+                "8",
+                "--max-steps",
+                str(a.steps),
+                "--out",
+                os.path.join(tmp, "sft"),
+            ]
+        )
         print("ppo ...", flush=True)
-        ppo = run(["ppo", *COMMON, "--reward-model", rm, "--prompts", prompts, "--rollouts-per-step", "8",
-                   "--max-new-tokens", "64", "--ppo-epochs", "4", "--max-steps", str(a.steps),
-                   "--out", os.path.join(tmp, "ppo")])
+        ppo = run(
+            [
+                "ppo",
+                *COMMON,
+                "--reward-model",
+                rm,
+                "--prompts",
+                prompts,
+                "--rollouts-per-step",
+                "8",
+                "--max-new-tokens",
+                "64",
+                "--ppo-epochs",
+                "4",
+                "--max-steps",
+                str(a.steps),
+                "--out",
+                os.path.join(tmp, "ppo"),
+            ]
+        )
         ppo_rows = read_jsonl(Path(tmp, "ppo", "metrics.jsonl"))
     import torch
 
     sft_mb, ppo_mb = sft["maxrss_kib"] / 1024, ppo["maxrss_kib"] / 1024
-    result = {"bench": "ppo_memory", "date": datetime.date.today().isoformat(), "host": socket.gethostname(),
-              "command": " ".join(["python", "bench/ppo_memory.py", *sys.argv[1:]]), "steps": a.steps,
-              "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
-                          "threads": torch.get_num_threads()},
-              "sft_lora_peak_rss_mb": round(sft_mb), "ppo_peak_rss_mb": round(ppo_mb),
-              "ppo_over_sft": round(ppo_mb / sft_mb, 3), "target": "<= 1.6",
-              "ppo_response_length": [r.get("response_length") for r in ppo_rows],
-              "ppo_step_s": [r.get("step_s") for r in ppo_rows]}
-    print(f"\nLoRA SFT peak RSS {sft_mb:.0f} MB; PPO peak RSS {ppo_mb:.0f} MB; ratio {ppo_mb / sft_mb:.2f} (target <= 1.6)")
+    result = {
+        "bench": "ppo_memory",
+        "date": datetime.date.today().isoformat(),
+        "host": socket.gethostname(),
+        "command": " ".join(["python", "bench/ppo_memory.py", *sys.argv[1:]]),
+        "steps": a.steps,
+        "machine": {
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+        },
+        "sft_lora_peak_rss_mb": round(sft_mb),
+        "ppo_peak_rss_mb": round(ppo_mb),
+        "ppo_over_sft": round(ppo_mb / sft_mb, 3),
+        "target": "<= 1.6",
+        "ppo_response_length": [r.get("response_length") for r in ppo_rows],
+        "ppo_step_s": [r.get("step_s") for r in ppo_rows],
+    }
+    print(
+        f"\nLoRA SFT peak RSS {sft_mb:.0f} MB; PPO peak RSS {ppo_mb:.0f} MB; ratio {ppo_mb / sft_mb:.2f} (target <= 1.6)"
+    )
     write_result(result, a.results_dir)
 
 

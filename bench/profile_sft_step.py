@@ -12,6 +12,7 @@ example). It runs two untimed steps (the compile, with --compile), times three,
 then profiles one and prints the operators by self CPU time, and the share of the step that `aten::mm`
 takes with its achieved GFLOP/s against a 4096² fp32 matmul measured here.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,8 +30,12 @@ def main() -> None:
     ap.add_argument("--max-length", type=int, default=128)
     ap.add_argument("--compile", action="store_true", help="compile the decoder layers as --compile does")
     ap.add_argument("--rows", type=int, default=25, help="operators to list")
-    ap.add_argument("--no-shared-prefix", dest="shared_prefix", action="store_false",
-                    help="compute the system prompt once per example, not once per step")
+    ap.add_argument(
+        "--no-shared-prefix",
+        dest="shared_prefix",
+        action="store_false",
+        help="compute the system prompt once per example, not once per step",
+    )
     a = ap.parse_args()
 
     from tunesmith.adapters.lora import apply_lora
@@ -40,14 +45,15 @@ def main() -> None:
     from tunesmith.data.templates import tokenize_conversations
     from tunesmith.models import load_model, load_tokenizer, resolve_model_dir
     from tunesmith.models.attention import packs_flat
-    from tunesmith.train.model_setup import compile_layers
     from tunesmith.models.forward import batch_nll_sum
+    from tunesmith.train.model_setup import compile_layers
 
     model_dir = resolve_model_dir("smollm2-135m-instruct")
     tokenizer = load_tokenizer(model_dir)
     torch.manual_seed(0)
-    model = apply_lora(load_model(model_dir, torch.device("cpu")),
-                       LoraConfig(r=16, alpha=32, dropout=0.0, target="all-linear"))
+    model = apply_lora(
+        load_model(model_dir, torch.device("cpu")), LoraConfig(r=16, alpha=32, dropout=0.0, target="all-linear")
+    )
     if a.compile:
         compile_layers(model)
     model.train()
@@ -88,13 +94,24 @@ def main() -> None:
         groups = prefix_groups([e.input_ids for e in examples], [trained_from(e) for e in examples])
         needed -= sum((len(m) - 1) * sft_flops(counts, shape, s, 0) for s, m in groups if len(m) > 1)
     n, m = batch.num_tokens, batch.num_targets
-    print(json.dumps({
-        "shape": list(batch.input_ids.shape), "tokens": n, "trained": m, "compile": a.compile,
-        "shared_prefix": a.shared_prefix,
-        "step_s": [round(t, 3) for t in times], "profiled_self_cpu_s": round(total, 3),
-        "mm_share": round(mm / total, 3), "mm_gflops_per_s_if_all_model_flops": round(needed / mm / 1e9, 1),
-        "matmul_peak_gflops_per_s": round(peak / 1e9, 1), "mfu": round(needed / min(times) / peak, 3),
-    }, indent=1))
+    print(
+        json.dumps(
+            {
+                "shape": list(batch.input_ids.shape),
+                "tokens": n,
+                "trained": m,
+                "compile": a.compile,
+                "shared_prefix": a.shared_prefix,
+                "step_s": [round(t, 3) for t in times],
+                "profiled_self_cpu_s": round(total, 3),
+                "mm_share": round(mm / total, 3),
+                "mm_gflops_per_s_if_all_model_flops": round(needed / mm / 1e9, 1),
+                "matmul_peak_gflops_per_s": round(peak / 1e9, 1),
+                "mfu": round(needed / min(times) / peak, 3),
+            },
+            indent=1,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -42,15 +42,29 @@ What it does, in order, in one process tree:
 4. Writes bench/results/<date>-<host>.json (everything, including each sub-bench's full result) and
    bench/results/<date>-<host>.md (the table and the issue-7 targets, each marked met or not).
 """
+
 from __future__ import annotations
 
-import argparse, datetime, json, os, platform, socket, subprocess, sys, tempfile, time
+import argparse
+import datetime
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import tempfile
+import time
 from pathlib import Path
 
 from harness import ROOT, measure_peak, model_counts, sft_flops, versions
 
 sys.path.insert(0, str(ROOT / "src"))
-JOBS = {"sft-lora": ("sft_vs_trl.py", "lora"), "sft-qlora": ("sft_vs_trl.py", "qlora"), "dpo-lora": ("dpo_vs_trl.py", "lora")}
+JOBS = {
+    "sft-lora": ("sft_vs_trl.py", "lora"),
+    "sft-qlora": ("sft_vs_trl.py", "qlora"),
+    "dpo-lora": ("dpo_vs_trl.py", "lora"),
+}
 # issue 7's targets on a 2-core CPU: speed ratio to TRL (at least), memory ratio (at most), MFU, QLoRA/LoRA step time
 TARGETS = {"sft-lora": (2.5, 0.8), "dpo-lora": (2.0, 0.8)}
 SFT_LORA_MFU, QLORA_STEP_RATIO = 0.5, 1.5
@@ -70,17 +84,26 @@ def step_flops(job: str, result: dict, c: dict, shape, row: dict) -> list[float]
     if job.startswith("sft"):
         per = [sft_flops(c, shape, e["tokens"], e["trained"]) for e in ex]
     else:
-        per = [sum(sft_flops(c, shape, n, n - e["prompt"]) + reference_flops(c, shape, n, n - e["prompt"])
-                   for n in (e["chosen"], e["rejected"])) for e in ex]
+        per = [
+            sum(
+                sft_flops(c, shape, n, n - e["prompt"]) + reference_flops(c, shape, n, n - e["prompt"])
+                for n in (e["chosen"], e["rejected"])
+            )
+            for e in ex
+        ]
         if row.get("shares_prompt"):
             once = [min(e["prompt"], e["chosen"], e["rejected"]) - 1 for e in ex]
-            per = [f - (sft_flops(c, shape, s, 0) + reference_flops(c, shape, s, 0) if s > 0 else 0)
-                   for f, s in zip(per, once)]
+            per = [
+                f - (sft_flops(c, shape, s, 0) + reference_flops(c, shape, s, 0) if s > 0 else 0)
+                for f, s in zip(per, once)
+            ]
     batch = len(per) // len(result["harness_step_tokens"])
-    steps = [sum(per[i:i + batch]) for i in range(0, len(per), batch)]
+    steps = [sum(per[i : i + batch]) for i in range(0, len(per), batch)]
     if job.startswith("sft") and row.get("shares_prefixes"):
-        steps = [f - sum((k - 1) * sft_flops(c, shape, s, 0) for s, k in groups)
-                 for f, groups in zip(steps, result["shared_prefixes"])]
+        steps = [
+            f - sum((k - 1) * sft_flops(c, shape, s, 0) for s, k in groups)
+            for f, groups in zip(steps, result["shared_prefixes"])
+        ]
     return steps
 
 
@@ -88,8 +111,21 @@ def run_job(job: str, length: int, a, tmp: str) -> dict:
     script, method = JOBS[job]
     out = Path(tmp, f"{job}-{length}")
     extra = [f for f in a.extra if script == "sft_vs_trl.py" or f not in SFT_ONLY]
-    cmd = [sys.executable, str(ROOT / "bench" / script), "--steps", str(a.steps), "--warmup-steps", str(a.warmup_steps),
-           "--max-length", str(length), "--results-dir", str(out), "--model", a.model, f"--extra={','.join(extra)}"]
+    cmd = [
+        sys.executable,
+        str(ROOT / "bench" / script),
+        "--steps",
+        str(a.steps),
+        "--warmup-steps",
+        str(a.warmup_steps),
+        "--max-length",
+        str(length),
+        "--results-dir",
+        str(out),
+        "--model",
+        a.model,
+        f"--extra={','.join(extra)}",
+    ]
     if script == "sft_vs_trl.py":
         cmd += ["--method", method]
     print(f"== {job} at max length {length}: {' '.join(cmd[1:])}", flush=True)
@@ -111,12 +147,23 @@ def summarise(job: str, length: int, result: dict, peak: float, model_dir: str) 
     rows = []
     for r in result["rows"]:
         timed_flops = sum(step_flops(job, result, c, shape, r)[w:])
-        rows.append(dict(
-            job=job, max_length=length, side=r["side"], tokens_per_s=r["tokens_per_s"],
-            pairs_per_s=r.get("pairs_per_s"), s_per_step=r["s_per_step"], s_per_step_median=r["s_per_step_median"],
-            peak_rss_mb=r["peak_rss_mb"], speed_ratio=r.get("tokens_per_s_ratio", r.get("pairs_per_s_ratio")),
-            memory_ratio=r["peak_rss_ratio"], model_flops_per_step=timed_flops / r["steps_timed"],
-            mfu=timed_flops / r["timed_s"] / peak, step_s_spread=r["step_s_spread"]))
+        rows.append(
+            dict(
+                job=job,
+                max_length=length,
+                side=r["side"],
+                tokens_per_s=r["tokens_per_s"],
+                pairs_per_s=r.get("pairs_per_s"),
+                s_per_step=r["s_per_step"],
+                s_per_step_median=r["s_per_step_median"],
+                peak_rss_mb=r["peak_rss_mb"],
+                speed_ratio=r.get("tokens_per_s_ratio", r.get("pairs_per_s_ratio")),
+                memory_ratio=r["peak_rss_ratio"],
+                model_flops_per_step=timed_flops / r["steps_timed"],
+                mfu=timed_flops / r["timed_s"] / peak,
+                step_s_spread=r["step_s_spread"],
+            )
+        )
     return rows
 
 
@@ -124,39 +171,61 @@ def targets(rows: list[dict]) -> list[dict]:
     """Issue 7's targets, for each tunesmith row (defaults, and each --extra flag) and max length: what was
     measured and whether it is met."""
     out = []
-    find = lambda job, side, length: next((r for r in rows if (r["job"], r["side"], r["max_length"]) == (job, side, length)), None)
+    find = lambda job, side, length: next(
+        (r for r in rows if (r["job"], r["side"], r["max_length"]) == (job, side, length)), None
+    )
     sides = list(dict.fromkeys(r["side"] for r in rows if r["side"].startswith("tunesmith")))
     for length in sorted({r["max_length"] for r in rows}):
         for side in sides:
             for job, (speed, memory) in TARGETS.items():
                 if r := find(job, side, length):
-                    out.append(dict(target=f"{job} @{length}, {side}: speed >= {speed}x TRL at memory <= {memory}x",
-                                    measured=f"{r['speed_ratio']:.2f}x speed, {r['memory_ratio']:.2f}x memory",
-                                    met=r["speed_ratio"] >= speed and r["memory_ratio"] <= memory))
+                    out.append(
+                        dict(
+                            target=f"{job} @{length}, {side}: speed >= {speed}x TRL at memory <= {memory}x",
+                            measured=f"{r['speed_ratio']:.2f}x speed, {r['memory_ratio']:.2f}x memory",
+                            met=r["speed_ratio"] >= speed and r["memory_ratio"] <= memory,
+                        )
+                    )
             if r := find("sft-lora", side, length):
-                out.append(dict(target=f"sft-lora @{length}, {side}: MFU >= {SFT_LORA_MFU:.0%}",
-                                measured=f"{r['mfu']:.1%}", met=r["mfu"] >= SFT_LORA_MFU))
+                out.append(
+                    dict(
+                        target=f"sft-lora @{length}, {side}: MFU >= {SFT_LORA_MFU:.0%}",
+                        measured=f"{r['mfu']:.1%}",
+                        met=r["mfu"] >= SFT_LORA_MFU,
+                    )
+                )
             if r and (q := find("sft-qlora", side, length)):
                 ratio = q["s_per_step"] / r["s_per_step"]
-                out.append(dict(target=f"sft-qlora @{length}, {side}: step time <= {QLORA_STEP_RATIO}x LoRA's",
-                                measured=f"{ratio:.2f}x", met=ratio <= QLORA_STEP_RATIO))
+                out.append(
+                    dict(
+                        target=f"sft-qlora @{length}, {side}: step time <= {QLORA_STEP_RATIO}x LoRA's",
+                        measured=f"{ratio:.2f}x",
+                        met=ratio <= QLORA_STEP_RATIO,
+                    )
+                )
     return out
 
 
 def markdown(rows: list[dict], goals: list[dict], meta: dict) -> str:
-    lines = [f"# tunesmith vs TRL + PEFT — {meta['date']}, {meta['host']}", "",
-             f"`{meta['command']}` · {meta['machine']} · torch {meta['versions']['torch']}, "
-             f"transformers {meta['versions']['transformers']}, peft {meta['versions']['peft']}, "
-             f"trl {meta['versions']['trl']} · measured {meta['peak']['dtype']} matmul peak "
-             f"{meta['peak']['flops_per_s'] / 1e9:.0f} GFLOP/s ({meta['peak']['threads']} threads) · "
-             f"{meta['steps']} steps, {meta['warmup_steps']} untimed", "",
-             "| job | max len | side | tokens/s | pairs/s | s/step (median) | peak RSS MB | speed ×TRL | memory ×TRL | MFU |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"# tunesmith vs TRL + PEFT — {meta['date']}, {meta['host']}",
+        "",
+        f"`{meta['command']}` · {meta['machine']} · torch {meta['versions']['torch']}, "
+        f"transformers {meta['versions']['transformers']}, peft {meta['versions']['peft']}, "
+        f"trl {meta['versions']['trl']} · measured {meta['peak']['dtype']} matmul peak "
+        f"{meta['peak']['flops_per_s'] / 1e9:.0f} GFLOP/s ({meta['peak']['threads']} threads) · "
+        f"{meta['steps']} steps, {meta['warmup_steps']} untimed",
+        "",
+        "| job | max len | side | tokens/s | pairs/s | s/step (median) | peak RSS MB | speed ×TRL | memory ×TRL | MFU |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         pairs = f"{r['pairs_per_s']:.3f}" if r["pairs_per_s"] is not None else ""
-        lines.append(f"| {r['job']} | {r['max_length']} | {r['side']} | {r['tokens_per_s']:.1f} | {pairs} | "
-                     f"{r['s_per_step']:.2f} ({r['s_per_step_median']:.2f}) | {r['peak_rss_mb']:.0f} | {r['speed_ratio']:.2f} | "
-                     f"{r['memory_ratio']:.2f} | {r['mfu']:.1%} |")
+        lines.append(
+            f"| {r['job']} | {r['max_length']} | {r['side']} | {r['tokens_per_s']:.1f} | {pairs} | "
+            f"{r['s_per_step']:.2f} ({r['s_per_step_median']:.2f}) | {r['peak_rss_mb']:.0f} | {r['speed_ratio']:.2f} | "
+            f"{r['memory_ratio']:.2f} | {r['mfu']:.1%} |"
+        )
     lines += ["", "| target (issue 7) | measured | met |", "|---|---|---|"]
     lines += [f"| {g['target']} | {g['measured']} | {'yes' if g['met'] else 'no'} |" for g in goals]
     return "\n".join(lines) + "\n"
@@ -171,14 +240,22 @@ def main() -> None:
     ap.add_argument("--model", help="HF model directory (default: tunesmith's smollm2-135m-instruct)")
     ap.add_argument("--results-dir", default=str(ROOT / "bench/results"))
     ap.add_argument("--name", help="results file name without extension (default <date>-<host>)")
-    ap.add_argument("--extra", default="--compile,--no-shared-prefix", help="tunesmith flags, comma-separated, "
-                    "each run as an extra tunesmith row (default --compile,--no-shared-prefix, the latter for SFT "
-                    "only; '' for none)")
+    ap.add_argument(
+        "--extra",
+        default="--compile,--no-shared-prefix",
+        help="tunesmith flags, comma-separated, "
+        "each run as an extra tunesmith row (default --compile,--no-shared-prefix, the latter for SFT "
+        "only; '' for none)",
+    )
     ap.add_argument("--quick", action="store_true", help="3 steps, max length 128 only (a smoke run)")
     a = ap.parse_args()
     if a.quick:
         a.steps, a.lengths = 3, "128"
-    jobs, lengths, a.extra = a.jobs.split(","), [int(x) for x in a.lengths.split(",")], [f for f in a.extra.split(",") if f]
+    jobs, lengths, a.extra = (
+        a.jobs.split(","),
+        [int(x) for x in a.lengths.split(",")],
+        [f for f in a.extra.split(",") if f],
+    )
     unknown = [j for j in jobs if j not in JOBS]
     assert not unknown, f"unknown job(s) {unknown}; choose from {list(JOBS)}"
     vers = versions()
@@ -186,7 +263,9 @@ def main() -> None:
 
     a.model = a.model or str(resolve_model_dir("smollm2-135m-instruct"))
     peak = measure_peak()
-    print(f"measured float32 matmul peak: {peak['flops_per_s'] / 1e9:.1f} GFLOP/s ({peak['threads']} threads)", flush=True)
+    print(
+        f"measured float32 matmul peak: {peak['flops_per_s'] / 1e9:.1f} GFLOP/s ({peak['threads']} threads)", flush=True
+    )
     results, rows = {}, []
     with tempfile.TemporaryDirectory(prefix="bench-run-") as tmp:
         for length in lengths:
@@ -197,10 +276,16 @@ def main() -> None:
                     rows += summarise(job, length, res, peak["flops_per_s"], a.model)
     goals = targets(rows)
     date, host = datetime.date.today().isoformat(), socket.gethostname()
-    meta = dict(date=date, host=host, command=" ".join(["python"] + [Path(sys.argv[0]).as_posix()] + sys.argv[1:]),
-                machine=f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}", peak=peak,
-                steps=a.steps, warmup_steps=a.warmup_steps,
-                versions=vers)
+    meta = dict(
+        date=date,
+        host=host,
+        command=" ".join(["python"] + [Path(sys.argv[0]).as_posix()] + sys.argv[1:]),
+        machine=f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}",
+        peak=peak,
+        steps=a.steps,
+        warmup_steps=a.warmup_steps,
+        versions=vers,
+    )
     table = markdown(rows, goals, meta)
     print("\n" + table)
     out = Path(a.results_dir)

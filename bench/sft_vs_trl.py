@@ -21,13 +21,35 @@ examples into one row with no padding (attention per example) and compute a prom
 --extra flags (default: --no-packing, padding like TRL; bench/run.py asks for --compile and --no-shared-prefix).
 Prints a table and writes bench/results/sft_vs_trl-<date>-<host>.json (see --results-dir).
 """
+
 from __future__ import annotations
 
-import argparse, os, tempfile
+import argparse
+import os
+import tempfile
 
-from harness import (ROOT, add_ratios, child_side, count_batches, default_model_dir, emit, first_usable,
-                     peft_lora, print_table, row, run_side, side_by_side_parser, side_by_side_result, step_timer,
-                     tunesmith_data, tunesmith_row, tunesmith_variants, versions, write_jsonl, write_result)
+from harness import (
+    ROOT,
+    add_ratios,
+    child_side,
+    count_batches,
+    default_model_dir,
+    emit,
+    first_usable,
+    peft_lora,
+    print_table,
+    row,
+    run_side,
+    side_by_side_parser,
+    side_by_side_result,
+    step_timer,
+    tunesmith_data,
+    tunesmith_row,
+    tunesmith_variants,
+    versions,
+    write_jsonl,
+    write_result,
+)
 
 BATCH, LR = 8, 2e-4
 MAX_LEN, METHOD, LORA = 128, "lora", dict(r=16, alpha=32, dropout=0.0)  # set from the flags by configure()
@@ -56,10 +78,15 @@ def load_trl_model(path: str):
 
     if METHOD == "lora":
         return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-    nf4 = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                             bnb_4bit_compute_dtype=torch.float32)
-    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, quantization_config=nf4,
-                                                device_map={"": "cpu"})
+    nf4 = BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch.float32,
+    )
+    return AutoModelForCausalLM.from_pretrained(
+        path, dtype=torch.float32, quantization_config=nf4, device_map={"": "cpu"}
+    )
 
 
 def child_trl(a: argparse.Namespace) -> None:
@@ -83,32 +110,97 @@ def child_trl(a: argparse.Namespace) -> None:
                 loss_on, note = "all", "no {% generation %} template renders like the stock one: loss on all tokens"
     step_s = []
     cfg = SFTConfig(
-        output_dir=a.out, max_steps=a.steps, per_device_train_batch_size=BATCH, gradient_accumulation_steps=1,
-        learning_rate=LR, lr_scheduler_type="cosine", optim="adamw_torch", max_grad_norm=1.0,
-        max_length=MAX_LEN, packing=False, padding_free=False, assistant_only_loss=loss_on == "assistant",
-        bf16=False, fp16=False, gradient_checkpointing=False,  # TRL defaults both to True
-        train_sampling_strategy="sequential", shuffle_dataset=False, seed=a.seed, data_seed=a.seed,
-        logging_steps=1, save_strategy="no", report_to="none", dataloader_num_workers=0, use_cpu=True,
+        output_dir=a.out,
+        max_steps=a.steps,
+        per_device_train_batch_size=BATCH,
+        gradient_accumulation_steps=1,
+        learning_rate=LR,
+        lr_scheduler_type="cosine",
+        optim="adamw_torch",
+        max_grad_norm=1.0,
+        max_length=MAX_LEN,
+        packing=False,
+        padding_free=False,
+        assistant_only_loss=loss_on == "assistant",
+        bf16=False,
+        fp16=False,
+        gradient_checkpointing=False,  # TRL defaults both to True
+        train_sampling_strategy="sequential",
+        shuffle_dataset=False,
+        seed=a.seed,
+        data_seed=a.seed,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        dataloader_num_workers=0,
+        use_cpu=True,
     )
     peft_cfg = peft_lora(LORA)
     model = load_trl_model(a.model)
-    trainer = SFTTrainer(model=model, args=cfg, train_dataset=data, processing_class=tok,
-                         peft_config=peft_cfg, callbacks=[step_timer(step_s)])
+    trainer = SFTTrainer(
+        model=model,
+        args=cfg,
+        train_dataset=data,
+        processing_class=tok,
+        peft_config=peft_cfg,
+        callbacks=[step_timer(step_s)],
+    )
     batch_tokens, _ = count_batches(trainer)
     trainer.train()
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-    emit(dict(step_s=step_s, batch_tokens=batch_tokens[: a.steps], losses=losses, loss_on=loss_on,
-              loss_mask_note=note, rows_after_prep=len(trainer.train_dataset), threads=torch.get_num_threads(),
-              trainable_params=sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)))
+    emit(
+        dict(
+            step_s=step_s,
+            batch_tokens=batch_tokens[: a.steps],
+            losses=losses,
+            loss_on=loss_on,
+            loss_mask_note=note,
+            rows_after_prep=len(trainer.train_dataset),
+            threads=torch.get_num_threads(),
+            trainable_params=sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
+        )
+    )
 
 
 def tunesmith_argv(model, data, steps, seed, out, flags=()) -> list[str]:
     """`tunesmith sft` with the shared settings and tunesmith's defaults for the rest (packing on), plus `flags`."""
-    return ["sft", "--model", model, "--data", data, "--method", METHOD, "--lora-r", str(LORA["r"]),
-            "--lora-alpha", str(LORA["alpha"]), "--lora-dropout", str(LORA["dropout"]), "--target", "all-linear",
-            "--batch-size", str(BATCH), "--micro-batch-size", str(BATCH), "--max-length", str(MAX_LEN),
-            "--precision", "fp32", "--lr", str(LR),
-            "--max-steps", str(steps), "--seed", str(seed), "--log-every", "1", "--out", out, "--overwrite", *flags]
+    return [
+        "sft",
+        "--model",
+        model,
+        "--data",
+        data,
+        "--method",
+        METHOD,
+        "--lora-r",
+        str(LORA["r"]),
+        "--lora-alpha",
+        str(LORA["alpha"]),
+        "--lora-dropout",
+        str(LORA["dropout"]),
+        "--target",
+        "all-linear",
+        "--batch-size",
+        str(BATCH),
+        "--micro-batch-size",
+        str(BATCH),
+        "--max-length",
+        str(MAX_LEN),
+        "--precision",
+        "fp32",
+        "--lr",
+        str(LR),
+        "--max-steps",
+        str(steps),
+        "--seed",
+        str(seed),
+        "--log-every",
+        "1",
+        "--out",
+        out,
+        "--overwrite",
+        *flags,
+    ]
 
 
 def child_settings() -> list[str]:
@@ -122,15 +214,20 @@ def reply_start(tok, messages: list[dict]) -> int | None:
     i = next((i for i, m in enumerate(messages) if m["role"] == "assistant"), None)
     if i is None:
         return None
-    start = len(tok.apply_chat_template(messages[:i], tokenize=True, return_dict=True,
-                                        add_generation_prompt=True)["input_ids"])
+    start = len(
+        tok.apply_chat_template(messages[:i], tokenize=True, return_dict=True, add_generation_prompt=True)["input_ids"]
+    )
     return start if start < MAX_LEN else None
 
 
 def main() -> None:
-    ap = side_by_side_parser(__doc__, str(ROOT / "src/tunesmith/demo/data/support_train.jsonl"), "--no-packing",
-                             "comma-separated tunesmith flags, each adding a row that runs tunesmith with it "
-                             "(default --no-packing: padded like TRL; '' for none)")
+    ap = side_by_side_parser(
+        __doc__,
+        str(ROOT / "src/tunesmith/demo/data/support_train.jsonl"),
+        "--no-packing",
+        "comma-separated tunesmith flags, each adding a row that runs tunesmith with it "
+        "(default --no-packing: padded like TRL; '' for none)",
+    )
     ap.add_argument("--method", choices=["lora", "qlora"], default="lora")
     ap.add_argument("--lora-dropout", type=float, default=0.0)
     a = ap.parse_args()
@@ -146,15 +243,22 @@ def main() -> None:
     tok = AutoTokenizer.from_pretrained(a.model)
     n_rows = a.steps * BATCH
     rows, starts, skipped = first_usable(a.data, n_rows, lambda r: reply_start(tok, r["messages"]), "rows")
-    ex_ids = [tok.apply_chat_template(r["messages"], tokenize=True, return_dict=True)["input_ids"][:MAX_LEN]
-              for r in rows]
+    ex_ids = [
+        tok.apply_chat_template(r["messages"], tokenize=True, return_dict=True)["input_ids"][:MAX_LEN] for r in rows
+    ]
     ex_tokens = [len(ids) for ids in ex_ids]
-    step_tokens = [sum(ex_tokens[i * BATCH:(i + 1) * BATCH]) for i in range(a.steps)]
+    step_tokens = [sum(ex_tokens[i * BATCH : (i + 1) * BATCH]) for i in range(a.steps)]
     # the prefixes (s tokens shared by k examples) that tunesmith's default packing computes once per step
     from tunesmith.data.packing import prefix_groups
 
-    shared = [[[s, len(m)] for s, m in prefix_groups(ex_ids[i * BATCH:(i + 1) * BATCH], starts[i * BATCH:(i + 1) * BATCH])
-               if len(m) > 1] for i in range(a.steps)]
+    shared = [
+        [
+            [s, len(m)]
+            for s, m in prefix_groups(ex_ids[i * BATCH : (i + 1) * BATCH], starts[i * BATCH : (i + 1) * BATCH])
+            if len(m) > 1
+        ]
+        for i in range(a.steps)
+    ]
     # what the model FLOPs of MFU need (bench/run.py): each example's length, and the tokens from its first reply
     # on (the trained ones, for a single-turn chat; an upper bound when later user turns follow)
     examples = [dict(tokens=n, trained=n - s) for n, s in zip(ex_tokens, starts)]
@@ -165,34 +269,86 @@ def main() -> None:
         res, wall = run_side(__file__, "trl", a, subset, os.path.join(tmp, "trl"), settings=child_settings())
         notes = [f"TRL loss mask: {res['loss_on']} tokens ({res['loss_mask_note']})"]
         if skipped:
-            notes.append(f"skipped {skipped} row(s) whose assistant reply starts past token {MAX_LEN} (both sides "
-                         "would drop them after truncation); trained the next usable rows instead")
+            notes.append(
+                f"skipped {skipped} row(s) whose assistant reply starts past token {MAX_LEN} (both sides "
+                "would drop them after truncation); trained the next usable rows instead"
+            )
         if res["batch_tokens"] != step_tokens or res["rows_after_prep"] != len(rows):
             notes.append(f"TRL trained different tokens per step than the harness counted: {res['batch_tokens']}")
-        table = [row("trl", res["step_s"], step_tokens, w, res["maxrss_kib"], child_wall_s=wall,
-                     **{k: v for k, v in res.items() if k not in ("step_s", "maxrss_kib")})]
+        table = [
+            row(
+                "trl",
+                res["step_s"],
+                step_tokens,
+                w,
+                res["maxrss_kib"],
+                child_wall_s=wall,
+                **{k: v for k, v in res.items() if k not in ("step_s", "maxrss_kib")},
+            )
+        ]
         if not a.skip_tunesmith:
             ts_data = tunesmith_data(rows, a.seed, BATCH, tmp, notes)
             for name, flags in tunesmith_variants(a.extra):
-                table.append(tunesmith_row(__file__, "sft", name, a, ts_data, tmp, flags, step_tokens, child_settings(),
-                                           shares_prefixes=not {"--no-shared-prefix", "--no-packing"} & set(flags))[0])
+                table.append(
+                    tunesmith_row(
+                        __file__,
+                        "sft",
+                        name,
+                        a,
+                        ts_data,
+                        tmp,
+                        flags,
+                        step_tokens,
+                        child_settings(),
+                        shares_prefixes=not {"--no-shared-prefix", "--no-packing"} & set(flags),
+                    )[0]
+                )
                 if not table[-1]["tokens_match_harness"]:
-                    notes.append(f"{name} trained different tokens per step than the harness counted: "
-                                 f"{table[-1]['tunesmith_reported_tokens']}")
+                    notes.append(
+                        f"{name} trained different tokens per step than the harness counted: "
+                        f"{table[-1]['tunesmith_reported_tokens']}"
+                    )
     add_ratios(table, "tokens_per_s", notes)
     print_table(table, 22, "tokens_per_s")
     for n in notes:
         print("note:", n)
     result = side_by_side_result(
-        "sft_vs_trl", vers, table=table, speed="tokens_per_s", notes=notes,
-        settings=dict(model=a.model, data=a.data, rows=len(rows), steps=a.steps, warmup_steps=w, seed=a.seed,
-                      batch=BATCH, grad_accum=1, max_length=MAX_LEN, precision="fp32", device="cpu", lr=LR,
-                      method=METHOD, optimizer="AdamW", lora=dict(LORA, target_modules="all-linear"),
-                      packing=dict(trl=False, tunesmith=True),
-                      trl_extra=dict(gradient_checkpointing=False, optim="adamw_torch", max_grad_norm=1.0,
-                                     lr_scheduler="cosine", sampler="sequential"),
-                      tunesmith_argv=tunesmith_argv(a.model, "DATA", a.steps, a.seed, "OUT")),
-        harness_step_tokens=step_tokens, examples=examples, shared_prefixes=shared, rows_skipped=skipped)
+        "sft_vs_trl",
+        vers,
+        table=table,
+        speed="tokens_per_s",
+        notes=notes,
+        settings=dict(
+            model=a.model,
+            data=a.data,
+            rows=len(rows),
+            steps=a.steps,
+            warmup_steps=w,
+            seed=a.seed,
+            batch=BATCH,
+            grad_accum=1,
+            max_length=MAX_LEN,
+            precision="fp32",
+            device="cpu",
+            lr=LR,
+            method=METHOD,
+            optimizer="AdamW",
+            lora=dict(LORA, target_modules="all-linear"),
+            packing=dict(trl=False, tunesmith=True),
+            trl_extra=dict(
+                gradient_checkpointing=False,
+                optim="adamw_torch",
+                max_grad_norm=1.0,
+                lr_scheduler="cosine",
+                sampler="sequential",
+            ),
+            tunesmith_argv=tunesmith_argv(a.model, "DATA", a.steps, a.seed, "OUT"),
+        ),
+        harness_step_tokens=step_tokens,
+        examples=examples,
+        shared_prefixes=shared,
+        rows_skipped=skipped,
+    )
     write_result(result, a.results_dir)
 
 

@@ -30,9 +30,20 @@ print("before:", json.dumps({k: before[k] for k in ("json_valid", "field_accurac
 
 # %% Fine-tune: keyword arguments are the `tunesmith sft` flags; on_event sees every metrics row
 losses = []
-run = tunesmith.sft(model=args.model, data=str(TRAIN_FILE), out=args.out, overwrite=True, method="lora",
-                    lora_r=16, lr=2e-3, batch_size=8, max_length=256, max_steps=args.max_steps, save_every=0,
-                    on_event=lambda e: e["type"] == "metrics" and "loss" in e["data"] and losses.append(e["data"]["loss"]))
+run = tunesmith.sft(
+    model=args.model,
+    data=str(TRAIN_FILE),
+    out=args.out,
+    overwrite=True,
+    method="lora",
+    lora_r=16,
+    lr=2e-3,
+    batch_size=8,
+    max_length=256,
+    max_steps=args.max_steps,
+    save_every=0,
+    on_event=lambda e: e["type"] == "metrics" and "loss" in e["data"] and losses.append(e["data"]["loss"]),
+)
 print(f"{run.steps} steps in {run.seconds:.0f} s, final loss {run.final['loss']:.4f}, adapter in {run.output}")
 assert len(losses) == run.steps == len([r for r in run.metrics if "loss" in r])
 

@@ -267,48 +267,151 @@ T = {
 
 # Extra sentences that keep the intent and carry no urgency cue.
 EXTRA = {
-    "refund": ["I still have the receipt.", "The box is unopened.", "I already printed the return label.",
-               "It was a gift that didn't work out.", "I've attached photos of the damage."],
-    "cancel_order": ["I placed it last night by accident.", "It hasn't shipped as far as I can tell.",
-                     "I don't want to be charged for it.", "I'll reorder later if needed."],
-    "shipping_status": ["I've checked with my neighbors already.", "The courier website shows nothing new.",
-                        "I paid for express shipping.", "My address on the order is correct."],
-    "technical_issue": ["I already tried turning it off and on again.", "I'm on the latest version.",
-                        "I reset it to factory settings and nothing changed.", "It worked fine until recently."],
-    "billing": ["I checked my bank statement twice.", "I only have one account with you.",
-                "I'd like this corrected on my next invoice.", "My card details haven't changed."],
-    "account_access": ["I've tried resetting my password three times.", "I've checked my spam folder.",
-                       "I'm using the same email I signed up with.", "I cleared my browser cache already."],
-    "product_question": ["I couldn't find this on the product page.", "I'm comparing a few options.",
-                         "It would be a gift for my sister.", "I want to be sure before ordering."],
+    "refund": [
+        "I still have the receipt.",
+        "The box is unopened.",
+        "I already printed the return label.",
+        "It was a gift that didn't work out.",
+        "I've attached photos of the damage.",
+    ],
+    "cancel_order": [
+        "I placed it last night by accident.",
+        "It hasn't shipped as far as I can tell.",
+        "I don't want to be charged for it.",
+        "I'll reorder later if needed.",
+    ],
+    "shipping_status": [
+        "I've checked with my neighbors already.",
+        "The courier website shows nothing new.",
+        "I paid for express shipping.",
+        "My address on the order is correct.",
+    ],
+    "technical_issue": [
+        "I already tried turning it off and on again.",
+        "I'm on the latest version.",
+        "I reset it to factory settings and nothing changed.",
+        "It worked fine until recently.",
+    ],
+    "billing": [
+        "I checked my bank statement twice.",
+        "I only have one account with you.",
+        "I'd like this corrected on my next invoice.",
+        "My card details haven't changed.",
+    ],
+    "account_access": [
+        "I've tried resetting my password three times.",
+        "I've checked my spam folder.",
+        "I'm using the same email I signed up with.",
+        "I cleared my browser cache already.",
+    ],
+    "product_question": [
+        "I couldn't find this on the product page.",
+        "I'm comparing a few options.",
+        "It would be a gift for my sister.",
+        "I want to be sure before ordering.",
+    ],
 }
 
-GREETINGS = ["Hi,", "Hello,", "Hey,", "Hi there,", "Hello support,", "Dear support team,",
-             "Good morning,", "Good afternoon,", "Hey there,", "Hiya,"]
-INTROS = ["This is {n}.", "My name is {n}.", "{n} here.", "I'm {n}.", "It's {n} writing.",
-          "Hi, this is {n}.", "Hello, my name is {n}."]
-SIGNOFFS = ["Thanks, {n}", "Thank you, {n}", "Regards, {n}", "Best, {n}", "Cheers, {n}",
-            "- {n}", "Thanks!\n{n}", "Kind regards,\n{n}", "Many thanks, {n}", "Sincerely, {n}"]
+GREETINGS = [
+    "Hi,",
+    "Hello,",
+    "Hey,",
+    "Hi there,",
+    "Hello support,",
+    "Dear support team,",
+    "Good morning,",
+    "Good afternoon,",
+    "Hey there,",
+    "Hiya,",
+]
+INTROS = [
+    "This is {n}.",
+    "My name is {n}.",
+    "{n} here.",
+    "I'm {n}.",
+    "It's {n} writing.",
+    "Hi, this is {n}.",
+    "Hello, my name is {n}.",
+]
+SIGNOFFS = [
+    "Thanks, {n}",
+    "Thank you, {n}",
+    "Regards, {n}",
+    "Best, {n}",
+    "Cheers, {n}",
+    "- {n}",
+    "Thanks!\n{n}",
+    "Kind regards,\n{n}",
+    "Many thanks, {n}",
+    "Sincerely, {n}",
+]
 ANON_SIGNOFFS = ["Thanks.", "Thank you.", "Thanks in advance.", "Appreciate the help."]
-FILLERS = ["Hope you're doing well.", "I've been a customer for years.", "I usually love your stuff.",
-           "Sorry if this is the wrong place to ask.", "Thanks for reading.", "I appreciate your help.",
-           "This is my first time contacting support.", "Let me know if you need anything else from me."]
-ORDER_SENTENCES = ["Order number: {id}.", "My order number is {id}.", "The order ID is {id}.",
-                   "Order {id}.", "Ref: {id}", "It's order {id}.", "For reference, the order is {id}."]
+FILLERS = [
+    "Hope you're doing well.",
+    "I've been a customer for years.",
+    "I usually love your stuff.",
+    "Sorry if this is the wrong place to ask.",
+    "Thanks for reading.",
+    "I appreciate your help.",
+    "This is my first time contacting support.",
+    "Let me know if you need anything else from me.",
+]
+ORDER_SENTENCES = [
+    "Order number: {id}.",
+    "My order number is {id}.",
+    "The order ID is {id}.",
+    "Order {id}.",
+    "Ref: {id}",
+    "It's order {id}.",
+    "For reference, the order is {id}.",
+]
 ORDER_INLINE = [" (order {id})", " ({id})", ", order {id},", " from order {id}", " (order #: {id})"]
 
-HIGH_SENTENCES = ["This is urgent.", "It's urgent, please help.", "Please sort this out asap.",
-                  "I need this resolved today.", "Please get back to me as soon as possible.",
-                  "Need an answer ASAP.", "Please reply right away.", "Please deal with this immediately.",
-                  "I need it by Friday for a trip.", "My deadline is tomorrow morning.",
-                  "It's a gift and the party is this Saturday.", "I need this fixed before Monday.",
-                  "URGENT, please respond.", "Please handle this tonight if you can."]
-LOW_SENTENCES = ["No rush.", "No rush at all.", "Whenever you get a chance is fine.",
-                 "Reply whenever you get a chance.", "No hurry on this.", "Take your time with this.",
-                 "It can wait, no hurry.", "No rush, just curious."]
-HIGH_CUES = ["urgent", "asap", "today", "tonight", "tomorrow", "!!!", "as soon as possible",
-             "immediately", "right away", "monday", "tuesday", "wednesday", "thursday", "friday",
-             "saturday", "sunday", "deadline"]
+HIGH_SENTENCES = [
+    "This is urgent.",
+    "It's urgent, please help.",
+    "Please sort this out asap.",
+    "I need this resolved today.",
+    "Please get back to me as soon as possible.",
+    "Need an answer ASAP.",
+    "Please reply right away.",
+    "Please deal with this immediately.",
+    "I need it by Friday for a trip.",
+    "My deadline is tomorrow morning.",
+    "It's a gift and the party is this Saturday.",
+    "I need this fixed before Monday.",
+    "URGENT, please respond.",
+    "Please handle this tonight if you can.",
+]
+LOW_SENTENCES = [
+    "No rush.",
+    "No rush at all.",
+    "Whenever you get a chance is fine.",
+    "Reply whenever you get a chance.",
+    "No hurry on this.",
+    "Take your time with this.",
+    "It can wait, no hurry.",
+    "No rush, just curious.",
+]
+HIGH_CUES = [
+    "urgent",
+    "asap",
+    "today",
+    "tonight",
+    "tomorrow",
+    "!!!",
+    "as soon as possible",
+    "immediately",
+    "right away",
+    "monday",
+    "tuesday",
+    "wednesday",
+    "thursday",
+    "friday",
+    "saturday",
+    "sunday",
+    "deadline",
+]
 LOW_CUES = ["no rush", "no hurry", "whenever you get a chance", "take your time", "can wait"]
 EMOJI = ["🙏", "😊", "😩", "📦", "🙂", "😕", "🤞", "👍"]
 
@@ -319,6 +422,7 @@ PLACEHOLDER = re.compile(r"\{[a-zA-Z]+\}")
 # Noise (template text only; placeholders are protected)
 # --------------------------------------------------------------------------
 
+
 def _typo(rng: random.Random, word: str) -> str:
     core = re.match(r"^([A-Za-z]+)(.*)$", word)
     if not core or len(core.group(1)) < 5:
@@ -326,9 +430,9 @@ def _typo(rng: random.Random, word: str) -> str:
     w, rest = core.group(1), core.group(2)
     i = rng.randrange(1, len(w) - 2)
     if rng.random() < 0.5:
-        w = w[:i] + w[i + 1] + w[i] + w[i + 2:]  # swap two letters
+        w = w[:i] + w[i + 1] + w[i] + w[i + 2 :]  # swap two letters
     else:
-        w = w[:i] + w[i + 1:]  # drop a letter
+        w = w[:i] + w[i + 1 :]  # drop a letter
     return w + rest
 
 
@@ -359,8 +463,8 @@ def _lower_templates(text: str) -> str:
 # Rendering
 # --------------------------------------------------------------------------
 
-def _product_phrase(rng: random.Random, product: str | None, generic: list[str],
-                    intent: str, template: str) -> str:
+
+def _product_phrase(rng: random.Random, product: str | None, generic: list[str], intent: str, template: str) -> str:
     if product is None:
         return rng.choice(generic)
     if PRODUCT_CAT[product] == "S":
@@ -477,8 +581,7 @@ def _make_example(rng: random.Random, intent: str) -> tuple[str, dict]:
     if rng.random() < 0.04:
         msg = msg + "   "
 
-    label = {"name": name, "order_id": order_id, "product": product,
-             "intent": intent, "urgency": urgency}
+    label = {"name": name, "order_id": order_id, "product": product, "intent": intent, "urgency": urgency}
     return msg, {f: label[f] for f in FIELDS}
 
 
@@ -527,11 +630,15 @@ def generate(n: int, seed: int, exclude: set[str] = frozenset()) -> list[dict]:
         seen.add(msg)
         seen.add(msg.strip())
         i += 1
-        rows.append({"messages": [
-            {"role": "system", "content": SYSTEM_PROMPT},
-            {"role": "user", "content": msg},
-            {"role": "assistant", "content": json.dumps(label)},
-        ]})
+        rows.append(
+            {
+                "messages": [
+                    {"role": "system", "content": SYSTEM_PROMPT},
+                    {"role": "user", "content": msg},
+                    {"role": "assistant", "content": json.dumps(label)},
+                ]
+            }
+        )
     rng.shuffle(rows)
     return rows
 

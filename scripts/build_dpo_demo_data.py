@@ -73,15 +73,36 @@ Piotr Olga Ivan Irina Kai Malia Nikos Eleni
 """.split()
 
 PRODUCTS = [
-    "Pulse headset", "Nimbus Watch", "AeroBook laptop", "Drift speaker", "Zenith monitor",
-    "Orbit mouse", "Strata keyboard", "VoltCharge power bank", "Halo doorbell", "Lumen desk lamp",
-    "BrewMaster coffee maker", "PureAir purifier", "CloudRest pillow", "IronClad skillet",
-    "SwiftVac vacuum", "Glide chair", "Summit tent", "Nomad backpack", "Trailblazer jacket",
+    "Pulse headset",
+    "Nimbus Watch",
+    "AeroBook laptop",
+    "Drift speaker",
+    "Zenith monitor",
+    "Orbit mouse",
+    "Strata keyboard",
+    "VoltCharge power bank",
+    "Halo doorbell",
+    "Lumen desk lamp",
+    "BrewMaster coffee maker",
+    "PureAir purifier",
+    "CloudRest pillow",
+    "IronClad skillet",
+    "SwiftVac vacuum",
+    "Glide chair",
+    "Summit tent",
+    "Nomad backpack",
+    "Trailblazer jacket",
     "Breeze yoga mat",
 ]
 
-TIMEFRAMES = ["3-5 business days", "5-7 business days", "2 business days", "3 business days",
-              "5 business days", "a week"]
+TIMEFRAMES = [
+    "3-5 business days",
+    "5-7 business days",
+    "2 business days",
+    "3 business days",
+    "5 business days",
+    "a week",
+]
 SHORT_TIMEFRAMES = ["24 hours", "48 hours", "one business day", "2 business days"]
 DAYS = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday"]
 COLOURS = ["black, grey and navy", "white and sage green", "black and sand", "charcoal, red and blue"]
@@ -94,10 +115,28 @@ COLOURS = ["black, grey and navy", "white and sage green", "black and sand", "ch
 # ({oref}) or as a separate sentence.
 # --------------------------------------------------------------------------
 
-CATEGORIES = ["refund", "late_delivery", "broken_item", "wrong_item", "login", "billing",
-              "cancel_order", "address_change", "product_question"]
-ORDER_P = {"refund": 0.8, "late_delivery": 0.85, "broken_item": 0.75, "wrong_item": 0.8, "login": 0.0,
-           "billing": 0.7, "cancel_order": 0.85, "address_change": 0.85, "product_question": 0.0}
+CATEGORIES = [
+    "refund",
+    "late_delivery",
+    "broken_item",
+    "wrong_item",
+    "login",
+    "billing",
+    "cancel_order",
+    "address_change",
+    "product_question",
+]
+ORDER_P = {
+    "refund": 0.8,
+    "late_delivery": 0.85,
+    "broken_item": 0.75,
+    "wrong_item": 0.8,
+    "login": 0.0,
+    "billing": 0.7,
+    "cancel_order": 0.85,
+    "address_change": 0.85,
+    "product_question": 0.0,
+}
 
 MESSAGES = {
     "refund": [
@@ -183,10 +222,21 @@ INTROS = ["This is {n}.", "My name is {n}.", "{n} here.", "I'm {n}."]
 SIGNOFFS = ["Thanks, {n}", "Thank you, {n}", "Regards, {n}", "Best, {n}", "Cheers, {n}", "- {n}"]
 ANON_SIGNOFFS = ["Thanks.", "Thank you.", "Thanks in advance.", "Please help."]
 ORDER_INLINE = [" (order {id})", " ({id})", " from order {id}", " (order #{id})"]
-ORDER_SENTENCES = ["Order number: {id}.", "My order number is {id}.", "The order is {id}.",
-                   "Order {id}.", "It's order {id}."]
-EXTRA = ["This is the second time I've written.", "I'm quite frustrated.", "I've been a customer for years.",
-         "Hope you can help.", "I need this sorted soon.", "I already checked the FAQ."]
+ORDER_SENTENCES = [
+    "Order number: {id}.",
+    "My order number is {id}.",
+    "The order is {id}.",
+    "Order {id}.",
+    "It's order {id}.",
+]
+EXTRA = [
+    "This is the second time I've written.",
+    "I'm quite frustrated.",
+    "I've been a customer for years.",
+    "Hope you can help.",
+    "I need this sorted soon.",
+    "I already checked the FAQ.",
+]
 
 # --------------------------------------------------------------------------
 # Chosen replies: [opener] + action + [close], 1-3 sentences.
@@ -224,15 +274,17 @@ ACTIONS = {
     "refund": [
         ("I've started a refund for the {product} on {ref}; it will reach your card within {tf}.", None),
         ("The refund for {ref} is approved and will show on your statement within {tf}.", "order"),
-        ("I've emailed you a prepaid return label for the {product}, and we refund within {tf} of receiving it.",
-         None),
+        ("I've emailed you a prepaid return label for the {product}, and we refund within {tf} of receiving it.", None),
         ("The refund for the {product} ({id}) is now processing and should arrive within {tf}.", "order"),
         ("Please reply with your order number and I'll start the refund for the {product} today.", "noorder"),
     ],
     "late_delivery": [
         ("I've checked {ref}: the {product} is with the courier and should arrive by {day}.", None),
-        ("I've asked the courier to trace {ref}, and if nothing reaches you by {day}, "
-         "we'll send a new {product} free.", None),
+        (
+            "I've asked the courier to trace {ref}, and if nothing reaches you by {day}, "
+            "we'll send a new {product} free.",
+            None,
+        ),
         ("{Ref} was held at the depot, so I've upgraded it to express and the {product} arrives by {day}.", "order"),
         ("I've opened a trace on {ref} and will email you an update within {stf}.", "order"),
         ("Please reply with your order number so I can trace the {product} with the courier today.", "noorder"),
@@ -240,11 +292,9 @@ ACTIONS = {
     "broken_item": [
         ("I've arranged a free replacement {product} for {ref}; it ships within {stf}.", None),
         ("Please reply with a photo of the damage and I'll send a replacement {product} within {stf}.", None),
-        ("I've emailed you a return label for the {product}, and a replacement ships as soon as it's scanned.",
-         None),
+        ("I've emailed you a return label for the {product}, and a replacement ships as soon as it's scanned.", None),
         ("I've logged a warranty claim for {ref}, and a new {product} will be with you within {tf}.", "order"),
-        ("I've refunded the {product} on {ref} in full; you'll see it within {tf}, no need to send it back.",
-         "order"),
+        ("I've refunded the {product} on {ref} in full; you'll see it within {tf}, no need to send it back.", "order"),
     ],
     "wrong_item": [
         ("I've shipped the correct {product} for {ref} by express; it should arrive by {day}.", None),
@@ -256,26 +306,32 @@ ACTIONS = {
         ("I've refunded the extra charge on {ref}; it will show on your card within {tf}.", "order"),
         ("I've corrected the price on {ref} and refunded the difference, which arrives within {tf}.", "order"),
         ("I've reversed the charge for the {product}; expect it back on your statement within {tf}.", None),
-        ("Please reply with the charge date and the last four digits of the card, and I'll trace the "
-         "{product} payment today.", "noorder"),
-        ("I've flagged the charge on {ref} for our billing team, and you'll get a confirmed refund within {stf}.",
-         "order"),
+        (
+            "Please reply with the charge date and the last four digits of the card, and I'll trace the "
+            "{product} payment today.",
+            "noorder",
+        ),
+        (
+            "I've flagged the charge on {ref} for our billing team, and you'll get a confirmed refund within {stf}.",
+            "order",
+        ),
     ],
     "cancel_order": [
         ("I've cancelled {ref} for the {product}, and you won't be charged.", None),
         ("{Ref} for the {product} is cancelled, and any payment returns to your card within {tf}.", "order"),
-        ("The {product} had already shipped, so I've emailed a free return label and will refund you "
-         "once it's back.", None),
+        (
+            "The {product} had already shipped, so I've emailed a free return label and will refund you "
+            "once it's back.",
+            None,
+        ),
         ("Please reply with your order number and I'll cancel the {product} right away.", "noorder"),
         ("I've stopped {ref} before dispatch, so the {product} won't ship and nothing is charged.", "order"),
     ],
     "address_change": [
         ("Please reply with the new address and I'll update {ref} before the {product} ships.", None),
         ("I've put {ref} on hold; send me the new address within {stf} and I'll update it.", "order"),
-        ("I've paused the {product} on {ref}, so just reply with the correct address and it ships {when}.",
-         "order"),
-        ("Please reply with your order number and the new address, and I'll redirect the {product} today.",
-         "noorder"),
+        ("I've paused the {product} on {ref}, so just reply with the correct address and it ships {when}.", "order"),
+        ("Please reply with your order number and the new address, and I'll redirect the {product} today.", "noorder"),
     ],
 }
 
@@ -407,6 +463,7 @@ RAMBLE_CLOSE = [
 # Rendering
 # --------------------------------------------------------------------------
 
+
 def _cap(s: str) -> str:
     return s[:1].upper() + s[1:]
 
@@ -452,8 +509,13 @@ def _customer(rng: random.Random, category: str) -> tuple[str, dict]:
         parts.append(rng.choice(SIGNOFFS).format(n=name))
     elif rng.random() < 0.25:
         parts.append(rng.choice(ANON_SIGNOFFS))
-    details = {"category": category, "product": product if "{product}" in template else None,
-               "order_id": order_id, "name": name, "topic": topic}
+    details = {
+        "category": category,
+        "product": product if "{product}" in template else None,
+        "order_id": order_id,
+        "name": name,
+        "topic": topic,
+    }
     return " ".join(parts), details
 
 
@@ -477,8 +539,7 @@ def _chosen(rng: random.Random, d: dict) -> str:
     elif category == "login":
         action = rng.choice(LOGIN_ACTIONS[d["topic"]])
     else:
-        options = [t for t, when in ACTIONS[category]
-                   if when is None or (when == "order") == (order_id is not None)]
+        options = [t for t, when in ACTIONS[category] if when is None or (when == "order") == (order_id is not None)]
         action = rng.choice(options)
     r = rng.random()
     openers = OPENERS if category != "product_question" else [o for o in OPENERS if "sorry" not in o.lower()]
@@ -559,8 +620,13 @@ def generate(n: int, seed: int, exclude: frozenset[str] | set[str] = frozenset()
             continue
         msg, chosen, rejected = pair
         seen.add(msg)
-        rows.append({"prompt": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": msg}],
-                     "chosen": chosen, "rejected": rejected})
+        rows.append(
+            {
+                "prompt": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": msg}],
+                "chosen": chosen,
+                "rejected": rejected,
+            }
+        )
     rng.shuffle(rows)
     return rows
 
@@ -582,11 +648,15 @@ def build(out: Path) -> dict[str, list[dict]]:
 # --check: real token counts (needs tunesmith and the embedded SmolLM2 tokenizer)
 # --------------------------------------------------------------------------
 
+
 def token_lengths(tokenizer, rows: list[dict]) -> tuple[list[int], list[int]]:
     """Chat-template token counts of prompt+chosen and prompt+rejected for each row."""
+
     def render(row: dict, side: str) -> str:
-        return tokenizer.apply_chat_template(row["prompt"] + [{"role": "assistant", "content": row[side]}],
-                                             tokenize=False)
+        return tokenizer.apply_chat_template(
+            row["prompt"] + [{"role": "assistant", "content": row[side]}], tokenize=False
+        )
+
     lengths = []
     for side in ("chosen", "rejected"):
         texts = [render(r, side) for r in rows]
@@ -613,8 +683,11 @@ def _check(files: dict[str, list[dict]]) -> int:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output directory")
-    ap.add_argument("--check", action="store_true",
-                    help=f"also count tokens with the SmolLM2 tokenizer; fail if any sequence exceeds {MAX_TOKENS}")
+    ap.add_argument(
+        "--check",
+        action="store_true",
+        help=f"also count tokens with the SmolLM2 tokenizer; fail if any sequence exceeds {MAX_TOKENS}",
+    )
     args = ap.parse_args(argv)
     files = build(args.out)
     for name, rows in files.items():

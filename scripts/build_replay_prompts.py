@@ -29,7 +29,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 # the probe script's writer (rows, JSONL, atomic write): loaded by path, so this works from any directory
-_spec = importlib.util.spec_from_file_location("build_probe_prompts", Path(__file__).with_name("build_probe_prompts.py"))
+_spec = importlib.util.spec_from_file_location(
+    "build_probe_prompts", Path(__file__).with_name("build_probe_prompts.py")
+)
 probe_set = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(probe_set)
 OUT = ROOT / "src" / "tunesmith" / "forgetting" / "data" / "replay_prompts.jsonl"

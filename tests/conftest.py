@@ -56,11 +56,26 @@ def chat_rows(n: int, seed: int = 0) -> list[dict]:
         if i % 4 == 0:
             rows.append({"prompt": f"Repeat: {q}", "completion": a})
         elif i % 4 == 1:
-            rows.append({"messages": [{"role": "system", "content": "Be brief."},
-                                      {"role": "user", "content": q}, {"role": "assistant", "content": a}]})
+            rows.append(
+                {
+                    "messages": [
+                        {"role": "system", "content": "Be brief."},
+                        {"role": "user", "content": q},
+                        {"role": "assistant", "content": a},
+                    ]
+                }
+            )
         elif i % 4 == 2:
-            rows.append({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a},
-                                      {"role": "user", "content": "again"}, {"role": "assistant", "content": q}]})
+            rows.append(
+                {
+                    "messages": [
+                        {"role": "user", "content": q},
+                        {"role": "assistant", "content": a},
+                        {"role": "user", "content": "again"},
+                        {"role": "assistant", "content": q},
+                    ]
+                }
+            )
         else:
             rows.append({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]})
     return rows
@@ -83,10 +98,19 @@ def preference_rows(n: int, seed: int = 0) -> list[dict]:
         good = "yes " + " ".join(rng.choice(words) for _ in range(rng.randint(2, 5)))
         bad = "no " + " ".join(rng.choice(words) for _ in range(rng.randint(2, 5)))
         if i % 2:
-            rows.append({"input": {"messages": [{"role": "user", "content": q}]},
-                         "preferred_output": [{"role": "assistant", "content": good}],
-                         "non_preferred_output": [{"role": "assistant", "content": bad}]})
+            rows.append(
+                {
+                    "input": {"messages": [{"role": "user", "content": q}]},
+                    "preferred_output": [{"role": "assistant", "content": good}],
+                    "non_preferred_output": [{"role": "assistant", "content": bad}],
+                }
+            )
         else:
-            rows.append({"prompt": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": q}],
-                         "chosen": good, "rejected": bad})
+            rows.append(
+                {
+                    "prompt": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": q}],
+                    "chosen": good,
+                    "rejected": bad,
+                }
+            )
     return rows

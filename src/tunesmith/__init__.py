@@ -9,5 +9,18 @@ __version__ = "0.1.0"
 from tunesmith.api import dpo, evaluate, grpo, kto, load, ppo, reward, sft  # noqa: E402
 from tunesmith.errors import ConfigError, DataError, ModelError, OutputError, TunesmithError  # noqa: E402
 
-__all__ = ["ConfigError", "DataError", "ModelError", "OutputError", "TunesmithError", "dpo", "evaluate", "grpo",
-           "kto", "load", "ppo", "reward", "sft"]
+__all__ = [
+    "ConfigError",
+    "DataError",
+    "ModelError",
+    "OutputError",
+    "TunesmithError",
+    "dpo",
+    "evaluate",
+    "grpo",
+    "kto",
+    "load",
+    "ppo",
+    "reward",
+    "sft",
+]

@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import inspect
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from tunesmith.config.load import Leaf, build_config, leaf_fields, unknown_key_error
 from tunesmith.errors import ConfigError, ModelError
@@ -42,16 +43,24 @@ def _reward_spec(value: Any) -> str:
         if callable(item):
             name = getattr(item, "__qualname__", "")
             if not name or "<" in name:
-                raise ConfigError("reward: a Python reward must be a named function (def), not a lambda or a "
-                                  "closure: it is recorded in config.yaml as module:function")
+                raise ConfigError(
+                    "reward: a Python reward must be a named function (def), not a lambda or a "
+                    "closure: it is recorded in config.yaml as module:function"
+                )
             specs.append(f"{item.__module__}:{name}")
         else:
             specs.append(str(item))
     return ",".join(specs)
 
 
-def run_recipe(name: str, config: str | None = None, on_event: Callable[[dict], None] | None = None,
-               progress: bool = False, quiet: bool = False, **options: Any) -> RunResult:
+def run_recipe(
+    name: str,
+    config: str | None = None,
+    on_event: Callable[[dict], None] | None = None,
+    progress: bool = False,
+    quiet: bool = False,
+    **options: Any,
+) -> RunResult:
     """Build `name`'s config from its defaults, `config` (a YAML file) and `options`, then run it here."""
     recipe = RECIPES[name]
     names = option_names(recipe.config)
@@ -70,26 +79,38 @@ def run_recipe(name: str, config: str | None = None, on_event: Callable[[dict], 
 
 
 def _recipe_function(recipe: Recipe) -> Callable[..., RunResult]:
-    def run(config: str | None = None, on_event: Callable[[dict], None] | None = None, progress: bool = False,
-            quiet: bool = False, **options: Any) -> RunResult:
+    def run(
+        config: str | None = None,
+        on_event: Callable[[dict], None] | None = None,
+        progress: bool = False,
+        quiet: bool = False,
+        **options: Any,
+    ) -> RunResult:
         return run_recipe(recipe.name, config, on_event, progress, quiet, **options)
 
     run.__name__ = run.__qualname__ = recipe.name
     run.__module__ = "tunesmith"
     leaves = option_names(recipe.config)
-    params = [inspect.Parameter(k, inspect.Parameter.KEYWORD_ONLY, default=leaf.field.default, annotation=leaf.type)
-              for k, leaf in leaves.items()]
-    fixed = [inspect.Parameter("config", inspect.Parameter.KEYWORD_ONLY, default=None, annotation="str | None"),
-             inspect.Parameter("on_event", inspect.Parameter.KEYWORD_ONLY, default=None,
-                               annotation="Callable[[dict], None] | None"),
-             inspect.Parameter("progress", inspect.Parameter.KEYWORD_ONLY, default=False, annotation=bool),
-             inspect.Parameter("quiet", inspect.Parameter.KEYWORD_ONLY, default=False, annotation=bool)]
+    params = [
+        inspect.Parameter(k, inspect.Parameter.KEYWORD_ONLY, default=leaf.field.default, annotation=leaf.type)
+        for k, leaf in leaves.items()
+    ]
+    fixed = [
+        inspect.Parameter("config", inspect.Parameter.KEYWORD_ONLY, default=None, annotation="str | None"),
+        inspect.Parameter(
+            "on_event", inspect.Parameter.KEYWORD_ONLY, default=None, annotation="Callable[[dict], None] | None"
+        ),
+        inspect.Parameter("progress", inspect.Parameter.KEYWORD_ONLY, default=False, annotation=bool),
+        inspect.Parameter("quiet", inspect.Parameter.KEYWORD_ONLY, default=False, annotation=bool),
+    ]
     run.__signature__ = inspect.Signature(params + fixed, return_annotation="RunResult")  # type: ignore[attr-defined]
     options = "\n".join(f"    {k}: {leaf.field.metadata['help']}" for k, leaf in leaves.items())
-    run.__doc__ = (f"{recipe.description}\n\nReturns a RunResult (run_dir, output, steps, final, eval, seconds, model, "
-                   f"manifest, metrics). `config`: a YAML file the arguments override; `on_event`: called with every "
-                   f"message and metrics row; `progress`: a progress bar; `quiet`: print nothing.\n\n"
-                   f"Keyword arguments (the `tunesmith {recipe.name}` flags):\n{options}\n")
+    run.__doc__ = (
+        f"{recipe.description}\n\nReturns a RunResult (run_dir, output, steps, final, eval, seconds, model, "
+        f"manifest, metrics). `config`: a YAML file the arguments override; `on_event`: called with every "
+        f"message and metrics row; `progress`: a progress bar; `quiet`: print nothing.\n\n"
+        f"Keyword arguments (the `tunesmith {recipe.name}` flags):\n{options}\n"
+    )
     return run
 
 
@@ -101,17 +122,38 @@ ppo = _recipe_function(RECIPES["ppo"])
 grpo = _recipe_function(RECIPES["grpo"])
 
 
-def evaluate(model: str, adapter: str | None = None, base: str | None = None, probe: str | None = None,
-             probe_size: int = 0, data: str | None = None, max_length: int = 512, device: str = "auto",
-             precision: str = "auto", limit: int | None = None, quiet: bool = True) -> dict[str, Any]:
+def evaluate(
+    model: str,
+    adapter: str | None = None,
+    base: str | None = None,
+    probe: str | None = None,
+    probe_size: int = 0,
+    data: str | None = None,
+    max_length: int = 512,
+    device: str = "auto",
+    precision: str = "auto",
+    limit: int | None = None,
+    quiet: bool = True,
+) -> dict[str, Any]:
     """`tunesmith eval`: drift from the base (probe perplexity, KL to the base) of `model` + `adapter`
     (or of a fully fine-tuned `model` against `base`), and task metrics on `data`. Returns the result dict."""
     from tunesmith.forgetting.evaluate import evaluate_model  # heavy: torch, transformers
 
     if adapter and base:
         raise ConfigError("adapter and base: with an adapter, the base is the adapter switched off; give one")
-    return evaluate_model(model, adapter, base, probe, probe_size, data, max_length, device, precision, limit,
-                          (lambda s: None) if quiet else print)
+    return evaluate_model(
+        model,
+        adapter,
+        base,
+        probe,
+        probe_size,
+        data,
+        max_length,
+        device,
+        precision,
+        limit,
+        (lambda s: None) if quiet else print,
+    )
 
 
 def load(path: str | Path, device: str = "auto", merge: bool = False) -> tuple[Any, Any]:

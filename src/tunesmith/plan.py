@@ -172,15 +172,18 @@ class Shape:
 # Values from each model's published config.json on the Hugging Face hub (hidden_size, intermediate_size,
 # num_hidden_layers, num_attention_heads, num_key_value_heads, vocab_size, tie_word_embeddings); Qwen2 has
 # biases on q/k/v (attention_bias in its modelling code).
-SHAPES: dict[str, Shape] = {s.name: s for s in [
-    Shape("llama-2-7b", 4096, 11008, 32, 32, 32, 32000, False, source="meta-llama/Llama-2-7b-hf"),
-    Shape("llama-3.1-8b", 4096, 14336, 32, 32, 8, 128256, False, source="meta-llama/Llama-3.1-8B"),
-    Shape("llama-3.1-70b", 8192, 28672, 80, 64, 8, 128256, False, source="meta-llama/Llama-3.1-70B"),
-    Shape("mistral-7b", 4096, 14336, 32, 32, 8, 32000, False, source="mistralai/Mistral-7B-v0.1"),
-    Shape("qwen2.5-0.5b", 896, 4864, 24, 14, 2, 151936, True, qkv_bias=True, source="Qwen/Qwen2.5-0.5B"),
-    Shape("qwen2.5-7b", 3584, 18944, 28, 28, 4, 152064, False, qkv_bias=True, source="Qwen/Qwen2.5-7B"),
-    Shape("smollm2-135m", 576, 1536, 30, 9, 3, 49152, True, source="HuggingFaceTB/SmolLM2-135M"),
-]}
+SHAPES: dict[str, Shape] = {
+    s.name: s
+    for s in [
+        Shape("llama-2-7b", 4096, 11008, 32, 32, 32, 32000, False, source="meta-llama/Llama-2-7b-hf"),
+        Shape("llama-3.1-8b", 4096, 14336, 32, 32, 8, 128256, False, source="meta-llama/Llama-3.1-8B"),
+        Shape("llama-3.1-70b", 8192, 28672, 80, 64, 8, 128256, False, source="meta-llama/Llama-3.1-70B"),
+        Shape("mistral-7b", 4096, 14336, 32, 32, 8, 32000, False, source="mistralai/Mistral-7B-v0.1"),
+        Shape("qwen2.5-0.5b", 896, 4864, 24, 14, 2, 151936, True, qkv_bias=True, source="Qwen/Qwen2.5-0.5B"),
+        Shape("qwen2.5-7b", 3584, 18944, 28, 28, 4, 152064, False, qkv_bias=True, source="Qwen/Qwen2.5-7B"),
+        Shape("smollm2-135m", 576, 1536, 30, 9, 3, 49152, True, source="HuggingFaceTB/SmolLM2-135M"),
+    ]
+}
 SHAPE_ALIASES = {"smollm2-135m-instruct": "smollm2-135m"}
 
 
@@ -212,23 +215,35 @@ DEFAULT_MFU = 0.4
 
 # ---------------------------------------------------------------------------------------------- shapes
 
+
 def shape_from_config(config: dict, name: str) -> Shape:
     """A Shape from a Hugging Face config.json (llama-style decoders)."""
     config = config.get("text_config", config) if "hidden_size" not in config else config
-    missing = [k for k in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-                           "vocab_size") if not isinstance(config.get(k), int)]
+    missing = [
+        k
+        for k in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "vocab_size")
+        if not isinstance(config.get(k), int)
+    ]
     if missing:
-        raise ModelError(f"{name}: config.json lacks {', '.join(missing)}; "
-                         "plan knows llama-style decoders (Llama, Mistral, Qwen2, SmolLM2)")
+        raise ModelError(
+            f"{name}: config.json lacks {', '.join(missing)}; "
+            "plan knows llama-style decoders (Llama, Mistral, Qwen2, SmolLM2)"
+        )
     model_type = str(config.get("model_type", ""))
     return Shape(
-        name=name, hidden=config["hidden_size"], intermediate=config["intermediate_size"],
-        layers=config["num_hidden_layers"], heads=config["num_attention_heads"],
-        kv_heads=config.get("num_key_value_heads") or config["num_attention_heads"], vocab=config["vocab_size"],
-        tied=bool(config.get("tie_word_embeddings", False)), head_dim=config.get("head_dim"),
+        name=name,
+        hidden=config["hidden_size"],
+        intermediate=config["intermediate_size"],
+        layers=config["num_hidden_layers"],
+        heads=config["num_attention_heads"],
+        kv_heads=config.get("num_key_value_heads") or config["num_attention_heads"],
+        vocab=config["vocab_size"],
+        tied=bool(config.get("tie_word_embeddings", False)),
+        head_dim=config.get("head_dim"),
         qkv_bias=bool(config.get("attention_bias", model_type == "qwen2")),
         mlp_bias=bool(config.get("mlp_bias", False)),
-        source=name)
+        source=name,
+    )
 
 
 def resolve_shape(model: str) -> tuple[Shape, Path | None]:
@@ -248,15 +263,24 @@ def resolve_shape(model: str) -> tuple[Shape, Path | None]:
             raise ModelError(f"{config_path}: not a Hugging Face config (a JSON object)")
         return shape_from_config(config, str(model)), config_path.parent
     known = ", ".join([*SHAPES, *SHAPE_ALIASES])
-    raise ConfigError(f"--model: unknown model '{model}': not a built-in shape, a Hugging Face directory "
-                      f"(with config.json) or a config.json file. Built-in shapes: {known}")
+    raise ConfigError(
+        f"--model: unknown model '{model}': not a built-in shape, a Hugging Face directory "
+        f"(with config.json) or a config.json file. Built-in shapes: {known}"
+    )
 
 
 def linear_dims(shape: Shape) -> dict[str, tuple[int, int]]:
     """(d_in, d_out) of each linear layer of one block."""
     d, f, qd, kd = shape.hidden, shape.intermediate, shape.heads * shape.hd, shape.kv_heads * shape.hd
-    return {"q_proj": (d, qd), "k_proj": (d, kd), "v_proj": (d, kd), "o_proj": (qd, d),
-            "gate_proj": (d, f), "up_proj": (d, f), "down_proj": (f, d)}
+    return {
+        "q_proj": (d, qd),
+        "k_proj": (d, kd),
+        "v_proj": (d, kd),
+        "o_proj": (qd, d),
+        "gate_proj": (d, f),
+        "up_proj": (d, f),
+        "down_proj": (f, d),
+    }
 
 
 def parse_targets(target: str) -> list[str]:
@@ -270,12 +294,15 @@ def parse_targets(target: str) -> list[str]:
         raise ConfigError("--target: empty; use all-linear or a list such as q_proj,v_proj")
     unknown = [t for t in names if t not in LINEARS]
     if unknown:
-        raise ConfigError(f"--target: no layer named {', '.join(unknown)} in a llama-style block; "
-                          f"its linear layers are {', '.join(LINEARS)}")
+        raise ConfigError(
+            f"--target: no layer named {', '.join(unknown)} in a llama-style block; "
+            f"its linear layers are {', '.join(LINEARS)}"
+        )
     return list(dict.fromkeys(names))
 
 
 # ------------------------------------------------------------------------------------------ parameters
+
 
 def parameter_counts(shape: Shape, method: str = "full", r: int = 16, targets: list[str] | None = None) -> dict:
     d, f, L, V = shape.hidden, shape.intermediate, shape.layers, shape.vocab
@@ -292,12 +319,22 @@ def parameter_counts(shape: Shape, method: str = "full", r: int = 16, targets: l
         lora = L * sum(r * (dims[t][0] + dims[t][1]) for t in targets or LINEARS)
     total = base + lora
     trainable = base if method == "full" else lora
-    return {"total": total, "trainable": trainable, "base": base, "block_linear": block_linear,
-            "biases": biases, "norms": norms, "embedding": embedding, "lm_head": lm_head, "lora": lora,
-            "head_matmul": V * d}
+    return {
+        "total": total,
+        "trainable": trainable,
+        "base": base,
+        "block_linear": block_linear,
+        "biases": biases,
+        "norms": norms,
+        "embedding": embedding,
+        "lm_head": lm_head,
+        "lora": lora,
+        "head_matmul": V * d,
+    }
 
 
 # ---------------------------------------------------------------------------------------------- memory
+
 
 def activation_bytes_per_token_layer(shape: Shape, method: str, targets: list[str], r: int, act_bytes: int) -> int:
     """Bytes one decoder layer saves for backward per token (formula in the module docstring)."""
@@ -314,16 +351,34 @@ def activation_bytes_per_token_layer(shape: Shape, method: str, targets: list[st
     if bf16:  # each LoRA A casts (and keeps) its own copy of its input
         lora += sum(a * dims[t][0] for t in targets)
     else:  # fp32: linears that read the same tensor keep it once
-        groups = {"q_proj": "attn_in", "k_proj": "attn_in", "v_proj": "attn_in", "o_proj": "o_in",
-                  "gate_proj": "mlp_in", "up_proj": "mlp_in", "down_proj": "down_in"}
+        groups = {
+            "q_proj": "attn_in",
+            "k_proj": "attn_in",
+            "v_proj": "attn_in",
+            "o_proj": "o_in",
+            "gate_proj": "mlp_in",
+            "up_proj": "mlp_in",
+            "down_proj": "down_in",
+        }
         lora += sum(a * dims[next(t for t in targets if groups[t] == g)][0] for g in {groups[t] for t in targets})
     lora += len(targets) * a * r
     return 8 * d + sdpa + 3 * a * f + lora
 
 
-def memory_breakdown(shape: Shape, method: str, counts: dict, targets: list[str], r: int, seq_len: int,
-                     micro_batch: int, checkpointing: bool, act_bytes: int, trained_fraction: float,
-                     accumulating: bool = True, shards: int = 1) -> dict:
+def memory_breakdown(
+    shape: Shape,
+    method: str,
+    counts: dict,
+    targets: list[str],
+    r: int,
+    seq_len: int,
+    micro_batch: int,
+    checkpointing: bool,
+    act_bytes: int,
+    trained_fraction: float,
+    accumulating: bool = True,
+    shards: int = 1,
+) -> dict:
     d, L, V = shape.hidden, shape.layers, shape.vocab
     full = method == "full"
     T = counts["trainable"]
@@ -370,22 +425,36 @@ def memory_breakdown(shape: Shape, method: str, counts: dict, targets: list[str]
     }
     forward_backward = parts["activations"] + parts["weight_copies"] + parts["logits"]
     if accumulating:  # the micro-batches before this one left their gradients in .grad
-        parts["total"] = (parts["weights"] + parts["gradients"] + parts["optimizer"]
-                          + max(forward_backward, parts["step_temporaries"]))
+        parts["total"] = (
+            parts["weights"]
+            + parts["gradients"]
+            + parts["optimizer"]
+            + max(forward_backward, parts["step_temporaries"])
+        )
     else:  # backward frees each layer's activations as it writes that layer's gradients
         head_gradient = 4 * counts["head_matmul"] if full else 0  # the LM head's, written first
-        parts["total"] = (parts["weights"] + parts["optimizer"]
-                          + max(forward_backward + head_gradient, parts["gradients"] + parts["step_temporaries"]))
-    return {"memory_bytes": parts,
-            "activations_bytes": {"without_checkpointing": act_plain, "with_checkpointing": act_ckpt,
-                                  "per_token_per_layer": per_layer},
-            "logits_bytes": {"naive_full": tokens * V * 4, "tunesmith_chunked": kept, "chunk_in_flight": in_flight}}
+        parts["total"] = (
+            parts["weights"]
+            + parts["optimizer"]
+            + max(forward_backward + head_gradient, parts["gradients"] + parts["step_temporaries"])
+        )
+    return {
+        "memory_bytes": parts,
+        "activations_bytes": {
+            "without_checkpointing": act_plain,
+            "with_checkpointing": act_ckpt,
+            "per_token_per_layer": per_layer,
+        },
+        "logits_bytes": {"naive_full": tokens * V * 4, "tunesmith_chunked": kept, "chunk_in_flight": in_flight},
+    }
 
 
 # ----------------------------------------------------------------------------------------------- flops
 
-def flops_per_token(shape: Shape, method: str, counts: dict, seq_len: int, checkpointing: bool,
-                    trained_fraction: float) -> dict:
+
+def flops_per_token(
+    shape: Shape, method: str, counts: dict, seq_len: int, checkpointing: bool, trained_fraction: float
+) -> dict:
     L, qd = shape.layers, shape.heads * shape.hd
     lin = counts["block_linear"] + trained_fraction * counts["head_matmul"]
     attention = 6 * L * seq_len * qd
@@ -396,11 +465,16 @@ def flops_per_token(shape: Shape, method: str, counts: dict, seq_len: int, check
     recompute = 2 * (counts["block_linear"] + counts["lora"]) + 2 * L * seq_len * qd if checkpointing else 0
     if method == "full":  # a trainable head's logits are recomputed chunk by chunk in backward (losses/sft.py)
         recompute += 2 * trained_fraction * counts["head_matmul"]
-    return {"model": int(model), "recompute": int(recompute), "executed": int(model + recompute),
-            "attention": int(attention)}
+    return {
+        "model": int(model),
+        "recompute": int(recompute),
+        "executed": int(model + recompute),
+        "attention": int(attention),
+    }
 
 
 # ------------------------------------------------------------------------------------------------ data
+
 
 def _local_tokenizer(model_dir: Path | None):
     if model_dir is None or not (model_dir / "tokenizer_config.json").is_file():
@@ -425,20 +499,29 @@ def count_data_tokens(path: str | Path, seq_len: int, model_dir: Path | None = N
         if tok is not None:
             msgs = [{"role": m["role"], "content": m["content"]} for m in row.messages]
             n = len(tok.apply_chat_template(msgs, tokenize=True, return_dict=True)["input_ids"])
-            t = sum(len(tok(m["content"], add_special_tokens=False)["input_ids"]) + 1
-                    for m in row.messages if m["role"] == "assistant" and m["weight"])
+            t = sum(
+                len(tok(m["content"], add_special_tokens=False)["input_ids"]) + 1
+                for m in row.messages
+                if m["role"] == "assistant" and m["weight"]
+            )
         else:
             n = sum(math.ceil(len(m["content"]) / 4) + 4 for m in row.messages)
-            t = sum(math.ceil(len(m["content"]) / 4) + 1
-                    for m in row.messages if m["role"] == "assistant" and m["weight"])
+            t = sum(
+                math.ceil(len(m["content"]) / 4) + 1 for m in row.messages if m["role"] == "assistant" and m["weight"]
+            )
         n = min(n, seq_len)
         tokens += n
         trained += min(t, n)
-    return {"rows": len(parsed.rows), "tokens": tokens, "trained_tokens": trained,
-            "method": "tokenizer" if tok is not None else "chars/4 + 4 per message"}
+    return {
+        "rows": len(parsed.rows),
+        "tokens": tokens,
+        "trained_tokens": trained,
+        "method": "tokenizer" if tok is not None else "chars/4 + 4 per message",
+    }
 
 
 # ------------------------------------------------------------------------------------------------ plan
+
 
 def _host_memory() -> int | None:
     try:
@@ -447,12 +530,27 @@ def _host_memory() -> int | None:
         return None
 
 
-def plan(model: str, method: str, lora_r: int = 16, target: str = "all-linear", seq_len: int = 512,
-         batch_size: int = 8, micro_batch_size: int | None = None, tokens: int | None = None,
-         data: str | None = None, epochs: int | None = None, gpu: str = "h100", gpus: int = 1,
-         price_per_hour: float | None = None, mfu: float | None = None, peak_tflops: float | None = None,
-         gradient_checkpointing: bool = False, precision: str | None = None,
-         trained_fraction: float | None = None, max_steps: int | None = None) -> dict:
+def plan(
+    model: str,
+    method: str,
+    lora_r: int = 16,
+    target: str = "all-linear",
+    seq_len: int = 512,
+    batch_size: int = 8,
+    micro_batch_size: int | None = None,
+    tokens: int | None = None,
+    data: str | None = None,
+    epochs: int | None = None,
+    gpu: str = "h100",
+    gpus: int = 1,
+    price_per_hour: float | None = None,
+    mfu: float | None = None,
+    peak_tflops: float | None = None,
+    gradient_checkpointing: bool = False,
+    precision: str | None = None,
+    trained_fraction: float | None = None,
+    max_steps: int | None = None,
+) -> dict:
     """Everything `tunesmith plan` prints, as one JSON-ready dict.
 
     `seq_len` is the tokens per row (`--max-length` of an SFT run) and `batch_size` the rows per step. The
@@ -472,8 +570,10 @@ def plan(model: str, method: str, lora_r: int = 16, target: str = "all-linear", 
         (gpus >= 1, "--gpus must be >= 1"),
         (tokens is None or tokens >= 1, "--tokens must be >= 1"),
         (not (tokens is not None and data), "--tokens and --data: give one (the data's tokens x --epochs, or a count)"),
-        (not (tokens is not None and max_steps), "--tokens and --max-steps: give one (--max-steps is that many "
-                                                 "steps of --batch-size)"),
+        (
+            not (tokens is not None and max_steps),
+            "--tokens and --max-steps: give one (--max-steps is that many steps of --batch-size)",
+        ),
         (max_steps is None or max_steps >= 1, "--max-steps must be >= 1"),
         (epochs is None or data, "--epochs needs --data"),
         (epochs is None or epochs >= 1, "--epochs must be >= 1"),
@@ -518,23 +618,45 @@ def plan(model: str, method: str, lora_r: int = 16, target: str = "all-linear", 
 
     counts = parameter_counts(shape, method, lora_r, targets)
     accumulating = batch_size > micro_batch_size * gpus  # more than one micro-batch per process and step
-    mem = memory_breakdown(shape, method, counts, targets, lora_r, seq_len, micro_batch_size,
-                           gradient_checkpointing, act_bytes, trained_fraction, accumulating, gpus)
+    mem = memory_breakdown(
+        shape,
+        method,
+        counts,
+        targets,
+        lora_r,
+        seq_len,
+        micro_batch_size,
+        gradient_checkpointing,
+        act_bytes,
+        trained_fraction,
+        accumulating,
+        gpus,
+    )
     fpt = flops_per_token(shape, method, counts, seq_len, gradient_checkpointing, trained_fraction)
     capacity = device.memory_bytes if gpu_key != "cpu" else _host_memory()
     total = mem["memory_bytes"]["total"]
     fits = None if capacity is None else total <= capacity
     warnings = []
     if fits is False:
-        hints = [h for h, ok in [("--method lora", method == "full"), ("--method qlora", method != "qlora"),
-                                 ("--gradient-checkpointing", not gradient_checkpointing),
-                                 ("a smaller --micro-batch-size", micro_batch_size > 1),
-                                 ("a shorter --max-length", True)] if ok]
-        warnings.append(f"does not fit: needs {total / GIB:.1f} GiB per {'GPU' if gpu_key != 'cpu' else 'machine'}, "
-                        f"{device.name} has {capacity / GIB:.1f} GiB; try {', '.join(hints)}")
+        hints = [
+            h
+            for h, ok in [
+                ("--method lora", method == "full"),
+                ("--method qlora", method != "qlora"),
+                ("--gradient-checkpointing", not gradient_checkpointing),
+                ("a smaller --micro-batch-size", micro_batch_size > 1),
+                ("a shorter --max-length", True),
+            ]
+            if ok
+        ]
+        warnings.append(
+            f"does not fit: needs {total / GIB:.1f} GiB per {'GPU' if gpu_key != 'cpu' else 'machine'}, "
+            f"{device.name} has {capacity / GIB:.1f} GiB; try {', '.join(hints)}"
+        )
     elif fits and total > 0.9 * capacity:
-        warnings.append(f"tight: {total / GIB:.1f} of {capacity / GIB:.1f} GiB; CUDA context and fragmentation "
-                        "are not counted")
+        warnings.append(
+            f"tight: {total / GIB:.1f} of {capacity / GIB:.1f} GiB; CUDA context and fragmentation are not counted"
+        )
 
     flops = model_flops = hours = gpu_hours = cost = None
     if tokens is not None:
@@ -546,22 +668,42 @@ def plan(model: str, method: str, lora_r: int = 16, target: str = "all-linear", 
         steps = steps or math.ceil(tokens / (batch_size * seq_len))
 
     return {
-        "model": model, "shape": asdict(shape), "method": method,
+        "model": model,
+        "shape": asdict(shape),
+        "method": method,
         "lora": {"r": lora_r, "targets": targets} if method != "full" else None,
-        "total_params": counts["total"], "trainable_params": counts["trainable"],
+        "total_params": counts["total"],
+        "trainable_params": counts["trainable"],
         "trainable_percent": 100 * counts["trainable"] / counts["total"],
         "params": counts,
-        "seq_len": seq_len, "batch_size": batch_size, "micro_batch_size": micro_batch_size,
-        "gradient_checkpointing": gradient_checkpointing, "precision": precision,
+        "seq_len": seq_len,
+        "batch_size": batch_size,
+        "micro_batch_size": micro_batch_size,
+        "gradient_checkpointing": gradient_checkpointing,
+        "precision": precision,
         "trained_fraction": trained_fraction,
         **mem,
-        "gpu": {"key": gpu_key, "name": device.name, "peak_tflops": device.peak_tflops,
-                "memory_bytes": capacity, "count": gpus},
-        "fits": fits, "warnings": warnings,
-        "tokens": tokens, "data": data_info, "steps": steps, "max_steps": max_steps,
-        "flops_per_token": fpt, "flops": flops, "model_flops": model_flops,
-        "mfu": mfu, "hours": hours, "gpu_hours": gpu_hours,
-        "price_per_hour": price_per_hour, "cost_usd": cost,
+        "gpu": {
+            "key": gpu_key,
+            "name": device.name,
+            "peak_tflops": device.peak_tflops,
+            "memory_bytes": capacity,
+            "count": gpus,
+        },
+        "fits": fits,
+        "warnings": warnings,
+        "tokens": tokens,
+        "data": data_info,
+        "steps": steps,
+        "max_steps": max_steps,
+        "flops_per_token": fpt,
+        "flops": flops,
+        "model_flops": model_flops,
+        "mfu": mfu,
+        "hours": hours,
+        "gpu_hours": gpu_hours,
+        "price_per_hour": price_per_hour,
+        "cost_usd": cost,
     }
 
 
@@ -575,7 +717,7 @@ NOT_COUNTED = {
     "reward": "counted as if the scalar head were the LM head (logits memory, head FLOPs): an overestimate",
     "grpo": "only the training forward/backward is counted: not the sampling (KV cache) or the reference pass",
     "ppo": "only the policy's training forward/backward is counted: not the sampling (KV cache), the reference "
-           "pass, the value head or the reward model's scoring",
+    "pass, the value head or the reward model's scoring",
 }
 
 
@@ -593,20 +735,43 @@ def sequence_length(cfg) -> int:
     return data.max_length if hasattr(data, "max_length") else data.max_prompt_length + cfg.sampling.max_new_tokens
 
 
-def plan_config(cfg, recipe: str = "sft", tokens: int | None = None, gpu: str | None = None, gpus: int = 1,
-                price_per_hour: float | None = None, mfu: float | None = None, peak_tflops: float | None = None,
-                trained_fraction: float | None = None) -> dict:
+def plan_config(
+    cfg,
+    recipe: str = "sft",
+    tokens: int | None = None,
+    gpu: str | None = None,
+    gpus: int = 1,
+    price_per_hour: float | None = None,
+    mfu: float | None = None,
+    peak_tflops: float | None = None,
+    trained_fraction: float | None = None,
+) -> dict:
     """The plan of the run a training config describes (`tunesmith plan --config FILE`): its model, method,
     adapter, sequence length, batch, precision, checkpointing and length (--data and --epochs, or --max-steps);
     the arguments are what training has no field for. `gpu` defaults to the cpu for --device cpu, else h100."""
     n, t = sequences_per_example(cfg, recipe), cfg.train
     data = cfg.data.train if recipe == "sft" else None  # the token counter reads SFT data
-    result = plan(cfg.model, cfg.method, lora_r=cfg.lora.r, target=cfg.lora.target, seq_len=sequence_length(cfg),
-                  batch_size=t.batch_size * n, micro_batch_size=t.micro_batch_size * n, tokens=tokens, data=data,
-                  epochs=t.epochs if data else None, max_steps=t.max_steps,
-                  gpu=gpu or ("cpu" if cfg.device == "cpu" else "h100"), gpus=gpus, price_per_hour=price_per_hour,
-                  mfu=mfu, peak_tflops=peak_tflops, gradient_checkpointing=t.gradient_checkpointing,
-                  precision=None if t.precision == "auto" else t.precision, trained_fraction=trained_fraction)
+    result = plan(
+        cfg.model,
+        cfg.method,
+        lora_r=cfg.lora.r,
+        target=cfg.lora.target,
+        seq_len=sequence_length(cfg),
+        batch_size=t.batch_size * n,
+        micro_batch_size=t.micro_batch_size * n,
+        tokens=tokens,
+        data=data,
+        epochs=t.epochs if data else None,
+        max_steps=t.max_steps,
+        gpu=gpu or ("cpu" if cfg.device == "cpu" else "h100"),
+        gpus=gpus,
+        price_per_hour=price_per_hour,
+        mfu=mfu,
+        peak_tflops=peak_tflops,
+        gradient_checkpointing=t.gradient_checkpointing,
+        precision=None if t.precision == "auto" else t.precision,
+        trained_fraction=trained_fraction,
+    )
     warnings = cfg.guard_rail_warnings()
     if recipe in NOT_COUNTED:
         per = f"; batch and micro-batch counted in sequences, {n} per example" if n > 1 else ""
@@ -619,6 +784,7 @@ def plan_config(cfg, recipe: str = "sft", tokens: int | None = None, gpu: str | 
 
 
 # ---------------------------------------------------------------------------------------------- format
+
 
 def _num(n: float) -> str:
     for unit, size in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
@@ -640,35 +806,47 @@ def _hours(h: float) -> str:
 def format_plan(p: dict) -> str:
     """The plan as the table `tunesmith plan` prints."""
     s = p["shape"]
-    lines = [f"model       {p['model']}: {s['layers']} layers, hidden {s['hidden']}, MLP {s['intermediate']}, "
-             f"heads {s['heads']}/{s['kv_heads']} kv, vocab {s['vocab']}, "
-             f"{'tied' if s['tied'] else 'untied'} embeddings"]
+    lines = [
+        f"model       {p['model']}: {s['layers']} layers, hidden {s['hidden']}, MLP {s['intermediate']}, "
+        f"heads {s['heads']}/{s['kv_heads']} kv, vocab {s['vocab']}, "
+        f"{'tied' if s['tied'] else 'untied'} embeddings"
+    ]
     method = p["method"] + (f" r={p['lora']['r']} on {','.join(p['lora']['targets'])}" if p["lora"] else "")
     method = f"{p['recipe']}, {method}" if p.get("recipe") else method
     lines.append(f"method      {method}")
-    lines.append(f"parameters  total {p['total_params']:,}  trainable {p['trainable_params']:,} "
-                 f"({p['trainable_percent']:.4f}%)")
+    lines.append(
+        f"parameters  total {p['total_params']:,}  trainable {p['trainable_params']:,} ({p['trainable_percent']:.4f}%)"
+    )
     g = p["gpu"]
     per = "GPU" if g["key"] != "cpu" else "machine"
-    lines.append(f"memory per {per} (seq {p['seq_len']}, micro-batch {p['micro_batch_size']}, {p['precision']}, "
-                 f"checkpointing {'on' if p['gradient_checkpointing'] else 'off'}, trained fraction "
-                 f"{p['trained_fraction']:.2f}):")
+    lines.append(
+        f"memory per {per} (seq {p['seq_len']}, micro-batch {p['micro_batch_size']}, {p['precision']}, "
+        f"checkpointing {'on' if p['gradient_checkpointing'] else 'off'}, trained fraction "
+        f"{p['trained_fraction']:.2f}):"
+    )
     m = p["memory_bytes"]
-    notes = {"weights": "fp32" + (" + NF4 blocks" if p["method"] == "qlora" else ""),
-             "gradients": "fp32, trainable only", "optimizer": "AdamW, 2 fp32 moments",
-             "activations": "saved for backward",
-             "weight_copies": "bf16 casts kept for backward",
-             "logits": "trained rows only, 512-row chunks, none kept for backward",
-             "step_temporaries": "at the optimizer step, not with activations"}
+    notes = {
+        "weights": "fp32" + (" + NF4 blocks" if p["method"] == "qlora" else ""),
+        "gradients": "fp32, trainable only",
+        "optimizer": "AdamW, 2 fp32 moments",
+        "activations": "saved for backward",
+        "weight_copies": "bf16 casts kept for backward",
+        "logits": "trained rows only, 512-row chunks, none kept for backward",
+        "step_temporaries": "at the optimizer step, not with activations",
+    }
     for key, note in notes.items():
         lines.append(f"  {key:17s} {_bytes(m[key]):>12s}   {note}")
     lines.append(f"  {'total (peak)':17s} {_bytes(m['total']):>12s}")
     a, lg = p["activations_bytes"], p["logits_bytes"]
-    lines.append(f"  activations without / with checkpointing: {_bytes(a['without_checkpointing'])} / "
-                 f"{_bytes(a['with_checkpointing'])}")
-    lines.append(f"  logits kept for backward: {_bytes(lg['tunesmith_chunked'])} at trained positions "
-                 f"(+ {_bytes(lg['chunk_in_flight'])} for the chunk in flight); fp32 logits at every position "
-                 f"would be {_bytes(lg['naive_full'])}")
+    lines.append(
+        f"  activations without / with checkpointing: {_bytes(a['without_checkpointing'])} / "
+        f"{_bytes(a['with_checkpointing'])}"
+    )
+    lines.append(
+        f"  logits kept for backward: {_bytes(lg['tunesmith_chunked'])} at trained positions "
+        f"(+ {_bytes(lg['chunk_in_flight'])} for the chunk in flight); fp32 logits at every position "
+        f"would be {_bytes(lg['naive_full'])}"
+    )
     cap = "unknown" if g["memory_bytes"] is None else _bytes(g["memory_bytes"])
     fits = {True: "fits", False: "DOES NOT FIT", None: "fit unknown"}[p["fits"]]
     peak = "measured throughput" if g["key"] == "cpu" else "bf16 dense peak"
@@ -680,17 +858,31 @@ def format_plan(p: dict) -> str:
         lines.append("time, cost  give --tokens N, --data FILE or --max-steps N for the run's FLOPs, time and cost")
     else:
         d = p["data"]
-        src = (f" ({d['rows']} rows x {d['epochs']:g} epochs, {d['method']})" if d
-               else " (--max-steps of full rows: an upper bound)" if p["max_steps"] else "")
-        lines.append(f"run         {_num(p['tokens'])} tokens{src}, {p['steps']:,} steps of "
-                     f"{p['batch_size']} x {p['seq_len']}; {p['flops']:.3g} FLOPs")
-        lines.append(f"time        {_hours(p['hours'])} at MFU {p['mfu']:g} on {g['count']} device(s) "
-                     f"({p['gpu_hours']:.1f} device-hours)")
-        cost = ("give --price-per-hour" if p["cost_usd"] is None
-                else f"${p['cost_usd']:,.2f} at ${p['price_per_hour']:g}/device-hour")
+        src = (
+            f" ({d['rows']} rows x {d['epochs']:g} epochs, {d['method']})"
+            if d
+            else " (--max-steps of full rows: an upper bound)"
+            if p["max_steps"]
+            else ""
+        )
+        lines.append(
+            f"run         {_num(p['tokens'])} tokens{src}, {p['steps']:,} steps of "
+            f"{p['batch_size']} x {p['seq_len']}; {p['flops']:.3g} FLOPs"
+        )
+        lines.append(
+            f"time        {_hours(p['hours'])} at MFU {p['mfu']:g} on {g['count']} device(s) "
+            f"({p['gpu_hours']:.1f} device-hours)"
+        )
+        cost = (
+            "give --price-per-hour"
+            if p["cost_usd"] is None
+            else f"${p['cost_usd']:,.2f} at ${p['price_per_hour']:g}/device-hour"
+        )
         lines.append(f"cost        {cost}")
     if g["key"] == "cpu":
-        lines.append("note: glibc's malloc keeps freed activations for reuse: peak RSS ran up to 2x the total "
-                     "(MALLOC_MMAP_THRESHOLD_=65536 holds it to the total, with slower steps)")
+        lines.append(
+            "note: glibc's malloc keeps freed activations for reuse: peak RSS ran up to 2x the total "
+            "(MALLOC_MMAP_THRESHOLD_=65536 holds it to the total, with slower steps)"
+        )
     lines += [f"warning: {w}" for w in p["warnings"]]
     return "\n".join(lines)

@@ -17,8 +17,7 @@ from tunesmith.atomic import atomic_write_bytes, atomic_write_text
 from tunesmith.recipes import RECIPES
 from tunesmith.train.metrics import read_metrics
 
-PLOTS = {"loss.png": "training and evaluation loss", "main.png": "main metric",
-         "forgetting.png": "drift from the base"}
+PLOTS = {"loss.png": "training and evaluation loss", "main.png": "main metric", "forgetting.png": "drift from the base"}
 
 
 def _series(records: list[dict], key: str) -> tuple[list[int], list[float]]:
@@ -38,7 +37,7 @@ def _png(curves: list[tuple[str, list[int], list[float], str | None]], title: st
 
     axes_labels = list(dict.fromkeys(c[3] or c[0] for c in curves))
     fig, axes = plt.subplots(len(axes_labels), 1, figsize=(7, 2.6 * len(axes_labels)), squeeze=False, sharex=True)
-    for (name, steps, values, axis) in curves:
+    for name, steps, values, axis in curves:
         ax = axes[axes_labels.index(axis or name)][0]
         ax.plot(steps, values, marker="o" if len(steps) < 30 else None, markersize=3, label=name)
         ax.set_ylabel(axis or name)
@@ -60,9 +59,16 @@ def summary_rows(records: list[dict], recipe: str) -> list[tuple[str, float, flo
     if stop is not None:
         records = [r for r in records if r.get("step", 0) <= stop["kept_step"] and "budget_exceeded" not in r]
     main = RECIPES[recipe].main_metric  # its eval_ twin is plotted with it when present
-    keys = [None if RECIPES[recipe].samples else "loss",  # RL's "loss" is a surrogate: no yardstick
-            f"eval_{main}" if main != "loss" else None, main, "eval_loss", "eval_reward_mean",
-            "probe_perplexity", "probe_ppl_increase", "kl_to_base"]
+    keys = [
+        None if RECIPES[recipe].samples else "loss",  # RL's "loss" is a surrogate: no yardstick
+        f"eval_{main}" if main != "loss" else None,
+        main,
+        "eval_loss",
+        "eval_reward_mean",
+        "probe_perplexity",
+        "probe_ppl_increase",
+        "kl_to_base",
+    ]
     rows = []
     for key in dict.fromkeys(k for k in keys if k):
         _, values = _series(records, key)
@@ -75,8 +81,10 @@ def format_summary(rows: list[tuple[str, float, float]], stop: dict | None) -> s
     lines = [f"{'metric':24s} {'start':>12s} {'end':>12s}"]
     lines += [f"{key:24s} {first:12.4f} {last:12.4f}" for key, first, last in rows]
     if stop:
-        lines.append(f"forgetting budget exceeded at {stop['budget_exceeded']}; result (the end column) = step "
-                     f"{stop['kept_step']}")
+        lines.append(
+            f"forgetting budget exceeded at {stop['budget_exceeded']}; result (the end column) = step "
+            f"{stop['kept_step']}"
+        )
     return "\n".join(lines)
 
 
@@ -86,14 +94,26 @@ def write_report(run_dir: str | Path, recipe: str) -> str:
     records = read_metrics(run_dir / "metrics.jsonl") if (run_dir / "metrics.jsonl").is_file() else []
     main = RECIPES[recipe].main_metric
     figures = {
-        "loss.png": _png([("loss", *_series(records, "loss"), "loss"),
-                          ("eval_loss", *_series(records, "eval_loss"), "loss")], "loss"),
-        "main.png": None if main == "loss" else _png(
-            [(main, *_series(records, main), main), (f"eval_{main}", *_series(records, f"eval_{main}"), main),
-             ("eval_reward_mean", *_series(records, "eval_reward_mean"), main)], main),
-        "forgetting.png": _png([("kl_to_base", *_series(records, "kl_to_base"), "KL(base || tuned) per token"),
-                                ("probe_perplexity", *_series(records, "probe_perplexity"), "probe perplexity")],
-                               "drift from the base on the probe"),
+        "loss.png": _png(
+            [("loss", *_series(records, "loss"), "loss"), ("eval_loss", *_series(records, "eval_loss"), "loss")], "loss"
+        ),
+        "main.png": None
+        if main == "loss"
+        else _png(
+            [
+                (main, *_series(records, main), main),
+                (f"eval_{main}", *_series(records, f"eval_{main}"), main),
+                ("eval_reward_mean", *_series(records, "eval_reward_mean"), main),
+            ],
+            main,
+        ),
+        "forgetting.png": _png(
+            [
+                ("kl_to_base", *_series(records, "kl_to_base"), "KL(base || tuned) per token"),
+                ("probe_perplexity", *_series(records, "probe_perplexity"), "probe perplexity"),
+            ],
+            "drift from the base on the probe",
+        ),
     }
     for name, data in figures.items():
         if data is not None:
@@ -102,10 +122,17 @@ def write_report(run_dir: str | Path, recipe: str) -> str:
     rows = summary_rows(records, recipe)
     run = json.loads((run_dir / "run.json").read_text()) if (run_dir / "run.json").is_file() else {}
     table = "".join(f"<tr><td>{html.escape(k)}</td><td>{a:.4f}</td><td>{b:.4f}</td></tr>" for k, a, b in rows)
-    images = "".join(f'<h2>{PLOTS[name]}</h2><img src="{name}" alt="{PLOTS[name]}">'
-                     for name, data in figures.items() if data is not None)
-    budget = (f"<p class=stop>Forgetting budget exceeded at {html.escape(stop['budget_exceeded'])}; the result is "
-              f"the model at step {stop['kept_step']}, the last measurement within budget.</p>" if stop else "")
+    images = "".join(
+        f'<h2>{PLOTS[name]}</h2><img src="{name}" alt="{PLOTS[name]}">'
+        for name, data in figures.items()
+        if data is not None
+    )
+    budget = (
+        f"<p class=stop>Forgetting budget exceeded at {html.escape(stop['budget_exceeded'])}; the result is "
+        f"the model at step {stop['kept_step']}, the last measurement within budget.</p>"
+        if stop
+        else ""
+    )
     page = f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>tunesmith {html.escape(recipe)} run: {html.escape(run_dir.name)}</title>
 <style>body{{font-family:sans-serif;max-width:60em;margin:2em auto}}table{{border-collapse:collapse}}

@@ -119,8 +119,13 @@ def main(argv: list[str]) -> int:
     from tunesmith.recipes import sft
     from tunesmith.train import run as run_scaffold  # builds every recipe's model
 
-    out: dict = {"threads": torch.get_num_threads(), "batches": [], "step_s": [], "hwm_after_step": [],
-                 "anon_peak_after_step": []}
+    out: dict = {
+        "threads": torch.get_num_threads(),
+        "batches": [],
+        "step_s": [],
+        "hwm_after_step": [],
+        "anon_peak_after_step": [],
+    }
     step_start = [0.0]
     trained: list = []  # the model, once built
     sampler = Sampler()
@@ -142,10 +147,18 @@ def main(argv: list[str]) -> int:
     def measured_collate(examples, *args, **kwargs):
         batch = collate(examples, *args, **kwargs)
         rows, width = batch.input_ids.shape
-        out["batches"].append({"step": len(out["step_s"]) + 1, "rows": rows, "width": width, "examples": len(examples),
-                               "tokens": batch.num_tokens, "targets": batch.num_targets,
-                               # through the model: one row has no padding, and holds a shared prefix once
-                               "computed": width if rows == 1 else batch.num_tokens})
+        out["batches"].append(
+            {
+                "step": len(out["step_s"]) + 1,
+                "rows": rows,
+                "width": width,
+                "examples": len(examples),
+                "tokens": batch.num_tokens,
+                "targets": batch.num_targets,
+                # through the model: one row has no padding, and holds a shared prefix once
+                "computed": width if rows == 1 else batch.num_tokens,
+            }
+        )
         return batch
 
     def measured_step(*args, **kwargs):

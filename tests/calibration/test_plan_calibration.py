@@ -71,10 +71,33 @@ def measured(model_dir, tmp_path_factory):
             if pinned:
                 env["MALLOC_MMAP_THRESHOLD_"] = str(64 * 1024)
             out = tmp_path_factory.mktemp(name)
-            argv = [sys.executable, str(HELPER), "sft",
-                    "--model", str(model_dir), "--method", method, "--data", str(DATA), "--max-steps", str(steps),
-                    "--batch-size", str(batch), "--micro-batch-size", str(batch), "--max-length", str(length),
-                    "--precision", "fp32", "--device", "cpu", "--out", str(out), "--overwrite", "--no-progress"]
+            argv = [
+                sys.executable,
+                str(HELPER),
+                "sft",
+                "--model",
+                str(model_dir),
+                "--method",
+                method,
+                "--data",
+                str(DATA),
+                "--max-steps",
+                str(steps),
+                "--batch-size",
+                str(batch),
+                "--micro-batch-size",
+                str(batch),
+                "--max-length",
+                str(length),
+                "--precision",
+                "fp32",
+                "--device",
+                "cpu",
+                "--out",
+                str(out),
+                "--overwrite",
+                "--no-progress",
+            ]
             done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600)
             assert done.returncode == 0, done.stderr[-3000:]
             runs[name] = json.loads(done.stdout.strip().splitlines()[-1])
@@ -95,8 +118,17 @@ def shape(batch: dict) -> tuple[int, int]:
 def planned(model_dir: Path, method: str, batch: dict, **kwargs) -> dict:
     """The plan for one micro-batch as it ran: its shape and trained fraction."""
     rows, width = shape(batch)
-    return plan(str(model_dir), method, seq_len=width, batch_size=rows, micro_batch_size=rows,
-                trained_fraction=batch["targets"] / (rows * width), gpu="cpu", precision="fp32", **kwargs)
+    return plan(
+        str(model_dir),
+        method,
+        seq_len=width,
+        batch_size=rows,
+        micro_batch_size=rows,
+        trained_fraction=batch["targets"] / (rows * width),
+        gpu="cpu",
+        precision="fp32",
+        **kwargs,
+    )
 
 
 @pytest.mark.parametrize("name", ["lora", "qlora", "full"])
@@ -106,8 +138,10 @@ def test_peak_memory_within_25_percent_of_the_plan(measured, model_dir, name):
     widest = max(run["batches"], key=lambda b: b["rows"] * b["width"])  # packed: the most tokens
     predicted = planned(model_dir, RUNS[name][0], widest)["memory_bytes"]["total"]
     ratio = run["peak_bytes"] / predicted
-    print(f"{name}: measured {run['peak_bytes'] / MIB:.0f} MiB, planned {predicted / MIB:.0f} MiB, "
-          f"ratio {ratio:.2f} ({' x '.join(map(str, shape(widest)))} tokens)")
+    print(
+        f"{name}: measured {run['peak_bytes'] / MIB:.0f} MiB, planned {predicted / MIB:.0f} MiB, "
+        f"ratio {ratio:.2f} ({' x '.join(map(str, shape(widest)))} tokens)"
+    )
     assert 0.75 <= ratio <= 1.25, (name, run["peak_bytes"] / MIB, predicted / MIB)
 
 
@@ -127,23 +161,31 @@ def matmul_peak_tflops(n: int = 2048, seconds: float = 2.0) -> float:
 
 def timed_steps(model_dir: Path, run: dict) -> list[tuple[float, float]]:
     """(planner model FLOPs, seconds) of every step after the first (the warm-up); one micro-batch a step."""
-    return [(planned(model_dir, "lora", b, tokens=math.prod(shape(b)))["model_flops"], s)
-            for b, s in list(zip(run["batches"], run["step_s"]))[1:]]
+    return [
+        (planned(model_dir, "lora", b, tokens=math.prod(shape(b)))["model_flops"], s)
+        for b, s in list(zip(run["batches"], run["step_s"]))[1:]
+    ]
 
 
-@pytest.mark.skipif(os.environ.get("TUNESMITH_TIMING_TESTS") != "1",
-                    reason="timed: run with TUNESMITH_TIMING_TESTS=1 on a quiet machine (the suite stays untimed)")
+@pytest.mark.skipif(
+    os.environ.get("TUNESMITH_TIMING_TESTS") != "1",
+    reason="timed: run with TUNESMITH_TIMING_TESTS=1 on a quiet machine (the suite stays untimed)",
+)
 def test_step_time_from_the_measured_mfu(measured, model_dir):
     """The MFU measured on one shape predicts, through the planner, the step time of another within 30%."""
     peak = matmul_peak_tflops()
     base, other = measured("lora-timed"), measured("lora-short-timed")
     mfu = statistics.median(flops / (peak * 1e12 * s) for flops, s in timed_steps(model_dir, base))
     assert 0.02 < mfu <= 1.0, mfu  # a FLOP count several times too high would put the MFU above 1
-    predicted = [planned(model_dir, "lora", b, tokens=math.prod(shape(b)), peak_tflops=peak, mfu=mfu)["hours"]
-                 * 3600 for b in other["batches"][1:]]
+    predicted = [
+        planned(model_dir, "lora", b, tokens=math.prod(shape(b)), peak_tflops=peak, mfu=mfu)["hours"] * 3600
+        for b in other["batches"][1:]
+    ]
     measured_s = [s for _, s in timed_steps(model_dir, other)]
     base_s = statistics.median(s for _, s in timed_steps(model_dir, base))
-    print(f"matmul peak {peak:.3f} TFLOPS, MFU {mfu:.3f} (steps of {base_s:.2f} s); other shape: measured "
-          f"{[round(s, 2) for s in measured_s]} s, predicted {[round(p, 2) for p in predicted]} s")
+    print(
+        f"matmul peak {peak:.3f} TFLOPS, MFU {mfu:.3f} (steps of {base_s:.2f} s); other shape: measured "
+        f"{[round(s, 2) for s in measured_s]} s, predicted {[round(p, 2) for p in predicted]} s"
+    )
     assert statistics.median(predicted) < 0.8 * base_s  # a lighter shape: the prediction is no copy of the base
     assert statistics.median(measured_s) == pytest.approx(statistics.median(predicted), rel=0.3)

@@ -34,8 +34,10 @@ def _examples(tokenizer, train_on_prompt=False):
             r = {"messages": [SYSTEM] + [m for m in r["messages"] if m["role"] != "system"]}
         rows.append(r)
     same = {"role": "user", "content": "where is my parcel"}
-    rows += [{"messages": [SYSTEM, same, {"role": "assistant", "content": reply}]}
-             for reply in ("on its way", "delivered yesterday at noon")]
+    rows += [
+        {"messages": [SYSTEM, same, {"role": "assistant", "content": reply}]}
+        for reply in ("on its way", "delivered yesterday at noon")
+    ]
     convs = [Conversation(parse_row(r)[0], f"row{i}") for i, r in enumerate(rows)]
     examples = tokenize_conversations(tokenizer, convs, train_on_prompt)
     assert max(len(e.input_ids) for e in examples) > 2 * WINDOW
@@ -76,15 +78,22 @@ def test_dpo_rows_equal_separate_sequences(family, family_dirs, tokenizer):
 
     model = load_model(family_dirs[family], torch.device("cpu"))
     replies = ["it is on its way and should arrive by friday", "no", "delivered yesterday at noon to your door"]
-    pairs = [PreferencePair([SYSTEM, {"role": "user", "content": f"where is my parcel number {i}"}],
-                            [{"role": "assistant", "content": replies[i]}],
-                            [{"role": "assistant", "content": replies[(i + 1) % 3]}], f"t:{i}") for i in range(3)]
+    pairs = [
+        PreferencePair(
+            [SYSTEM, {"role": "user", "content": f"where is my parcel number {i}"}],
+            [{"role": "assistant", "content": replies[i]}],
+            [{"role": "assistant", "content": replies[(i + 1) % 3]}],
+            f"t:{i}",
+        )
+        for i in range(3)
+    ]
     tokenized = tokenize_pairs(tokenizer, pairs)
     chosen, rejected = [t.chosen for t in tokenized], [t.rejected for t in tokenized]
     with torch.no_grad():
         alone, counts_a = batch_sequence_logps(model, collate_padded(chosen + rejected, tokenizer.pad_token_id), 6)
-        shared, counts_b = batch_sequence_logps(model, collate_shared_prompt(chosen, rejected, tokenizer.pad_token_id,
-                                                                             flat=True), 6)
+        shared, counts_b = batch_sequence_logps(
+            model, collate_shared_prompt(chosen, rejected, tokenizer.pad_token_id, flat=True), 6
+        )
     assert min(len(e.input_ids) for e in chosen) > 2 * WINDOW
     assert counts_a.tolist() == counts_b.tolist()
     torch.testing.assert_close(alone, shared, atol=1e-4, rtol=1e-5)
@@ -98,9 +107,13 @@ def test_loss_uses_the_models_own_logits(family, family_dirs, tokenizer):
     with torch.no_grad():
         ours = batch_nll_sum(model, batch)
         logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
-        theirs = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(),
-                                                   batch.targets.reshape(-1), ignore_index=IGNORE, reduction="sum")
-    assert abs(float(ours) - float(theirs)) < 1e-3 * batch.num_targets ** 0.5, (family, float(ours), float(theirs))
+        theirs = torch.nn.functional.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]).float(),
+            batch.targets.reshape(-1),
+            ignore_index=IGNORE,
+            reduction="sum",
+        )
+    assert abs(float(ours) - float(theirs)) < 1e-3 * batch.num_targets**0.5, (family, float(ours), float(theirs))
 
 
 def test_preference_rows_carry_their_layout_in_positions_only_where_needed(family_dirs):

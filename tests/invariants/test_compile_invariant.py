@@ -11,8 +11,24 @@ from tunesmith.train.metrics import read_metrics
 
 
 def test_compiled_layers_train_like_eager(tmp_path, chat_file):
-    common = ["sft", "--model", "tiny-random-llama", "--data", str(chat_file), "--batch-size", "4", "--lr", "1e-2",
-              "--precision", "fp32", "--max-steps", "3", "--schedule", "constant", "--no-progress"]
+    common = [
+        "sft",
+        "--model",
+        "tiny-random-llama",
+        "--data",
+        str(chat_file),
+        "--batch-size",
+        "4",
+        "--lr",
+        "1e-2",
+        "--precision",
+        "fp32",
+        "--max-steps",
+        "3",
+        "--schedule",
+        "constant",
+        "--no-progress",
+    ]
     assert main([*common, "--out", str(tmp_path / "eager")]) == 0
     assert main([*common, "--compile", "--out", str(tmp_path / "compiled")]) == 0
     eager, compiled = (read_metrics(tmp_path / d / "metrics.jsonl") for d in ("eager", "compiled"))

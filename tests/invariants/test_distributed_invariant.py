@@ -19,8 +19,19 @@ from tests.conftest import chat_rows, preference_rows, write_jsonl
 from tunesmith.cli import main
 from tunesmith.train.metrics import read_metrics
 
-TINY = ["--model", "tiny-random-llama", "--precision", "fp32", "--schedule", "constant", "--warmup-ratio", "0",
-        "--save-every", "0", "--no-progress"]
+TINY = [
+    "--model",
+    "tiny-random-llama",
+    "--precision",
+    "fp32",
+    "--schedule",
+    "constant",
+    "--warmup-ratio",
+    "0",
+    "--save-every",
+    "0",
+    "--no-progress",
+]
 
 
 def assert_same_weights(one: Path, two: Path) -> None:
@@ -47,32 +58,108 @@ def runs(tmp_path_factory) -> Path:
     chat = write_jsonl(root / "chat.jsonl", chat_rows(24))
     pairs = write_jsonl(root / "pairs.jsonl", preference_rows(16))
     prompts = write_jsonl(root / "prompts.jsonl", [{"prompt": f"alpha beta {w}"} for w in "gamma delta eta mu".split()])
-    reward = ["reward", *TINY, "--data", str(pairs), "--batch-size", "4", "--micro-batch-size", "1", "--lr", "1e-2",
-              "--max-steps", "2"]
+    reward = [
+        "reward",
+        *TINY,
+        "--data",
+        str(pairs),
+        "--batch-size",
+        "4",
+        "--micro-batch-size",
+        "1",
+        "--lr",
+        "1e-2",
+        "--max-steps",
+        "2",
+    ]
     dpo = ["dpo", *TINY, "--data", str(pairs), "--batch-size", "4", "--micro-batch-size", "1", "--lr", "1e-2"]
-    grpo = ["grpo", *TINY, "--prompts", str(prompts), "--reward", "length_penalty:1", "--group-size", "4",
-            "--max-new-tokens", "8", "--batch-size", "2", "--micro-batch-size", "1", "--kl-coef", "0.1",
-            "--lr", "1e-2", "--max-steps", "2"]
-    ppo = ["ppo", *TINY, "--prompts", str(prompts), "--reward-model", str(root / "one-reward"),
-           "--rollouts-per-step", "4", "--micro-batch-size", "2", "--ppo-epochs", "2", "--max-new-tokens", "6",
-           "--lr", "1e-2", "--max-steps", "2"]
+    grpo = [
+        "grpo",
+        *TINY,
+        "--prompts",
+        str(prompts),
+        "--reward",
+        "length_penalty:1",
+        "--group-size",
+        "4",
+        "--max-new-tokens",
+        "8",
+        "--batch-size",
+        "2",
+        "--micro-batch-size",
+        "1",
+        "--kl-coef",
+        "0.1",
+        "--lr",
+        "1e-2",
+        "--max-steps",
+        "2",
+    ]
+    ppo = [
+        "ppo",
+        *TINY,
+        "--prompts",
+        str(prompts),
+        "--reward-model",
+        str(root / "one-reward"),
+        "--rollouts-per-step",
+        "4",
+        "--micro-batch-size",
+        "2",
+        "--ppo-epochs",
+        "2",
+        "--max-new-tokens",
+        "6",
+        "--lr",
+        "1e-2",
+        "--max-steps",
+        "2",
+    ]
     # 3 micro-batches of 2 for 2 processes: under FSDP the second repeats one at weight 0 to stay in step
-    full = ["sft", *TINY, "--method", "full", "--data", str(chat), "--eval-data", str(chat), "--batch-size", "6",
-            "--micro-batch-size", "2", "--lr", "1e-3"]
-    for argv in ([*reward, "--out", str(root / "one-reward")],
-                 [*dpo, "--max-steps", "3", "--out", str(root / "one-dpo")],
-                 [*grpo, "--out", str(root / "one-grpo")], [*ppo, "--out", str(root / "one-ppo")],
-                 [*full, "--max-steps", "2", "--out", str(root / "one-full")]):
+    full = [
+        "sft",
+        *TINY,
+        "--method",
+        "full",
+        "--data",
+        str(chat),
+        "--eval-data",
+        str(chat),
+        "--batch-size",
+        "6",
+        "--micro-batch-size",
+        "2",
+        "--lr",
+        "1e-3",
+    ]
+    for argv in (
+        [*reward, "--out", str(root / "one-reward")],
+        [*dpo, "--max-steps", "3", "--out", str(root / "one-dpo")],
+        [*grpo, "--out", str(root / "one-grpo")],
+        [*ppo, "--out", str(root / "one-ppo")],
+        [*full, "--max-steps", "2", "--out", str(root / "one-full")],
+    ):
         assert main(argv) == 0, argv
-    commands = [[*reward, "--out", str(root / "two-reward")],
-                [*dpo, "--max-steps", "2", "--out", str(root / "two-dpo")],  # then resumed as two processes
-                [*dpo, "--max-steps", "3", "--resume", "--out", str(root / "two-dpo")],
-                [*grpo, "--out", str(root / "two-grpo")], [*ppo, "--out", str(root / "two-ppo")],
-                [*full, "--max-steps", "1", "--save-every", "1", "--out", str(root / "two-full")],  # FSDP checkpoint
-                [*full, "--max-steps", "2", "--resume", "--out", str(root / "two-full")]]
+    commands = [
+        [*reward, "--out", str(root / "two-reward")],
+        [*dpo, "--max-steps", "2", "--out", str(root / "two-dpo")],  # then resumed as two processes
+        [*dpo, "--max-steps", "3", "--resume", "--out", str(root / "two-dpo")],
+        [*grpo, "--out", str(root / "two-grpo")],
+        [*ppo, "--out", str(root / "two-ppo")],
+        [*full, "--max-steps", "1", "--save-every", "1", "--out", str(root / "two-full")],  # FSDP checkpoint
+        [*full, "--max-steps", "2", "--resume", "--out", str(root / "two-full")],
+    ]
     (root / "commands.json").write_text(json.dumps(commands))
-    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-              str(Path(__file__).with_name("torchrun_commands.py")), str(root / "commands.json")]
+    launch = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        str(Path(__file__).with_name("torchrun_commands.py")),
+        str(root / "commands.json"),
+    ]
     done = subprocess.run(launch, capture_output=True, text=True)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-6000:]
     return root
@@ -80,9 +167,26 @@ def runs(tmp_path_factory) -> Path:
 
 def test_sft_lora_two_processes_equal_one(tmp_path, chat_file):
     """3 steps in one process == 2 steps in two processes (`--nproc 2`), then --resume to step 3."""
-    common = ["sft", "--model", "tiny-random-llama", "--data", str(chat_file), "--batch-size", "8",
-              "--micro-batch-size", "2", "--lr", "1e-2", "--precision", "fp32", "--schedule", "constant",
-              "--save-every", "1", "--no-progress"]
+    common = [
+        "sft",
+        "--model",
+        "tiny-random-llama",
+        "--data",
+        str(chat_file),
+        "--batch-size",
+        "8",
+        "--micro-batch-size",
+        "2",
+        "--lr",
+        "1e-2",
+        "--precision",
+        "fp32",
+        "--schedule",
+        "constant",
+        "--save-every",
+        "1",
+        "--no-progress",
+    ]
     assert main([*common, "--max-steps", "3", "--out", str(tmp_path / "one")]) == 0
     two = ["--out", str(tmp_path / "two"), "--nproc", "2"]  # relaunched under torchrun
     assert main([*common, "--max-steps", "2", *two]) == 0
@@ -97,8 +201,10 @@ def test_sft_full_fine_tuning_is_sharded_and_equal(runs):
     also after a checkpoint and --resume."""
     records = assert_same_steps(runs / "one-full", runs / "two-full", ("loss", "grad_norm"))
     assert len(records) == 2
-    evals = [[r["eval_loss"] for r in read_metrics(runs / d / "metrics.jsonl") if "final" in r][-1]
-             for d in ("one-full", "two-full")]  # (the resumed run also keeps its first part's final eval)
+    evals = [
+        [r["eval_loss"] for r in read_metrics(runs / d / "metrics.jsonl") if "final" in r][-1]
+        for d in ("one-full", "two-full")
+    ]  # (the resumed run also keeps its first part's final eval)
     assert evals[1] == pytest.approx(evals[0], abs=1e-4)
     assert_same_weights(*(runs / d / "model" / "model.safetensors" for d in ("one-full", "two-full")))
     trainable = load_file(runs / "two-full" / "checkpoints" / "step-00000002" / "trainable.safetensors")
@@ -118,8 +224,9 @@ def test_reward_two_processes_equal_one(runs):
 
 
 def test_grpo_rollouts_and_updates_do_not_depend_on_the_processes(runs):
-    records = assert_same_steps(runs / "one-grpo", runs / "two-grpo", ("reward_mean", "reward_std", "loss", "kl",
-                                                                       "response_length"))
+    records = assert_same_steps(
+        runs / "one-grpo", runs / "two-grpo", ("reward_mean", "reward_std", "loss", "kl", "response_length")
+    )
     assert len(records) == 2 and records[1]["kl"] > 0  # the first update moved the policy
     assert_same_weights(*(runs / d / "adapter" / "adapter_model.safetensors" for d in ("one-grpo", "two-grpo")))
     samples = [(runs / d / "samples.jsonl").read_text() for d in ("one-grpo", "two-grpo")]
@@ -134,8 +241,19 @@ def test_ppo_two_processes_equal_one(runs):
 
 def test_full_fine_tuning_with_a_forgetting_guard_is_refused_as_several_processes(tmp_path, chat_file, capsys):
     out = tmp_path / "never"
-    argv = ["sft", "--method", "full", "--data", str(chat_file), "--out", str(out), "--forgetting-every", "1",
-            "--nproc", "2"]
+    argv = [
+        "sft",
+        "--method",
+        "full",
+        "--data",
+        str(chat_file),
+        "--out",
+        str(out),
+        "--forgetting-every",
+        "1",
+        "--nproc",
+        "2",
+    ]
     assert main(argv) == 2
     assert "--forgetting-every with --method full runs in one process" in capsys.readouterr().err
     assert not out.exists()

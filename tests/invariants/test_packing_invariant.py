@@ -5,10 +5,9 @@ from __future__ import annotations
 import torch
 
 from tests.conftest import chat_rows
-from tunesmith.data.formats import Conversation
+from tunesmith.data.formats import Conversation, parse_row
 from tunesmith.data.packing import collate_packed, collate_padded
 from tunesmith.data.templates import tokenize_conversations
-from tunesmith.data.formats import parse_row
 from tunesmith.models import load_model
 from tunesmith.models.attention import NAME, packs_flat
 from tunesmith.models.forward import batch_nll_sum
@@ -61,8 +60,9 @@ def test_packed_examples_do_not_attend_to_each_other(tiny_dir, tokenizer):
 
     def hidden(ids, **packed):
         inner = unwrap(model)
-        return inner.get_decoder()(input_ids=ids, position_ids=batch.position_ids, use_cache=False,
-                                   **packed).last_hidden_state
+        return inner.get_decoder()(
+            input_ids=ids, position_ids=batch.position_ids, use_cache=False, **packed
+        ).last_hidden_state
 
     for packed in ({}, {"packed_rows": True}):  # transformers' block-diagonal mask; per-example attention
         with torch.no_grad():
@@ -71,8 +71,12 @@ def test_packed_examples_do_not_attend_to_each_other(tiny_dir, tokenizer):
         assert not torch.allclose(a[0, : first_len - 1], b[0, : first_len - 1])
     # position ids restart at 0 for every example
     starts = (batch.position_ids[0] == 0).nonzero().flatten().tolist()
-    assert starts[:4] == [0, first_len, first_len + len(examples[1].input_ids),
-                          first_len + len(examples[1].input_ids) + len(examples[2].input_ids)]
+    assert starts[:4] == [
+        0,
+        first_len,
+        first_len + len(examples[1].input_ids),
+        first_len + len(examples[1].input_ids) + len(examples[2].input_ids),
+    ]
 
 
 def test_shared_prefix_loss_equals_unpacked(tiny_dir, tokenizer):
@@ -87,8 +91,10 @@ def test_shared_prefix_loss_equals_unpacked(tiny_dir, tokenizer):
             r = {"messages": [system] + [m for m in r["messages"] if m["role"] != "system"]}
         rows.append(r)
     same = {"role": "user", "content": "where is my parcel"}
-    rows += [{"messages": [system, same, {"role": "assistant", "content": reply}]}
-             for reply in ("on its way", "delivered yesterday at noon")]
+    rows += [
+        {"messages": [system, same, {"role": "assistant", "content": reply}]}
+        for reply in ("on its way", "delivered yesterday at noon")
+    ]
     convs = [Conversation(parse_row(r)[0], f"row{i}") for i, r in enumerate(rows)]
     model = load_model(tiny_dir, torch.device("cpu"))
     assert packs_flat(model)

@@ -46,8 +46,7 @@ def test_resume_equals_uninterrupted(tmp_path, monkeypatch, tiny_dir):
         run_sft(_config(data, tmp_path / "split"), say=lambda s: None, progress=False)
     monkeypatch.setattr(run_scaffold, "save_checkpoint_on_main", real_save)
     assert [p.name for p in (tmp_path / "split" / "checkpoints").iterdir()] == ["step-00000003"]
-    resumed = run_sft(_config(data, tmp_path / "split", resume=True), say=lambda s: None,
-                                 progress=False)
+    resumed = run_sft(_config(data, tmp_path / "split", resume=True), say=lambda s: None, progress=False)
     assert resumed.steps == whole.steps == 6
 
     a = load_file(tmp_path / "whole" / "adapter" / "adapter_model.safetensors")

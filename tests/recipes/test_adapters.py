@@ -61,8 +61,22 @@ def test_qlora_merges_into_the_dequantized_nf4_weights(tmp_path, capsys):
     assert main(["merge", "--model", "tiny-random-llama", "--adapter", str(result.output), "--out", str(out)]) == 0
     assert "dequantized NF4" in capsys.readouterr().out
     nf4_merge = _logits(AutoModelForCausalLM.from_pretrained(out))
-    assert main(["merge", "--model", "tiny-random-llama", "--adapter", str(result.output), "--out",
-                 str(tmp_path / "orig"), "--base-weights", "original"]) == 0
+    assert (
+        main(
+            [
+                "merge",
+                "--model",
+                "tiny-random-llama",
+                "--adapter",
+                str(result.output),
+                "--out",
+                str(tmp_path / "orig"),
+                "--base-weights",
+                "original",
+            ]
+        )
+        == 0
+    )
     original_merge = _logits(AutoModelForCausalLM.from_pretrained(tmp_path / "orig"))
     near, far = (nf4_merge - trained).abs().max(), (original_merge - trained).abs().max()
     assert near < 1e-3, near
@@ -127,10 +141,37 @@ def test_peft_trained_adapter_loads_in_tunesmith(tmp_path, tiny_dir, capsys):
 
 def test_generate_picks_an_adapter_per_prompt(tmp_path, lora_run, capsys):
     other = _train(tmp_path, "other", seed=1)
-    args = ["generate", "--model", "tiny-random-llama", "--adapter", str(lora_run.output), "--adapter",
-            str(other.output), "--max-new-tokens", "5"]
-    assert main([*args, "--prompt", "hi", "--prompt", "hi", "--prompt", "hi", "--use", "support", "--use", "other",
-                 "--use", "base"]) == 0
+    args = [
+        "generate",
+        "--model",
+        "tiny-random-llama",
+        "--adapter",
+        str(lora_run.output),
+        "--adapter",
+        str(other.output),
+        "--max-new-tokens",
+        "5",
+    ]
+    assert (
+        main(
+            [
+                *args,
+                "--prompt",
+                "hi",
+                "--prompt",
+                "hi",
+                "--prompt",
+                "hi",
+                "--use",
+                "support",
+                "--use",
+                "other",
+                "--use",
+                "base",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "(support)" in printed and "(other)" in printed and "(base)" in printed
     assert main([*args, "--prompt", "hi", "--use", "nope"]) == 2
@@ -156,8 +197,9 @@ def test_chat_stops_at_end_of_turn_and_keeps_history(tiny_dir, tokenizer):
     model.lm_head = head
     wrong = copy.deepcopy(tokenizer)
     wrong.eos_token = "<|endoftext|>"
-    reply, generated = stream_reply(model, wrong, [{"role": "user", "content": "hi"}], lambda t: None,
-                                    max_new_tokens=20)
+    reply, generated = stream_reply(
+        model, wrong, [{"role": "user", "content": "hi"}], lambda t: None, max_new_tokens=20
+    )
     assert generated == 1 and reply == ""  # stopped at <|im_end|>, not after 20 tokens
     lines = iter(["hello", "/reset", "again", "/exit", "never read"])
     shown = []

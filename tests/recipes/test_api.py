@@ -17,9 +17,25 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_the_notebook_example_runs_the_demo_sft(tmp_path):
-    done = subprocess.run([sys.executable, str(ROOT / "examples" / "sft_notebook.py"), "--model", "tiny-random-llama",
-                           "--max-steps", "2", "--limit", "4", "--out", str(tmp_path / "nb")],
-                          capture_output=True, text=True, cwd=tmp_path, env={**os.environ}, timeout=600)
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "examples" / "sft_notebook.py"),
+            "--model",
+            "tiny-random-llama",
+            "--max-steps",
+            "2",
+            "--limit",
+            "4",
+            "--out",
+            str(tmp_path / "nb"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ},
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "before:" in done.stdout and "after: " in done.stdout and "2 steps" in done.stdout
     assert (tmp_path / "nb" / "adapter" / "adapter_model.safetensors").is_file()
@@ -27,9 +43,19 @@ def test_the_notebook_example_runs_the_demo_sft(tmp_path):
 
 def test_keyword_arguments_are_the_flags_and_events_carry_everything(tmp_path, chat_file):
     events = []
-    run = tunesmith.sft(model="tiny-random-llama", data=str(chat_file), out=str(tmp_path / "a"), lora_r=4,
-                        max_steps=3, batch_size=4, max_length=64, packing=False, save_every=0, quiet=True,
-                        on_event=events.append)
+    run = tunesmith.sft(
+        model="tiny-random-llama",
+        data=str(chat_file),
+        out=str(tmp_path / "a"),
+        lora_r=4,
+        max_steps=3,
+        batch_size=4,
+        max_length=64,
+        packing=False,
+        save_every=0,
+        quiet=True,
+        on_event=events.append,
+    )
     assert run.steps == 3 and run.output == tmp_path / "a" / "adapter" and run.final["loss"] > 0
     assert [r["step"] for r in run.metrics] == [1, 2, 3]
     assert run.manifest["recipe"] == "sft" and run.manifest["steps"] == 3
@@ -61,9 +87,18 @@ def reward_for_test(prompt, completion, row):
 
 def test_grpo_takes_python_functions_as_rewards(tmp_path):
     prompts = write_jsonl(tmp_path / "p.jsonl", [{"prompt": f"say {w}"} for w in "abcd"])
-    run = tunesmith.grpo(model="tiny-random-llama", prompts=str(prompts), out=str(tmp_path / "g"), quiet=True,
-                         reward=["json_valid", reward_for_test], max_steps=1, batch_size=2, group_size=2,
-                         max_new_tokens=4, save_every=0)
+    run = tunesmith.grpo(
+        model="tiny-random-llama",
+        prompts=str(prompts),
+        out=str(tmp_path / "g"),
+        quiet=True,
+        reward=["json_valid", reward_for_test],
+        max_steps=1,
+        batch_size=2,
+        group_size=2,
+        max_new_tokens=4,
+        save_every=0,
+    )
     assert run.steps == 1
     assert "tests.recipes.test_api:reward_for_test" in (tmp_path / "g" / "config.yaml").read_text()
     assert "reward/tests.recipes.test_api:reward_for_test" in run.metrics[-1]

@@ -35,19 +35,24 @@ def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
 
 def run_subprocess(home: Path, cwd: Path, *argv: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "TUNESMITH_HOME": str(home)}
-    return subprocess.run([sys.executable, "-m", "tunesmith", *map(str, argv)], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "tunesmith", *map(str, argv)],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def bad_rows() -> list:
     return [
-        {"prompt": "p", "completion": "c"},                                   # 1 good
-        "{not json",                                                          # 2
-        {"messages": [{"role": "user", "content": "u"}]},                     # 3 no assistant
-        {"prompt": "p", "completion": "c"},                                   # 4 good
-        {"messages": [{"role": "robot", "content": "u"},
-                      {"role": "assistant", "content": "a"}]},                # 5 unknown role
-        {"prompt": "only"},                                                   # 6 no completion
+        {"prompt": "p", "completion": "c"},  # 1 good
+        "{not json",  # 2
+        {"messages": [{"role": "user", "content": "u"}]},  # 3 no assistant
+        {"prompt": "p", "completion": "c"},  # 4 good
+        {"messages": [{"role": "robot", "content": "u"}, {"role": "assistant", "content": "a"}]},  # 5 unknown role
+        {"prompt": "only"},  # 6 no completion
     ]
 
 
@@ -68,11 +73,11 @@ def trained(tmp_path_factory, tiny_dir):
 
 # ---- errors a user can make ---------------------------------------------------------------------
 
+
 def test_bad_data_subprocess_exit_2_no_traceback(tmp_path, tunesmith_home, tiny_dir):
     data = write_jsonl(tmp_path / "bad.jsonl", bad_rows())
     out = tmp_path / "run"
-    proc = run_subprocess(tunesmith_home, tmp_path, "sft", *SFT_FAST, "--max-steps", "1",
-                          "--data", data, "--out", out)
+    proc = run_subprocess(tunesmith_home, tmp_path, "sft", *SFT_FAST, "--max-steps", "1", "--data", data, "--out", out)
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr + proc.stdout
     assert "error:" in proc.stderr and "nothing was trained" in proc.stderr
@@ -85,12 +90,12 @@ def test_bad_data_subprocess_exit_2_no_traceback(tmp_path, tunesmith_home, tiny_
 
 def test_bad_data_in_process(tmp_path, capsys, tiny_dir):
     data = write_jsonl(tmp_path / "bad.jsonl", bad_rows())
-    code, out, err = run_cli(capsys, "sft", *SFT_FAST, "--max-steps", "1", "--data", data,
-                             "--out", tmp_path / "run")
+    code, out, err = run_cli(capsys, "sft", *SFT_FAST, "--max-steps", "1", "--data", data, "--out", tmp_path / "run")
     assert code == 2
     assert "Traceback" not in err
     assert [line.split(": ", 1)[0] for line in err.splitlines() if line.startswith(f"{data}:")] == [
-        f"{data}:{n}" for n in BAD_LINES]
+        f"{data}:{n}" for n in BAD_LINES
+    ]
 
 
 def test_missing_data_file(tmp_path, capsys, tiny_dir):
@@ -115,10 +120,13 @@ def test_unknown_model_subprocess_no_traceback(tmp_path, tunesmith_home):
     assert all(name in proc.stderr for name in ALIASES)
 
 
-@pytest.mark.parametrize("argv, suggestion", [
-    (["--set", "train.lrr=1e-4"], "train.lr"),
-    (["--set", "lr=1e-4"], "train.lr"),
-])
+@pytest.mark.parametrize(
+    "argv, suggestion",
+    [
+        (["--set", "train.lrr=1e-4"], "train.lr"),
+        (["--set", "lr=1e-4"], "train.lr"),
+    ],
+)
 def test_unknown_config_key_flag(tmp_path, capsys, chat_file, argv, suggestion):
     code, _, err = run_cli(capsys, "sft", *SFT_FAST, "--data", chat_file, "--out", tmp_path / "r", *argv)
     assert code == 2
@@ -135,8 +143,9 @@ def test_unknown_config_key_in_yaml(tmp_path, capsys, chat_file):
 
 
 def test_bad_config_value(tmp_path, capsys, chat_file):
-    code, _, err = run_cli(capsys, "sft", *SFT_FAST, "--data", chat_file, "--out", tmp_path / "r",
-                           "--micro-batch-size", "3")
+    code, _, err = run_cli(
+        capsys, "sft", *SFT_FAST, "--data", chat_file, "--out", tmp_path / "r", "--micro-batch-size", "3"
+    )
     assert code == 2 and "train.micro_batch_size" in err
 
 
@@ -154,12 +163,14 @@ def test_non_empty_out_is_refused_and_untouched(tmp_path, capsys, chat_file, tin
 
 
 def test_generate_with_missing_adapter(tmp_path, capsys, tiny_dir):
-    code, _, err = run_cli(capsys, "generate", "--model", TINY, "--adapter", tmp_path / "none",
-                           "--prompt", "hi", "--max-new-tokens", "2")
+    code, _, err = run_cli(
+        capsys, "generate", "--model", TINY, "--adapter", tmp_path / "none", "--prompt", "hi", "--max-new-tokens", "2"
+    )
     assert code == 2 and "not an adapter directory" in err
 
 
 # ---- data validate -----------------------------------------------------------------------------
+
 
 def test_data_validate_good(capsys, chat_file, tokenizer):
     from tunesmith.data.formats import load_sft_file
@@ -169,8 +180,7 @@ def test_data_validate_good(capsys, chat_file, tokenizer):
     max_length = sorted(lengths)[len(lengths) // 2]  # about half the examples are longer
     over = sum(n > max_length for n in lengths)
     assert 0 < over < len(lengths)
-    code, out, err = run_cli(capsys, "data", "validate", chat_file, "--model", TINY,
-                             "--max-length", max_length)
+    code, out, err = run_cli(capsys, "data", "validate", chat_file, "--model", TINY, "--max-length", max_length)
     assert code == 0, err
     assert f"{chat_file}: 24 valid example(s), 0 problem(s)" in out
     assert "6 system, 30 user, 30 assistant (0 with weight 0)" in out and "6 multi-turn" in out
@@ -199,6 +209,7 @@ def test_data_validate_empty_file(tmp_path, capsys):
 
 # ---- models ------------------------------------------------------------------------------------
 
+
 def test_models_list(capsys, tiny_dir):
     code, out, _ = run_cli(capsys, "models", "list")
     assert code == 0
@@ -217,11 +228,17 @@ def test_models_path(capsys, tiny_dir):
 
 # ---- a real (short) run ------------------------------------------------------------------------
 
+
 def test_sft_run_writes_its_outputs(trained):
     assert trained["code"] == 0, trained["stderr"]
     out = trained["out"]
-    for rel in ("adapter/adapter_config.json", "adapter/adapter_model.safetensors", "config.yaml",
-                "metrics.jsonl", "run.json"):
+    for rel in (
+        "adapter/adapter_config.json",
+        "adapter/adapter_model.safetensors",
+        "config.yaml",
+        "metrics.jsonl",
+        "run.json",
+    ):
         assert (out / rel).is_file(), rel
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [1, 2, 3]
@@ -244,13 +261,38 @@ def test_few_examples_is_a_warning_not_an_error(trained):
 
 
 def test_generate_with_the_trained_adapter(trained, capsys):
-    code, out, err = run_cli(capsys, "generate", "--model", TINY, "--adapter", trained["out"] / "adapter",
-                             "--prompt", "hi", "--max-new-tokens", "5")
+    code, out, err = run_cli(
+        capsys,
+        "generate",
+        "--model",
+        TINY,
+        "--adapter",
+        trained["out"] / "adapter",
+        "--prompt",
+        "hi",
+        "--max-new-tokens",
+        "5",
+    )
     assert code == 0, err
     assert out  # greedy decoding of the random model gives only newlines, stripped: one empty line
-    code, out, err = run_cli(capsys, "generate", "--model", TINY, "--adapter", trained["out"] / "adapter",
-                             "--prompt", "hi", "--prompt", "and you?", "--max-new-tokens", "5",
-                             "--temperature", "1.0", "--seed", "3")
+    code, out, err = run_cli(
+        capsys,
+        "generate",
+        "--model",
+        TINY,
+        "--adapter",
+        trained["out"] / "adapter",
+        "--prompt",
+        "hi",
+        "--prompt",
+        "and you?",
+        "--max-new-tokens",
+        "5",
+        "--temperature",
+        "1.0",
+        "--seed",
+        "3",
+    )
     assert code == 0, err
     lines = out.splitlines()
     assert lines[0] == "--- prompt 1" and "--- prompt 2" in lines and all(x.strip() for x in lines)
@@ -258,8 +300,9 @@ def test_generate_with_the_trained_adapter(trained, capsys):
 
 def test_saved_config_reruns(trained, capsys, tmp_path):
     out2 = tmp_path / "rerun"
-    code, out, err = run_cli(capsys, "sft", "--config", trained["out"] / "config.yaml", "--out", out2,
-                             "--max-steps", "1", "--no-progress")
+    code, out, err = run_cli(
+        capsys, "sft", "--config", trained["out"] / "config.yaml", "--out", out2, "--max-steps", "1", "--no-progress"
+    )
     assert code == 0, err
     assert (out2 / "adapter" / "adapter_model.safetensors").is_file()
     assert len((out2 / "metrics.jsonl").read_text().splitlines()) == 1
@@ -281,9 +324,29 @@ def test_many_epochs_is_a_warning(tmp_path, capsys, tiny_dir):
     assert json.loads((out / "run.json").read_text())["steps"] == 4  # 4 passes of one step each
 
 
-@pytest.mark.parametrize("command", [["sft"], ["dpo"], ["reward"], ["score"], ["ppo"], ["grpo"], ["demo"], ["generate"],
-                                     ["data", "validate"], ["models", "list"], ["eval"], ["chat"], ["merge"],
-                                     ["export"], ["verify"], ["adapters", "info"], ["adapters", "combine"], ["plan"]])
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["sft"],
+        ["dpo"],
+        ["reward"],
+        ["score"],
+        ["ppo"],
+        ["grpo"],
+        ["demo"],
+        ["generate"],
+        ["data", "validate"],
+        ["models", "list"],
+        ["eval"],
+        ["chat"],
+        ["merge"],
+        ["export"],
+        ["verify"],
+        ["adapters", "info"],
+        ["adapters", "combine"],
+        ["plan"],
+    ],
+)
 def test_every_help_page_renders(command, capsys):
     """argparse formats help with %: a stray '%' in any option's help text crashes `--help`."""
     with pytest.raises(SystemExit) as exit_info:

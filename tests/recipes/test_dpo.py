@@ -52,8 +52,9 @@ def test_loss_names_match_the_registry():
 @pytest.mark.parametrize("method,precompute", [("lora", False), ("lora", True), ("qlora", False), ("full", True)])
 def test_first_loss_is_ln2_and_rewards_zero(tmp_path, pairs_file, method, precompute):
     """Policy == reference before the first update: margin 0, loss ln 2, reward accuracy one half."""
-    cfg = _config(tmp_path, f"{method}-{precompute}", pairs_file, method=method, max_steps=1, lr=1e-3,
-                  precompute_ref=precompute)
+    cfg = _config(
+        tmp_path, f"{method}-{precompute}", pairs_file, method=method, max_steps=1, lr=1e-3, precompute_ref=precompute
+    )
     first = _train_records(run_dpo(cfg, say=lambda s: None, progress=False).run_dir)[0]
     # adapter off is the very same computation; a precomputed reference differs only by batch layout
     tol = 1e-6 if not precompute else 1e-4
@@ -73,8 +74,15 @@ def test_training_raises_reward_accuracy_and_base_stays_reachable(tmp_path, pair
     assert result.eval["eval_reward_accuracy"] >= 0.9, result.eval
     assert result.eval["eval_loss"] < LN2 - 0.05
     assert result.eval["eval_reward_margin"] > 0
-    for key in ("loss", "reward_chosen", "reward_rejected", "reward_margin", "reward_accuracy",
-                "logp_chosen", "logp_rejected"):
+    for key in (
+        "loss",
+        "reward_chosen",
+        "reward_rejected",
+        "reward_margin",
+        "reward_accuracy",
+        "logp_chosen",
+        "logp_rejected",
+    ):
         assert key in records[-1] and f"eval_{key}" in result.eval
     assert (result.output / "adapter_model.safetensors").is_file()
     run = json.loads((result.run_dir / "run.json").read_text())
@@ -141,8 +149,16 @@ def test_resume_equals_uninterrupted(tmp_path, pairs_file, monkeypatch, method):
     import tunesmith.train.run as run_scaffold
 
     def config(name, resume=False):
-        cfg = _config(tmp_path, name, pairs_file, method=method, max_steps=6, lr=1e-2 if method == "lora" else 1e-4,
-                      micro_batch_size=4, seed=3)
+        cfg = _config(
+            tmp_path,
+            name,
+            pairs_file,
+            method=method,
+            max_steps=6,
+            lr=1e-2 if method == "lora" else 1e-4,
+            micro_batch_size=4,
+            seed=3,
+        )
         cfg.train.save_every = 3
         cfg.resume = resume
         return cfg
@@ -171,12 +187,18 @@ def test_resume_equals_uninterrupted(tmp_path, pairs_file, monkeypatch, method):
 
 
 def test_cli_dpo_and_bad_data(tmp_path, pairs_file, capsys):
-    bad = write_jsonl(tmp_path / "bad.jsonl", [
-        {"prompt": "q", "chosen": "a", "rejected": "b"},
-        {"prompt": "q", "chosen": "a"},
-        {"input": {"messages": [{"role": "user", "content": "q"}]},
-         "preferred_output": [{"role": "user", "content": "a"}], "non_preferred_output": "b"},
-    ])
+    bad = write_jsonl(
+        tmp_path / "bad.jsonl",
+        [
+            {"prompt": "q", "chosen": "a", "rejected": "b"},
+            {"prompt": "q", "chosen": "a"},
+            {
+                "input": {"messages": [{"role": "user", "content": "q"}]},
+                "preferred_output": [{"role": "user", "content": "a"}],
+                "non_preferred_output": "b",
+            },
+        ],
+    )
     out = tmp_path / "never"
     code = main(["dpo", "--model", "tiny-random-llama", "--data", str(bad), "--out", str(out), "--no-progress"])
     err = capsys.readouterr().err
@@ -191,11 +213,13 @@ def test_cli_dpo_and_bad_data(tmp_path, pairs_file, capsys):
 
 def test_data_validate_preference(tmp_path, capsys):
     rows = preference_rows(4) + [
-        {"prompt": "same", "chosen": "x", "rejected": "x"},                                  # 5 identical
-        {"prompt": "q", "chosen": "   ", "rejected": "b"},                                   # 6 empty
-        {"input": {"messages": [{"role": "assistant", "content": "q"}]},
-         "preferred_output": [{"role": "assistant", "content": "a"}],
-         "non_preferred_output": [{"role": "assistant", "content": "b"}]},                   # 7 prompt ends badly
+        {"prompt": "same", "chosen": "x", "rejected": "x"},  # 5 identical
+        {"prompt": "q", "chosen": "   ", "rejected": "b"},  # 6 empty
+        {
+            "input": {"messages": [{"role": "assistant", "content": "q"}]},
+            "preferred_output": [{"role": "assistant", "content": "a"}],
+            "non_preferred_output": [{"role": "assistant", "content": "b"}],
+        },  # 7 prompt ends badly
     ]
     path = write_jsonl(tmp_path / "prefs.jsonl", rows)
     code = main(["data", "validate", str(path), "--kind", "preference", "--model", "tiny-random-llama"])

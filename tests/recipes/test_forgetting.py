@@ -27,8 +27,10 @@ QUIET = {"say": lambda s: None, "progress": False}
 @pytest.fixture(scope="module")
 def probe_file(tmp_path_factory):
     """A small probe with its answers given, so no generation is needed."""
-    rows = [{"prompt": f"Tell me about {w}.", "answer": f"{w} is a word; {w} has {len(w)} letters."}
-            for w in "alpha beta gamma delta epsilon zeta".split()]
+    rows = [
+        {"prompt": f"Tell me about {w}.", "answer": f"{w} is a word; {w} has {len(w)} letters."}
+        for w in "alpha beta gamma delta epsilon zeta".split()
+    ]
     return write_jsonl(tmp_path_factory.mktemp("probe") / "probe.jsonl", rows)
 
 
@@ -94,7 +96,7 @@ def test_base_answers_are_generated_once_and_cached(tiny_dir, tmp_path, tunesmit
     assert base_answers(items[:1], tiny_dir, say=messages.append) == first[:1] and messages == []  # by prompt
     more = load_probe(write_jsonl(tmp_path / "q.jsonl", [{"prompt": "hello"}, {"prompt": "new one"}]))
     assert base_answers(more, tiny_dir, say=messages.append)[0] == first[0]
-    assert messages == ["probe: the base model answers 1 prompts once (cached in " f"{cached[0].parent})"]
+    assert messages == [f"probe: the base model answers 1 prompts once (cached in {cached[0].parent})"]
 
 
 def test_probe_file_problems_name_file_and_line(tmp_path):
@@ -117,9 +119,36 @@ def test_sft_logs_drift_from_zero(tmp_path, chat_file, probe_file):
 
 def test_budget_stop_keeps_the_last_weights_within_budget(tmp_path, chat_file, probe_file, capsys):
     out = tmp_path / "tight"
-    code = main(["sft", "--model", "tiny-random-llama", "--data", str(chat_file), "--out", str(out), "--max-steps", "6",
-                 "--lr", "5e-3", "--batch-size", "4", "--precision", "fp32", "--save-every", "0", "--probe",
-                 str(probe_file), "--probe-size", "0", "--forgetting-every", "2", "--max-kl", "1e-12", "--no-progress"])
+    code = main(
+        [
+            "sft",
+            "--model",
+            "tiny-random-llama",
+            "--data",
+            str(chat_file),
+            "--out",
+            str(out),
+            "--max-steps",
+            "6",
+            "--lr",
+            "5e-3",
+            "--batch-size",
+            "4",
+            "--precision",
+            "fp32",
+            "--save-every",
+            "0",
+            "--probe",
+            str(probe_file),
+            "--probe-size",
+            "0",
+            "--forgetting-every",
+            "2",
+            "--max-kl",
+            "1e-12",
+            "--no-progress",
+        ]
+    )
     assert code == 0
     printed = capsys.readouterr().out
     assert "forgetting budget exceeded at step 2" in printed and "as it was at step 0" in printed

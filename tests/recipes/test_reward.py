@@ -64,8 +64,8 @@ def test_reward_model_learns_from_ln2(trained):
 
 
 def test_score_prints_the_trained_models_rewards(trained, pairs_file, tmp_path, capsys):
-    from tunesmith.data.prepare import tokenize_pairs
     from tunesmith.data.preference import load_preference_file
+    from tunesmith.data.prepare import tokenize_pairs
     from tunesmith.models import load_tokenizer, resolve_model_dir
     from tunesmith.recipes.reward import pair_scores
 
@@ -80,14 +80,26 @@ def test_score_prints_the_trained_models_rewards(trained, pairs_file, tmp_path, 
     pairs = tokenize_pairs(tokenizer, load_preference_file(pairs_file).pairs)
     trained.model.eval()
     with torch.no_grad():
-        r_w, r_l, _ = pair_scores(trained.model, trained.model.reward_head, pairs, False, 64, tokenizer.pad_token_id,
-                                  torch.device("cpu"), None)
+        r_w, r_l, _ = pair_scores(
+            trained.model,
+            trained.model.reward_head,
+            pairs,
+            False,
+            64,
+            tokenizer.pad_token_id,
+            torch.device("cpu"),
+            None,
+        )
     assert [r["chosen"] for r in rows] == pytest.approx(r_w.tolist(), abs=1e-4)
     assert [r["rejected"] for r in rows] == pytest.approx(r_l.tolist(), abs=1e-4)
 
-    chats = write_jsonl(tmp_path / "chats.jsonl", [{"prompt": "alpha beta", "completion": "yes gamma"},
-                                                   {"messages": [{"role": "user", "content": "q"},
-                                                                 {"role": "assistant", "content": "no delta"}]}])
+    chats = write_jsonl(
+        tmp_path / "chats.jsonl",
+        [
+            {"prompt": "alpha beta", "completion": "yes gamma"},
+            {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "no delta"}]},
+        ],
+    )
     assert main(["score", "--reward-model", str(trained.output), "--data", str(chats)]) == 0
     scored = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [r["line"] for r in scored] == [1, 2] and all(isinstance(r["reward"], float) for r in scored)
@@ -107,8 +119,9 @@ def test_full_reward_model_and_resume(tmp_path, pairs_file, monkeypatch):
     import tunesmith.train.run as run_scaffold
     from tunesmith.models.reward import load_reward_model
 
-    whole = run_reward(_config(tmp_path, "whole", pairs_file, method="full", steps=4), say=lambda s: None,
-                       progress=False)
+    whole = run_reward(
+        _config(tmp_path, "whole", pairs_file, method="full", steps=4), say=lambda s: None, progress=False
+    )
     assert (whole.output / "model" / "model.safetensors").is_file()
     real_save = run_scaffold.save_checkpoint_on_main
 

@@ -14,10 +14,10 @@ from tunesmith.config.schema import GRPOConfig
 from tunesmith.recipes.grpo import run_grpo
 from tunesmith.train.metrics import read_metrics
 
-TOY_REWARD = '''
+TOY_REWARD = """
 def newlines(prompt, completion, row):
     return float(completion.count("\\n"))
-'''
+"""
 
 
 @pytest.fixture(scope="module")
@@ -80,23 +80,30 @@ def test_grpo_raises_a_toy_reward(tmp_path, peaked_model, toy_reward):
 
 def test_grpo_kl_and_eval(tmp_path, tiny_dir):
     """A KL term against the adapter-off base, and greedy eval replies scored before and after."""
-    prompts = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": "alpha"}, {"messages": [
-        {"role": "system", "content": "s"}, {"role": "user", "content": "beta"}]}])
+    prompts = write_jsonl(
+        tmp_path / "prompts.jsonl",
+        [{"prompt": "alpha"}, {"messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "beta"}]}],
+    )
     cfg = _config(tmp_path, "tiny-random-llama", prompts, "length_penalty:3", 2, kl_coef=0.1, group_size=2)
     cfg.data.eval = str(prompts)
     cfg.train.lr = 1e-2
     result = run_grpo(cfg, say=lambda s: None, progress=False)
     records = read_metrics(result.run_dir / "metrics.jsonl")
-    assert records[0] == {"step": 0, "eval_reward_mean": result.manifest["eval_reward_before"],
-                          "eval_reward/length_penalty:3": result.manifest["eval_reward_before"]}  # one reward: its part is the total
+    assert records[0] == {
+        "step": 0,
+        "eval_reward_mean": result.manifest["eval_reward_before"],
+        "eval_reward/length_penalty:3": result.manifest["eval_reward_before"],
+    }  # one reward: its part is the total
     assert records[1]["kl"] == pytest.approx(0.0, abs=1e-6)  # a fresh adapter: policy == reference
     assert records[2]["kl"] > 0
     assert result.eval is not None and records[-1]["final"] is True
 
 
 def test_grpo_bad_input(tmp_path, capsys):
-    prompts = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "a", "reference": "x"}, {"prompt": "b"},
-                                                {"messages": [{"role": "assistant", "content": "c"}]}])
+    prompts = write_jsonl(
+        tmp_path / "p.jsonl",
+        [{"prompt": "a", "reference": "x"}, {"prompt": "b"}, {"messages": [{"role": "assistant", "content": "c"}]}],
+    )
     out = tmp_path / "never"
     base = ["grpo", "--model", "tiny-random-llama", "--prompts", str(prompts), "--out", str(out), "--no-progress"]
     assert main([*base, "--reward", "exact_match"]) == 2
@@ -104,8 +111,22 @@ def test_grpo_bad_input(tmp_path, capsys):
     assert f"{prompts}:3: `messages`: must end with a user turn" in err and not out.exists()
 
     good = write_jsonl(tmp_path / "g.jsonl", [{"prompt": "a", "reference": "x"}, {"prompt": "b"}])
-    assert main(["grpo", "--model", "tiny-random-llama", "--prompts", str(good), "--out", str(out),
-                 "--reward", "exact_match"]) == 2
+    assert (
+        main(
+            [
+                "grpo",
+                "--model",
+                "tiny-random-llama",
+                "--prompts",
+                str(good),
+                "--out",
+                str(out),
+                "--reward",
+                "exact_match",
+            ]
+        )
+        == 2
+    )
     assert f"{good}:2: missing `reference`" in capsys.readouterr().err and not out.exists()
     assert main(["grpo", "--prompts", str(good), "--out", str(out), "--reward", "json_vaild"]) == 2
     assert "did you mean 'json_valid'" in capsys.readouterr().err
@@ -123,9 +144,14 @@ def newline_reward_model(tmp_path_factory, peaked_model):
 
     rng = random.Random(0)
     words = "alpha beta gamma delta epsilon zeta".split()
-    rows = [{"prompt": " ".join(rng.choice(words) for _ in range(3)),
-             "chosen": "\n".join(rng.choice(words) for _ in range(rng.randint(3, 6))),
-             "rejected": " ".join(rng.choice(words) for _ in range(rng.randint(3, 6)))} for _ in range(32)]
+    rows = [
+        {
+            "prompt": " ".join(rng.choice(words) for _ in range(3)),
+            "chosen": "\n".join(rng.choice(words) for _ in range(rng.randint(3, 6))),
+            "rejected": " ".join(rng.choice(words) for _ in range(rng.randint(3, 6))),
+        }
+        for _ in range(32)
+    ]
     root = tmp_path_factory.mktemp("rm_newlines")
     cfg = RewardConfig(model=str(peaked_model), out=str(root / "rm"))
     cfg.data.train = str(write_jsonl(root / "pairs.jsonl", rows))
@@ -138,8 +164,10 @@ def test_ppo_raises_the_reward_models_score(tmp_path, peaked_model, newline_rewa
     from tunesmith.config.schema import PPOConfig
     from tunesmith.recipes.ppo import run_ppo
 
-    prompts = write_jsonl(tmp_path / "prompts.jsonl",
-                          [{"prompt": f"alpha beta {w}"} for w in "gamma delta epsilon zeta eta theta iota kappa".split()])
+    prompts = write_jsonl(
+        tmp_path / "prompts.jsonl",
+        [{"prompt": f"alpha beta {w}"} for w in "gamma delta epsilon zeta eta theta iota kappa".split()],
+    )
     cfg = PPOConfig(model=str(peaked_model), out=str(tmp_path / "ppo"))
     cfg.data.train = str(prompts)
     cfg.ppo.reward_model = str(newline_reward_model)
@@ -181,8 +209,9 @@ def test_ppo_adaptive_kl_and_bad_input(tmp_path, newline_reward_model, peaked_mo
 
 
 def _probe(tmp_path):
-    return write_jsonl(tmp_path / "probe.jsonl", [{"prompt": f"say {w}", "answer": f"{w} {w} {w}"}
-                                                  for w in ("alpha", "beta", "gamma")])
+    return write_jsonl(
+        tmp_path / "probe.jsonl", [{"prompt": f"say {w}", "answer": f"{w} {w} {w}"} for w in ("alpha", "beta", "gamma")]
+    )
 
 
 def _drift_steps(run_dir) -> list[int]:
@@ -190,14 +219,59 @@ def _drift_steps(run_dir) -> list[int]:
 
 
 def test_forgetting_guard_in_grpo_and_ppo(tmp_path, peaked_model, newline_reward_model):
-    prompts = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": f"alpha {w}"} for w in "beta gamma delta eta".split()])
-    guard = ["--probe", str(_probe(tmp_path)), "--forgetting-every", "1", "--precision", "fp32", "--no-progress",
-             "--model", str(peaked_model), "--prompts", str(prompts), "--max-steps", "2", "--max-new-tokens", "8"]
-    assert main(["grpo", "--reward", "length_penalty:3", "--group-size", "2", "--batch-size", "2",
-                 "--out", str(tmp_path / "grpo"), *guard]) == 0
+    prompts = write_jsonl(
+        tmp_path / "prompts.jsonl", [{"prompt": f"alpha {w}"} for w in "beta gamma delta eta".split()]
+    )
+    guard = [
+        "--probe",
+        str(_probe(tmp_path)),
+        "--forgetting-every",
+        "1",
+        "--precision",
+        "fp32",
+        "--no-progress",
+        "--model",
+        str(peaked_model),
+        "--prompts",
+        str(prompts),
+        "--max-steps",
+        "2",
+        "--max-new-tokens",
+        "8",
+    ]
+    assert (
+        main(
+            [
+                "grpo",
+                "--reward",
+                "length_penalty:3",
+                "--group-size",
+                "2",
+                "--batch-size",
+                "2",
+                "--out",
+                str(tmp_path / "grpo"),
+                *guard,
+            ]
+        )
+        == 0
+    )
     assert _drift_steps(tmp_path / "grpo") == [0, 1, 2]
-    assert main(["ppo", "--reward-model", str(newline_reward_model), "--rollouts-per-step", "2",
-                 "--out", str(tmp_path / "ppo"), *guard]) == 0
+    assert (
+        main(
+            [
+                "ppo",
+                "--reward-model",
+                str(newline_reward_model),
+                "--rollouts-per-step",
+                "2",
+                "--out",
+                str(tmp_path / "ppo"),
+                *guard,
+            ]
+        )
+        == 0
+    )
     assert _drift_steps(tmp_path / "ppo") == [0, 1, 2]
     run = json.loads((tmp_path / "ppo" / "run.json").read_text())
     assert run["forgetting"]["budget_exceeded"] is None

@@ -19,9 +19,27 @@ from tests.conftest import chat_rows, write_jsonl
 def test_a_signal_saves_a_checkpoint_and_resume_finishes(tmp_path, sig):
     data = write_jsonl(tmp_path / "train.jsonl", chat_rows(24))
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "tunesmith", "sft", "--model", "tiny-random-llama", "--data", str(data), "--out",
-           str(out), "--max-steps", "400", "--batch-size", "2", "--max-length", "64", "--save-every", "0",
-           "--no-progress"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "tunesmith",
+        "sft",
+        "--model",
+        "tiny-random-llama",
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--max-steps",
+        "400",
+        "--batch-size",
+        "2",
+        "--max-length",
+        "64",
+        "--save-every",
+        "0",
+        "--no-progress",
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ})
     metrics = out / "metrics.jsonl"
     deadline = time.time() + 240
@@ -35,7 +53,12 @@ def test_a_signal_saves_a_checkpoint_and_resume_finishes(tmp_path, sig):
     saved = sorted(p.name for p in (out / "checkpoints").iterdir())
     assert saved == [f"step-{steps[-1]:08d}"] and 2 <= steps[-1] < 400
     assert not (out / "adapter").exists()
-    done = subprocess.run(cmd[:-5] + ["--max-steps", str(steps[-1] + 2), "--resume", "--no-progress"],
-                          capture_output=True, text=True, env={**os.environ}, timeout=240)
+    done = subprocess.run(
+        cmd[:-5] + ["--max-steps", str(steps[-1] + 2), "--resume", "--no-progress"],
+        capture_output=True,
+        text=True,
+        env={**os.environ},
+        timeout=240,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
-    assert f"resumed from" in done.stdout and (out / "adapter" / "adapter_model.safetensors").is_file()
+    assert "resumed from" in done.stdout and (out / "adapter" / "adapter_model.safetensors").is_file()

@@ -42,15 +42,38 @@ class Server:
         return f"http://127.0.0.1:{self.port}/v1"
 
     def env(self) -> dict[str, str]:
-        return {**os.environ, "TUNESMITH_API_KEYS": ",".join(f"{o}:{k}" for o, k in KEYS.items()),
-                "PYTHONUNBUFFERED": "1"}
+        return {
+            **os.environ,
+            "TUNESMITH_API_KEYS": ",".join(f"{o}:{k}" for o, k in KEYS.items()),
+            "PYTHONUNBUFFERED": "1",
+        }
 
     def start(self) -> Server:
         log = open(self.home / "server.log", "ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "tunesmith", "serve", "--port", str(self.port), "--home", str(self.home),
-             "--workers", str(self.workers), "--lease-s", str(self.lease_s), "--heartbeat-s", "0.5",
-             "--max-file-mb", "1", *self.extra], env=self.env(), stdout=log, stderr=subprocess.STDOUT)
+            [
+                sys.executable,
+                "-m",
+                "tunesmith",
+                "serve",
+                "--port",
+                str(self.port),
+                "--home",
+                str(self.home),
+                "--workers",
+                str(self.workers),
+                "--lease-s",
+                str(self.lease_s),
+                "--heartbeat-s",
+                "0.5",
+                "--max-file-mb",
+                "1",
+                *self.extra,
+            ],
+            env=self.env(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
         deadline = time.time() + 90
         while time.time() < deadline:
             assert self.process.poll() is None, (self.home / "server.log").read_text()[-3000:]
@@ -77,10 +100,23 @@ class Server:
 
     def worker(self) -> subprocess.Popen:
         """A separate `tunesmith worker` against the same database (as on another machine)."""
-        p = subprocess.Popen([sys.executable, "-m", "tunesmith", "worker", "--home", str(self.home),
-                              "--lease-s", str(self.lease_s), "--heartbeat-s", "0.5"], env=self.env(),
-                             stdout=open(self.home / f"worker-{len(self.spawned)}.log", "ab"),
-                             stderr=subprocess.STDOUT)
+        p = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "tunesmith",
+                "worker",
+                "--home",
+                str(self.home),
+                "--lease-s",
+                str(self.lease_s),
+                "--heartbeat-s",
+                "0.5",
+            ],
+            env=self.env(),
+            stdout=open(self.home / f"worker-{len(self.spawned)}.log", "ab"),
+            stderr=subprocess.STDOUT,
+        )
         self.spawned.append(p)
         return p
 
@@ -131,8 +167,9 @@ def wait_for(client: openai.OpenAI, job_id: str, statuses: set[str], timeout: fl
 
 def tiny_job(client: openai.OpenAI, training_file: str, steps: int = 6, save_every: int = 2, **kwargs):
     extension = {"max_steps": steps, "save_every": save_every, **kwargs.pop("tunesmith", {})}
-    return client.fine_tuning.jobs.create(model="tiny-random-llama", training_file=training_file,
-                                          extra_body={"tunesmith": extension}, **kwargs)
+    return client.fine_tuning.jobs.create(
+        model="tiny-random-llama", training_file=training_file, extra_body={"tunesmith": extension}, **kwargs
+    )
 
 
 def upload(client: openai.OpenAI, path: Path) -> str:

@@ -40,8 +40,9 @@ def test_auth_and_error_bodies(server, data_dir):
     bad_limit = server.http("GET", "/fine_tuning/jobs", params={"limit": "many"})
     assert bad_limit.status_code == 422 and error_body(bad_limit)["param"] == "limit"
 
-    big = server.http("POST", "/files", data={"purpose": "fine-tune"},
-                      files={"file": ("big.jsonl", b"x" * (1 << 20) * 2)})
+    big = server.http(
+        "POST", "/files", data={"purpose": "fine-tune"}, files={"file": ("big.jsonl", b"x" * (1 << 20) * 2)}
+    )
     assert big.status_code == 413 and error_body(big)["code"] == "file_too_large"
     assert not [p for p in (server.home / "files").iterdir() if p.name.startswith(".tmp")]
 
@@ -79,11 +80,25 @@ def test_files_and_owners(server, data_dir):
 def test_sft_and_dpo_jobs_succeed(server, data_dir):
     client = server.client()
     train, valid, pairs = (upload(client, data_dir / n) for n in ("train.jsonl", "valid.jsonl", "pairs.jsonl"))
-    sft = tiny_job(client, train, validation_file=valid, suffix="demo", seed=7, metadata={"team": "a"},
-                   method={"type": "supervised",
-                           "supervised": {"hyperparameters": {"n_epochs": 2, "learning_rate_multiplier": 2.0}}})
-    dpo = tiny_job(client, pairs, steps=4, metadata={"team": "b"},
-                   method={"type": "dpo", "dpo": {"hyperparameters": {"beta": 0.2}}})
+    sft = tiny_job(
+        client,
+        train,
+        validation_file=valid,
+        suffix="demo",
+        seed=7,
+        metadata={"team": "a"},
+        method={
+            "type": "supervised",
+            "supervised": {"hyperparameters": {"n_epochs": 2, "learning_rate_multiplier": 2.0}},
+        },
+    )
+    dpo = tiny_job(
+        client,
+        pairs,
+        steps=4,
+        metadata={"team": "b"},
+        method={"type": "dpo", "dpo": {"hyperparameters": {"beta": 0.2}}},
+    )
     assert sft.status == "validating_files" and sft.object == "fine_tuning.job" and sft.fine_tuned_model is None
     done = wait_for(client, sft.id, {"succeeded"})
     assert done.fine_tuned_model == f"ft:tiny-random-llama:alice:demo:{sft.id[-8:]}"
@@ -186,8 +201,12 @@ def test_keys_create_prints_the_key_once_and_stores_its_hash(tmp_path):
     from tunesmith.serve.auth import hash_key, owner_of
     from tunesmith.serve.db import ApiKey, make_sessions
 
-    out = subprocess.run([sys.executable, "-m", "tunesmith", "keys", "create", "carol", "--home", str(tmp_path)],
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "tunesmith", "keys", "create", "carol", "--home", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     key = out.stdout.strip()
     with make_sessions(f"sqlite:///{tmp_path / 'tunesmith.db'}")() as session:
         assert owner_of(session, key) == "carol" and owner_of(session, key + "x") is None

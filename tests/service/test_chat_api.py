@@ -59,9 +59,11 @@ def chat_app(models: dict[str, tuple[str, str | None]]):
 @pytest.fixture(scope="module")
 def adapters(tmp_path_factory, tiny_dir) -> dict[str, str]:
     tmp = tmp_path_factory.mktemp("chat_api")
-    return {"ft:tiny-random-llama:alice:sft:abc": train_adapter(tmp / "sft"),
-            "ft:tiny-random-llama:alice:votes:def": random_adapter(tmp / "votes", 1),
-            "ft:tiny-random-llama:alice:vapor:ghi": random_adapter(tmp / "vapor", 2)}
+    return {
+        "ft:tiny-random-llama:alice:sft:abc": train_adapter(tmp / "sft"),
+        "ft:tiny-random-llama:alice:votes:def": random_adapter(tmp / "votes", 1),
+        "ft:tiny-random-llama:alice:vapor:ghi": random_adapter(tmp / "vapor", 2),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -97,8 +99,11 @@ def test_chat_with_base_and_fine_tune(client, tokenizer):
         assert choice.message.role == "assistant" and choice.finish_reason == "length" and choice.logprobs is None
         prompt = tokenizer.apply_chat_template(HELLO, tokenize=False, add_generation_prompt=True)
         prompt_tokens = len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
-        assert (reply.usage.prompt_tokens, reply.usage.completion_tokens, reply.usage.total_tokens) == \
-               (prompt_tokens, 6, prompt_tokens + 6)
+        assert (reply.usage.prompt_tokens, reply.usage.completion_tokens, reply.usage.total_tokens) == (
+            prompt_tokens,
+            6,
+            prompt_tokens + 6,
+        )
 
 
 def test_greedy_reply_equals_tunesmith_generate(client, adapters):
@@ -114,8 +119,16 @@ def test_greedy_reply_equals_tunesmith_generate(client, adapters):
 
 def test_stream_matches_the_whole_reply_and_counts_usage(client):
     whole = client.chat.completions.create(model=VOTES, messages=HELLO, max_tokens=10, temperature=0)
-    chunks = list(client.chat.completions.create(model=VOTES, messages=HELLO, max_tokens=10, temperature=0,
-                                                 stream=True, stream_options={"include_usage": True}))
+    chunks = list(
+        client.chat.completions.create(
+            model=VOTES,
+            messages=HELLO,
+            max_tokens=10,
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
     assert all(c.object == "chat.completion.chunk" and c.id == chunks[0].id for c in chunks)
     assert chunks[0].choices[0].delta.role == "assistant"
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
@@ -144,11 +157,19 @@ def test_error_bodies(server, client):
     with pytest.raises(openai.NotFoundError) as e:
         client.chat.completions.create(model="ft:nobody:x", messages=HELLO)
     assert e.value.body["code"] == "model_not_found" and e.value.body["param"] == "model"
-    response = httpx.post(f"{server.url}/chat/completions", headers={"Authorization": f"Bearer {KEY}"},
-                          json={"model": "nope", "messages": HELLO})
+    response = httpx.post(
+        f"{server.url}/chat/completions",
+        headers={"Authorization": f"Bearer {KEY}"},
+        json={"model": "nope", "messages": HELLO},
+    )
     assert response.status_code == 404 and set(response.json()["error"]) == {"message", "type", "param", "code"}
-    for bad, param in [({"n": 0}, "n"), ({"messages": []}, "messages"), ({"max_tokens": 0}, "max_tokens"),
-                       ({"temperature": 3}, "temperature"), ({"tools": [{"type": "function"}]}, "tools")]:
+    for bad, param in [
+        ({"n": 0}, "n"),
+        ({"messages": []}, "messages"),
+        ({"max_tokens": 0}, "max_tokens"),
+        ({"temperature": 3}, "temperature"),
+        ({"tools": [{"type": "function"}]}, "tools"),
+    ]:
         with pytest.raises(openai.BadRequestError) as e:
             client.chat.completions.create(**{"model": TINY, "messages": HELLO, **bad})
         assert e.value.body["param"] == param
@@ -157,7 +178,8 @@ def test_error_bodies(server, client):
     assert e.value.body["code"] == "context_length_exceeded"
     with pytest.raises(openai.AuthenticationError):
         openai.OpenAI(base_url=server.url, api_key="sk-wrong", max_retries=0).chat.completions.create(
-            model=TINY, messages=HELLO)
+            model=TINY, messages=HELLO
+        )
 
 
 def test_concurrent_requests_are_batched(server, client):
@@ -177,8 +199,10 @@ def test_concurrent_requests_are_batched(server, client):
     with ThreadPoolExecutor(8) as pool:
         concurrent = list(pool.map(ask, range(8)))
     concurrent_s = time.perf_counter() - start
-    print(f"8 sequential: {sequential_s:.2f}s, 8 concurrent: {concurrent_s:.2f}s "
-          f"({sequential_s / concurrent_s:.1f}x), batches {engine.batch_rows[-(engine.decode_calls - calls):]}")
+    print(
+        f"8 sequential: {sequential_s:.2f}s, 8 concurrent: {concurrent_s:.2f}s "
+        f"({sequential_s / concurrent_s:.1f}x), batches {engine.batch_rows[-(engine.decode_calls - calls) :]}"
+    )
     assert concurrent == sequential  # each row answers as if alone, whatever shares its batch
     assert engine.decode_calls - calls <= 2  # shared forward passes, not eight decoding loops
     assert concurrent_s < sequential_s

@@ -76,8 +76,7 @@ def test_concurrent_requests_share_one_batch_and_answer_as_if_alone(engine, adap
     owners = [None, adapters[0], adapters[1], None, adapters[0], adapters[1], adapters[0], None]
     alone = [ask(engine, a, messages=p).choices[0].text for a, p in zip(owners, prompts)]
     calls = engine.decode_calls
-    futures = [engine.submit(ChatRequest(TINY, a, p, max_tokens=12, temperature=0.0))
-               for a, p in zip(owners, prompts)]
+    futures = [engine.submit(ChatRequest(TINY, a, p, max_tokens=12, temperature=0.0)) for a, p in zip(owners, prompts)]
     together = [f.result(timeout=120).choices[0].text for f in futures]
     assert engine.decode_calls == calls + 1 and engine.batch_rows[-1] == 8  # one mixed-adapter batch
     assert together == alone
@@ -112,8 +111,9 @@ def test_seed_makes_sampling_repeatable(engine):
 
 def test_stream_deltas_add_up_to_the_answer(engine, adapters):
     async def collect():
-        items = [item async for item in engine.stream(ChatRequest(TINY, adapters[0], HELLO, max_tokens=12,
-                                                                  temperature=0.0))]
+        items = [
+            item async for item in engine.stream(ChatRequest(TINY, adapters[0], HELLO, max_tokens=12, temperature=0.0))
+        ]
         return items[:-1], items[-1]
 
     deltas, result = asyncio.run(collect())

@@ -41,9 +41,12 @@ def test_defaults():
 
 
 def test_yaml_values(tmp_path):
-    path = write(tmp_path, "model: tiny-random-llama\nmethod: full\ndata:\n  train: d.jsonl\n  max_length: 128\n"
-                           "  packing: false\nout: runs/y\nlora:\n  alpha: 8\ntrain:\n  lr: 3e-5\n  batch_size: 4\n"
-                           "  schedule: linear\n")
+    path = write(
+        tmp_path,
+        "model: tiny-random-llama\nmethod: full\ndata:\n  train: d.jsonl\n  max_length: 128\n"
+        "  packing: false\nout: runs/y\nlora:\n  alpha: 8\ntrain:\n  lr: 3e-5\n  batch_size: 4\n"
+        "  schedule: linear\n",
+    )
     cfg = cfg_from("--config", str(path), required=False)
     assert cfg.model == "tiny-random-llama" and cfg.method == "full"
     assert cfg.data.train == "d.jsonl" and cfg.out == "runs/y"
@@ -58,8 +61,7 @@ def test_flags_override_yaml_and_set_overrides_both(tmp_path):
     assert cfg.train.lr == pytest.approx(5e-5) and cfg.train.batch_size == 16
     assert cfg.train.epochs == 2 and cfg.data.max_length == 128  # untouched YAML values stay
     assert cfg.data.packing is False
-    cfg = cfg_from("--config", str(path), "--lr", "5e-5", "--set", "train.lr=1e-4",
-                   "--set", "data.max_length=64")
+    cfg = cfg_from("--config", str(path), "--lr", "5e-5", "--set", "train.lr=1e-4", "--set", "data.max_length=64")
     assert cfg.train.lr == pytest.approx(1e-4) and cfg.data.max_length == 64
 
 
@@ -106,12 +108,15 @@ def test_yaml_not_a_mapping_and_invalid(tmp_path):
         cfg_from("--config", str(write(tmp_path, "lora:\n  target: [q_proj, v_proj]\n")))
 
 
-@pytest.mark.parametrize("item, suggestion", [
-    ("train.lrr=1e-4", "train.lr"),
-    ("lr=1e-4", "train.lr"),
-    ("batch_size=4", "train.batch_size"),
-    ("data.max_len=64", "data.max_length"),
-])
+@pytest.mark.parametrize(
+    "item, suggestion",
+    [
+        ("train.lrr=1e-4", "train.lr"),
+        ("lr=1e-4", "train.lr"),
+        ("batch_size=4", "train.batch_size"),
+        ("data.max_len=64", "data.max_length"),
+    ],
+)
 def test_unknown_set_key_suggests(item, suggestion):
     with pytest.raises(ConfigError) as info:
         cfg_from("--set", item)
@@ -124,14 +129,17 @@ def test_set_without_equals():
         cfg_from("--set", "train.lr")
 
 
-@pytest.mark.parametrize("argv, key", [
-    (["--set", "train.epochs=abc"], "train.epochs"),
-    (["--set", "train.max_steps=1.5"], "train.max_steps"),
-    (["--epochs", "two"], "train.epochs"),
-    (["--lr", "fast"], "train.lr"),
-    (["--set", "data.packing=maybe"], "data.packing"),
-    (["--set", "train.epochs=null"], "train.epochs"),
-])
+@pytest.mark.parametrize(
+    "argv, key",
+    [
+        (["--set", "train.epochs=abc"], "train.epochs"),
+        (["--set", "train.max_steps=1.5"], "train.max_steps"),
+        (["--epochs", "two"], "train.epochs"),
+        (["--lr", "fast"], "train.lr"),
+        (["--set", "data.packing=maybe"], "data.packing"),
+        (["--set", "train.epochs=null"], "train.epochs"),
+    ],
+)
 def test_wrong_type_names_the_key(argv, key):
     with pytest.raises(ConfigError, match=rf"{key.replace('.', '[.]')}: (expected|may not be empty)"):
         cfg_from(*argv)
@@ -162,22 +170,28 @@ def test_micro_batch_must_divide_batch():
     assert cfg_from("--batch-size", "6").train.micro_batch_size == 6
 
 
-@pytest.mark.parametrize("argv, needle", [
-    ([], "data.train"),
-    (["--data", "d.jsonl"], "out"),
-])
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        ([], "data.train"),
+        (["--data", "d.jsonl"], "out"),
+    ],
+)
 def test_required_values(argv, needle):
     with pytest.raises(ConfigError, match=needle):
         cfg_from(*argv, required=False)
 
 
-@pytest.mark.parametrize("argv, key", [
-    (["--lr", "0"], "train.lr"),
-    (["--max-steps", "0"], "train.max_steps"),
-    (["--warmup-ratio", "1"], "train.warmup_ratio"),
-    (["--max-length", "4"], "data.max_length"),
-    (["--overwrite", "--resume"], "overwrite, resume"),
-])
+@pytest.mark.parametrize(
+    "argv, key",
+    [
+        (["--lr", "0"], "train.lr"),
+        (["--max-steps", "0"], "train.max_steps"),
+        (["--warmup-ratio", "1"], "train.warmup_ratio"),
+        (["--max-length", "4"], "data.max_length"),
+        (["--overwrite", "--resume"], "overwrite, resume"),
+    ],
+)
 def test_value_checks(argv, key):
     with pytest.raises(ConfigError, match=key):
         cfg_from(*argv)

@@ -69,7 +69,9 @@ def test_heldout_disjoint_from_train():
 def test_generator_reproduces_shipped_files(tmp_path):
     subprocess.run(
         [sys.executable, str(SCRIPT), "--out", str(tmp_path)],
-        check=True, capture_output=True, cwd=tmp_path,
+        check=True,
+        capture_output=True,
+        cwd=tmp_path,
     )
     for name in FILES:
         assert (tmp_path / name).read_bytes() == (DATA / name).read_bytes(), name

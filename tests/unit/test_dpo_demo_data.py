@@ -95,8 +95,9 @@ def test_sequences_fit_max_length(tokenizer):
     tiny test model carries the same tokenizer and template)."""
     token_lengths = _script().token_lengths
     row = _rows("tone_heldout.jsonl")[0]
-    direct = tokenizer.apply_chat_template(row["prompt"] + [{"role": "assistant", "content": row["chosen"]}],
-                                           tokenize=True)
+    direct = tokenizer.apply_chat_template(
+        row["prompt"] + [{"role": "assistant", "content": row["chosen"]}], tokenize=True
+    )
     direct = direct["input_ids"] if hasattr(direct, "keys") else direct
     assert token_lengths(tokenizer, [row])[0] == [len(direct)]  # batched count == apply_chat_template's
     for name in FILES:

@@ -54,12 +54,18 @@ def test_losses_are_registered_by_name():
     from tunesmith.losses.simpo import simpo_loss
 
     assert {name: spec.reference for name, spec in PREFERENCE_LOSSES.items()} == {
-        "dpo": True, "ipo": True, "orpo": False, "simpo": False}
+        "dpo": True,
+        "ipo": True,
+        "orpo": False,
+        "simpo": False,
+    }
     pairs = PairLogps(t(-3.0, -5.0), t(-4.0, -2.0), t(3.0, 4.0), t(2.0, 5.0), t(-3.5, -4.0), t(-3.0, -2.5))
-    expected = {"dpo": dpo_loss(pairs.chosen, pairs.rejected, pairs.ref_chosen, pairs.ref_rejected, 0.1),
-                "ipo": ipo_loss(pairs.chosen, pairs.rejected, pairs.ref_chosen, pairs.ref_rejected, 0.1),
-                "orpo": orpo_loss(pairs.chosen, pairs.rejected, pairs.chosen_tokens, pairs.rejected_tokens, 0.1),
-                "simpo": simpo_loss(pairs.chosen, pairs.rejected, pairs.chosen_tokens, pairs.rejected_tokens, 0.1, 0.3)}
+    expected = {
+        "dpo": dpo_loss(pairs.chosen, pairs.rejected, pairs.ref_chosen, pairs.ref_rejected, 0.1),
+        "ipo": ipo_loss(pairs.chosen, pairs.rejected, pairs.ref_chosen, pairs.ref_rejected, 0.1),
+        "orpo": orpo_loss(pairs.chosen, pairs.rejected, pairs.chosen_tokens, pairs.rejected_tokens, 0.1),
+        "simpo": simpo_loss(pairs.chosen, pairs.rejected, pairs.chosen_tokens, pairs.rejected_tokens, 0.1, 0.3),
+    }
     for name, spec in PREFERENCE_LOSSES.items():
         for got, want in zip(spec.fn(pairs, 0.1, 0.3), expected[name], strict=True):
             torch.testing.assert_close(got, want)

@@ -25,10 +25,13 @@ F32_TOL = 1e-4
 def _sequences(tokenizer) -> list[torch.Tensor]:
     chat = tokenizer.apply_chat_template(
         [{"role": "user", "content": "Name 3 colours, please."}, {"role": "assistant", "content": "Red, blue, green."}],
-        tokenize=False)
-    return [torch.tensor([tokenizer(chat)["input_ids"]]),
-            torch.tensor([[tokenizer.bos_token_id, 28120, 216, 33, 34, 35, 500, 4000, len(tokenizer) - 1]]),
-            torch.tensor([[7, 7, 7, 49000]])]
+        tokenize=False,
+    )
+    return [
+        torch.tensor([tokenizer(chat)["input_ids"]]),
+        torch.tensor([[tokenizer.bos_token_id, 28120, 216, 33, 34, 35, 500, 4000, len(tokenizer) - 1]]),
+        torch.tensor([[7, 7, 7, 49000]]),
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -47,9 +50,12 @@ def loaded(tiny_dir, exported):
 
     out, _ = exported
     config = AutoConfig.from_pretrained(out, gguf_file="tiny-f32.gguf")  # identical for both files
-    models = {dtype: AutoModelForCausalLM.from_pretrained(out, gguf_file=f"tiny-{dtype}.gguf", config=config,
-                                                          dtype=torch.float32).eval()
-              for dtype in ("f32", "f16")}
+    models = {
+        dtype: AutoModelForCausalLM.from_pretrained(
+            out, gguf_file=f"tiny-{dtype}.gguf", config=config, dtype=torch.float32
+        ).eval()
+        for dtype in ("f32", "f16")
+    }
     source = AutoModelForCausalLM.from_pretrained(tiny_dir, dtype=torch.float32).eval()
     return source, models
 
@@ -109,8 +115,10 @@ def test_tokenizer_and_chat_template_round_trip(exported, tokenizer):
     out, _ = exported
     back = AutoTokenizer.from_pretrained(out, gguf_file="tiny-f32.gguf")
     assert back.chat_template == tokenizer.chat_template
-    messages = [{"role": "system", "content": "Be brief."},
-                {"role": "user", "content": "Héllo wörld ✓ — 12345, tabs\tand\nnewlines?"}]
+    messages = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Héllo wörld ✓ — 12345, tabs\tand\nnewlines?"},
+    ]
     text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     assert back.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) == text
     ids = tokenizer(text)["input_ids"]
@@ -138,14 +146,25 @@ def _small_byte_level_dir(path, tiny_dir):
     tok.save(str(path / "tokenizer.json"))
     (path / "tokenizer_config.json").write_text(json.dumps({"bos_token": "<s>", "eos_token": "</s>"}))
     shutil.copy(tiny_dir / "chat_template.jinja", path / "chat_template.jinja")
-    config = LlamaConfig(vocab_size=264, hidden_size=48, intermediate_size=96, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=1, head_dim=16, max_position_embeddings=512,
-                         rms_norm_eps=1e-5, rope_parameters={"rope_type": "default", "rope_theta": 50000.0},
-                         tie_word_embeddings=False, bos_token_id=258, eos_token_id=259)
+    config = LlamaConfig(
+        vocab_size=264,
+        hidden_size=48,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=1,
+        head_dim=16,
+        max_position_embeddings=512,
+        rms_norm_eps=1e-5,
+        rope_parameters={"rope_type": "default", "rope_theta": 50000.0},
+        tie_word_embeddings=False,
+        bos_token_id=258,
+        eos_token_id=259,
+    )
     torch.manual_seed(1)
     model = LlamaForCausalLM(config)
     with torch.no_grad():
-        for name, p in model.named_parameters():
+        for p in model.parameters():
             p.copy_(1 + 0.2 * torch.randn_like(p) if p.ndim == 1 else 0.1 * torch.randn_like(p))
     model.save_pretrained(path)
     return model.eval()
@@ -160,8 +179,14 @@ def test_untied_model_with_other_head_layout(tmp_path, tiny_dir):
     assert result["tensors"] == 3 + 2 * 9
     reader = GGUFReader(tmp_path / "out" / "small.gguf")
     assert "output.weight" in {t.name for t in reader.tensors}
-    assert reader.fields["tokenizer.ggml.tokens"].contents()[258:] == ["<s>", "</s>", "[PAD260]", "[PAD261]",
-                                                                      "[PAD262]", "[PAD263]"]
+    assert reader.fields["tokenizer.ggml.tokens"].contents()[258:] == [
+        "<s>",
+        "</s>",
+        "[PAD260]",
+        "[PAD261]",
+        "[PAD262]",
+        "[PAD263]",
+    ]
     back = AutoModelForCausalLM.from_pretrained(tmp_path / "out", gguf_file="small.gguf", dtype=torch.float32).eval()
     assert not back.config.tie_word_embeddings and back.config.head_dim == 16
     assert back.config.rope_parameters["rope_theta"] == 50000.0
@@ -171,11 +196,14 @@ def test_untied_model_with_other_head_layout(tmp_path, tiny_dir):
     assert diff <= F32_TOL
 
 
-@pytest.mark.parametrize("config", [
-    {"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"]},
-    {"model_type": "llama", "architectures": ["LlamaForSequenceClassification"]},
-    {"model_type": "mistral", "architectures": ["LlamaForCausalLM"]},
-])
+@pytest.mark.parametrize(
+    "config",
+    [
+        {"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"]},
+        {"model_type": "llama", "architectures": ["LlamaForSequenceClassification"]},
+        {"model_type": "mistral", "architectures": ["LlamaForCausalLM"]},
+    ],
+)
 def test_unsupported_architectures_are_refused(tmp_path, config):
     # the other supported families: tests/unit/test_export_gguf_families.py
     (tmp_path / "config.json").write_text(json.dumps(config))
@@ -190,9 +218,14 @@ def test_bad_inputs(tmp_path, tiny_dir):
     with pytest.raises(ConfigError, match="dtype"):
         export_gguf(tiny_dir, tmp_path / "out.gguf", dtype="q4_0")
     scaled = json.loads((tiny_dir / "config.json").read_text())
-    scaled["rope_parameters"] = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0,  # Llama 3.1's
-                                 "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-                                 "original_max_position_embeddings": 8192}
+    scaled["rope_parameters"] = {
+        "rope_type": "llama3",
+        "rope_theta": 500000.0,
+        "factor": 8.0,  # Llama 3.1's
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 8192,
+    }
     (tmp_path / "config.json").write_text(json.dumps(scaled))
     with pytest.raises(ModelError, match="rope_type 'llama3'"):
         export_gguf(tmp_path, tmp_path / "out.gguf")

@@ -39,8 +39,12 @@ ROUND_TRIP = {
     "gemma2": {"query_pre_attn_scalar": 256, "attn_logit_softcapping": 50.0, "final_logit_softcapping": 30.0},
     # Gemma 3 has no soft-capping in llama.cpp's sliding-window graph, which fixes five sliding layers to
     # one full one: six layers so both kinds run.
-    "gemma3": {"query_pre_attn_scalar": 256, "final_logit_softcapping": None, "layer_types": None,
-               "num_hidden_layers": 6},
+    "gemma3": {
+        "query_pre_attn_scalar": 256,
+        "final_logit_softcapping": None,
+        "layer_types": None,
+        "num_hidden_layers": 6,
+    },
     "phi3": {"sliding_window": None},
 }
 FAMILIES = tuple(ROUND_TRIP)
@@ -93,7 +97,8 @@ def _sequences(tokenizer) -> list[torch.Tensor]:
     """A chat turn and 40 random ids: both longer than the 16-token sliding windows."""
     chat = tokenizer.apply_chat_template(
         [{"role": "user", "content": "Name 3 colours, please."}, {"role": "assistant", "content": "Red, blue, green."}],
-        tokenize=False)
+        tokenize=False,
+    )
     random_ids = torch.randint(0, len(tokenizer), (1, 40), generator=torch.Generator().manual_seed(0))
     return [torch.tensor([tokenizer(chat)["input_ids"]]), random_ids]
 
@@ -119,9 +124,17 @@ def _llama_cpp_tensors(family: str, c: dict) -> dict[str, tuple[int, ...]]:
     e, ff = c["hidden_size"], c["intermediate_size"]
     d = c.get("head_dim") or e // c["num_attention_heads"]
     q, kv = c["num_attention_heads"] * d, c["num_key_value_heads"] * d
-    layer = {"attn_norm.weight": (e,), "attn_q.weight": (q, e), "attn_k.weight": (kv, e), "attn_v.weight": (kv, e),
-             "attn_output.weight": (e, q), "ffn_norm.weight": (e,), "ffn_gate.weight": (ff, e),
-             "ffn_up.weight": (ff, e), "ffn_down.weight": (e, ff)}
+    layer = {
+        "attn_norm.weight": (e,),
+        "attn_q.weight": (q, e),
+        "attn_k.weight": (kv, e),
+        "attn_v.weight": (kv, e),
+        "attn_output.weight": (e, q),
+        "ffn_norm.weight": (e,),
+        "ffn_gate.weight": (ff, e),
+        "ffn_up.weight": (ff, e),
+        "ffn_down.weight": (e, ff),
+    }
     if family == "qwen2":
         layer |= {"attn_q.bias": (q,), "attn_k.bias": (kv,), "attn_v.bias": (kv,)}
     if family in ("qwen3", "gemma3"):
@@ -129,8 +142,14 @@ def _llama_cpp_tensors(family: str, c: dict) -> dict[str, tuple[int, ...]]:
     if family in ("gemma2", "gemma3"):
         layer |= {"post_attention_norm.weight": (e,), "post_ffw_norm.weight": (e,)}
     if family == "phi3":  # fused: q, k, v rows stacked; [gate; up]
-        layer = {"attn_norm.weight": (e,), "attn_qkv.weight": (q + 2 * kv, e), "attn_output.weight": (e, q),
-                 "ffn_norm.weight": (e,), "ffn_up.weight": (2 * ff, e), "ffn_down.weight": (e, ff)}
+        layer = {
+            "attn_norm.weight": (e,),
+            "attn_qkv.weight": (q + 2 * kv, e),
+            "attn_output.weight": (e, q),
+            "ffn_norm.weight": (e,),
+            "ffn_up.weight": (2 * ff, e),
+            "ffn_down.weight": (e, ff),
+        }
     tensors = {"token_embd.weight": (c["vocab_size"], e), "output_norm.weight": (e,)}
     for i in range(c["num_hidden_layers"]):
         tensors |= {f"blk.{i}.{name}": shape for name, shape in layer.items()}
@@ -139,9 +158,14 @@ def _llama_cpp_tensors(family: str, c: dict) -> dict[str, tuple[int, ...]]:
 
 # general.architecture, and the keys each architecture's llama.cpp loader reads beyond the common ones
 LLAMA_CPP_KEYS = {
-    "llama": ("llama", {}), "mistral": ("llama", {}), "qwen2": ("qwen2", {}), "qwen3": ("qwen3", {}),
-    "gemma2": ("gemma2", {"attn_logit_softcapping": 50.0, "final_logit_softcapping": 30.0,
-                          "attention.sliding_window": 16}),
+    "llama": ("llama", {}),
+    "mistral": ("llama", {}),
+    "qwen2": ("qwen2", {}),
+    "qwen3": ("qwen3", {}),
+    "gemma2": (
+        "gemma2",
+        {"attn_logit_softcapping": 50.0, "final_logit_softcapping": 30.0, "attention.sliding_window": 16},
+    ),
     "gemma3": ("gemma3", {"attention.sliding_window": 16}),
     "phi3": ("phi3", {"attention.sliding_window": 0, "rope.scaling.original_context_length": 4096}),
 }
@@ -163,15 +187,22 @@ def test_file_holds_what_llama_cpp_loads(family, exported):
     assert metadata["general.architecture"] == arch
     # and every name is one gguf-py lists for the architecture (what llama.cpp's converter may write)
     arch_id = next(a for a, name in gguf.MODEL_ARCH_NAMES.items() if name == arch)
-    allowed = {gguf.TENSOR_NAMES[t].format(bid=i) for t in gguf.MODEL_TENSORS[arch_id]
-               for i in range(c["num_hidden_layers"])}
+    allowed = {
+        gguf.TENSOR_NAMES[t].format(bid=i) for t in gguf.MODEL_TENSORS[arch_id] for i in range(c["num_hidden_layers"])
+    }
     assert {name.rsplit(".", 1)[0] for name in shapes} <= allowed
     rope = c["rope_parameters"].get("full_attention", c["rope_parameters"])
-    common = {"block_count": c["num_hidden_layers"], "embedding_length": c["hidden_size"],
-              "feed_forward_length": c["intermediate_size"], "context_length": c["max_position_embeddings"],
-              "attention.head_count": c["num_attention_heads"], "attention.head_count_kv": c["num_key_value_heads"],
-              "attention.key_length": c.get("head_dim") or c["hidden_size"] // c["num_attention_heads"],
-              "rope.freq_base": rope["rope_theta"], "attention.layer_norm_rms_epsilon": c["rms_norm_eps"]}
+    common = {
+        "block_count": c["num_hidden_layers"],
+        "embedding_length": c["hidden_size"],
+        "feed_forward_length": c["intermediate_size"],
+        "context_length": c["max_position_embeddings"],
+        "attention.head_count": c["num_attention_heads"],
+        "attention.head_count_kv": c["num_key_value_heads"],
+        "attention.key_length": c.get("head_dim") or c["hidden_size"] // c["num_attention_heads"],
+        "rope.freq_base": rope["rope_theta"],
+        "attention.layer_norm_rms_epsilon": c["rms_norm_eps"],
+    }
     for key, value in (common | extra).items():
         assert metadata[f"{arch}.{key}"] == pytest.approx(value), key
     written = {k.removeprefix(f"{arch}.") for k in metadata if k.startswith(f"{arch}.")}
@@ -192,18 +223,27 @@ def test_gemma2_writes_its_own_soft_caps(tiny, tmp_path):
     assert metadata["gemma2.attention.sliding_window"] == 16
 
 
-@pytest.mark.parametrize("family, overrides, reason", [
-    ("mistral", {}, "sliding_window 16"),
-    ("qwen2", {}, "sliding_window 16"),
-    ("phi3", {}, "sliding_window 16"),
-    ("gemma2", {}, "query_pre_attn_scalar 16"),
-    ("gemma2", {"query_pre_attn_scalar": 256, "tie_word_embeddings": False}, "untied embeddings"),
-    ("gemma3", {"query_pre_attn_scalar": 256, "final_logit_softcapping": None}, "layer_types"),
-    ("gemma3", ROUND_TRIP["gemma3"] | {"final_logit_softcapping": 3.0}, "final_logit_softcapping 3.0"),
-    ("qwen3", ROUND_TRIP["qwen3"] | {"attention_bias": True}, "attention_bias"),
-    ("phi3", {"sliding_window": None, "rope_parameters": {"rope_type": "default", "rope_theta": 1e4,
-                                                          "partial_rotary_factor": 0.5}}, "partial_rotary_factor"),
-])
+@pytest.mark.parametrize(
+    "family, overrides, reason",
+    [
+        ("mistral", {}, "sliding_window 16"),
+        ("qwen2", {}, "sliding_window 16"),
+        ("phi3", {}, "sliding_window 16"),
+        ("gemma2", {}, "query_pre_attn_scalar 16"),
+        ("gemma2", {"query_pre_attn_scalar": 256, "tie_word_embeddings": False}, "untied embeddings"),
+        ("gemma3", {"query_pre_attn_scalar": 256, "final_logit_softcapping": None}, "layer_types"),
+        ("gemma3", ROUND_TRIP["gemma3"] | {"final_logit_softcapping": 3.0}, "final_logit_softcapping 3.0"),
+        ("qwen3", ROUND_TRIP["qwen3"] | {"attention_bias": True}, "attention_bias"),
+        (
+            "phi3",
+            {
+                "sliding_window": None,
+                "rope_parameters": {"rope_type": "default", "rope_theta": 1e4, "partial_rotary_factor": 0.5},
+            },
+            "partial_rotary_factor",
+        ),
+    ],
+)
 def test_configs_llama_cpp_would_misread_are_refused(family, overrides, reason, tiny, tmp_path):
     _config_dir(tiny(family), tmp_path, overrides)
     with pytest.raises(ModelError, match=reason):

@@ -33,40 +33,65 @@ def _msgs(*pairs, **extra):
     return {"messages": [{"role": r, "content": c} for r, c in pairs], **extra}
 
 
-@pytest.mark.parametrize("bad, needle", [
-    ('{"messages": [', "bad JSON"),
-    ("[1, 2]", "JSON object"),
-    ('"just a string"', "JSON object"),
-    ({"conversation": []}, "missing `messages`"),
-    ({"messages": []}, "non-empty list"),
-    ({"messages": "hi"}, "non-empty list"),
-    (_msgs(("robot", "x"), ("assistant", "y")), "unknown role 'robot'"),
-    ({"messages": [{"content": "x"}, {"role": "assistant", "content": "y"}]}, "missing `role`"),
-    ({"messages": [{"role": "user"}, {"role": "assistant", "content": "y"}]}, "missing `content`"),
-    ({"messages": ["hi", {"role": "assistant", "content": "y"}]}, "must be an object"),
-    (_msgs(("system", "s"), ("user", "u")), "no assistant turn"),
-    ({"messages": [{"role": "user", "content": ["a", "b"]}, {"role": "assistant", "content": "y"}]},
-     "content: must be a string, got list"),
-    ({"messages": [{"role": "user", "content": "u"}, {"role": "assistant", "content": None}]},
-     "content: must be a string, got NoneType"),
-    ({"messages": [{"role": "user", "content": "u"}, {"role": "assistant", "content": "y", "weight": 0.5}]},
-     "weight: must be 0 or 1"),
-    ({"messages": [{"role": "user", "content": "u"}, {"role": "assistant", "content": "y", "weight": 2}]},
-     "weight: must be 0 or 1"),
-    ({"messages": [{"role": "user", "content": "u"}, {"role": "assistant", "content": "y", "weight": True}]},
-     "weight: must be 0 or 1"),
-    ({"messages": [{"role": "user", "content": "u"}, {"role": "assistant", "content": "y", "weight": "1"}]},
-     "weight: must be 0 or 1"),
-    ({"messages": [{"role": "user", "content": "u", "weight": 1}, {"role": "assistant", "content": "y"}]},
-     "only assistant messages take a weight"),
-    ({"messages": [{"role": "user", "content": "u"}, {"role": "assistant", "content": "a", "weight": 0},
-                   {"role": "user", "content": "v"}, {"role": "assistant", "content": "b", "weight": 0}]},
-     "every assistant turn has weight 0"),
-    ({"prompt": "only a prompt"}, "missing `completion`"),
-    ({"completion": "only a completion"}, "missing `prompt`"),
-    ({"prompt": "p", "completion": 3}, "`completion`: must be a string"),
-    ({"prompt": "p", "completion": "   "}, "`completion`: empty"),
-])
+@pytest.mark.parametrize(
+    "bad, needle",
+    [
+        ('{"messages": [', "bad JSON"),
+        ("[1, 2]", "JSON object"),
+        ('"just a string"', "JSON object"),
+        ({"conversation": []}, "missing `messages`"),
+        ({"messages": []}, "non-empty list"),
+        ({"messages": "hi"}, "non-empty list"),
+        (_msgs(("robot", "x"), ("assistant", "y")), "unknown role 'robot'"),
+        ({"messages": [{"content": "x"}, {"role": "assistant", "content": "y"}]}, "missing `role`"),
+        ({"messages": [{"role": "user"}, {"role": "assistant", "content": "y"}]}, "missing `content`"),
+        ({"messages": ["hi", {"role": "assistant", "content": "y"}]}, "must be an object"),
+        (_msgs(("system", "s"), ("user", "u")), "no assistant turn"),
+        (
+            {"messages": [{"role": "user", "content": ["a", "b"]}, {"role": "assistant", "content": "y"}]},
+            "content: must be a string, got list",
+        ),
+        (
+            {"messages": [{"role": "user", "content": "u"}, {"role": "assistant", "content": None}]},
+            "content: must be a string, got NoneType",
+        ),
+        (
+            {"messages": [{"role": "user", "content": "u"}, {"role": "assistant", "content": "y", "weight": 0.5}]},
+            "weight: must be 0 or 1",
+        ),
+        (
+            {"messages": [{"role": "user", "content": "u"}, {"role": "assistant", "content": "y", "weight": 2}]},
+            "weight: must be 0 or 1",
+        ),
+        (
+            {"messages": [{"role": "user", "content": "u"}, {"role": "assistant", "content": "y", "weight": True}]},
+            "weight: must be 0 or 1",
+        ),
+        (
+            {"messages": [{"role": "user", "content": "u"}, {"role": "assistant", "content": "y", "weight": "1"}]},
+            "weight: must be 0 or 1",
+        ),
+        (
+            {"messages": [{"role": "user", "content": "u", "weight": 1}, {"role": "assistant", "content": "y"}]},
+            "only assistant messages take a weight",
+        ),
+        (
+            {
+                "messages": [
+                    {"role": "user", "content": "u"},
+                    {"role": "assistant", "content": "a", "weight": 0},
+                    {"role": "user", "content": "v"},
+                    {"role": "assistant", "content": "b", "weight": 0},
+                ]
+            },
+            "every assistant turn has weight 0",
+        ),
+        ({"prompt": "only a prompt"}, "missing `completion`"),
+        ({"completion": "only a completion"}, "missing `prompt`"),
+        ({"prompt": "p", "completion": 3}, "`completion`: must be a string"),
+        ({"prompt": "p", "completion": "   "}, "`completion`: empty"),
+    ],
+)
 def test_each_problem_kind_names_file_and_line(tmp_path, bad, needle):
     problem = _one_problem(tmp_path, bad)
     assert needle in problem
@@ -106,24 +131,29 @@ def test_missing_file_is_a_data_error(tmp_path):
 
 def test_blank_lines_are_skipped_and_line_numbers_stay_right(tmp_path):
     path = tmp_path / "d.jsonl"
-    path.write_text("\n" + json.dumps(GOOD) + "\n\n   \n" + "{oops\n" + "\n" + json.dumps(GOOD) + "\r\n"
-                    + '{"prompt": "p"}\n', encoding="utf-8")
+    path.write_text(
+        "\n" + json.dumps(GOOD) + "\n\n   \n" + "{oops\n" + "\n" + json.dumps(GOOD) + "\r\n" + '{"prompt": "p"}\n',
+        encoding="utf-8",
+    )
     parsed = read_sft_file(path)
     assert [r.where for r in parsed.rows] == [f"{path}:2", f"{path}:7"]
     assert [p.split(": ", 1)[0] for p in parsed.problems] == [f"{path}:5", f"{path}:8"]
 
 
 def test_every_problem_is_reported_not_only_the_first(tmp_path):
-    path = write_jsonl(tmp_path / "d.jsonl", [
-        "not json",                                        # 1
-        GOOD,                                              # 2
-        [1],                                               # 3
-        {"x": 1},                                          # 4
-        _msgs(("user", "u")),                              # 5
-        GOOD,                                              # 6
-        _msgs(("wizard", "u"), ("assistant", "a")),        # 7
-        {"prompt": "p"},                                   # 8
-    ])
+    path = write_jsonl(
+        tmp_path / "d.jsonl",
+        [
+            "not json",  # 1
+            GOOD,  # 2
+            [1],  # 3
+            {"x": 1},  # 4
+            _msgs(("user", "u")),  # 5
+            GOOD,  # 6
+            _msgs(("wizard", "u"), ("assistant", "a")),  # 7
+            {"prompt": "p"},  # 8
+        ],
+    )
     parsed = read_sft_file(path)
     assert len(parsed.rows) == 2
     lines = [int(p.split(":")[1]) for p in parsed.problems]
@@ -139,15 +169,18 @@ def test_every_problem_is_reported_not_only_the_first(tmp_path):
 
 
 def test_valid_chat_row_with_weights_parses(tmp_path):
-    row = {"messages": [
-        {"role": "system", "content": "Be brief."},
-        {"role": "user", "content": "q1"},
-        {"role": "assistant", "content": "a1", "weight": 0},
-        {"role": "user", "content": "q2"},
-        {"role": "assistant", "content": "a2", "weight": 1},
-        {"role": "user", "content": "q3"},
-        {"role": "assistant", "content": "a3"},
-    ], "id": "extra keys are ignored"}
+    row = {
+        "messages": [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "q1"},
+            {"role": "assistant", "content": "a1", "weight": 0},
+            {"role": "user", "content": "q2"},
+            {"role": "assistant", "content": "a2", "weight": 1},
+            {"role": "user", "content": "q3"},
+            {"role": "assistant", "content": "a3"},
+        ],
+        "id": "extra keys are ignored",
+    }
     path = write_jsonl(tmp_path / "d.jsonl", [row])
     rows = load_sft_file(path)
     assert len(rows) == 1 and isinstance(rows[0], Conversation)
@@ -166,8 +199,10 @@ def test_valid_chat_row_with_weights_parses(tmp_path):
 def test_valid_prompt_completion_row_parses(tmp_path):
     path = write_jsonl(tmp_path / "d.jsonl", [{"prompt": "Say hi", "completion": "hi"}, GOOD])
     rows = load_sft_file(path)
-    assert rows[0].messages == [{"role": "user", "content": "Say hi", "weight": 0},
-                                {"role": "assistant", "content": "hi", "weight": 1}]
+    assert rows[0].messages == [
+        {"role": "user", "content": "Say hi", "weight": 0},
+        {"role": "assistant", "content": "hi", "weight": 1},
+    ]
     assert rows[1].messages[-1] == {"role": "assistant", "content": "hello", "weight": 1}
 
 
@@ -178,9 +213,11 @@ def test_unicode_content_round_trips(tmp_path):
 
 # ---- masking ---------------------------------------------------------------------------------------
 
+
 def _conv(messages, where="f.jsonl:1"):
-    return Conversation([{**m, "weight": m.get("weight", 1) if m["role"] == "assistant" else 0}
-                         for m in messages], where)
+    return Conversation(
+        [{**m, "weight": m.get("weight", 1) if m["role"] == "assistant" else 0} for m in messages], where
+    )
 
 
 def _trained_text(tokenizer, ex: TokenizedExample) -> str:
@@ -207,8 +244,13 @@ END = "<|im_end|>\n"
 
 
 def test_only_assistant_content_is_labelled(tokenizer):
-    conv = _conv([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is 2+2?"},
-                  {"role": "assistant", "content": "It is 4."}])
+    conv = _conv(
+        [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "What is 2+2?"},
+            {"role": "assistant", "content": "It is 4."},
+        ]
+    )
     [ex] = tokenize_conversations(tokenizer, [conv])
     assert len(ex.labels) == len(ex.input_ids)
     assert ex.where == "f.jsonl:1"
@@ -216,19 +258,32 @@ def test_only_assistant_content_is_labelled(tokenizer):
     assert ex.num_trained == sum(label != IGNORE for label in ex.labels)
     # and the full text is the template's rendering
     assert tokenizer.decode(ex.input_ids) == tokenizer.apply_chat_template(
-        [{"role": m["role"], "content": m["content"]} for m in conv.messages], tokenize=False)
+        [{"role": m["role"], "content": m["content"]} for m in conv.messages], tokenize=False
+    )
 
 
 def test_multi_turn_labels_each_assistant_turn(tokenizer):
-    conv = _conv([{"role": "user", "content": "alpha beta"}, {"role": "assistant", "content": "gamma"},
-                  {"role": "user", "content": "again"}, {"role": "assistant", "content": "délta 😀 epsilon"}])
+    conv = _conv(
+        [
+            {"role": "user", "content": "alpha beta"},
+            {"role": "assistant", "content": "gamma"},
+            {"role": "user", "content": "again"},
+            {"role": "assistant", "content": "délta 😀 epsilon"},
+        ]
+    )
     [ex] = tokenize_conversations(tokenizer, [conv])
     assert _trained_runs(tokenizer, ex) == ["gamma" + END, "délta 😀 epsilon" + END]
 
 
 def test_weight_zero_turn_is_not_labelled(tokenizer):
-    conv = _conv([{"role": "user", "content": "q1"}, {"role": "assistant", "content": "skip me", "weight": 0},
-                  {"role": "user", "content": "q2"}, {"role": "assistant", "content": "learn me", "weight": 1}])
+    conv = _conv(
+        [
+            {"role": "user", "content": "q1"},
+            {"role": "assistant", "content": "skip me", "weight": 0},
+            {"role": "user", "content": "q2"},
+            {"role": "assistant", "content": "learn me", "weight": 1},
+        ]
+    )
     [ex] = tokenize_conversations(tokenizer, [conv])
     assert _trained_runs(tokenizer, ex) == ["learn me" + END]
     assert "skip me" in tokenizer.decode(ex.input_ids)
@@ -241,8 +296,12 @@ def test_train_on_prompt_labels_everything(tokenizer):
 
 
 def test_batched_tokenization_keeps_order(tokenizer):
-    convs = [_conv([{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"answer {i}"}],
-                   f"f.jsonl:{i + 1}") for i in range(7)]
+    convs = [
+        _conv(
+            [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"answer {i}"}], f"f.jsonl:{i + 1}"
+        )
+        for i in range(7)
+    ]
     out = tokenize_conversations(tokenizer, convs, batch_size=3)
     assert [e.where for e in out] == [c.where for c in convs]
     assert [_trained_text(tokenizer, e) for e in out] == [f"answer {i}" + END for i in range(7)]

@@ -17,8 +17,16 @@ PACKAGE = SRC / "tunesmith"
 LOWER = ("tunesmith.models", "tunesmith.data", "tunesmith.losses")
 # What is built on them: training and its recipes, the forgetting guard, the commands and what they show, and
 # generation (it imports models; models importing it back was a cycle).
-UPPER = ("tunesmith.train", "tunesmith.recipes", "tunesmith.forgetting", "tunesmith.cli", "tunesmith.report",
-         "tunesmith.demo", "tunesmith.serve", "tunesmith.generation")
+UPPER = (
+    "tunesmith.train",
+    "tunesmith.recipes",
+    "tunesmith.forgetting",
+    "tunesmith.cli",
+    "tunesmith.report",
+    "tunesmith.demo",
+    "tunesmith.serve",
+    "tunesmith.generation",
+)
 
 # Violations being moved out, as (importer, imported): empty it, never add to it.
 KNOWN: set[tuple[str, str]] = set()
@@ -90,7 +98,7 @@ def test_no_import_cycles():
         state[m] = 1
         for n in sorted(graph[m]):
             if state[n] == 1:
-                cycles.append(" -> ".join(path[path.index(n):] + [m, n]) if n in path else f"{m} -> {n}")
+                cycles.append(" -> ".join(path[path.index(n) :] + [m, n]) if n in path else f"{m} -> {n}")
             elif state[n] == 0:
                 visit(n, path + [m])
         state[m] = 2

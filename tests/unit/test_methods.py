@@ -82,8 +82,7 @@ def test_full_trains_every_parameter(tmp_path, tiny_dir):
 
     base = load_model(tiny_dir, torch.device("cpu"))
     result = _run(tmp_path, "full", steps=2)
-    changed = [n for (n, p), q in zip(base.named_parameters(), result.model.parameters())
-               if not torch.equal(p, q)]
+    changed = [n for (n, p), q in zip(base.named_parameters(), result.model.parameters()) if not torch.equal(p, q)]
     assert len(changed) == len(list(base.parameters()))
 
 

@@ -52,10 +52,10 @@ def test_gguf_file_becomes_a_cached_hf_directory():
 def test_4bit_model_keeps_no_view_of_the_checkpoint_mapping(tiny_dir):
     """After NF4 quantisation no weight views the mapped *.safetensors file, so the mapping (and the
     resident pages of the fp32 linears read once to quantise them) can go."""
+    from pathlib import Path
+
     import pytest
     import torch
-
-    from pathlib import Path
 
     maps = Path("/proc/self/maps")
     if not maps.exists():

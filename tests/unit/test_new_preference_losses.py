@@ -26,6 +26,7 @@ def sigmoid(x):
 
 # --- ORPO --------------------------------------------------------------------------------------------------------
 
+
 def test_orpo_matches_hand_arithmetic():
     # chosen: −2 over 4 tokens → avg −0.5; rejected: −6 over 3 tokens → avg −2; λ = 0.1
     losses, rc, rr = orpo_loss(t(-2.0), t(-6.0), t(4.0), t(3.0), beta=0.1)
@@ -61,6 +62,7 @@ def test_orpo_gradient_raises_chosen_and_lowers_rejected():
 
 # --- SimPO -------------------------------------------------------------------------------------------------------
 
+
 def test_simpo_matches_hand_arithmetic():
     # chosen −6 over 3 tokens, rejected −12 over 4: rewards 2·(−2) = −4 and 2·(−3) = −6; margin 2 − γ = 1.5
     losses, rc, rr = simpo_loss(t(-6.0), t(-12.0), t(3.0), t(4.0), beta=2.0, gamma=0.5)
@@ -86,10 +88,18 @@ def test_simpo_gradient_raises_chosen_and_lowers_rejected():
 
 # --- KTO ---------------------------------------------------------------------------------------------------------
 
+
 def test_kto_matches_hand_arithmetic():
     # r = [−10 − (−12), −10 − (−8)] = [2, −2]; z0 = 0.5; β = 0.5; λ_D = 1, λ_U = 1.5
-    losses, rewards = kto_loss(t(-10.0, -10.0), t(-12.0, -8.0), torch.tensor([True, False]), t(0.5),
-                               beta=0.5, desirable_weight=1.0, undesirable_weight=1.5)
+    losses, rewards = kto_loss(
+        t(-10.0, -10.0),
+        t(-12.0, -8.0),
+        torch.tensor([True, False]),
+        t(0.5),
+        beta=0.5,
+        desirable_weight=1.0,
+        undesirable_weight=1.5,
+    )
     expected = [1 - sigmoid(0.5 * (2 - 0.5)), 1.5 * (1 - sigmoid(0.5 * (0.5 + 2)))]
     assert losses.tolist() == pytest.approx(expected, abs=1e-12)
     assert rewards.tolist() == pytest.approx([1.0, -1.0])
@@ -97,8 +107,9 @@ def test_kto_matches_hand_arithmetic():
 
 def test_kto_is_half_lambda_when_policy_equals_reference():
     logp = t(-7.0, -3.0, -5.0)
-    losses, rewards = kto_loss(logp, logp, torch.tensor([True, False, False]), t(0.0), beta=0.1,
-                               desirable_weight=1.0, undesirable_weight=2.0)
+    losses, rewards = kto_loss(
+        logp, logp, torch.tensor([True, False, False]), t(0.0), beta=0.1, desirable_weight=1.0, undesirable_weight=2.0
+    )
     assert losses.tolist() == pytest.approx([0.5, 1.0, 1.0], abs=1e-12)
     assert rewards.tolist() == [0.0, 0.0, 0.0]
 
@@ -106,8 +117,9 @@ def test_kto_is_half_lambda_when_policy_equals_reference():
 def test_kto_gradient_raises_desirable_lowers_undesirable_and_skips_z0():
     logp = t(-5.0, -5.0).requires_grad_()
     kl = t(0.0).requires_grad_()
-    losses, _ = kto_loss(logp, t(-5.0, -5.0), torch.tensor([True, False]), kl, beta=0.2,
-                         desirable_weight=1.0, undesirable_weight=3.0)
+    losses, _ = kto_loss(
+        logp, t(-5.0, -5.0), torch.tensor([True, False]), kl, beta=0.2, desirable_weight=1.0, undesirable_weight=3.0
+    )
     losses.sum().backward()
     # at r = z0: d/dr (1 − σ(βr)) = −β σ(0)(1 − σ(0)) = −β/4
     assert logp.grad.tolist() == pytest.approx([-0.2 / 4, 3.0 * 0.2 / 4])

@@ -59,10 +59,20 @@ def test_example_spans_follow_position_ids():
 
     from tunesmith.models.attention import example_spans
 
-    positions = torch.tensor([[0, 1, 2, 0, 1, 0, 1, 2, 3], [0, 1, 2, 3, 4, 5, 0, 1, 2], [4, 5, 6, 7, 8, 9, 10, 11, 12],
-                              [0, 1, 2, 3, 2, 3, 4, 2, 3]])
-    assert example_spans(positions) == [[(0, 3, 0), (3, 5, 0), (5, 9, 0)], [(0, 6, 0), (6, 9, 0)], [(0, 9, 4)],
-                                        [(0, 4, 0), (4, 7, 2), (7, 9, 2)]]
+    positions = torch.tensor(
+        [
+            [0, 1, 2, 0, 1, 0, 1, 2, 3],
+            [0, 1, 2, 3, 4, 5, 0, 1, 2],
+            [4, 5, 6, 7, 8, 9, 10, 11, 12],
+            [0, 1, 2, 3, 2, 3, 4, 2, 3],
+        ]
+    )
+    assert example_spans(positions) == [
+        [(0, 3, 0), (3, 5, 0), (5, 9, 0)],
+        [(0, 6, 0), (6, 9, 0)],
+        [(0, 9, 4)],
+        [(0, 4, 0), (4, 7, 2), (7, 9, 2)],
+    ]
 
 
 def test_prefix_groups_share_untrained_prompts_only():
@@ -88,9 +98,11 @@ def test_shared_prefix_rows_lay_each_prefix_out_once():
     from tunesmith.data.packing import collate_shared_prefixes, prefix_groups
 
     system = [9, 9, 9, 9, 8]
-    examples = [TokenizedExample(system + [1, 2], [IGNORE] * 5 + [1, 2], "a"),
-                TokenizedExample([5, 6, 7], [IGNORE, 6, 7], "b"),
-                TokenizedExample(system + [3], [IGNORE] * 5 + [3], "c")]
+    examples = [
+        TokenizedExample(system + [1, 2], [IGNORE] * 5 + [1, 2], "a"),
+        TokenizedExample([5, 6, 7], [IGNORE, 6, 7], "b"),
+        TokenizedExample(system + [3], [IGNORE] * 5 + [3], "c"),
+    ]
     groups = prefix_groups([e.input_ids for e in examples], [5, 1, 5], min_shared=3)
     assert groups == [(4, [0, 2]), (0, [1])]
     batch = collate_shared_prefixes(examples, groups)

@@ -62,8 +62,13 @@ def test_builtin_shapes_have_the_published_parameter_counts(name):
 
 
 def test_approximate_sizes_people_quote():
-    approx = {"llama-2-7b": 6.74e9, "llama-3.1-8b": 8.03e9, "llama-3.1-70b": 70.6e9, "mistral-7b": 7.24e9,
-              "qwen2.5-7b": 7.6e9}
+    approx = {
+        "llama-2-7b": 6.74e9,
+        "llama-3.1-8b": 8.03e9,
+        "llama-3.1-70b": 70.6e9,
+        "mistral-7b": 7.24e9,
+        "qwen2.5-7b": 7.6e9,
+    }
     for name, n in approx.items():
         assert plan(name, "full")["total_params"] == pytest.approx(n, rel=0.005)
     qwen = parameter_counts(SHAPES["qwen2.5-7b"])
@@ -72,14 +77,30 @@ def test_approximate_sizes_people_quote():
 
 def test_alias_and_local_config_give_the_builtin_shape(tmp_path):
     assert resolve_shape("smollm2-135m-instruct")[0] == SHAPES["smollm2-135m"]
-    config = {"model_type": "llama", "hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30,
-              "num_attention_heads": 9, "num_key_value_heads": 3, "vocab_size": 49152, "tie_word_embeddings": True,
-              "head_dim": 64}
+    config = {
+        "model_type": "llama",
+        "hidden_size": 576,
+        "intermediate_size": 1536,
+        "num_hidden_layers": 30,
+        "num_attention_heads": 9,
+        "num_key_value_heads": 3,
+        "vocab_size": 49152,
+        "tie_word_embeddings": True,
+        "head_dim": 64,
+    }
     (tmp_path / "config.json").write_text(json.dumps(config))
     for model in (str(tmp_path), str(tmp_path / "config.json")):
         assert plan(model, "full")["total_params"] == KNOWN_TOTALS["smollm2-135m"]
-    qwen = {"model_type": "qwen2", "hidden_size": 3584, "intermediate_size": 18944, "num_hidden_layers": 28,
-            "num_attention_heads": 28, "num_key_value_heads": 4, "vocab_size": 152064, "tie_word_embeddings": False}
+    qwen = {
+        "model_type": "qwen2",
+        "hidden_size": 3584,
+        "intermediate_size": 18944,
+        "num_hidden_layers": 28,
+        "num_attention_heads": 28,
+        "num_key_value_heads": 4,
+        "vocab_size": 152064,
+        "tie_word_embeddings": False,
+    }
     (tmp_path / "config.json").write_text(json.dumps(qwen))
     assert plan(str(tmp_path), "full")["total_params"] == KNOWN_TOTALS["qwen2.5-7b"]  # biases from model_type
 
@@ -88,7 +109,8 @@ def test_counts_match_a_real_model(tiny_dir):
     """The planner's counts equal what tunesmith's own training code counts on a loaded model."""
     import torch
 
-    from tunesmith.adapters.lora import apply_lora, parameter_counts as model_counts
+    from tunesmith.adapters.lora import apply_lora
+    from tunesmith.adapters.lora import parameter_counts as model_counts
     from tunesmith.config.schema import LoraConfig
     from tunesmith.models.load import load_model
 
@@ -148,8 +170,9 @@ def test_gradients_meet_activations_only_under_accumulation(method):
     forward_backward = m["activations"] + m["weight_copies"] + m["logits"]
     assert a["total"] == a["weights"] + a["gradients"] + a["optimizer"] + max(forward_backward, a["step_temporaries"])
     head_gradient = 4 * 32000 * 4096 if method == "full" else 0
-    assert m["total"] == m["weights"] + m["optimizer"] + max(forward_backward + head_gradient,
-                                                             m["gradients"] + m["step_temporaries"])
+    assert m["total"] == m["weights"] + m["optimizer"] + max(
+        forward_backward + head_gradient, m["gradients"] + m["step_temporaries"]
+    )
     assert m["total"] < a["total"]
 
 
@@ -196,7 +219,7 @@ def test_flops_time_and_cost():
     assert full["hours"] == pytest.approx(full["flops"] / (989.4e12 * 0.4 * 8) / 3600)
     assert full["cost_usd"] == pytest.approx(full["hours"] * 8 * 3.0)
     assert lora["cost_usd"] < full["cost_usd"]
-    assert full["steps"] == -(-10**8 // (8 * 2048))
+    assert full["steps"] == -(-(10**8) // (8 * 2048))
     cpu = plan("smollm2-135m", "lora", gpu="cpu", tokens=1000)
     assert cpu["mfu"] == 1.0 and cpu["precision"] == "fp32" and cpu["gpu"]["peak_tflops"] == GPUS["cpu"].peak_tflops
     assert plan("smollm2-135m", "lora", gpu="cpu", peak_tflops=2.0, tokens=1000)["mfu"] == 0.4
@@ -208,14 +231,32 @@ def test_fits_flag():
     assert big["fits"] is False and "does not fit" in big["warnings"][0]
     small = plan("smollm2-135m", "lora", gpu="h100")
     assert small["fits"] is True and not small["warnings"]
-    assert plan("llama-3.1-70b", "qlora", seq_len=2048, micro_batch_size=1, batch_size=1,
-                gradient_checkpointing=True, gpu="h100")["fits"] is True
+    assert (
+        plan(
+            "llama-3.1-70b",
+            "qlora",
+            seq_len=2048,
+            micro_batch_size=1,
+            batch_size=1,
+            gradient_checkpointing=True,
+            gpu="h100",
+        )["fits"]
+        is True
+    )
 
 
 def test_data_tokens(tmp_path):
-    rows = [{"prompt": "a" * 40, "completion": "b" * 20},
-            {"messages": [{"role": "user", "content": "c" * 8}, {"role": "assistant", "content": "d" * 8, "weight": 0},
-                          {"role": "user", "content": "e" * 4}, {"role": "assistant", "content": "f" * 12}]}]
+    rows = [
+        {"prompt": "a" * 40, "completion": "b" * 20},
+        {
+            "messages": [
+                {"role": "user", "content": "c" * 8},
+                {"role": "assistant", "content": "d" * 8, "weight": 0},
+                {"role": "user", "content": "e" * 4},
+                {"role": "assistant", "content": "f" * 12},
+            ]
+        },
+    ]
     path = write_jsonl(tmp_path / "d.jsonl", rows)
     info = count_data_tokens(path, seq_len=512)
     assert info["tokens"] == (10 + 4) + (5 + 4) + (2 + 4) + (2 + 4) + (1 + 4) + (3 + 4)
@@ -250,8 +291,15 @@ def test_activation_formula_matches_what_autograd_saves(tmp_path):
     from tunesmith.losses.sft import token_nll_sum
     from tunesmith.models.forward import final_hidden
 
-    shape = dict(hidden_size=256, intermediate_size=704, num_hidden_layers=3, num_attention_heads=4,
-                 num_key_value_heads=2, vocab_size=512, tie_word_embeddings=True)
+    shape = dict(
+        hidden_size=256,
+        intermediate_size=704,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=512,
+        tie_word_embeddings=True,
+    )
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama", **shape}))
     b, s = 2, 128
     for method, precision in (("full", "fp32"), ("lora", "bf16")):
@@ -266,14 +314,16 @@ def test_activation_formula_matches_what_autograd_saves(tmp_path):
         mask[1, -10:] = 0
         seen: dict[int, int] = {}
 
-        def pack(t):
+        def pack(t, params=params, seen=seen):
             st = t.untyped_storage()
             if st.data_ptr() not in params:
                 seen[st.data_ptr()] = max(seen.get(st.data_ptr(), 0), st.nbytes())
             return t
 
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), \
-                torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+        with (
+            torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t),
+            torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"),
+        ):
             batch = argparse.Namespace(input_ids=ids, attention_mask=mask, position_ids=None)
             hidden, head = final_hidden(model, batch)
             token_nll_sum(hidden, ids, head.weight)
@@ -284,12 +334,40 @@ def test_activation_formula_matches_what_autograd_saves(tmp_path):
 
 
 def test_cli_json_and_table(capsys):
-    out = run_cli(["--model", "llama-2-7b", "--method", "lora", "--target", "q_proj,v_proj", "--max-length", "2048",
-                   "--micro-batch-size", "1", "--tokens", "100000000", "--gpus", "8", "--price-per-hour", "3",
-                   "--gradient-checkpointing", "--json"], capsys)
+    out = run_cli(
+        [
+            "--model",
+            "llama-2-7b",
+            "--method",
+            "lora",
+            "--target",
+            "q_proj,v_proj",
+            "--max-length",
+            "2048",
+            "--micro-batch-size",
+            "1",
+            "--tokens",
+            "100000000",
+            "--gpus",
+            "8",
+            "--price-per-hour",
+            "3",
+            "--gradient-checkpointing",
+            "--json",
+        ],
+        capsys,
+    )
     p = json.loads(out)
-    for key in ("total_params", "trainable_params", "trainable_percent", "memory_bytes", "flops", "hours", "cost_usd",
-                "fits"):
+    for key in (
+        "total_params",
+        "trainable_params",
+        "trainable_percent",
+        "memory_bytes",
+        "flops",
+        "hours",
+        "cost_usd",
+        "fits",
+    ):
         assert key in p
     for part in ("weights", "gradients", "optimizer", "activations", "logits", "total"):
         assert p["memory_bytes"][part] >= 0
@@ -298,21 +376,24 @@ def test_cli_json_and_table(capsys):
     assert "trainable" in table and "total (peak)" in table and "--tokens" in table
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(model="gpt-17"), "llama-2-7b"),
-    (dict(method="adapter"), "--method"),
-    (dict(target="q_proj,wrong"), "wrong"),
-    (dict(target=" , "), "--target"),
-    (dict(batch_size=8, micro_batch_size=3), "--micro-batch-size"),
-    (dict(tokens=10, data="x.jsonl"), "--tokens"),
-    (dict(epochs=2), "--epochs"),
-    (dict(mfu=0.0), "--mfu"),
-    (dict(gpu="tpu"), "--gpu"),
-    (dict(seq_len=4), "--max-length"),
-    (dict(tokens=10, max_steps=3), "--max-steps"),
-    (dict(lora_r=0), "--lora-r"),
-    (dict(trained_fraction=1.5), "--trained-fraction"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(model="gpt-17"), "llama-2-7b"),
+        (dict(method="adapter"), "--method"),
+        (dict(target="q_proj,wrong"), "wrong"),
+        (dict(target=" , "), "--target"),
+        (dict(batch_size=8, micro_batch_size=3), "--micro-batch-size"),
+        (dict(tokens=10, data="x.jsonl"), "--tokens"),
+        (dict(epochs=2), "--epochs"),
+        (dict(mfu=0.0), "--mfu"),
+        (dict(gpu="tpu"), "--gpu"),
+        (dict(seq_len=4), "--max-length"),
+        (dict(tokens=10, max_steps=3), "--max-steps"),
+        (dict(lora_r=0), "--lora-r"),
+        (dict(trained_fraction=1.5), "--trained-fraction"),
+    ],
+)
 def test_bad_input_is_a_config_error(kwargs, message):
     args = dict(model="llama-2-7b", method="lora") | kwargs
     with pytest.raises(ConfigError, match=message.replace("-", r"\-").replace(".", r"\.")) as e:
@@ -345,8 +426,22 @@ def test_max_steps_sets_the_run_length_as_in_training(tmp_path):
 
 def test_cli_takes_the_training_flags(capsys):
     """The example from the issue: training's flag names (--max-length, not --seq-len), plan's defaults."""
-    p = run_json(["--model", "smollm2-135m-instruct", "--method", "qlora", "--max-length", "1024", "--batch-size",
-                  "16", "--micro-batch-size", "4", "--gradient-checkpointing"], capsys)
+    p = run_json(
+        [
+            "--model",
+            "smollm2-135m-instruct",
+            "--method",
+            "qlora",
+            "--max-length",
+            "1024",
+            "--batch-size",
+            "16",
+            "--micro-batch-size",
+            "4",
+            "--gradient-checkpointing",
+        ],
+        capsys,
+    )
     shape = (p["recipe"], p["method"], p["seq_len"], p["batch_size"], p["micro_batch_size"])
     assert shape == ("sft", "qlora", 1024, 16, 4)
     assert p["gradient_checkpointing"] is True and p["lora"]["r"] == 16 and p["gpu"]["key"] == "h100"
@@ -360,14 +455,26 @@ def test_cli_plans_a_shipped_training_config_as_it_trains(capsys):
     config = ROOT / "configs" / "sft" / "smollm2-135m-lora.yaml"
     shipped = json.loads(run_cli(["--config", str(config), "--json"], capsys))
     data = str(ROOT / "src" / "tunesmith" / "demo" / "data" / "support_train.jsonl")
-    expected = plan("smollm2-135m-instruct", "lora", lora_r=16, seq_len=256, batch_size=8, micro_batch_size=8,
-                    data=data, epochs=1)
-    for key in ("seq_len", "batch_size", "micro_batch_size", "tokens", "steps", "trained_fraction", "memory_bytes",
-                "flops", "total_params", "trainable_params"):
+    expected = plan(
+        "smollm2-135m-instruct", "lora", lora_r=16, seq_len=256, batch_size=8, micro_batch_size=8, data=data, epochs=1
+    )
+    for key in (
+        "seq_len",
+        "batch_size",
+        "micro_batch_size",
+        "tokens",
+        "steps",
+        "trained_fraction",
+        "memory_bytes",
+        "flops",
+        "total_params",
+        "trainable_params",
+    ):
         assert shipped[key] == expected[key], key
     assert shipped["data"]["rows"] == expected["data"]["rows"] > 0
-    changed = run_json(["--config", str(config), "--lora-r", "8", "--set", "data.max_length=128",
-                        "--set", "train.epochs=2"], capsys)
+    changed = run_json(
+        ["--config", str(config), "--lora-r", "8", "--set", "data.max_length=128", "--set", "train.epochs=2"], capsys
+    )
     assert (changed["lora"]["r"], changed["seq_len"], changed["data"]["epochs"]) == (8, 128, 2)
     assert changed["tokens"] < 2 * shipped["tokens"]  # rows cut at 128 tokens
     on_cpu = run_json(["--config", str(config), "--device", "cpu"], capsys)
@@ -400,8 +507,9 @@ def test_cli_checks_the_config_as_training_does(capsys):
     dpo = run_json(["--recipe", "dpo", "--batch-size", "4", "--micro-batch-size", "2", "--max-length", "300"], capsys)
     assert (dpo["batch_size"], dpo["micro_batch_size"], dpo["seq_len"]) == (8, 4, 300)  # chosen + rejected per pair
     assert any("reference" in w for w in dpo["warnings"])
-    grpo = run_json(["--recipe", "grpo", "--group-size", "8", "--max-prompt-length", "100", "--max-new-tokens", "28"],
-                    capsys)
+    grpo = run_json(
+        ["--recipe", "grpo", "--group-size", "8", "--max-prompt-length", "100", "--max-new-tokens", "28"], capsys
+    )
     assert (grpo["batch_size"], grpo["seq_len"]) == (8 * 8, 128)
     risky = run_json(["--lr", "0.01"], capsys)
     assert any("learning rate" in w for w in risky["warnings"])

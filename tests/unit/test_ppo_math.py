@@ -9,8 +9,16 @@ import pytest
 import torch
 
 from tunesmith.losses.grpo import grpo_loss
-from tunesmith.losses.kl import (KL_ESTIMATORS, AdaptiveKLController, FixedKLController, kl_k1, kl_k2, kl_k3,
-                                 masked_mean, masked_whiten)
+from tunesmith.losses.kl import (
+    KL_ESTIMATORS,
+    AdaptiveKLController,
+    FixedKLController,
+    kl_k1,
+    kl_k2,
+    kl_k3,
+    masked_mean,
+    masked_whiten,
+)
 from tunesmith.losses.ppo import entropy_from_logits, ppo_policy_loss, ppo_value_loss
 from tunesmith.rollout.advantages import gae, group_advantages, per_token_rewards
 
@@ -246,8 +254,15 @@ def test_ppo_value_loss_clips_against_the_old_values():
 
 
 def test_entropy_from_logits_matches_hand_values_and_chunking():
-    logits = torch.tensor([[[0.0, 0.0, 0.0, 0.0], [0.0, 0.0, float("-inf"), float("-inf")],
-                            [5.0, float("-inf"), float("-inf"), float("-inf")]]])
+    logits = torch.tensor(
+        [
+            [
+                [0.0, 0.0, 0.0, 0.0],
+                [0.0, 0.0, float("-inf"), float("-inf")],
+                [5.0, float("-inf"), float("-inf"), float("-inf")],
+            ]
+        ]
+    )
     # uniform over 4 → ln 4; uniform over 2 → ln 2; one allowed token → 0
     assert entropy_from_logits(logits).tolist() == [approx([math.log(4), math.log(2), 0.0], abs=1e-6)]
     torch.manual_seed(0)
@@ -297,8 +312,7 @@ def test_grpo_with_kl_adds_the_k3_penalty():
     with pytest.raises(ValueError, match="ref_logp"):
         grpo_loss(logp, old_logp, None, advantages, mask, clip_range=0.2, kl_coef=0.1)
     with pytest.raises(ValueError, match="kl_estimator"):
-        grpo_loss(logp, old_logp, ref_logp, advantages, mask, clip_range=0.2, kl_coef=0.1,
-                  kl_estimator="k9")
+        grpo_loss(logp, old_logp, ref_logp, advantages, mask, clip_range=0.2, kl_coef=0.1, kl_estimator="k9")
 
 
 def test_grpo_clips_like_ppo():

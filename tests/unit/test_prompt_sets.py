@@ -23,7 +23,9 @@ ID_RE = re.compile(r"(?P<category>[a-z]+)-(?P<index>\d{3})")
 
 @functools.cache
 def _script(name: str):
-    spec = importlib.util.spec_from_file_location(f"build_{name}_prompts", ROOT / "scripts" / f"build_{name}_prompts.py")
+    spec = importlib.util.spec_from_file_location(
+        f"build_{name}_prompts", ROOT / "scripts" / f"build_{name}_prompts.py"
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

@@ -52,6 +52,7 @@ def user_module(tmp_path, monkeypatch):
 
 # ---------------------------------------------------------------- json_valid
 
+
 @pytest.mark.parametrize(
     "completion",
     [
@@ -88,6 +89,7 @@ def test_json_valid_refuses_anything_else(completion):
 
 
 # ---------------------------------------------------------------- json_schema
+
 
 def write_schema(tmp_path: Path, schema) -> Path:
     path = tmp_path / "schema.json"
@@ -145,6 +147,7 @@ def test_json_schema_bad_file_names_the_path(tmp_path, text, why):
 
 # ---------------------------------------------------------------- regex
 
+
 def test_regex_searches_anywhere():
     assert score(r"regex:\bref(und)?\b", "I want a refund please") == 1.0
     assert score(r"regex:\bref(und)?\b", "refunding") == 0.0
@@ -172,6 +175,7 @@ def test_regex_bad_pattern_is_a_config_error(spec, why):
 
 
 # ---------------------------------------------------------------- exact_match
+
 
 @pytest.mark.parametrize(
     "completion, reference, expected",
@@ -212,8 +216,9 @@ def test_json_fields_share_of_matching_values(completion, expected):
 @pytest.mark.parametrize("reference", ["not json", "[1, 2]", {}, 3])
 def test_json_fields_refuses_a_reference_that_is_no_object(reference):
     with pytest.raises(RewardError, match=r"p\.jsonl:3: reward 'json_fields'.*reference"):
-        score_completions(parse_reward_specs("json_fields"), [PROMPT], ['{"a": 1}'], [{"reference": reference}],
-                          where=["p.jsonl:3"])
+        score_completions(
+            parse_reward_specs("json_fields"), [PROMPT], ['{"a": 1}'], [{"reference": reference}], where=["p.jsonl:3"]
+        )
 
 
 def test_required_fields_and_file_line_problems():
@@ -233,6 +238,7 @@ def test_required_fields_and_file_line_problems():
 
 
 # ---------------------------------------------------------------- length_penalty
+
 
 @pytest.mark.parametrize(
     "spec, words, expected",
@@ -263,6 +269,7 @@ def test_length_penalty_bad_target(target):
 
 
 # ---------------------------------------------------------------- the spec parser
+
 
 def test_parse_several_values_and_commas():
     rewards = parse_reward_specs(["json_valid, exact_match", "length_penalty:20"])
@@ -296,7 +303,9 @@ def test_unknown_name_without_a_close_match_lists_the_built_ins():
     ],
 )
 def test_misspelt_built_in_with_argument_suggests_it(spec, why):
-    with pytest.raises(ConfigError, match=rf"{why}.*\(did you mean the built-in '(regex:PATTERN|json_schema:PATH)'\?\)"):
+    with pytest.raises(
+        ConfigError, match=rf"{why}.*\(did you mean the built-in '(regex:PATTERN|json_schema:PATH)'\?\)"
+    ):
         parse_reward_specs(spec)
 
 
@@ -330,11 +339,11 @@ def test_no_reward_at_all():
 
 # ---------------------------------------------------------------- user functions
 
+
 def test_user_function_is_imported_and_called(user_module):
     user_module(
         "ts_rewards_ok",
-        "def score(prompt, completion, row):\n"
-        "    return len(completion) / 10 + len(prompt) + row['bonus']\n",
+        "def score(prompt, completion, row):\n    return len(completion) / 10 + len(prompt) + row['bonus']\n",
     )
     (built,) = parse_reward_specs("json_valid,ts_rewards_ok:score")[1:]
     assert built.name == "ts_rewards_ok:score"
@@ -378,7 +387,9 @@ def test_user_attribute_missing_or_not_callable(user_module):
 
 def test_user_function_with_the_wrong_arguments(user_module):
     user_module("ts_rewards_arity", "def score(completion):\n    return 0.0\n")
-    with pytest.raises(ConfigError, match=r"must take \(prompt, completion, row\), but its signature is \(completion\)"):
+    with pytest.raises(
+        ConfigError, match=r"must take \(prompt, completion, row\), but its signature is \(completion\)"
+    ):
         parse_reward_specs("ts_rewards_arity:score")
 
 
@@ -415,6 +426,7 @@ def test_error_without_where_names_the_completion_index(user_module):
 
 
 # ---------------------------------------------------------------- score_completions
+
 
 def test_score_completions_sums_rewards():
     rewards = parse_reward_specs(["json_valid,exact_match", "length_penalty:2"])

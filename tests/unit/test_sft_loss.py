@@ -13,7 +13,7 @@ def test_token_nll_sum_matches_hand_arithmetic():
     hidden = torch.tensor([[[0.0], [1.0], [2.0]]])
     targets = torch.tensor([[0, IGNORE, 1]])
     # position 0: logits (0, 0) -> -log 1/2; position 2: logits (2, -2), target 1 -> -log(e^-2 / (e^2 + e^-2))
-    expected = math.log(2) + (-(-2) + math.log(math.exp(2) + math.exp(-2)))
+    expected = math.log(2) + (2 + math.log(math.exp(2) + math.exp(-2)))
     got = token_nll_sum(hidden, targets, w)
     assert abs(got.item() - expected) < 1e-6
 
@@ -26,8 +26,9 @@ def test_chunking_does_not_change_the_sum():
     targets[0, :3] = IGNORE
     full = token_nll_sum(hidden, targets, w, chunk_size=4096)
     chunked = token_nll_sum(hidden, targets, w, chunk_size=3)
-    reference = torch.nn.functional.cross_entropy((hidden @ w.T).reshape(-1, 50), targets.reshape(-1),
-                                                  ignore_index=IGNORE, reduction="sum")
+    reference = torch.nn.functional.cross_entropy(
+        (hidden @ w.T).reshape(-1, 50), targets.reshape(-1), ignore_index=IGNORE, reduction="sum"
+    )
     assert torch.allclose(full, chunked, atol=1e-5)
     assert torch.allclose(full, reference, atol=1e-5)
 

@@ -11,6 +11,7 @@ FIELDS = ("name", "order_id", "product", "intent", "urgency")
 
 # ---------------------------------------------------------------- extraction
 
+
 def test_extract_plain_object():
     assert extract_json_object('{"a": 1, "b": null}') == {"a": 1, "b": None}
 
@@ -85,13 +86,15 @@ def test_partial_and_invalid_predictions():
     out = score_structured(preds, refs, FIELDS)
     assert out["n"] == 4
     assert out["json_valid"] == pytest.approx(3 / 4)
-    assert out["per_field"] == pytest.approx({
-        "name": 2 / 4,        # ex3 (None==None), ex4
-        "order_id": 2 / 4,    # ex1, ex3
-        "product": 3 / 4,     # ex1, ex3, ex4
-        "intent": 2 / 4,      # ex1, ex4
-        "urgency": 1 / 4,     # ex4
-    })
+    assert out["per_field"] == pytest.approx(
+        {
+            "name": 2 / 4,  # ex3 (None==None), ex4
+            "order_id": 2 / 4,  # ex1, ex3
+            "product": 3 / 4,  # ex1, ex3, ex4
+            "intent": 2 / 4,  # ex1, ex4
+            "urgency": 1 / 4,  # ex4
+        }
+    )
     assert out["field_accuracy"] == pytest.approx((3 + 0 + 3 + 4) / 20)
     assert list(out["per_field"]) == list(FIELDS)
 
@@ -109,9 +112,7 @@ def test_non_object_json_is_invalid():
 
 
 def test_subset_of_fields_only():
-    out = score_structured(
-        ['{"intent": "refund", "urgency": "low"}'], [REF_A], ("intent", "urgency")
-    )
+    out = score_structured(['{"intent": "refund", "urgency": "low"}'], [REF_A], ("intent", "urgency"))
     assert out["per_field"] == {"intent": 1.0, "urgency": 0.0}
     assert out["field_accuracy"] == 0.5
 

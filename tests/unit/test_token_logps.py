@@ -7,8 +7,8 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from tunesmith.data.packing import collate_padded
-from tunesmith.rollout.sampling import completion_example
 from tunesmith.models.forward import batch_token_logps
+from tunesmith.rollout.sampling import completion_example
 
 
 @pytest.mark.parametrize("temperature", [1.0, 0.7])

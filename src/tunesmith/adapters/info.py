@@ -30,17 +30,30 @@ def adapter_info(adapter_dir: str | Path) -> dict:
                     n *= d
                 params += n
     targets = cfg.get("target_modules")
-    info = {"adapter": str(path), "peft_type": cfg.get("peft_type"), "dora": bool(cfg.get("use_dora")),
-            "rank": cfg.get("r"), "alpha": cfg.get("lora_alpha"), "dropout": cfg.get("lora_dropout"),
-            "targets": sorted(targets) if isinstance(targets, list) else targets, "trainable_params": params,
-            "base": cfg.get("base_model_name_or_path")}
+    info = {
+        "adapter": str(path),
+        "peft_type": cfg.get("peft_type"),
+        "dora": bool(cfg.get("use_dora")),
+        "rank": cfg.get("r"),
+        "alpha": cfg.get("lora_alpha"),
+        "dropout": cfg.get("lora_dropout"),
+        "targets": sorted(targets) if isinstance(targets, list) else targets,
+        "trainable_params": params,
+        "base": cfg.get("base_model_name_or_path"),
+    }
     run_dir = path.parent
     run = json.loads((run_dir / "run.json").read_text()) if (run_dir / "run.json").is_file() else None
     if run is not None:
-        info.update({"recipe": run.get("recipe"), "method": run.get("method"), "steps": run.get("steps"),
-                     "metrics": {k: run[k] for k in ("final", "eval")
-                                 if run.get(k) is not None},
-                     "base_checksum": run.get("base_checksum"), "forgetting": run.get("forgetting")})
+        info.update(
+            {
+                "recipe": run.get("recipe"),
+                "method": run.get("method"),
+                "steps": run.get("steps"),
+                "metrics": {k: run[k] for k in ("final", "eval") if run.get(k) is not None},
+                "base_checksum": run.get("base_checksum"),
+                "forgetting": run.get("forgetting"),
+            }
+        )
     data = run_dir / "data_checksum.json"
     if data.is_file():
         info["data"] = json.loads(data.read_text())
@@ -52,14 +65,20 @@ def format_info(info: dict) -> str:
     for key, value in info.items():
         if value is None:
             continue
-        shown = json.dumps(value) if isinstance(value, (dict, list)) else f"{value:,}" if isinstance(value, int) and \
-            not isinstance(value, bool) else str(value)
+        shown = (
+            json.dumps(value)
+            if isinstance(value, (dict, list))
+            else f"{value:,}"
+            if isinstance(value, int) and not isinstance(value, bool)
+            else str(value)
+        )
         lines.append(f"{key:18s} {shown}")
     return "\n".join(lines)
 
 
-def combine_adapters(model: str, adapters: list[str], weights: list[float], out: str | Path,
-                     combination: str = "cat") -> dict:
+def combine_adapters(
+    model: str, adapters: list[str], weights: list[float], out: str | Path, combination: str = "cat"
+) -> dict:
     """One adapter from several on the same base, via PEFT's add_weighted_adapter.
 
     "cat" (default) concatenates the ranks so that ΔW = Σ_i w_i ΔW_i exactly; "linear" averages A and B

@@ -40,10 +40,18 @@ def apply_lora(model: torch.nn.Module, cfg: LoraConfig):
         known = linear_layer_names(model)
         unknown = [t for t in targets if t not in known]
         if unknown:
-            raise ConfigError(f"lora.target: no layer named {', '.join(unknown)} in this model; "
-                              f"its linear layers are {', '.join(known)}")
-    peft_cfg = peft.LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
-                               target_modules=targets, task_type="CAUSAL_LM", bias="none")
+            raise ConfigError(
+                f"lora.target: no layer named {', '.join(unknown)} in this model; "
+                f"its linear layers are {', '.join(known)}"
+            )
+    peft_cfg = peft.LoraConfig(
+        r=cfg.r,
+        lora_alpha=cfg.alpha,
+        lora_dropout=cfg.dropout,
+        target_modules=targets,
+        task_type="CAUSAL_LM",
+        bias="none",
+    )
     return peft.get_peft_model(model, peft_cfg)
 
 

@@ -12,8 +12,8 @@ merging into dequantize(NF4(W)) reproduces the QLoRA model's logits.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -68,8 +68,10 @@ def merged_model(model: str, adapter: str | Path, base_weights: str = "auto", sa
     which = resolve_base_weights(base_weights, adapter)
     base = load_model(model_dir, torch.device("cpu"))
     if which == "nf4":
-        say("merging into the dequantized NF4 base weights the QLoRA adapter was trained against "
-            "(--base-weights original to merge into the fp32 weights instead)")
+        say(
+            "merging into the dequantized NF4 base weights the QLoRA adapter was trained against "
+            "(--base-weights original to merge into the fp32 weights instead)"
+        )
         modules = dict(base.named_modules())
         with torch.no_grad():
             for name, weight in dequantized_nf4_weights(model_dir).items():
@@ -79,12 +81,12 @@ def merged_model(model: str, adapter: str | Path, base_weights: str = "auto", sa
     return merged, load_tokenizer(model_dir), which
 
 
-def merge_to_directory(model: str, adapter: str | Path, out: str | Path, base_weights: str = "auto",
-                       say: Callable[[str], None] = print) -> dict:
+def merge_to_directory(
+    model: str, adapter: str | Path, out: str | Path, base_weights: str = "auto", say: Callable[[str], None] = print
+) -> dict:
     """Write the merged model as a Hugging Face directory (safetensors, config, tokenizer, chat template)."""
     merged, tokenizer, which = merged_model(model, adapter, base_weights, say)
     with atomic_directory(out) as tmp:
         merged.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-    return {"out": str(out), "base_weights": which,
-            "params": sum(p.numel() for p in merged.parameters())}
+    return {"out": str(out), "base_weights": which, "params": sum(p.numel() for p in merged.parameters())}

@@ -14,11 +14,25 @@ from tunesmith.errors import Interrupted, TunesmithError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from tunesmith.cli import (adapters, chat, data, demo, evaluate, generate, launch, merge, models, plan, score,
-                               serve, verify)
+    from tunesmith.cli import (
+        adapters,
+        chat,
+        data,
+        demo,
+        evaluate,
+        generate,
+        launch,
+        merge,
+        models,
+        plan,
+        score,
+        serve,
+        verify,
+    )
 
     parser = argparse.ArgumentParser(
-        prog="tunesmith", description="Fine-tune a language model into a specialist: cheaply, reversibly, measured.")
+        prog="tunesmith", description="Fine-tune a language model into a specialist: cheaply, reversibly, measured."
+    )
     parser.add_argument("--version", action="version", version=f"tunesmith {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for module in (demo, launch, score, evaluate, generate, chat, merge, verify, adapters, plan, data, models, serve):

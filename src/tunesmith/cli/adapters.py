@@ -16,9 +16,12 @@ def register(sub) -> None:
     i.add_argument("dir", help="an adapter directory (e.g. RUN/adapter)")
     i.add_argument("--json", action="store_true")
     i.set_defaults(handler=info)
-    c = inner.add_parser("combine", help="a weighted combination of adapters on the same base (PEFT)",
-                         description="cat (default): ΔW = Σ w_i ΔW_i exactly, rank = Σ r_i; linear: A and B "
-                                     "averaged (equal ranks; approximate); svd: Σ w_i ΔW_i re-factorised.")
+    c = inner.add_parser(
+        "combine",
+        help="a weighted combination of adapters on the same base (PEFT)",
+        description="cat (default): ΔW = Σ w_i ΔW_i exactly, rank = Σ r_i; linear: A and B "
+        "averaged (equal ranks; approximate); svd: Σ w_i ΔW_i re-factorised.",
+    )
     c.add_argument("--model", required=True, help="the base the adapters were trained on")
     c.add_argument("--adapter", action="append", required=True, help="adapter directory (repeatable)")
     c.add_argument("--weights", required=True, help="comma-separated, one per --adapter, e.g. 0.7,0.3")

@@ -8,9 +8,12 @@ from tunesmith.errors import ConfigError
 
 
 def register(sub) -> None:
-    p = sub.add_parser("chat", help="interactive chat with streaming replies (chat template applied)",
-                       description="Type a message and press Enter; /reset clears the history, /exit (or Ctrl-D) "
-                                   "ends. Replies stop at the chat template's end-of-turn token.")
+    p = sub.add_parser(
+        "chat",
+        help="interactive chat with streaming replies (chat template applied)",
+        description="Type a message and press Enter; /reset clears the history, /exit (or Ctrl-D) "
+        "ends. Replies stop at the chat template's end-of-turn token.",
+    )
     p.add_argument("--model", default="smollm2-135m-instruct", help="alias, HF directory or .gguf file")
     p.add_argument("--adapter", action="append", default=[], help="PEFT adapter directory (the last one is used)")
     p.add_argument("--system", help="system message")
@@ -41,6 +44,15 @@ def run(args) -> int:
     def write(text: str) -> None:
         print(text, end="", flush=True)
 
-    chat_loop(model, tokenizer, read, write, args.system, "bot> ", max_new_tokens=args.max_new_tokens,
-              temperature=args.temperature, top_p=args.top_p)
+    chat_loop(
+        model,
+        tokenizer,
+        read,
+        write,
+        args.system,
+        "bot> ",
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_p=args.top_p,
+    )
     return 0

@@ -9,17 +9,23 @@ from tunesmith.forgetting.evaluate import evaluate_model, format_result
 
 
 def register(sub) -> None:
-    p = sub.add_parser("eval", help="measure forgetting (probe perplexity, KL to the base) and task metrics",
-                       description="Scores the model (with --adapter: the model plus that adapter) on the probe: the "
-                                   "base's own greedy answers to general prompts (generated once, cached). "
-                                   "kl_to_base is the mean per-token KL(base || tuned) over those answers: 0 for the "
-                                   "base itself. With --data, also the task loss and, when every reference answer is "
-                                   "a JSON object, json_valid and field accuracy of greedy answers.")
+    p = sub.add_parser(
+        "eval",
+        help="measure forgetting (probe perplexity, KL to the base) and task metrics",
+        description="Scores the model (with --adapter: the model plus that adapter) on the probe: the "
+        "base's own greedy answers to general prompts (generated once, cached). "
+        "kl_to_base is the mean per-token KL(base || tuned) over those answers: 0 for the "
+        "base itself. With --data, also the task loss and, when every reference answer is "
+        "a JSON object, json_valid and field accuracy of greedy answers.",
+    )
     p.add_argument("--model", required=True, help="alias, local Hugging Face directory or .gguf file")
     p.add_argument("--adapter", help="a PEFT adapter directory over --model (the base is the adapter switched off)")
     p.add_argument("--base", help="the base to compare with when --model is itself fine-tuned (full fine-tuning)")
-    p.add_argument("--probe", help="probe prompts, JSONL (`prompt` or `messages`, optional `answer`); "
-                                   "default: the bundled general-domain probe")
+    p.add_argument(
+        "--probe",
+        help="probe prompts, JSONL (`prompt` or `messages`, optional `answer`); "
+        "default: the bundled general-domain probe",
+    )
     p.add_argument("--probe-size", type=int, default=0, help="measure N prompts spread over the probe (0: all)")
     p.add_argument("--data", help="task data (chat or prompt/completion JSONL) for task metrics")
     p.add_argument("--limit", type=int, help="use only the first N task examples")
@@ -36,7 +42,18 @@ def run(args) -> int:
     if args.probe_size < 0 or (args.limit is not None and args.limit < 1) or args.max_length < 8:
         raise ConfigError("--probe-size must be >= 0, --limit >= 1 and --max-length >= 8")
     say = (lambda s: None) if args.json else print
-    result = evaluate_model(args.model, args.adapter, args.base, args.probe, args.probe_size, args.data,
-                            args.max_length, args.device, args.precision, args.limit, say)
+    result = evaluate_model(
+        args.model,
+        args.adapter,
+        args.base,
+        args.probe,
+        args.probe_size,
+        args.data,
+        args.max_length,
+        args.device,
+        args.precision,
+        args.limit,
+        say,
+    )
     print(json.dumps(result) if args.json else format_result(result))
     return 0

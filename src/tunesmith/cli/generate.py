@@ -10,10 +10,19 @@ from tunesmith.errors import ConfigError
 def register(sub) -> None:
     p = sub.add_parser("generate", help="complete a prompt (chat template applied)")
     p.add_argument("--model", default="smollm2-135m-instruct", help="alias, HF directory or .gguf file")
-    p.add_argument("--adapter", action="append", default=[], help="PEFT adapter directory (repeatable; each is "
-                   "named after its folder, or its run for RUN/adapter)")
-    p.add_argument("--use", action="append", default=[], help="which adapter answers: a name, or `base` for none; "
-                   "once for every prompt, or once per --prompt in order (default: the last adapter)")
+    p.add_argument(
+        "--adapter",
+        action="append",
+        default=[],
+        help="PEFT adapter directory (repeatable; each is named after its folder, or its run for RUN/adapter)",
+    )
+    p.add_argument(
+        "--use",
+        action="append",
+        default=[],
+        help="which adapter answers: a name, or `base` for none; "
+        "once for every prompt, or once per --prompt in order (default: the last adapter)",
+    )
     p.add_argument("--prompt", action="append", required=True, help="user message (repeatable)")
     p.add_argument("--system", help="system message")
     p.add_argument("--max-new-tokens", type=int, default=256)
@@ -48,8 +57,16 @@ def run(args) -> int:
         if name != "base":
             model.set_adapter(name)
         with context:
-            texts = generate_chat(model, tokenizer, [args.prompt[i] for i in idx], args.max_new_tokens,
-                                  args.temperature, args.top_p, system=args.system, seed=args.seed)
+            texts = generate_chat(
+                model,
+                tokenizer,
+                [args.prompt[i] for i in idx],
+                args.max_new_tokens,
+                args.temperature,
+                args.top_p,
+                system=args.system,
+                seed=args.seed,
+            )
         for i, text in zip(idx, texts):
             outputs[i] = text
     for i, text in enumerate(outputs):

@@ -15,9 +15,14 @@ def register(sub) -> None:
         p = sub.add_parser(recipe.name, help=recipe.help, description=recipe.description)
         add_arguments(p, recipe.config)
         p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
-        p.add_argument("--nproc", type=int, default=1, help="data-parallel processes on this machine (launches "
-                       f"torchrun; or run `torchrun --nproc_per_node N -m tunesmith {recipe.name} ...` yourself, "
-                       "also across nodes)")
+        p.add_argument(
+            "--nproc",
+            type=int,
+            default=1,
+            help="data-parallel processes on this machine (launches "
+            f"torchrun; or run `torchrun --nproc_per_node N -m tunesmith {recipe.name} ...` yourself, "
+            "also across nodes)",
+        )
         p.set_defaults(handler=lambda args, recipe=recipe: run_training(args, recipe))
 
 

@@ -9,19 +9,25 @@ from tunesmith.errors import ConfigError, OutputError
 
 
 def register(sub) -> None:
-    m = sub.add_parser("merge", help="fold an adapter into its base: a plain Hugging Face model directory",
-                       description="Writes OUT with safetensors weights W + B·A·alpha/r, the config and the tokenizer "
-                                   "(chat template included). A QLoRA adapter is merged into the dequantized NF4 "
-                                   "weights it was trained against (--base-weights).")
+    m = sub.add_parser(
+        "merge",
+        help="fold an adapter into its base: a plain Hugging Face model directory",
+        description="Writes OUT with safetensors weights W + B·A·alpha/r, the config and the tokenizer "
+        "(chat template included). A QLoRA adapter is merged into the dequantized NF4 "
+        "weights it was trained against (--base-weights).",
+    )
     _common(m)
     m.add_argument("--adapter", required=True, help="PEFT adapter directory")
     m.add_argument("--out", required=True, help="output directory")
     m.set_defaults(handler=merge)
 
-    e = sub.add_parser("export", help="write a model (optionally merged with an adapter) as GGUF or HF files",
-                       description="--format gguf writes one .gguf file (Llama, Mistral, Qwen2, Qwen3, Gemma 2, "
-                                   "Gemma 3 text or Phi-3; f16 or f32 weights) that llama.cpp and transformers "
-                                   "(gguf_file=) load; --format hf is `merge`.")
+    e = sub.add_parser(
+        "export",
+        help="write a model (optionally merged with an adapter) as GGUF or HF files",
+        description="--format gguf writes one .gguf file (Llama, Mistral, Qwen2, Qwen3, Gemma 2, "
+        "Gemma 3 text or Phi-3; f16 or f32 weights) that llama.cpp and transformers "
+        "(gguf_file=) load; --format hf is `merge`.",
+    )
     _common(e)
     e.add_argument("--adapter", help="PEFT adapter directory to merge first")
     e.add_argument("--format", choices=("gguf", "hf"), default="gguf")
@@ -32,8 +38,12 @@ def register(sub) -> None:
 
 def _common(p) -> None:
     p.add_argument("--model", required=True, help="alias, local Hugging Face directory or .gguf file")
-    p.add_argument("--base-weights", choices=("auto", "nf4", "original"), default="auto",
-                   help="auto: nf4 for an adapter from a qlora run, else the original fp32 weights")
+    p.add_argument(
+        "--base-weights",
+        choices=("auto", "nf4", "original"),
+        default="auto",
+        help="auto: nf4 for an adapter from a qlora run, else the original fp32 weights",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
 
 
@@ -70,6 +80,5 @@ def export(args) -> int:
         with tempfile.TemporaryDirectory(dir=out.parent if out.parent.is_dir() else None) as tmp:
             merge_to_directory(args.model, args.adapter, Path(tmp) / "merged", args.base_weights)
             result = export_gguf(Path(tmp) / "merged", out, args.dtype)
-    print(f"wrote {out} ({result.get('tensors', '?')} tensors, {args.dtype}, "
-          f"{out.stat().st_size / 2**20:.1f} MiB)")
+    print(f"wrote {out} ({result.get('tensors', '?')} tensors, {args.dtype}, {out.stat().st_size / 2**20:.1f} MiB)")
     return 0

@@ -46,26 +46,41 @@ class RecipeOptionsParser(argparse.ArgumentParser):
 
 
 def register(sub) -> None:
-    p = sub.add_parser("plan", help="parameters, memory, FLOPs, time and cost of a run, before running it",
-                       description="Arithmetic on the model's shape, no download and no torch: total and trainable "
-                                   "parameters; memory per GPU split into weights, gradients, AdamW state, "
-                                   "activations, bf16 weight copies and the logits buffer; FLOPs per token and for "
-                                   "the run; time at an MFU and cost. Formulas: the docstring of tunesmith/plan.py. "
-                                   "The options are those of the training command --recipe names (the same "
-                                   "--config files and --set keys; --out and --data are not needed), then the "
-                                   f"planner's own. Built-in shapes: {', '.join(SHAPES)} (and smollm2-135m-instruct).")
+    p = sub.add_parser(
+        "plan",
+        help="parameters, memory, FLOPs, time and cost of a run, before running it",
+        description="Arithmetic on the model's shape, no download and no torch: total and trainable "
+        "parameters; memory per GPU split into weights, gradients, AdamW state, "
+        "activations, bf16 weight copies and the logits buffer; FLOPs per token and for "
+        "the run; time at an MFU and cost. Formulas: the docstring of tunesmith/plan.py. "
+        "The options are those of the training command --recipe names (the same "
+        "--config files and --set keys; --out and --data are not needed), then the "
+        f"planner's own. Built-in shapes: {', '.join(SHAPES)} (and smollm2-135m-instruct).",
+    )
     p.__class__ = RecipeOptionsParser  # add_parser builds a plain ArgumentParser
-    p.add_argument("--recipe", choices=tuple(RECIPES), default="sft",
-                   help="the training command whose options follow (default sft); `tunesmith plan --recipe dpo -h` "
-                        "lists dpo's")
+    p.add_argument(
+        "--recipe",
+        choices=tuple(RECIPES),
+        default="sft",
+        help="the training command whose options follow (default sft); `tunesmith plan --recipe dpo -h` lists dpo's",
+    )
     own = p.add_argument_group("planner options (training has no field for these)")
-    own.add_argument("--tokens", type=int, help="tokens the run trains on, all epochs (instead of counting --data "
-                     "or taking --max-steps of full rows)")
-    own.add_argument("--trained-fraction", type=float,
-                     help="share of positions that carry a loss (default: from --data, else 1.0)")
+    own.add_argument(
+        "--tokens",
+        type=int,
+        help="tokens the run trains on, all epochs (instead of counting --data or taking --max-steps of full rows)",
+    )
+    own.add_argument(
+        "--trained-fraction", type=float, help="share of positions that carry a loss (default: from --data, else 1.0)"
+    )
     own.add_argument("--gpu", choices=tuple(GPUS), help="the device (default h100; cpu with --device cpu)")
-    own.add_argument("--gpus", type=int, default=1, help="data-parallel processes, as --nproc N trains (lora/qlora: "
-                     "each holds the whole model; full: FSDP2-sharded)")
+    own.add_argument(
+        "--gpus",
+        type=int,
+        default=1,
+        help="data-parallel processes, as --nproc N trains (lora/qlora: "
+        "each holds the whole model; full: FSDP2-sharded)",
+    )
     own.add_argument("--price-per-hour", type=float, help="USD per GPU-hour")
     own.add_argument("--mfu", type=float, help="fraction of peak reached (default 0.4; cpu: 1.0 of the measured peak)")
     own.add_argument("--peak-tflops", type=float, help="override the device's peak (cpu default: measured 0.095)")
@@ -77,8 +92,16 @@ def run(args) -> int:
     recipe = RECIPES[args.recipe]
     keys = {leaf.key for leaf in leaf_fields(recipe.config)}
     cfg = build_config(recipe.config, args, stand_ins={k: v for k, v in NOT_NEEDED_TO_PLAN.items() if k in keys})
-    result = plan_config(cfg, recipe.name, tokens=args.tokens, gpu=args.gpu, gpus=args.gpus,
-                         price_per_hour=args.price_per_hour, mfu=args.mfu, peak_tflops=args.peak_tflops,
-                         trained_fraction=args.trained_fraction)
+    result = plan_config(
+        cfg,
+        recipe.name,
+        tokens=args.tokens,
+        gpu=args.gpu,
+        gpus=args.gpus,
+        price_per_hour=args.price_per_hour,
+        mfu=args.mfu,
+        peak_tflops=args.peak_tflops,
+        trained_fraction=args.trained_fraction,
+    )
     print(json.dumps(result) if args.json else format_plan(result))
     return 0

@@ -8,13 +8,22 @@ from pathlib import Path
 
 
 def _common(p, lease: bool = False) -> None:
-    p.add_argument("--home", type=Path, default=None,
-                   help="files, runs and the SQLite database (default: $TUNESMITH_HOME/serve)")
-    p.add_argument("--db", default=None, help="database URL (default: SQLite at HOME/tunesmith.db); "
-                   "postgresql://user@host/db for workers on several machines")
+    p.add_argument(
+        "--home", type=Path, default=None, help="files, runs and the SQLite database (default: $TUNESMITH_HOME/serve)"
+    )
+    p.add_argument(
+        "--db",
+        default=None,
+        help="database URL (default: SQLite at HOME/tunesmith.db); "
+        "postgresql://user@host/db for workers on several machines",
+    )
     if lease:
-        p.add_argument("--lease-s", type=float, default=15.0,
-                       help="a job whose worker has not heartbeaten this long is resumed by another (default 15)")
+        p.add_argument(
+            "--lease-s",
+            type=float,
+            default=15.0,
+            help="a job whose worker has not heartbeaten this long is resumed by another (default 15)",
+        )
         p.add_argument("--heartbeat-s", type=float, default=2.0, help="seconds between heartbeats (default 2)")
 
 
@@ -26,8 +35,13 @@ def register(sub) -> None:
     p.add_argument("--workers", type=int, default=1, help="worker processes started here (0: only the API)")
     p.add_argument("--max-file-mb", type=float, default=512.0, help="largest upload (413 beyond it)")
     p.add_argument("--max-adapters", type=int, default=8, help="fine-tunes kept loaded for chat (LRU)")
-    p.add_argument("--model", action="append", default=[], metavar="NAME",
-                   help="another base model to serve beside the aliases (repeatable)")
+    p.add_argument(
+        "--model",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="another base model to serve beside the aliases (repeatable)",
+    )
     p.set_defaults(handler=serve)
 
     w = sub.add_parser("worker", help="run queued fine-tuning jobs from a `tunesmith serve` database")
@@ -46,10 +60,15 @@ def register(sub) -> None:
 def _settings(args):
     from tunesmith.serve.settings import Settings, default_home
 
-    settings = Settings(home=args.home or default_home(), db=args.db,
-                        lease_s=getattr(args, "lease_s", 15.0), heartbeat_s=getattr(args, "heartbeat_s", 2.0),
-                        max_file_mb=getattr(args, "max_file_mb", 512.0),
-                        max_adapters=getattr(args, "max_adapters", 8), models=getattr(args, "model", []))
+    settings = Settings(
+        home=args.home or default_home(),
+        db=args.db,
+        lease_s=getattr(args, "lease_s", 15.0),
+        heartbeat_s=getattr(args, "heartbeat_s", 2.0),
+        max_file_mb=getattr(args, "max_file_mb", 512.0),
+        max_adapters=getattr(args, "max_adapters", 8),
+        models=getattr(args, "model", []),
+    )
     settings.make_dirs()
     return settings
 
@@ -63,8 +82,12 @@ def serve(args) -> int:
     settings = _settings(args)
     app = create_app(settings)
     workers = spawn_workers(settings, args.workers)
-    print(f"tunesmith serve: http://{args.host}:{args.port}/v1 (home {settings.home}, "
-          f"{args.workers} worker{'s' if args.workers != 1 else ''})", file=sys.stderr, flush=True)
+    print(
+        f"tunesmith serve: http://{args.host}:{args.port}/v1 (home {settings.home}, "
+        f"{args.workers} worker{'s' if args.workers != 1 else ''})",
+        file=sys.stderr,
+        flush=True,
+    )
     # uvicorn catches SIGTERM and Ctrl-C, stops serving, then raises the signal again with the handler
     # it found: a no-op one lets the workers be stopped below, each checkpointing its running job and
     # putting it back in the queue, instead of dying with the web process
@@ -91,6 +114,5 @@ def create_key(args) -> int:
     with make_sessions(settings.db_url)() as session:
         key = make_key(session, args.name)
     print(key)
-    print(f"(owner {args.name}; shown once, stored as its sha256 in {settings.db_url.split('@')[-1]})",
-          file=sys.stderr)
+    print(f"(owner {args.name}; shown once, stored as its sha256 in {settings.db_url.split('@')[-1]})", file=sys.stderr)
     return 0

@@ -6,10 +6,13 @@ import sys
 
 
 def register(sub) -> None:
-    p = sub.add_parser("verify", help="check that a run left its base model's weight files untouched",
-                       description="Recomputes the sha256 of the base's weight files and compares it with the "
-                                   "checksums the run recorded at its start and end (RUN/base_checksum.json). "
-                                   "Exit code 0: untouched; 1: changed.")
+    p = sub.add_parser(
+        "verify",
+        help="check that a run left its base model's weight files untouched",
+        description="Recomputes the sha256 of the base's weight files and compares it with the "
+        "checksums the run recorded at its start and end (RUN/base_checksum.json). "
+        "Exit code 0: untouched; 1: changed.",
+    )
     p.add_argument("--run", required=True, help="a tunesmith run directory")
     p.set_defaults(handler=run)
 

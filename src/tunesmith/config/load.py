@@ -148,8 +148,13 @@ def parse_set_items(items: list[str], leaves: dict[str, Leaf]) -> dict[str, Any]
 def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
     """One option per schema field (default suppressed, so only given flags override)."""
     parser.add_argument("--config", help="YAML config file; flags override it")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override any config key, e.g. --set train.lr=1e-4 (repeatable)")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override any config key, e.g. --set train.lr=1e-4 (repeatable)",
+    )
     for leaf in leaf_fields(cls):
         meta = leaf.field.metadata
         base, _ = _base_type(leaf.type)
@@ -178,8 +183,12 @@ def _lookup(cfg: Any, key: str) -> Any:
     return cfg
 
 
-def build_config(cls: type, args: argparse.Namespace | dict | None = None,
-                 base_file: str | Path | None = None, stand_ins: dict[str, Any] | None = None) -> Any:
+def build_config(
+    cls: type,
+    args: argparse.Namespace | dict | None = None,
+    base_file: str | Path | None = None,
+    stand_ins: dict[str, Any] | None = None,
+) -> Any:
     """Defaults, then `base_file` (a resumed run's saved config), then `--config` YAML, then explicit
     flags, then `--set` items; then `validate()`.
 

@@ -10,9 +10,10 @@ Every problem is reported as `FILE:LINE: what is wrong`, all of them, not only t
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from tunesmith.errors import DataError
 
@@ -96,12 +97,15 @@ def parse_row(obj: Any) -> tuple[list[dict], str | None]:
                 return [], f"`{key}`: must be a string, got {type(obj[key]).__name__}"
         if not obj["completion"].strip():
             return [], "`completion`: empty"
-        return _parse_messages([{"role": "user", "content": obj["prompt"]},
-                                {"role": "assistant", "content": obj["completion"]}])
+        return _parse_messages(
+            [{"role": "user", "content": obj["prompt"]}, {"role": "assistant", "content": obj["completion"]}]
+        )
     return [], "missing `messages` (or `prompt` and `completion`)"
 
 
-def read_jsonl_rows(path: Path, parse: Callable[[Any], tuple[Any, list[str]]]) -> tuple[list[tuple[int, Any]], list[str]]:
+def read_jsonl_rows(
+    path: Path, parse: Callable[[Any], tuple[Any, list[str]]]
+) -> tuple[list[tuple[int, Any]], list[str]]:
     """Run `parse` (object -> (value, problems)) on every line of a JSONL file.
 
     Returns the (line number, value) of the rows without problems, and every problem as

@@ -59,10 +59,17 @@ class Batch:
     example_ids: torch.Tensor  # [rows, length]: index of the example (in the collated list), -1 for padding
     # and for a prefix that several examples share
 
-    def to(self, device: torch.device) -> "Batch":
+    def to(self, device: torch.device) -> Batch:
         move = lambda t: None if t is None else t.to(device, non_blocking=True)  # noqa: E731
-        return Batch(move(self.input_ids), move(self.targets), move(self.position_ids),
-                     move(self.attention_mask), self.num_tokens, self.num_targets, move(self.example_ids))
+        return Batch(
+            move(self.input_ids),
+            move(self.targets),
+            move(self.position_ids),
+            move(self.attention_mask),
+            self.num_tokens,
+            self.num_targets,
+            move(self.example_ids),
+        )
 
 
 def collate_padded(examples: list[TokenizedExample], pad_id: int) -> Batch:
@@ -81,8 +88,9 @@ def collate_padded(examples: list[TokenizedExample], pad_id: int) -> Batch:
     return Batch(ids, targets, None, mask, int(mask.sum()), int((targets != IGNORE).sum()), owner)
 
 
-def collate_packed(examples: list[TokenizedExample], max_length: int, pad_id: int, flat: bool = False,
-                   share_prefixes: bool = False) -> Batch:
+def collate_packed(
+    examples: list[TokenizedExample], max_length: int, pad_id: int, flat: bool = False, share_prefixes: bool = False
+) -> Batch:
     """Pack into as few rows of max_length as fit, every row as wide as the fullest.
 
     `flat` (for a model with per-example attention): when those rows would not come out equally full,
@@ -139,7 +147,9 @@ def common_untrained(a: list[int], a_trained: int, b: list[int], b_trained: int)
     return n
 
 
-def prefix_groups(ids: list[list[int]], trained: list[int], min_shared: int = MIN_SHARED) -> list[tuple[int, list[int]]]:
+def prefix_groups(
+    ids: list[list[int]], trained: list[int], min_shared: int = MIN_SHARED
+) -> list[tuple[int, list[int]]]:
     """Group sequences that begin with the same untrained tokens, so each group's prefix runs once.
 
     Returns [(s, members)]: groups in the order of their first member, members ascending, s the tokens
@@ -208,12 +218,25 @@ def collate_shared_prefixes(examples: list[TokenizedExample], groups: list[tuple
             positions += range(s, n)
             owner += [i] * (n - s)
     row = lambda values: torch.tensor([values], dtype=torch.long)  # noqa: E731
-    return Batch(row(ids), row(targets), row(positions), None, sum(len(e.input_ids) for e in examples),
-                 sum(t != IGNORE for t in targets), row(owner))
+    return Batch(
+        row(ids),
+        row(targets),
+        row(positions),
+        None,
+        sum(len(e.input_ids) for e in examples),
+        sum(t != IGNORE for t in targets),
+        row(owner),
+    )
 
 
-def collate(examples: list[TokenizedExample], packing: bool, max_length: int, pad_id: int, flat: bool = False,
-            share_prefixes: bool = False) -> Batch:
+def collate(
+    examples: list[TokenizedExample],
+    packing: bool,
+    max_length: int,
+    pad_id: int,
+    flat: bool = False,
+    share_prefixes: bool = False,
+) -> Batch:
     if not packing:
         return collate_padded(examples, pad_id)
     return collate_packed(examples, max_length, pad_id, flat, share_prefixes)
@@ -224,8 +247,9 @@ def shared_prefix_length(a: TokenizedExample, b: TokenizedExample) -> int:
     return common_untrained(a.input_ids, trained_from(a), b.input_ids, trained_from(b))
 
 
-def collate_shared_prompt(chosen: list[TokenizedExample], rejected: list[TokenizedExample], pad_id: int,
-                          flat: bool = False) -> Batch:
+def collate_shared_prompt(
+    chosen: list[TokenizedExample], rejected: list[TokenizedExample], pad_id: int, flat: bool = False
+) -> Batch:
     """One row per pair: the prompt once, then the chosen reply, then the rejected reply.
 
         row:       [ prompt p_0..p_P-1 | chosen c_1..c_C | p_P-1 r_1..r_R ]
@@ -262,17 +286,27 @@ def collate_shared_prompt(chosen: list[TokenizedExample], rejected: list[Tokeniz
         owner[b, lc : lc + lr] = n + b
         if mask is None:
             continue
-        mask[b, lc:, s:lc] = False  # the rejected reply never sees the chosen one (nor the prompt copy it restarts from)
+        mask[b, lc:, s:lc] = (
+            False  # the rejected reply never sees the chosen one (nor the prompt copy it restarts from)
+        )
         pad = torch.arange(lc + lr, width)
         mask[b, pad, :] = False
         mask[b, pad, pad] = True  # padding attends to itself only (no empty softmax rows)
     real = sum(lengths)
-    return Batch(ids, targets, positions, None if mask is None else mask[:, None], real, int((targets != IGNORE).sum()),
-                 owner)
+    return Batch(
+        ids, targets, positions, None if mask is None else mask[:, None], real, int((targets != IGNORE).sum()), owner
+    )
 
 
-def collate_pairs(chosen: list[TokenizedExample], rejected: list[TokenizedExample], packing: bool, max_length: int,
-                  pad_id: int, flat: bool = False, in_positions: bool = False) -> Batch:
+def collate_pairs(
+    chosen: list[TokenizedExample],
+    rejected: list[TokenizedExample],
+    packing: bool,
+    max_length: int,
+    pad_id: int,
+    flat: bool = False,
+    in_positions: bool = False,
+) -> Batch:
     """Both sides of n pairs for one forward; example ids: chosen i -> i, rejected i -> n + i.
 
     Default: one row per pair with the prompt computed once (its layout in position ids rather than a

@@ -95,17 +95,25 @@ def _parse_completion(value: Any, label: str, prompt_key: str, *, allow_string: 
         if problem is not None:
             return [], problem
         if msg["role"] != "assistant":
-            return [], (f"`{label}[{i}].role`: must be 'assistant', got {msg['role']!r} "
-                        f"(the prompt belongs in `{prompt_key}`)")
+            return [], (
+                f"`{label}[{i}].role`: must be 'assistant', got {msg['role']!r} (the prompt belongs in `{prompt_key}`)"
+            )
         if not msg["content"].strip():
             return [], f"`{label}[{i}].content`: empty"
         out.append(msg)
     return out, None
 
 
-def _parse_sides(obj: dict, prompt_key: str, chosen_key: str, rejected_key: str, prompt_value: Any,
-                 *, allow_string: bool, prompt_problem: str | None = None
-                 ) -> tuple[tuple[list, list, list] | None, list[str]]:
+def _parse_sides(
+    obj: dict,
+    prompt_key: str,
+    chosen_key: str,
+    rejected_key: str,
+    prompt_value: Any,
+    *,
+    allow_string: bool,
+    prompt_problem: str | None = None,
+) -> tuple[tuple[list, list, list] | None, list[str]]:
     """Validate prompt and both completions; every field's problem is reported, one per field."""
     problems = []
     prompt: list[dict] = []
@@ -135,8 +143,10 @@ def parse_preference_row(obj: Any) -> tuple[tuple[list, list, list] | None, list
     openai = [k for k in OPENAI_KEYS if k in obj]
     common = [k for k in COMMON_KEYS if k in obj]
     if openai and common:
-        return None, [f"mixes keys of two formats ({', '.join(f'`{k}`' for k in openai + common)}); use either "
-                      "`input`/`preferred_output`/`non_preferred_output` or `prompt`/`chosen`/`rejected`"]
+        return None, [
+            f"mixes keys of two formats ({', '.join(f'`{k}`' for k in openai + common)}); use either "
+            "`input`/`preferred_output`/`non_preferred_output` or `prompt`/`chosen`/`rejected`"
+        ]
     if openai:
         prompt_value: Any = None
         prompt_problem = None
@@ -148,14 +158,30 @@ def parse_preference_row(obj: Any) -> tuple[tuple[list, list, list] | None, list
             prompt_problem = "`input`: missing `messages`"
         else:
             prompt_value = obj["input"]["messages"]
-        return _parse_sides(obj, "input.messages", "preferred_output", "non_preferred_output", prompt_value,
-                            allow_string=False, prompt_problem=prompt_problem)
+        return _parse_sides(
+            obj,
+            "input.messages",
+            "preferred_output",
+            "non_preferred_output",
+            prompt_value,
+            allow_string=False,
+            prompt_problem=prompt_problem,
+        )
     if common:
-        return _parse_sides(obj, "prompt", "chosen", "rejected", obj.get("prompt"), allow_string=True,
-                            prompt_problem=None if "prompt" in obj else "missing `prompt`")
+        return _parse_sides(
+            obj,
+            "prompt",
+            "chosen",
+            "rejected",
+            obj.get("prompt"),
+            allow_string=True,
+            prompt_problem=None if "prompt" in obj else "missing `prompt`",
+        )
     found = ", ".join(f"`{k}`" for k in obj) or "none"
-    return None, ["not a preference row: expected `input`, `preferred_output` and `non_preferred_output` "
-                  f"(OpenAI preference format) or `prompt`, `chosen` and `rejected`; found keys: {found}"]
+    return None, [
+        "not a preference row: expected `input`, `preferred_output` and `non_preferred_output` "
+        f"(OpenAI preference format) or `prompt`, `chosen` and `rejected`; found keys: {found}"
+    ]
 
 
 def read_preference_file(path: str | Path) -> ParsedPreferenceFile:

@@ -24,8 +24,10 @@ def epochs_warning(total_steps: int, batch_size: int, num_examples: int) -> str 
     epochs = total_steps * batch_size / max(1, num_examples)
     if epochs <= MAX_EPOCHS + 1e-9:
         return None
-    return (f"{epochs:.3g} epochs: more than {MAX_EPOCHS} passes over the same data raises the risk of "
-            "overfitting and of forgetting general skills")
+    return (
+        f"{epochs:.3g} epochs: more than {MAX_EPOCHS} passes over the same data raises the risk of "
+        "overfitting and of forgetting general skills"
+    )
 
 
 @dataclass
@@ -54,8 +56,10 @@ def _load(path: str, tokenizer, cfg: DataConfig, label: str, notes: list[str]) -
     if result.dropped_overlength:
         notes.append(f"{label}: dropped {result.dropped_overlength} example(s) longer than {cfg.max_length} tokens")
     if result.dropped_empty:
-        notes.append(f"{label}: dropped {result.dropped_empty} example(s) whose trained tokens all lay past "
-                     f"{cfg.max_length} tokens")
+        notes.append(
+            f"{label}: dropped {result.dropped_empty} example(s) whose trained tokens all lay past "
+            f"{cfg.max_length} tokens"
+        )
     if not result.examples:
         raise DataError([f"{path}: no example left after the length policy (max_length {cfg.max_length})"])
     return result.examples
@@ -84,8 +88,9 @@ def mix_replay(train: list, pool: list, ratio: float, seed: int) -> tuple[list, 
     return train + drawn, n
 
 
-def prepare_sft_data(cfg: DataConfig, tokenizer, seed: int,
-                     self_replay: list[TokenizedExample] | None = None) -> PreparedData:
+def prepare_sft_data(
+    cfg: DataConfig, tokenizer, seed: int, self_replay: list[TokenizedExample] | None = None
+) -> PreparedData:
     """Training and eval examples; with `cfg.replay`, general examples mixed in at `cfg.replay_ratio`:
     from a file, or for `self` the base's own answers that the caller brings (`self_replay`, from
     forgetting.replay.self_replay_examples)."""
@@ -98,8 +103,10 @@ def prepare_sft_data(cfg: DataConfig, tokenizer, seed: int,
         train, evaluation = hold_out(train, cfg.eval_split, seed, notes, "example")
     warnings = []
     if len(train) < FEW_EXAMPLES:
-        warnings.append(f"only {len(train)} training examples: fewer than {FEW_EXAMPLES} often under-specifies "
-                        "the behaviour; watch the eval loss for overfitting")
+        warnings.append(
+            f"only {len(train)} training examples: fewer than {FEW_EXAMPLES} often under-specifies "
+            "the behaviour; watch the eval loss for overfitting"
+        )
     replayed = 0
     if cfg.replay:
         if cfg.replay == "self":
@@ -109,12 +116,15 @@ def prepare_sft_data(cfg: DataConfig, tokenizer, seed: int,
             pool = _load(cfg.replay, tokenizer, cfg, "replay", notes)
         task = len(train)
         train, replayed = mix_replay(train, pool, cfg.replay_ratio, seed)
-        notes.append(f"replay: mixed {replayed} general example(s) ({cfg.replay}, from a pool of {len(pool)}) into "
-                     f"{task} task example(s): {replayed / len(train):.1%} of the training stream")
+        notes.append(
+            f"replay: mixed {replayed} general example(s) ({cfg.replay}, from a pool of {len(pool)}) into "
+            f"{task} task example(s): {replayed / len(train):.1%} of the training stream"
+        )
     return PreparedData(train, evaluation, notes, warnings, replayed)
 
 
 # ---- preference pairs ---------------------------------------------------------------------------
+
 
 @dataclass
 class TokenizedPair:
@@ -139,8 +149,9 @@ def tokenize_pairs(tokenizer, pairs: list[PreferencePair]) -> list[TokenizedPair
     return [TokenizedPair(c, r, p.where) for p, c, r in zip(pairs, chosen, rejected)]
 
 
-def apply_pair_length_policy(pairs: list[TokenizedPair], max_length: int, overlength: str, label: str,
-                             notes: list[str]) -> list[TokenizedPair]:
+def apply_pair_length_policy(
+    pairs: list[TokenizedPair], max_length: int, overlength: str, label: str, notes: list[str]
+) -> list[TokenizedPair]:
     """The SFT length policy on both sides; a pair is kept only if both of its sides are."""
     kept, truncated, dropped_long, dropped_empty = [], 0, 0, 0
     for pair in pairs:
@@ -169,15 +180,18 @@ class PreparedPreferences:
     warnings: list[str] = field(default_factory=list)
 
 
-def _load_pairs(path: str, tokenizer, cfg: PreferenceDataConfig, label: str, notes: list[str],
-                warnings: list[str]) -> list[TokenizedPair]:
+def _load_pairs(
+    path: str, tokenizer, cfg: PreferenceDataConfig, label: str, notes: list[str], warnings: list[str]
+) -> list[TokenizedPair]:
     parsed = load_preference_file(path)
     if parsed.identical:
         lines = ", ".join(map(str, parsed.identical_lines[:10])) + (", ..." if parsed.identical > 10 else "")
-        warnings.append(f"{path}: dropped {parsed.identical} pair(s) whose chosen and rejected are identical "
-                        f"(line {lines})")
-    pairs = apply_pair_length_policy(tokenize_pairs(tokenizer, parsed.pairs), cfg.max_length, cfg.overlength,
-                                     label, notes)
+        warnings.append(
+            f"{path}: dropped {parsed.identical} pair(s) whose chosen and rejected are identical (line {lines})"
+        )
+    pairs = apply_pair_length_policy(
+        tokenize_pairs(tokenizer, parsed.pairs), cfg.max_length, cfg.overlength, label, notes
+    )
     if not pairs:
         raise DataError([f"{path}: no pair left after the length policy (max_length {cfg.max_length})"])
     return pairs
@@ -196,15 +210,24 @@ def train_and_eval(load, cfg, seed: int, notes: list[str], warnings: list[str], 
 def prepare_preference_data(cfg: PreferenceDataConfig, tokenizer, seed: int) -> PreparedPreferences:
     notes: list[str] = []
     warnings: list[str] = []
-    train, evaluation = train_and_eval(lambda path, label: _load_pairs(path, tokenizer, cfg, label, notes, warnings),
-                                       cfg, seed, notes, warnings, "pair")
+    train, evaluation = train_and_eval(
+        lambda path, label: _load_pairs(path, tokenizer, cfg, label, notes, warnings),
+        cfg,
+        seed,
+        notes,
+        warnings,
+        "pair",
+    )
     if len(train) < FEW_PAIRS:
-        warnings.append(f"only {len(train)} training pairs: fewer than {FEW_PAIRS} rarely pins down a preference; "
-                        "watch the eval reward accuracy")
+        warnings.append(
+            f"only {len(train)} training pairs: fewer than {FEW_PAIRS} rarely pins down a preference; "
+            "watch the eval reward accuracy"
+        )
     return PreparedPreferences(train, evaluation, notes, warnings)
 
 
 # ---- unpaired examples (KTO) --------------------------------------------------------------------
+
 
 @dataclass
 class TokenizedUnpaired:
@@ -214,16 +237,18 @@ class TokenizedUnpaired:
     where: str
 
 
-def _load_unpaired(path: str, tokenizer, cfg: UnpairedDataConfig, label: str, notes: list[str],
-                   warnings: list[str]) -> list[TokenizedUnpaired]:
+def _load_unpaired(
+    path: str, tokenizer, cfg: UnpairedDataConfig, label: str, notes: list[str], warnings: list[str]
+) -> list[TokenizedUnpaired]:
     parsed = load_unpaired_file(path)
     warnings += parsed.warnings
     rows: list[UnpairedExample] = parsed.examples
     own = tokenize_conversations(tokenizer, [_conversation(e.prompt, e.completion, e.where) for e in rows])
     # KTO's reference point: the policy's KL to the base on completions that do not answer their prompt
     # (each prompt with the next row's completion), so it cannot be raised by learning the task itself
-    swapped = tokenize_conversations(tokenizer, [_conversation(e.prompt, rows[(i + 1) % len(rows)].completion, e.where)
-                                                 for i, e in enumerate(rows)])
+    swapped = tokenize_conversations(
+        tokenizer, [_conversation(e.prompt, rows[(i + 1) % len(rows)].completion, e.where) for i, e in enumerate(rows)]
+    )
     kept, dropped = [], 0
     for example, mismatched, row in zip(own, swapped, rows, strict=True):
         sides = [apply_length_policy([x], cfg.max_length, cfg.overlength).examples for x in (example, mismatched)]
@@ -250,6 +275,11 @@ def prepare_unpaired_data(cfg: UnpairedDataConfig, tokenizer, seed: int) -> Prep
     notes: list[str] = []
     warnings: list[str] = []
     train, evaluation = train_and_eval(
-        lambda path, label: _load_unpaired(path, tokenizer, cfg, label, notes, warnings), cfg, seed, notes, warnings,
-        "example")
+        lambda path, label: _load_unpaired(path, tokenizer, cfg, label, notes, warnings),
+        cfg,
+        seed,
+        notes,
+        warnings,
+        "example",
+    )
     return PreparedUnpaired(train, evaluation, notes, warnings)

@@ -59,14 +59,19 @@ def _render_with_spans(tokenizer, conv: Conversation, train_on_prompt: bool) -> 
         before = _render(tokenizer, conv.messages[:i], add_generation_prompt=True)
         through = _render(tokenizer, conv.messages[: i + 1], add_generation_prompt=False)
         if not (through.startswith(before) and text.startswith(through)):
-            raise DataError([f"{conv.where}: the chat template does not render this conversation "
-                             "prefix by prefix, so assistant tokens cannot be located; use --train-on-prompt"])
+            raise DataError(
+                [
+                    f"{conv.where}: the chat template does not render this conversation "
+                    "prefix by prefix, so assistant tokens cannot be located; use --train-on-prompt"
+                ]
+            )
         spans.append((len(before), len(through)))
     return text, spans
 
 
-def tokenize_conversations(tokenizer, convs: list[Conversation], train_on_prompt: bool = False,
-                           batch_size: int = 256) -> list[TokenizedExample]:
+def tokenize_conversations(
+    tokenizer, convs: list[Conversation], train_on_prompt: bool = False, batch_size: int = 256
+) -> list[TokenizedExample]:
     """Tokenize in batches (the Rust tokenizer parallelises) and label the trained tokens."""
     out = []
     for start in range(0, len(convs), batch_size):
@@ -75,8 +80,7 @@ def tokenize_conversations(tokenizer, convs: list[Conversation], train_on_prompt
         enc = tokenizer([t for t, _ in rendered], add_special_tokens=False, return_offsets_mapping=True)
         for conv, (_, spans), ids, offsets in zip(chunk, rendered, enc["input_ids"], enc["offset_mapping"]):
             labels = [
-                tok if any(a <= begin < b for a, b in spans) else IGNORE
-                for tok, (begin, _end) in zip(ids, offsets)
+                tok if any(a <= begin < b for a, b in spans) else IGNORE for tok, (begin, _end) in zip(ids, offsets)
             ]
             out.append(TokenizedExample(list(ids), labels, conv.where))
     return out

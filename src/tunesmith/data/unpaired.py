@@ -65,8 +65,9 @@ def _split_messages(value: Any) -> tuple[tuple[list, list] | None, str | None]:
         return None, "`messages`: no assistant turn after the last user turn: nothing to label"
     for i in range(last_user + 1, len(messages)):
         if messages[i]["role"] != "assistant":
-            return None, (f"`messages[{i}].role`: must be 'assistant' after the last user turn, "
-                          f"got {messages[i]['role']!r}")
+            return None, (
+                f"`messages[{i}].role`: must be 'assistant' after the last user turn, got {messages[i]['role']!r}"
+            )
         if not messages[i]["content"].strip():
             return None, f"`messages[{i}].content`: empty"
     return (messages[: last_user + 1], messages[last_user + 1 :]), None
@@ -86,22 +87,29 @@ def parse_unpaired_row(obj: Any) -> tuple[tuple[list, list, bool] | None, list[s
         return None, [f"each line must be a JSON object, got {_type(obj)}"]
     common = [k for k in COMMON_KEYS if k in obj]
     if "messages" in obj and common:
-        return None, [f"mixes keys of two formats (`messages`, {', '.join(f'`{k}`' for k in common)}); use "
-                      "either `messages` or `prompt`/`completion`, each with `label`"]
+        return None, [
+            f"mixes keys of two formats (`messages`, {', '.join(f'`{k}`' for k in common)}); use "
+            "either `messages` or `prompt`/`completion`, each with `label`"
+        ]
     if "messages" in obj:
         sides, problem = _split_messages(obj["messages"])
         side_problems = [problem]
     elif common:
-        prompt, prompt_problem = (parse_prompt(obj["prompt"], "prompt", allow_string=True) if "prompt" in obj
-                                  else ([], "missing `prompt`"))
+        prompt, prompt_problem = (
+            parse_prompt(obj["prompt"], "prompt", allow_string=True) if "prompt" in obj else ([], "missing `prompt`")
+        )
         completion, completion_problem = (
-            _parse_completion(obj["completion"], "completion", "prompt", allow_string=True) if "completion" in obj
-            else ([], "missing `completion`"))
+            _parse_completion(obj["completion"], "completion", "prompt", allow_string=True)
+            if "completion" in obj
+            else ([], "missing `completion`")
+        )
         sides, side_problems = (prompt, completion), [prompt_problem, completion_problem]
     else:
         found = ", ".join(f"`{k}`" for k in obj) or "none"
-        return None, ["not an unpaired row: expected `prompt`, `completion` and `label`, or `messages` and "
-                      f"`label`; found keys: {found}"]
+        return None, [
+            "not an unpaired row: expected `prompt`, `completion` and `label`, or `messages` and "
+            f"`label`; found keys: {found}"
+        ]
     label, label_problem = _parse_label(obj)
     problems = [p for p in (*side_problems, label_problem) if p is not None]
     if problems:
@@ -119,11 +127,15 @@ def read_unpaired_file(path: str | Path) -> ParsedUnpairedFile:
     parsed.desirable = sum(e.desirable for e in parsed.examples)
     parsed.undesirable = len(parsed.examples) - parsed.desirable
     if parsed.examples and not parsed.undesirable:
-        parsed.warnings.append(f"{path}: all {parsed.desirable} examples are desirable (label true), none "
-                               "undesirable: KTO still trains, but learns only from good completions")
+        parsed.warnings.append(
+            f"{path}: all {parsed.desirable} examples are desirable (label true), none "
+            "undesirable: KTO still trains, but learns only from good completions"
+        )
     if parsed.examples and not parsed.desirable:
-        parsed.warnings.append(f"{path}: all {parsed.undesirable} examples are undesirable (label false), none "
-                               "desirable: KTO still trains, but learns only from bad completions")
+        parsed.warnings.append(
+            f"{path}: all {parsed.undesirable} examples are undesirable (label false), none "
+            "desirable: KTO still trains, but learns only from bad completions"
+        )
     return parsed
 
 

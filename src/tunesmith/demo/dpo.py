@@ -14,8 +14,8 @@ from __future__ import annotations
 import json
 import re
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from tunesmith.atomic import atomic_write_text
 from tunesmith.config.schema import DPOConfig
@@ -50,12 +50,20 @@ def demo_config(out: Path, max_steps: int, seed: int) -> DPOConfig:
 def reply_stats(messages: list[str], replies: list[str]) -> dict[str, float]:
     """Words per reply, and how often a reply repeats the order id the customer gave (actionable)."""
     with_id = [(m, r) for m, r in zip(messages, replies) if ORDER_ID.search(m)]
-    return {"words_per_reply": sum(len(r.split()) for r in replies) / max(1, len(replies)),
-            "cites_order_id": sum(ORDER_ID.search(m).group() in r for m, r in with_id) / max(1, len(with_id))}
+    return {
+        "words_per_reply": sum(len(r.split()) for r in replies) / max(1, len(replies)),
+        "cites_order_id": sum(ORDER_ID.search(m).group() in r for m, r in with_id) / max(1, len(with_id)),
+    }
 
 
-def run_dpo_demo(out: Path, max_steps: int = DEFAULT_STEPS, seed: int = 0, limit: int | None = None,
-                 say: Callable[[str], None] = print, progress: bool = True) -> dict:
+def run_dpo_demo(
+    out: Path,
+    max_steps: int = DEFAULT_STEPS,
+    seed: int = 0,
+    limit: int | None = None,
+    say: Callable[[str], None] = print,
+    progress: bool = True,
+) -> dict:
     from tunesmith.generation import generate_chat  # heavy: deferred for CLI start-up
     from tunesmith.models.inference import load_for_inference
     from tunesmith.recipes.dpo import run_dpo
@@ -92,8 +100,10 @@ def run_dpo_demo(out: Path, max_steps: int = DEFAULT_STEPS, seed: int = 0, limit
         "heldout_pairs": len(pairs),
         "train_steps": result.steps,
         "adapter": str(result.output),
-        "samples": [{"message": m, "base": b, "tuned": t, "preferred_reference": p.chosen[-1]["content"]}
-                    for m, b, t, p in zip(messages, base_replies, tuned_replies, samples)],
+        "samples": [
+            {"message": m, "base": b, "tuned": t, "preferred_reference": p.chosen[-1]["content"]}
+            for m, b, t, p in zip(messages, base_replies, tuned_replies, samples)
+        ],
     }
     atomic_write_text(out / "report.json", json.dumps(report, indent=2, ensure_ascii=False) + "\n")
     say(format_table(report))
@@ -102,8 +112,11 @@ def run_dpo_demo(out: Path, max_steps: int = DEFAULT_STEPS, seed: int = 0, limit
 
 
 def format_table(report: dict) -> str:
-    rows = [("reward_accuracy", "held-out reward accuracy"), ("reward_margin", "held-out reward margin"),
-            ("loss", "held-out DPO loss")]
+    rows = [
+        ("reward_accuracy", "held-out reward accuracy"),
+        ("reward_margin", "held-out reward margin"),
+        ("loss", "held-out DPO loss"),
+    ]
     lines = [f"{'metric':28s} {'before':>8s} {'after':>8s}"]
     lines += [f"{label:28s} {report['before'][k]:8.3f} {report['after'][k]:8.3f}" for k, label in rows]
     for key, label in (("words_per_reply", "words per reply"), ("cites_order_id", "reply cites the order id")):

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from tunesmith.atomic import atomic_write_text
 from tunesmith.config.schema import GRPOConfig
@@ -39,8 +39,12 @@ def write_prompts(source: Path, target: Path, limit: int | None = None) -> int:
     for conv in load_sft_file(source)[:limit]:
         message = next(m["content"] for m in conv.messages if m["role"] == "user")
         answer = next(m["content"] for m in conv.messages if m["role"] == "assistant")
-        rows.append({"messages": [{"role": "user", "content": extraction_instruction(message)}],
-                     "reference": json.loads(answer)})
+        rows.append(
+            {
+                "messages": [{"role": "user", "content": extraction_instruction(message)}],
+                "reference": json.loads(answer),
+            }
+        )
     atomic_write_text(target, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     return len(rows)
 
@@ -62,8 +66,14 @@ def check_out(out: Path) -> None:
     run_check_out(out, "grpo/config.yaml", "a GRPO demo")
 
 
-def run_grpo_demo(out: Path, max_steps: int = DEFAULT_STEPS, seed: int = 0, limit: int | None = None,
-                  say: Callable[[str], None] = print, progress: bool = True) -> dict:
+def run_grpo_demo(
+    out: Path,
+    max_steps: int = DEFAULT_STEPS,
+    seed: int = 0,
+    limit: int | None = None,
+    say: Callable[[str], None] = print,
+    progress: bool = True,
+) -> dict:
     from tunesmith.recipes.grpo import run_grpo  # heavy: deferred for CLI start-up
 
     started = time.time()
@@ -73,9 +83,14 @@ def run_grpo_demo(out: Path, max_steps: int = DEFAULT_STEPS, seed: int = 0, limi
     train, heldout = out / "prompts_train.jsonl", out / "prompts_heldout.jsonl"
     write_prompts(TRAIN_FILE, train)
     n_heldout = write_prompts(HELDOUT_FILE, heldout, min(HELDOUT, limit or HELDOUT))
-    say(f"demo: {MODEL}, JSON extraction reinforced by GRPO with rewards {' + '.join(REWARDS)}, "
-        f"{n_heldout} held-out prompts")
-    say(f"GRPO (LoRA) for {max_steps} steps of 4 prompts x 4 samples; held-out greedy replies scored before and after ...")
+    say(
+        f"demo: {MODEL}, JSON extraction reinforced by GRPO with rewards {' + '.join(REWARDS)}, "
+        f"{n_heldout} held-out prompts"
+    )
+    say(
+        f"GRPO (LoRA) for {max_steps} steps of 4 prompts x 4 samples; "
+        "held-out greedy replies scored before and after ..."
+    )
     result = run_grpo(demo_config(out / "grpo", train, heldout, max_steps, seed), say=say, progress=progress)
 
     records = read_metrics(result.run_dir / "metrics.jsonl")
@@ -88,8 +103,10 @@ def run_grpo_demo(out: Path, max_steps: int = DEFAULT_STEPS, seed: int = 0, limi
     report = {
         "before": {k.removeprefix("eval_"): evals[0][k] for k in keys},
         "after": {k.removeprefix("eval_"): evals[-1][k] for k in keys},
-        "sampled_reward": {"first_quarter": mean([s["reward_mean"] for s in steps[:quarter]]),
-                           "last_quarter": mean([s["reward_mean"] for s in steps[-quarter:]])},
+        "sampled_reward": {
+            "first_quarter": mean([s["reward_mean"] for s in steps[:quarter]]),
+            "last_quarter": mean([s["reward_mean"] for s in steps[-quarter:]]),
+        },
         "kl_last": steps[-1].get("kl"),
         "seconds": round(time.time() - started, 1),
         "heldout_prompts": n_heldout,

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from tunesmith.atomic import atomic_write_text
 from tunesmith.config.schema import PPOConfig, RewardConfig
@@ -67,14 +67,29 @@ def sampled_rewards(adapter: Path | None, reward_run: Path, prompts: list[list[d
     from tunesmith.models.reward import load_reward_model
 
     model, tokenizer = load_for_inference(MODEL, [str(adapter)] if adapter else None, merge=adapter is not None)
-    by_seed = [generate_chat(model, tokenizer, prompts, max_new_tokens=MAX_NEW_TOKENS, temperature=TEMPERATURE,
-                             batch_size=len(prompts), seed=seed) for seed in range(SAMPLES_PER_MESSAGE)]
+    by_seed = [
+        generate_chat(
+            model,
+            tokenizer,
+            prompts,
+            max_new_tokens=MAX_NEW_TOKENS,
+            temperature=TEMPERATURE,
+            batch_size=len(prompts),
+            seed=seed,
+        )
+        for seed in range(SAMPLES_PER_MESSAGE)
+    ]
     del model
     replies = [by_seed[s][i] for i in range(len(prompts)) for s in range(SAMPLES_PER_MESSAGE)]
     rm, head, rm_tokenizer = load_reward_model(reward_run)
-    convs = [Conversation([{**m, "weight": 0} for m in prompts[i // SAMPLES_PER_MESSAGE]]
-                          + [{"role": "assistant", "content": r, "weight": 1}], "demo")
-             for i, r in enumerate(replies)]
+    convs = [
+        Conversation(
+            [{**m, "weight": 0} for m in prompts[i // SAMPLES_PER_MESSAGE]]
+            + [{"role": "assistant", "content": r, "weight": 1}],
+            "demo",
+        )
+        for i, r in enumerate(replies)
+    ]
     return replies, score_examples(rm, head, tokenize_conversations(rm_tokenizer, convs), rm_tokenizer.pad_token_id)
 
 
@@ -89,8 +104,14 @@ def check_out(out: Path) -> None:
     run_check_out(out, "reward/config.yaml", "a PPO demo")
 
 
-def run_ppo_demo(out: Path, max_steps: int = DEFAULT_STEPS, seed: int = 0, limit: int | None = None,
-                 say: Callable[[str], None] = print, progress: bool = True) -> dict:
+def run_ppo_demo(
+    out: Path,
+    max_steps: int = DEFAULT_STEPS,
+    seed: int = 0,
+    limit: int | None = None,
+    say: Callable[[str], None] = print,
+    progress: bool = True,
+) -> dict:
     from tunesmith.recipes.ppo import run_ppo  # heavy: deferred for CLI start-up
     from tunesmith.recipes.reward import run_reward
 
@@ -101,8 +122,10 @@ def run_ppo_demo(out: Path, max_steps: int = DEFAULT_STEPS, seed: int = 0, limit
     heldout = load_preference_file(HELDOUT_FILE).pairs[: min(HELDOUT, limit or HELDOUT)]
     prompts = [p.prompt for p in heldout]
     train_prompts = out / "prompts.jsonl"
-    atomic_write_text(train_prompts, "".join(json.dumps({"messages": p.prompt}) + "\n"
-                                             for p in load_preference_file(TRAIN_FILE).pairs))
+    atomic_write_text(
+        train_prompts,
+        "".join(json.dumps({"messages": p.prompt}) + "\n" for p in load_preference_file(TRAIN_FILE).pairs),
+    )
     say(f"demo: {MODEL}, RLHF: PPO against a reward model of support-reply tone, {len(prompts)} held-out messages")
 
     say("1/4 reward model (LoRA, Bradley-Terry) on the DPO demo's tone pairs ...")
@@ -120,21 +143,42 @@ def run_ppo_demo(out: Path, max_steps: int = DEFAULT_STEPS, seed: int = 0, limit
     every = SAMPLES_PER_MESSAGE
     report = {
         "reward_model": {"heldout_accuracy": rm.eval["eval_accuracy"], "heldout_margin": rm.eval["eval_margin"]},
-        "heldout_reward": {"base": mean(base_scores), "tuned": mean(tuned_scores), "replies": len(base_scores),
-                           "base_stderr": stderr(base_scores), "tuned_stderr": stderr(tuned_scores),
-                           "base_scores": base_scores, "tuned_scores": tuned_scores},
-        "rollout_reward": {"first_half": mean([s["reward_mean"] for s in steps[:half]]),
-                           "second_half": mean([s["reward_mean"] for s in steps[half:] or steps[-1:]])},
-        "kl": {"target": KL_TARGET, "max": max(s["kl"] for s in steps), "last": steps[-1]["kl"],
-               "kl_coef_last": steps[-1]["kl_coef"]},
-        "words_per_reply": {"base": mean([len(r.split()) for r in base_replies]),
-                            "tuned": mean([len(r.split()) for r in tuned_replies])},
+        "heldout_reward": {
+            "base": mean(base_scores),
+            "tuned": mean(tuned_scores),
+            "replies": len(base_scores),
+            "base_stderr": stderr(base_scores),
+            "tuned_stderr": stderr(tuned_scores),
+            "base_scores": base_scores,
+            "tuned_scores": tuned_scores,
+        },
+        "rollout_reward": {
+            "first_half": mean([s["reward_mean"] for s in steps[:half]]),
+            "second_half": mean([s["reward_mean"] for s in steps[half:] or steps[-1:]]),
+        },
+        "kl": {
+            "target": KL_TARGET,
+            "max": max(s["kl"] for s in steps),
+            "last": steps[-1]["kl"],
+            "kl_coef_last": steps[-1]["kl_coef"],
+        },
+        "words_per_reply": {
+            "base": mean([len(r.split()) for r in base_replies]),
+            "tuned": mean([len(r.split()) for r in tuned_replies]),
+        },
         "seconds": round(time.time() - started, 1),
         "ppo_steps": result.steps,
         "adapter": str(result.output),
-        "samples": [{"message": p[-1]["content"], "base": base_replies[i * every], "base_reward": base_scores[i * every],
-                     "tuned": tuned_replies[i * every], "tuned_reward": tuned_scores[i * every]}
-                    for i, p in enumerate(prompts)],
+        "samples": [
+            {
+                "message": p[-1]["content"],
+                "base": base_replies[i * every],
+                "base_reward": base_scores[i * every],
+                "tuned": tuned_replies[i * every],
+                "tuned_reward": tuned_scores[i * every],
+            }
+            for i, p in enumerate(prompts)
+        ],
     }
     atomic_write_text(out / "report.json", json.dumps(report, indent=2, ensure_ascii=False) + "\n")
     say(format_table(report))
@@ -144,17 +188,23 @@ def run_ppo_demo(out: Path, max_steps: int = DEFAULT_STEPS, seed: int = 0, limit
 
 def format_table(report: dict) -> str:
     h, r, k = report["heldout_reward"], report["rollout_reward"], report["kl"]
-    lines = [f"{'metric':44s} {'before':>8s} {'after':>8s}",
-             f"{'reward of sampled held-out replies':44s} {h['base']:8.3f} {h['tuned']:8.3f}   "
-             f"(± {h['base_stderr']:.2f} / ± {h['tuned_stderr']:.2f} s.e., {h['replies']} replies)",
-             f"{'reward of rollouts (first/second half)':44s} {r['first_half']:8.3f} {r['second_half']:8.3f}",
-             f"{'words per held-out reply':44s} {report['words_per_reply']['base']:8.1f} "
-             f"{report['words_per_reply']['tuned']:8.1f}",
-             f"KL to the base per reply: max {k['max']:.2f}, last {k['last']:.2f} (target {k['target']:g}); "
-             f"KL coefficient at the end {k['kl_coef_last']:.3f}",
-             f"reward model: held-out pair accuracy {report['reward_model']['heldout_accuracy']:.3f}"]
+    lines = [
+        f"{'metric':44s} {'before':>8s} {'after':>8s}",
+        f"{'reward of sampled held-out replies':44s} {h['base']:8.3f} {h['tuned']:8.3f}   "
+        f"(± {h['base_stderr']:.2f} / ± {h['tuned_stderr']:.2f} s.e., {h['replies']} replies)",
+        f"{'reward of rollouts (first/second half)':44s} {r['first_half']:8.3f} {r['second_half']:8.3f}",
+        f"{'words per held-out reply':44s} {report['words_per_reply']['base']:8.1f} "
+        f"{report['words_per_reply']['tuned']:8.1f}",
+        f"KL to the base per reply: max {k['max']:.2f}, last {k['last']:.2f} (target {k['target']:g}); "
+        f"KL coefficient at the end {k['kl_coef_last']:.3f}",
+        f"reward model: held-out pair accuracy {report['reward_model']['heldout_accuracy']:.3f}",
+    ]
     for sample in report["samples"][:2]:
-        lines += ["", f"customer: {sample['message']}", f"  base  ({sample['base_reward']:+.2f}): {sample['base']}",
-                  f"  tuned ({sample['tuned_reward']:+.2f}): {sample['tuned']}"]
+        lines += [
+            "",
+            f"customer: {sample['message']}",
+            f"  base  ({sample['base_reward']:+.2f}): {sample['base']}",
+            f"  tuned ({sample['tuned_reward']:+.2f}): {sample['tuned']}",
+        ]
     lines.append(f"\nwhole demo: {report['seconds']:.0f} s")
     return "\n".join(lines)

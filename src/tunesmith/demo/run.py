@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from tunesmith.atomic import atomic_write_text
 from tunesmith.config.schema import SFTConfig
@@ -46,8 +46,7 @@ def score_model(model, tokenizer, heldout, batch_size: int = 60) -> tuple[dict, 
     from tunesmith.generation import generate_chat  # heavy: deferred for CLI start-up
 
     prompts = [[m for m in row.messages if m["role"] != "assistant"] for row in heldout]
-    references = [json.loads(next(m["content"] for m in row.messages if m["role"] == "assistant"))
-                  for row in heldout]
+    references = [json.loads(next(m["content"] for m in row.messages if m["role"] == "assistant")) for row in heldout]
     outputs = generate_chat(model, tokenizer, prompts, max_new_tokens=64, batch_size=batch_size)
     return score_structured(outputs, references, FIELDS), outputs
 
@@ -58,8 +57,14 @@ def check_out(out: Path, marker: str = "config.yaml", what: str = "a tunesmith r
         raise OutputError(f"{out}: directory is not empty and is not {what}; choose another --out")
 
 
-def run_demo(out: Path, max_steps: int = 72, seed: int = 0, limit: int | None = None,
-             say: Callable[[str], None] = print, progress: bool = True) -> dict:
+def run_demo(
+    out: Path,
+    max_steps: int = 72,
+    seed: int = 0,
+    limit: int | None = None,
+    say: Callable[[str], None] = print,
+    progress: bool = True,
+) -> dict:
     from tunesmith.models.inference import load_for_inference  # heavy: deferred for CLI start-up
     from tunesmith.recipes.sft import run_sft
 
@@ -83,17 +88,27 @@ def run_demo(out: Path, max_steps: int = 72, seed: int = 0, limit: int | None = 
 
     seconds = round(time.time() - started, 1)
     report = {
-        "base": {"json_valid": base["json_valid"], "field_accuracy": base["field_accuracy"],
-                 "per_field": base["per_field"]},
-        "tuned": {"json_valid": tuned["json_valid"], "field_accuracy": tuned["field_accuracy"],
-                  "per_field": tuned["per_field"]},
+        "base": {
+            "json_valid": base["json_valid"],
+            "field_accuracy": base["field_accuracy"],
+            "per_field": base["per_field"],
+        },
+        "tuned": {
+            "json_valid": tuned["json_valid"],
+            "field_accuracy": tuned["field_accuracy"],
+            "per_field": tuned["per_field"],
+        },
         "seconds": seconds,
         "heldout_examples": len(heldout),
         "train_steps": result.steps,
         "adapter": str(result.output),
         "samples": [
-            {"message": next(m["content"] for m in row.messages if m["role"] == "user"),
-             "base": b, "tuned": t, "tuned_parsed": extract_json_object(t) is not None}
+            {
+                "message": next(m["content"] for m in row.messages if m["role"] == "user"),
+                "base": b,
+                "tuned": t,
+                "tuned_parsed": extract_json_object(t) is not None,
+            }
             for row, b, t in list(zip(heldout, base_outputs, tuned_outputs))[:5]
         ],
     }

@@ -42,5 +42,7 @@ EXAMPLE_ANSWER: str = (
 
 def extraction_instruction(message: str) -> str:
     """One user turn asking for the JSON of `message`, with the example answer (the GRPO demo's prompt)."""
-    return ("Extract name, order_id, product, intent and urgency from this customer message. "
-            f"Answer with one JSON object like {EXAMPLE_ANSWER}\n\nMessage: {message}")
+    return (
+        "Extract name, order_id, product, intent and urgency from this customer message. "
+        f"Answer with one JSON object like {EXAMPLE_ANSWER}\n\nMessage: {message}"
+    )

@@ -10,8 +10,14 @@ from tunesmith.models.forward import batch_last_hidden
 
 
 @torch.no_grad()
-def score_examples(model: torch.nn.Module, head: torch.nn.Linear, examples: list[TokenizedExample], pad_id: int,
-                   batch_size: int = 16, amp_dtype: torch.dtype | None = None) -> list[float]:
+def score_examples(
+    model: torch.nn.Module,
+    head: torch.nn.Linear,
+    examples: list[TokenizedExample],
+    pad_id: int,
+    batch_size: int = 16,
+    amp_dtype: torch.dtype | None = None,
+) -> list[float]:
     """r = w · h_last + b for each tokenized conversation (its last token read by the head)."""
     device = next(head.parameters()).device
     scores: list[float] = []

@@ -8,7 +8,8 @@ a JSON object whose keys are a fixed list of fields.
 from __future__ import annotations
 
 import json
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 _DECODER = json.JSONDecoder()
 
@@ -68,9 +69,7 @@ def score_structured(
             ``fields`` is empty.
     """
     if len(predictions) != len(references):
-        raise ValueError(
-            f"got {len(predictions)} predictions but {len(references)} references"
-        )
+        raise ValueError(f"got {len(predictions)} predictions but {len(references)} references")
     fields = list(fields)
     if not fields:
         raise ValueError("fields must not be empty")

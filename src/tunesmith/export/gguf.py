@@ -24,8 +24,9 @@ import json
 import os
 import re
 import secrets
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -125,8 +126,10 @@ def _read_family(model_dir: Path) -> tuple[dict, Family]:
         family = next((f for f in FAMILIES.values() if f.model_type == model_type), None)
     if family is None or family.model_type != model_type:
         supported = ", ".join(f"{f.label} ({f.hf_class})" for f in FAMILIES.values())
-        raise ModelError(f"{model_dir}: GGUF export does not support model_type {model_type!r}, architectures "
-                         f"{architectures}; supported: {supported}")
+        raise ModelError(
+            f"{model_dir}: GGUF export does not support model_type {model_type!r}, architectures "
+            f"{architectures}; supported: {supported}"
+        )
     return config, family
 
 
@@ -160,8 +163,10 @@ def _sliding_refusals(config: dict, family: Family) -> list[str]:
     period = family.swa_period
     expected = ["sliding_attention" if (i + 1) % period else "full_attention" for i in range(n_layers)]
     if window is None or (layer_types and layer_types != expected):
-        why = (f"layer_types {layer_types} with sliding_window {window} (llama.cpp fixes one full-attention "
-               f"layer in every {period}, each other layer sliding)")
+        why = (
+            f"layer_types {layer_types} with sliding_window {window} (llama.cpp fixes one full-attention "
+            f"layer in every {period}, each other layer sliding)"
+        )
         return [why]
     return []
 
@@ -192,8 +197,10 @@ def _hyperparameters(config: dict, family: Family, model_dir: Path) -> dict:
     if family.tied_only and not tied:
         unsupported.append(f"untied embeddings (llama.cpp's {family.arch} reuses token_embd as the output)")
     if unsupported:
-        raise ModelError(f"{model_dir}: cannot export this {family.label} model to GGUF: "
-                         f"{', '.join(dict.fromkeys(unsupported))} not supported")
+        raise ModelError(
+            f"{model_dir}: cannot export this {family.label} model to GGUF: "
+            f"{', '.join(dict.fromkeys(unsupported))} not supported"
+        )
 
     hidden, heads = need("hidden_size"), need("num_attention_heads")
     kv_heads = config.get("num_key_value_heads") or heads
@@ -202,11 +209,17 @@ def _hyperparameters(config: dict, family: Family, model_dir: Path) -> dict:
     rope = (config.get("rope_parameters") or {}).get("full_attention") or ropes[0]
     rope_theta = rope.get("rope_theta", config.get("rope_theta", 10000.0))
     return {
-        "context_length": need("max_position_embeddings"), "embedding_length": hidden,
-        "block_count": need("num_hidden_layers"), "feed_forward_length": need("intermediate_size"),
-        "head_count": heads, "head_count_kv": kv_heads, "head_dim": head_dim,
-        "rope_freq_base": float(rope_theta), "rms_norm_eps": float(config.get("rms_norm_eps", 1e-6)),
-        "vocab_size": need("vocab_size"), "tie_word_embeddings": tied,
+        "context_length": need("max_position_embeddings"),
+        "embedding_length": hidden,
+        "block_count": need("num_hidden_layers"),
+        "feed_forward_length": need("intermediate_size"),
+        "head_count": heads,
+        "head_count_kv": kv_heads,
+        "head_dim": head_dim,
+        "rope_freq_base": float(rope_theta),
+        "rms_norm_eps": float(config.get("rms_norm_eps", 1e-6)),
+        "vocab_size": need("vocab_size"),
+        "tie_word_embeddings": tied,
     }
 
 
@@ -221,8 +234,7 @@ def _pre_tokenizer_name(pre: dict | None, model_dir: Path) -> tuple[str, bool]:
     if pre and pre.get("type") == "Sequence":
         parts = pre.get("pretokenizers") or []
         kinds = [p.get("type") for p in parts]
-        if (kinds == ["Digits", "ByteLevel"] and parts[0].get("individual_digits")
-                and parts[1].get("use_regex", True)):
+        if kinds == ["Digits", "ByteLevel"] and parts[0].get("individual_digits") and parts[1].get("use_regex", True):
             # SmolLM / StarCoder: digits one by one, then GPT-2's regex (llama.cpp's "smollm")
             return "smollm", bool(parts[1].get("add_prefix_space", False))
         if kinds == ["Split", "ByteLevel"] and not parts[1].get("use_regex", True):
@@ -230,8 +242,9 @@ def _pre_tokenizer_name(pre: dict | None, model_dir: Path) -> tuple[str, bool]:
             name = _known_split_name(regex)
             if name is not None:
                 return name, bool(parts[1].get("add_prefix_space", False))
-    raise ModelError(f"{model_dir}/tokenizer.json: pre-tokenizer {json.dumps(pre)[:200]} has no GGUF equivalent "
-                     "this exporter knows")
+    raise ModelError(
+        f"{model_dir}/tokenizer.json: pre-tokenizer {json.dumps(pre)[:200]} has no GGUF equivalent this exporter knows"
+    )
 
 
 def _known_split_name(regex: str | None) -> str | None:
@@ -290,8 +303,9 @@ def _read_tokenizer(model_dir: Path, config: dict, vocab_size: int) -> dict:
         by_id[added["id"]] = added["content"]
         types[added["id"]] = _CONTROL if added.get("special") else _USER_DEFINED
     if max(by_id) >= vocab_size:
-        raise ModelError(f"{model_dir}: the tokenizer has token id {max(by_id)}, past the model's "
-                         f"vocab_size {vocab_size}")
+        raise ModelError(
+            f"{model_dir}: the tokenizer has token id {max(by_id)}, past the model's vocab_size {vocab_size}"
+        )
     tokens, token_types = [], []
     for i in range(vocab_size):  # ids the tokenizer never produces still need a row: llama.cpp pads them
         tokens.append(by_id.get(i, f"[PAD{i}]"))
@@ -309,8 +323,12 @@ def _read_tokenizer(model_dir: Path, config: dict, vocab_size: int) -> dict:
             special[key] = token_id
     add_bos, add_eos = _post_processor_adds(tok_json.get("post_processor"))
     return {
-        "pre": pre, "add_space_prefix": add_space_prefix, "tokens": tokens, "token_types": token_types,
-        "merges": merges, "special": special,
+        "pre": pre,
+        "add_space_prefix": add_space_prefix,
+        "tokens": tokens,
+        "token_types": token_types,
+        "merges": merges,
+        "special": special,
         "add_bos": bool(tok_config.get("add_bos_token", add_bos)),
         "add_eos": bool(tok_config.get("add_eos_token", add_eos)),
         "chat_template": _chat_template(model_dir, tok_config),
@@ -320,8 +338,7 @@ def _read_tokenizer(model_dir: Path, config: dict, vocab_size: int) -> dict:
 # --- writing ----------------------------------------------------------------------------------------
 
 
-def _write_metadata(writer, gguf, config: dict, extra: dict, hp: dict, tok: dict, model_dir: Path,
-                    dtype: str) -> None:
+def _write_metadata(writer, gguf, config: dict, extra: dict, hp: dict, tok: dict, model_dir: Path, dtype: str) -> None:
     writer.add_type("model")
     writer.add_name(str(config.get("_name_or_path") or config.get("_model_name_or_path") or model_dir.name))
     writer.add_context_length(hp["context_length"])
@@ -348,8 +365,12 @@ def _write_metadata(writer, gguf, config: dict, extra: dict, hp: dict, tok: dict
     writer.add_token_list(tok["tokens"])
     writer.add_token_types(tok["token_types"])
     writer.add_token_merges(tok["merges"])
-    setters = {"bos": writer.add_bos_token_id, "eos": writer.add_eos_token_id,
-               "unk": writer.add_unk_token_id, "pad": writer.add_pad_token_id}
+    setters = {
+        "bos": writer.add_bos_token_id,
+        "eos": writer.add_eos_token_id,
+        "unk": writer.add_unk_token_id,
+        "pad": writer.add_pad_token_id,
+    }
     for key, token_id in tok["special"].items():
         setters[key](token_id)
     writer.add_add_bos_token(tok["add_bos"])
@@ -417,5 +438,7 @@ def _gguf_tensors(model_dir: Path, family: Family, hp: dict, dtype: str) -> Iter
         expected |= {f"blk.{i}.{family.layer_names[m]}.bias" for m in family.biases}
     missing = sorted(expected - seen)
     if missing:
-        raise ModelError(f"{model_dir}: weights missing for GGUF tensors {', '.join(missing[:6])}"
-                         f"{' ...' if len(missing) > 6 else ''}")
+        raise ModelError(
+            f"{model_dir}: weights missing for GGUF tensors {', '.join(missing[:6])}"
+            f"{' ...' if len(missing) > 6 else ''}"
+        )

@@ -74,8 +74,10 @@ def _llama_cpp_attention_scalar(config: dict, layers_27b: int) -> int:
 def _gemma_refusals(config: dict, layers_27b: int) -> list[str]:
     expected = _llama_cpp_attention_scalar(config, layers_27b)
     if config.get("query_pre_attn_scalar") != expected:
-        why = (f"query_pre_attn_scalar {config.get('query_pre_attn_scalar')} (llama.cpp scales queries by "
-               f"1/sqrt({expected}) for this shape)")
+        why = (
+            f"query_pre_attn_scalar {config.get('query_pre_attn_scalar')} (llama.cpp scales queries by "
+            f"1/sqrt({expected}) for this shape)"
+        )
         return [why]
     return []
 
@@ -88,8 +90,11 @@ def _gemma2_refusals(config: dict) -> list[str]:
 
 def _gemma3_refusals(config: dict) -> list[str]:
     # Gemma 3 has no soft-capping; llama.cpp's sliding-window graph for it never applies one.
-    reasons = [f"{key} {config[key]}" for key in ("attn_logit_softcapping", "final_logit_softcapping")
-               if config.get(key) is not None]
+    reasons = [
+        f"{key} {config[key]}"
+        for key in ("attn_logit_softcapping", "final_logit_softcapping")
+        if config.get(key) is not None
+    ]
     sliding = (config.get("rope_parameters") or {}).get("sliding_attention") or {}
     if sliding.get("rope_theta", 10000.0) != 10000.0:  # llama.cpp hard-codes 10000 for the local layers
         reasons.append(f"sliding-layer rope_theta {sliding['rope_theta']}")
@@ -99,30 +104,67 @@ def _gemma3_refusals(config: dict) -> list[str]:
 LLAMA = Family("Llama", "LlamaForCausalLM", "llama", "llama", _DENSE, permute_qk=True)
 # llama.cpp converts MistralForCausalLM as "llama": same tensors, same rotary permutation.
 MISTRAL = Family("Mistral", "MistralForCausalLM", "mistral", "llama", _DENSE, permute_qk=True)
-QWEN2 = Family("Qwen2", "Qwen2ForCausalLM", "qwen2", "qwen2", _DENSE,
-               biases=frozenset({"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"}))
+QWEN2 = Family(
+    "Qwen2",
+    "Qwen2ForCausalLM",
+    "qwen2",
+    "qwen2",
+    _DENSE,
+    biases=frozenset({"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"}),
+)
 QWEN3 = Family("Qwen3", "Qwen3ForCausalLM", "qwen3", "qwen3", {**_DENSE, **_QK_NORM})
 GEMMA2 = Family(
-    "Gemma 2", "Gemma2ForCausalLM", "gemma2", "gemma2", _SANDWICH, activation="gelu_pytorch_tanh",
-    norm_offset=1.0, tied_only=True, swa_period=2,
-    metadata=lambda c: {"attn_logit_softcapping": float(c["attn_logit_softcapping"]),
-                        "final_logit_softcapping": float(c["final_logit_softcapping"]),
-                        "attention.sliding_window": int(c["sliding_window"])},
-    refuse=_gemma2_refusals)
+    "Gemma 2",
+    "Gemma2ForCausalLM",
+    "gemma2",
+    "gemma2",
+    _SANDWICH,
+    activation="gelu_pytorch_tanh",
+    norm_offset=1.0,
+    tied_only=True,
+    swa_period=2,
+    metadata=lambda c: {
+        "attn_logit_softcapping": float(c["attn_logit_softcapping"]),
+        "final_logit_softcapping": float(c["final_logit_softcapping"]),
+        "attention.sliding_window": int(c["sliding_window"]),
+    },
+    refuse=_gemma2_refusals,
+)
 GEMMA3 = Family(
-    "Gemma 3 (text)", "Gemma3ForCausalLM", "gemma3_text", "gemma3", {**_SANDWICH, **_QK_NORM},
-    activation="gelu_pytorch_tanh", norm_offset=1.0, tied_only=True, swa_period=6,
+    "Gemma 3 (text)",
+    "Gemma3ForCausalLM",
+    "gemma3_text",
+    "gemma3",
+    {**_SANDWICH, **_QK_NORM},
+    activation="gelu_pytorch_tanh",
+    norm_offset=1.0,
+    tied_only=True,
+    swa_period=6,
     metadata=lambda c: {"attention.sliding_window": int(c["sliding_window"])},
-    refuse=_gemma3_refusals)
+    refuse=_gemma3_refusals,
+)
 # Phi-3 keeps its fused projections: llama.cpp's phi3 graph reads attn_qkv (q, k, v rows stacked) and
 # ffn_up holding [gate; up], exactly HF's qkv_proj and gate_up_proj.
 PHI3 = Family(
-    "Phi-3", "Phi3ForCausalLM", "phi3", "phi3",
-    {"input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm", "self_attn.qkv_proj": "attn_qkv",
-     "self_attn.o_proj": "attn_output", "mlp.gate_up_proj": "ffn_up", "mlp.down_proj": "ffn_down"},
+    "Phi-3",
+    "Phi3ForCausalLM",
+    "phi3",
+    "phi3",
+    {
+        "input_layernorm": "attn_norm",
+        "post_attention_layernorm": "ffn_norm",
+        "self_attn.qkv_proj": "attn_qkv",
+        "self_attn.o_proj": "attn_output",
+        "mlp.gate_up_proj": "ffn_up",
+        "mlp.down_proj": "ffn_down",
+    },
     # as llama.cpp's converter: 0 marks "no window" (llama.cpp ignores Phi-3 windows either way)
-    metadata=lambda c: {"attention.sliding_window": int(c.get("sliding_window") or 0),
-                        "rope.scaling.original_context_length": int(c.get("original_max_position_embeddings")
-                                                                    or c["max_position_embeddings"])})
+    metadata=lambda c: {
+        "attention.sliding_window": int(c.get("sliding_window") or 0),
+        "rope.scaling.original_context_length": int(
+            c.get("original_max_position_embeddings") or c["max_position_embeddings"]
+        ),
+    },
+)
 
 FAMILIES = {f.hf_class: f for f in (LLAMA, MISTRAL, QWEN2, QWEN3, GEMMA2, GEMMA3, PHI3)}

@@ -54,9 +54,19 @@ def task_metrics(model, tokenizer, path: str, max_length: int, device, amp_dtype
     return out
 
 
-def evaluate_model(model: str, adapter: str | None = None, base: str | None = None, probe: str | None = None,
-                   probe_size: int = 0, data: str | None = None, max_length: int = 512, device: str = "auto",
-                   precision: str = "auto", limit: int | None = None, say=print) -> dict:
+def evaluate_model(
+    model: str,
+    adapter: str | None = None,
+    base: str | None = None,
+    probe: str | None = None,
+    probe_size: int = 0,
+    data: str | None = None,
+    max_length: int = 512,
+    device: str = "auto",
+    precision: str = "auto",
+    limit: int | None = None,
+    say=print,
+) -> dict:
     """The numbers `tunesmith eval` prints."""
     # heavy: deferred for CLI start-up
     from tunesmith.forgetting.guard import spread_subset
@@ -80,11 +90,19 @@ def evaluate_model(model: str, adapter: str | None = None, base: str | None = No
         base_dir, reference = resolve_model_dir(model), tuned  # the model is its own base
     answers = base_answers(items, base_dir, say=say)
     examples = probe_examples(tokenizer, items, answers)
-    result = {"model": model, "adapter": adapter, "base": str(base_dir), "probe": str(probe or "bundled"),
-              "probe_prompts": len(examples)}
+    result = {
+        "model": model,
+        "adapter": adapter,
+        "base": str(base_dir),
+        "probe": str(probe or "bundled"),
+        "probe_prompts": len(examples),
+    }
     result.update(measure_drift(tuned, examples, tokenizer.pad_token_id, base=reference, amp_dtype=amp))
-    result["base_probe_perplexity"] = (result["probe_perplexity"] if reference is tuned else
-                                       base_perplexity(tuned, examples, tokenizer.pad_token_id, reference, amp))
+    result["base_probe_perplexity"] = (
+        result["probe_perplexity"]
+        if reference is tuned
+        else base_perplexity(tuned, examples, tokenizer.pad_token_id, reference, amp)
+    )
     result["probe_ppl_increase"] = result["probe_perplexity"] / result["base_probe_perplexity"] - 1.0
     if data:
         result.update(task_metrics(tuned, tokenizer, data, max_length, dev, amp, limit))
@@ -92,11 +110,18 @@ def evaluate_model(model: str, adapter: str | None = None, base: str | None = No
 
 
 def format_result(result: dict) -> str:
-    rows = [("probe_perplexity", "probe perplexity (tuned)"), ("base_probe_perplexity", "probe perplexity (base)"),
-            ("probe_ppl_increase", "probe perplexity increase"), ("kl_to_base", "KL(base || tuned) per token"),
-            ("task_loss", "task loss"), ("task_perplexity", "task perplexity"),
-            ("task_json_valid", "task json_valid"), ("task_field_accuracy", "task field accuracy")]
+    rows = [
+        ("probe_perplexity", "probe perplexity (tuned)"),
+        ("base_probe_perplexity", "probe perplexity (base)"),
+        ("probe_ppl_increase", "probe perplexity increase"),
+        ("kl_to_base", "KL(base || tuned) per token"),
+        ("task_loss", "task loss"),
+        ("task_perplexity", "task perplexity"),
+        ("task_json_valid", "task json_valid"),
+        ("task_field_accuracy", "task field accuracy"),
+    ]
     lines = [f"{label:30s} {result[key]:.4f}" for key, label in rows if key in result]
-    lines.append(f"{'probe':30s} {result['probe']} ({result['probe_prompts']} prompts, {result['probe_tokens']} "
-                 "answer tokens)")
+    lines.append(
+        f"{'probe':30s} {result['probe']} ({result['probe_prompts']} prompts, {result['probe_tokens']} answer tokens)"
+    )
     return "\n".join(lines)

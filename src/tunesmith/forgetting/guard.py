@@ -12,7 +12,7 @@ fine-tuning keeps a frozen copy of the base for the measurement.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -30,8 +30,17 @@ def spread_subset(n: int, size: int) -> list[int]:
 
 
 class ForgettingGuard:
-    def __init__(self, opts, model: torch.nn.Module, tokenizer, model_dir, method: str, device: torch.device,
-                 amp_dtype: torch.dtype | None, say: Callable[[str], None] = print):
+    def __init__(
+        self,
+        opts,
+        model: torch.nn.Module,
+        tokenizer,
+        model_dir,
+        method: str,
+        device: torch.device,
+        amp_dtype: torch.dtype | None,
+        say: Callable[[str], None] = print,
+    ):
         self.opts, self.amp_dtype, self.say = opts, amp_dtype, say
         self.pad_id = tokenizer.pad_token_id
         items = load_probe(opts.probe)
@@ -45,8 +54,10 @@ class ForgettingGuard:
         self.kept_step = 0
         self.kept = self._snapshot(model)
         self.stop_reason: str | None = None
-        say(f"forgetting guard: {len(self.examples)} probe prompts, base probe perplexity "
-            f"{self.base_perplexity:.3f}" + self._budget_text())
+        say(
+            f"forgetting guard: {len(self.examples)} probe prompts, base probe perplexity "
+            f"{self.base_perplexity:.3f}" + self._budget_text()
+        )
 
     def _budget_text(self) -> str:
         parts = []
@@ -90,8 +101,11 @@ class ForgettingGuard:
                 p.copy_(self.kept[name].to(p.device))
 
     def summary(self) -> dict:
-        return {"budget_exceeded": self.stop_reason, "kept_step": self.kept_step if self.stop_reason else None,
-                "base_probe_perplexity": self.base_perplexity}
+        return {
+            "budget_exceeded": self.stop_reason,
+            "kept_step": self.kept_step if self.stop_reason else None,
+            "base_probe_perplexity": self.base_perplexity,
+        }
 
 
 def start_guard(cfg, model, tokenizer, model_dir, device, amp_dtype, say) -> ForgettingGuard | None:
@@ -108,8 +122,10 @@ def stop_over_budget(guard: ForgettingGuard | None, model, metrics, step: int, s
         return
     guard.restore(model)
     metrics.write({"step": step, "budget_exceeded": guard.stop_reason, "kept_step": guard.kept_step})
-    say(f"forgetting budget exceeded at {guard.stop_reason}; training stopped and the result is the model "
-        f"as it was at step {guard.kept_step}, the last measurement within budget")
+    say(
+        f"forgetting budget exceeded at {guard.stop_reason}; training stopped and the result is the model "
+        f"as it was at step {guard.kept_step}, the last measurement within budget"
+    )
 
 
 def guard_start(guard: ForgettingGuard | None) -> dict[str, float]:

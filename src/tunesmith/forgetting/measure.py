@@ -20,11 +20,14 @@ from tunesmith.data.templates import IGNORE, TokenizedExample
 from tunesmith.models.forward import autocast, final_hidden
 
 
-def kl_and_nll_sums(tuned_logits: torch.Tensor, base_logits: torch.Tensor, targets: torch.Tensor,
-                    ) -> tuple[torch.Tensor, torch.Tensor]:
+def kl_and_nll_sums(
+    tuned_logits: torch.Tensor,
+    base_logits: torch.Tensor,
+    targets: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(Σ_t KL(p_base,t ‖ p_tuned,t), Σ_t −log p_tuned,t(y_t)) over the rows of [N, V] logits, in fp32.
 
-        KL(p ‖ q) = Σ_v p(v) (log p(v) − log q(v)),  p = softmax(base_logits), q = softmax(tuned_logits)
+    KL(p ‖ q) = Σ_v p(v) (log p(v) − log q(v)),  p = softmax(base_logits), q = softmax(tuned_logits)
     """
     log_q = torch.log_softmax(tuned_logits.float(), dim=-1)
     log_p = torch.log_softmax(base_logits.float(), dim=-1)
@@ -45,8 +48,9 @@ def base_context(model: torch.nn.Module, base: torch.nn.Module | None):
         return contextlib.nullcontext(base)
     disable = getattr(model, "disable_adapter", None)
     if disable is None:
-        raise ValueError("measuring drift needs the base: pass `base`, or a PEFT model whose adapters can be "
-                         "switched off")
+        raise ValueError(
+            "measuring drift needs the base: pass `base`, or a PEFT model whose adapters can be switched off"
+        )
     return _switched_off(model)
 
 
@@ -57,9 +61,15 @@ def _switched_off(model):
 
 
 @torch.no_grad()
-def measure_drift(model: torch.nn.Module, examples: list[TokenizedExample], pad_id: int,
-                  base: torch.nn.Module | None = None, batch_size: int = 8,
-                  amp_dtype: torch.dtype | None = None, chunk: int = 1024) -> dict[str, float]:
+def measure_drift(
+    model: torch.nn.Module,
+    examples: list[TokenizedExample],
+    pad_id: int,
+    base: torch.nn.Module | None = None,
+    batch_size: int = 8,
+    amp_dtype: torch.dtype | None = None,
+    chunk: int = 1024,
+) -> dict[str, float]:
     """probe_perplexity and kl_to_base of `model` over `examples` (prompt + base answer, answer tokens
     trained). The base is `base`, or `model` with its adapters off; `base is model` means "this is the
     base" and gives kl_to_base = 0 exactly without a second pass."""
@@ -88,12 +98,20 @@ def measure_drift(model: torch.nn.Module, examples: list[TokenizedExample], pad_
         model.train(was_training)
     if count == 0:
         raise ValueError("the probe has no answer tokens")
-    return {"probe_perplexity": math.exp(nll_sum / count), "kl_to_base": max(0.0, kl_sum / count),
-            "probe_tokens": count}
+    return {
+        "probe_perplexity": math.exp(nll_sum / count),
+        "kl_to_base": max(0.0, kl_sum / count),
+        "probe_tokens": count,
+    }
 
 
-def base_perplexity(model: torch.nn.Module, examples: list[TokenizedExample], pad_id: int,
-                    base: torch.nn.Module | None = None, amp_dtype: torch.dtype | None = None) -> float:
+def base_perplexity(
+    model: torch.nn.Module,
+    examples: list[TokenizedExample],
+    pad_id: int,
+    base: torch.nn.Module | None = None,
+    amp_dtype: torch.dtype | None = None,
+) -> float:
     """The base's own probe perplexity (the yardstick of probe_ppl_increase): `base`, or `model` with its
     adapters switched off."""
     with base_context(model, base) as b:

@@ -39,8 +39,11 @@ def load_probe(path: str | Path | None = None) -> list[ProbeItem]:
     """The probe's prompts (the bundled set when `path` is None); an `answer` must be a non-empty string."""
     path = Path(path) if path is not None else BUNDLED_PROBE
     rows = load_prompt_file(path)
-    problems = [f"{r.where}: `answer` must be a non-empty string" for r in rows
-                if "answer" in r.row and not (isinstance(r.row["answer"], str) and r.row["answer"].strip())]
+    problems = [
+        f"{r.where}: `answer` must be a non-empty string"
+        for r in rows
+        if "answer" in r.row and not (isinstance(r.row["answer"], str) and r.row["answer"].strip())
+    ]
     if problems:
         raise DataError(problems)
     if not rows:
@@ -51,9 +54,15 @@ def load_probe(path: str | Path | None = None) -> list[ProbeItem]:
 def _cache_file(model_dir: Path) -> Path:
     """One cache file per (base weights, generation settings), answers keyed by their prompt."""
     weights = sorted(p for p in Path(model_dir).glob("*.safetensors"))
-    ident = json.dumps({"model": str(Path(model_dir).resolve()),
-                        "weights": [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in weights],
-                        "tokens": ANSWER_TOKENS, "version": CACHE_VERSION}, sort_keys=True)
+    ident = json.dumps(
+        {
+            "model": str(Path(model_dir).resolve()),
+            "weights": [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in weights],
+            "tokens": ANSWER_TOKENS,
+            "version": CACHE_VERSION,
+        },
+        sort_keys=True,
+    )
     key = hashlib.sha256(ident.encode()).hexdigest()[:20]
     return tunesmith_home() / "probes" / f"{Path(model_dir).name}-{key}.jsonl"
 
@@ -79,18 +88,25 @@ def base_answers(items: list[ProbeItem], model_dir: Path, say=print) -> list[str
         by_key = {k: item.messages for k, item in zip(keys, items)}
         say(f"probe: the base model answers {len(todo)} prompts once (cached in {cache.parent})")
         model, tokenizer = load_for_inference(str(model_dir))
-        answers = generate_chat(model, tokenizer, [by_key[k] for k in todo], max_new_tokens=ANSWER_TOKENS,
-                                batch_size=32, precision="fp32")
+        answers = generate_chat(
+            model, tokenizer, [by_key[k] for k in todo], max_new_tokens=ANSWER_TOKENS, batch_size=32, precision="fp32"
+        )
         known.update(zip(todo, answers))
-        atomic_write_text(cache, "".join(json.dumps({"key": k, "answer": a}, ensure_ascii=False) + "\n"
-                                         for k, a in known.items()))
+        atomic_write_text(
+            cache, "".join(json.dumps({"key": k, "answer": a}, ensure_ascii=False) + "\n" for k, a in known.items())
+        )
     return [item.answer if item.answer is not None else known[k] for k, item in zip(keys, items)]
 
 
 def probe_examples(tokenizer, items: list[ProbeItem], answers: list[str]) -> list[TokenizedExample]:
     """Prompt + answer per item, tokenized with the chat template; only the answer's tokens are scored.
     Items whose answer is empty (the base said nothing) are left out."""
-    convs = [Conversation([{**m, "weight": 0} for m in item.messages]
-                          + [{"role": "assistant", "content": answer, "weight": 1}], item.where)
-             for item, answer in zip(items, answers) if answer.strip()]
+    convs = [
+        Conversation(
+            [{**m, "weight": 0} for m in item.messages] + [{"role": "assistant", "content": answer, "weight": 1}],
+            item.where,
+        )
+        for item, answer in zip(items, answers)
+        if answer.strip()
+    ]
     return tokenize_conversations(tokenizer, convs)

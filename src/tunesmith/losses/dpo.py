@@ -10,8 +10,8 @@ of a completion is r(x, y) = β · (log πθ(y|x) − log π_ref(y|x)).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -26,8 +26,13 @@ def _log_ratios(logp_chosen, logp_rejected, ref_chosen, ref_rejected):
     return logp_chosen - ref_chosen, logp_rejected - ref_rejected
 
 
-def dpo_loss(logp_chosen: torch.Tensor, logp_rejected: torch.Tensor, ref_chosen: torch.Tensor,
-             ref_rejected: torch.Tensor, beta: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def dpo_loss(
+    logp_chosen: torch.Tensor,
+    logp_rejected: torch.Tensor,
+    ref_chosen: torch.Tensor,
+    ref_rejected: torch.Tensor,
+    beta: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Direct Preference Optimization (Rafailov et al. 2023, eq. 7):
 
         L = −log σ( β · [ (log πθ(y_w|x) − log π_ref(y_w|x)) − (log πθ(y_l|x) − log π_ref(y_l|x)) ] )
@@ -39,8 +44,13 @@ def dpo_loss(logp_chosen: torch.Tensor, logp_rejected: torch.Tensor, ref_chosen:
     return losses, beta * chosen.detach(), beta * rejected.detach()
 
 
-def ipo_loss(logp_chosen: torch.Tensor, logp_rejected: torch.Tensor, ref_chosen: torch.Tensor,
-             ref_rejected: torch.Tensor, beta: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def ipo_loss(
+    logp_chosen: torch.Tensor,
+    logp_rejected: torch.Tensor,
+    ref_chosen: torch.Tensor,
+    ref_rejected: torch.Tensor,
+    beta: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Identity Preference Optimization (Azar et al. 2023, eq. 17), with τ = β:
 
         h = (log πθ(y_w|x) − log π_ref(y_w|x)) − (log πθ(y_l|x) − log π_ref(y_l|x))
@@ -58,6 +68,7 @@ def ipo_loss(logp_chosen: torch.Tensor, logp_rejected: torch.Tensor, ref_chosen:
 class PairLogps:
     """A micro-batch of pairs: summed completion log-probs and token counts ([pairs] each), and the
     reference's summed log-probs where the loss needs them."""
+
     chosen: torch.Tensor
     rejected: torch.Tensor
     chosen_tokens: torch.Tensor
@@ -70,6 +81,7 @@ class PairLogps:
 class RegisteredLoss:
     """fn(pairs, beta, gamma) -> (per-pair losses, chosen rewards, rejected rewards); `reference`: whether
     it needs π_ref (the recipe then computes it: adapter off, or precomputed)."""
+
     fn: Callable[[PairLogps, float, float], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
     reference: bool
 
@@ -83,10 +95,12 @@ def _simpo(p: PairLogps, beta: float, gamma: float):
 
 
 PREFERENCE_LOSSES: dict[str, RegisteredLoss] = {
-    "dpo": RegisteredLoss(lambda p, beta, gamma: dpo_loss(p.chosen, p.rejected, p.ref_chosen, p.ref_rejected, beta),
-                          reference=True),
-    "ipo": RegisteredLoss(lambda p, beta, gamma: ipo_loss(p.chosen, p.rejected, p.ref_chosen, p.ref_rejected, beta),
-                          reference=True),
+    "dpo": RegisteredLoss(
+        lambda p, beta, gamma: dpo_loss(p.chosen, p.rejected, p.ref_chosen, p.ref_rejected, beta), reference=True
+    ),
+    "ipo": RegisteredLoss(
+        lambda p, beta, gamma: ipo_loss(p.chosen, p.rejected, p.ref_chosen, p.ref_rejected, beta), reference=True
+    ),
     "orpo": RegisteredLoss(_orpo, reference=False),
     "simpo": RegisteredLoss(_simpo, reference=False),
 }

@@ -13,9 +13,16 @@ from tunesmith.losses.kl import KL_ESTIMATORS, masked_mean
 from tunesmith.losses.ppo import clipped_surrogate
 
 
-def grpo_loss(logp: torch.Tensor, old_logp: torch.Tensor, ref_logp: torch.Tensor | None,
-              advantages: torch.Tensor, mask: torch.Tensor, clip_range: float, kl_coef: float,
-              kl_estimator: str = "k3") -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def grpo_loss(
+    logp: torch.Tensor,
+    old_logp: torch.Tensor,
+    ref_logp: torch.Tensor | None,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    clip_range: float,
+    kl_coef: float,
+    kl_estimator: str = "k3",
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """DeepSeekMath eq. 3, as a loss to minimise (the negated objective):
 
         ρ_i,t = exp(logp_i,t − old_logp_i,t)
@@ -47,8 +54,10 @@ def grpo_loss(logp: torch.Tensor, old_logp: torch.Tensor, ref_logp: torch.Tensor
     has_tokens = (mask.to(per_sequence.dtype) > 0).any(dim=1).to(per_sequence.dtype)
     loss = (per_sequence * has_tokens).sum() / has_tokens.sum().clamp(min=1.0)
     with torch.no_grad():
-        stats = {"clip_fraction": masked_mean(is_clipped.to(ratio.dtype), mask),
-                 "ratio_mean": masked_mean(ratio.detach(), mask)}
+        stats = {
+            "clip_fraction": masked_mean(is_clipped.to(ratio.dtype), mask),
+            "ratio_mean": masked_mean(ratio.detach(), mask),
+        }
         if kl is not None:
             stats["kl"] = masked_mean(kl.detach(), mask)
     return loss, stats

@@ -6,7 +6,7 @@ that is 1 on the response tokens and 0 on prompt and padding positions.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -45,8 +45,9 @@ def masked_var(x: torch.Tensor, mask: torch.Tensor, unbiased: bool = True) -> to
     return x2.sum() / ((n - 1).clamp(min=1.0) if unbiased else n.clamp(min=torch.finfo(x.dtype).tiny))
 
 
-def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True,
-                  unbiased: bool = True, eps: float = 1e-8) -> torch.Tensor:
+def masked_whiten(
+    x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, unbiased: bool = True, eps: float = 1e-8
+) -> torch.Tensor:
     """Normalise x over all masked positions of the whole batch (the PPO advantage whitening):
 
         x̂ = (x − mean) / sqrt(var + eps)          shift_mean=True

@@ -20,9 +20,15 @@ def kto_reference_point(logp_kl: torch.Tensor, ref_logp_kl: torch.Tensor) -> tor
     return (logp_kl - ref_logp_kl).mean().clamp(min=0).detach()
 
 
-def kto_loss(logp: torch.Tensor, ref_logp: torch.Tensor, desirable: torch.Tensor, kl: torch.Tensor,
-             beta: float, desirable_weight: float = 1.0, undesirable_weight: float = 1.0
-             ) -> tuple[torch.Tensor, torch.Tensor]:
+def kto_loss(
+    logp: torch.Tensor,
+    ref_logp: torch.Tensor,
+    desirable: torch.Tensor,
+    kl: torch.Tensor,
+    beta: float,
+    desirable_weight: float = 1.0,
+    undesirable_weight: float = 1.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Kahneman-Tversky Optimization (Ethayarajh et al. 2024), z0 = `kl` from `kto_reference_point`:
 
         r = log πθ(y|x) − log π_ref(y|x)
@@ -36,7 +42,9 @@ def kto_loss(logp: torch.Tensor, ref_logp: torch.Tensor, desirable: torch.Tensor
     reward = logp - ref_logp
     # z0 is a baseline, not a target: no gradient may pull the mismatched pairs' KL.
     z0 = kl.detach()
-    losses = torch.where(desirable,
-                         desirable_weight * (1 - torch.sigmoid(beta * (reward - z0))),
-                         undesirable_weight * (1 - torch.sigmoid(beta * (z0 - reward))))
+    losses = torch.where(
+        desirable,
+        desirable_weight * (1 - torch.sigmoid(beta * (reward - z0))),
+        undesirable_weight * (1 - torch.sigmoid(beta * (z0 - reward))),
+    )
     return losses, beta * reward.detach()

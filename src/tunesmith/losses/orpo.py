@@ -17,8 +17,13 @@ def log_odds(avg_logp: torch.Tensor) -> torch.Tensor:
     return avg_logp - torch.log(-torch.expm1(avg_logp))
 
 
-def orpo_loss(logp_chosen: torch.Tensor, logp_rejected: torch.Tensor, chosen_tokens: torch.Tensor,
-              rejected_tokens: torch.Tensor, beta: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def orpo_loss(
+    logp_chosen: torch.Tensor,
+    logp_rejected: torch.Tensor,
+    chosen_tokens: torch.Tensor,
+    rejected_tokens: torch.Tensor,
+    beta: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Odds Ratio Preference Optimization (Hong et al. 2024), with λ = β:
 
         P(y|x)  = exp( log πθ(y|x) / |y| )                    (the per-token geometric mean)

@@ -14,8 +14,9 @@ import torch
 from tunesmith.losses.kl import kl_k3, masked_mean
 
 
-def clipped_surrogate(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor,
-                      clip_range: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def clipped_surrogate(
+    logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, clip_range: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-token clipped objective (to maximise), the ratio, and where the clip is active:
 
         ρ_t = exp(logp_t − old_logp_t)
@@ -32,8 +33,9 @@ def clipped_surrogate(logp: torch.Tensor, old_logp: torch.Tensor, advantages: to
     return torch.minimum(unclipped, clipped), ratio, clipped < unclipped
 
 
-def ppo_policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor,
-                    mask: torch.Tensor, clip_range: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def ppo_policy_loss(
+    logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, clip_range: float
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """PPO clipped surrogate (Schulman et al. 2017, eq. 7), as a loss to minimise:
 
         L = −E_t[ min(ρ_t A_t, clip(ρ_t, 1 − ε, 1 + ε) A_t) ],   ρ_t = exp(logp_t − old_logp_t)
@@ -47,14 +49,17 @@ def ppo_policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torc
     loss = -masked_mean(surrogate, mask)
     with torch.no_grad():
         # the tokens were sampled from π_old, so π_old plays the "sampling" side of k3 and πθ the other
-        stats = {"clip_fraction": masked_mean(is_clipped.to(ratio.dtype), mask),
-                 "approx_kl": masked_mean(kl_k3(old_logp.detach(), logp.detach()), mask),
-                 "ratio_mean": masked_mean(ratio.detach(), mask)}
+        stats = {
+            "clip_fraction": masked_mean(is_clipped.to(ratio.dtype), mask),
+            "approx_kl": masked_mean(kl_k3(old_logp.detach(), logp.detach()), mask),
+            "ratio_mean": masked_mean(ratio.detach(), mask),
+        }
     return loss, stats
 
 
-def ppo_value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor,
-                   clip_range_value: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def ppo_value_loss(
+    values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor, clip_range_value: float
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Clipped value loss (PPO2 in OpenAI baselines; Ziegler et al. 2019):
 
         V_clip = V_old + clip(V − V_old, −ε_v, ε_v)

@@ -73,9 +73,14 @@ class _LinearTargetLogps(torch.autograd.Function):
         return (grad_h, grad_w.to(weight.dtype), None if grad_b is None else grad_b.to(bias.dtype), None, None, None)
 
 
-def target_logps(hidden: torch.Tensor, targets: torch.Tensor, lm_head_weight: torch.Tensor,
-                 lm_head_bias: torch.Tensor | None = None, chunk_size: int = CHUNK_ROWS,
-                 softcap: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def target_logps(
+    hidden: torch.Tensor,
+    targets: torch.Tensor,
+    lm_head_weight: torch.Tensor,
+    lm_head_bias: torch.Tensor | None = None,
+    chunk_size: int = CHUNK_ROWS,
+    softcap: float | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """log p(y_t | tokens <= t) at every position with y_t != IGNORE, and the row each belongs to.
 
         logp_t = log softmax(W h_t + b)[y_t]
@@ -94,9 +99,14 @@ def target_logps(hidden: torch.Tensor, targets: torch.Tensor, lm_head_weight: to
     return _LinearTargetLogps.apply(h, lm_head_weight, lm_head_bias, y, chunk_size, softcap), rows
 
 
-def token_nll_sum(hidden: torch.Tensor, targets: torch.Tensor, lm_head_weight: torch.Tensor,
-                  lm_head_bias: torch.Tensor | None = None, chunk_size: int = CHUNK_ROWS,
-                  softcap: float | None = None) -> torch.Tensor:
+def token_nll_sum(
+    hidden: torch.Tensor,
+    targets: torch.Tensor,
+    lm_head_weight: torch.Tensor,
+    lm_head_bias: torch.Tensor | None = None,
+    chunk_size: int = CHUNK_ROWS,
+    softcap: float | None = None,
+) -> torch.Tensor:
     """Sum of next-token negative log-likelihoods over the trained positions:
 
         loss_sum = Σ_{t : y_t ≠ -100}  −log softmax(W h_t + b)[y_t]
@@ -108,10 +118,16 @@ def token_nll_sum(hidden: torch.Tensor, targets: torch.Tensor, lm_head_weight: t
     return -logps.sum()
 
 
-def sequence_logps(hidden: torch.Tensor, targets: torch.Tensor, lm_head_weight: torch.Tensor,
-                   lm_head_bias: torch.Tensor | None = None, example_ids: torch.Tensor | None = None,
-                   num_examples: int | None = None, chunk_size: int = CHUNK_ROWS,
-                   softcap: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def sequence_logps(
+    hidden: torch.Tensor,
+    targets: torch.Tensor,
+    lm_head_weight: torch.Tensor,
+    lm_head_bias: torch.Tensor | None = None,
+    example_ids: torch.Tensor | None = None,
+    num_examples: int | None = None,
+    chunk_size: int = CHUNK_ROWS,
+    softcap: float | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-sequence sum of target log-probabilities, log π(y | x) = Σ_t logp_t, and target counts.
 
     `example_ids` [rows, T] names the sequence each position belongs to (packed rows hold several);

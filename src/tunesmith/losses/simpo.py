@@ -11,9 +11,14 @@ import torch
 import torch.nn.functional as F
 
 
-def simpo_loss(logp_chosen: torch.Tensor, logp_rejected: torch.Tensor, chosen_tokens: torch.Tensor,
-               rejected_tokens: torch.Tensor, beta: float, gamma: float
-               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def simpo_loss(
+    logp_chosen: torch.Tensor,
+    logp_rejected: torch.Tensor,
+    chosen_tokens: torch.Tensor,
+    rejected_tokens: torch.Tensor,
+    beta: float,
+    gamma: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Simple Preference Optimization (Meng et al. 2024):
 
         L = −log σ( β/|y_w| · log πθ(y_w|x)  −  β/|y_l| · log πθ(y_l|x)  −  γ )

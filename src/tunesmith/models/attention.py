@@ -76,8 +76,15 @@ def segment_mask(queries: int, first: int, window: int | None, device: torch.dev
     return mask
 
 
-def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, scaling: float | None,
-           dropout: float, softcap: float | None = None) -> torch.Tensor:
+def attend(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: torch.Tensor | None,
+    scaling: float | None,
+    dropout: float,
+    softcap: float | None = None,
+) -> torch.Tensor:
     """Attention of q [b, heads, n, d] over k/v [b, kv_heads, m, d]: `mask` [n, m] (True = attend), or
     causal aligned to the last key when None. With logit soft-capping (Gemma 2) the scores are
     c · tanh(s / c) before the softmax, which SDPA cannot do, so that case runs the same arithmetic as
@@ -87,8 +94,9 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
         causal = mask is None and q.shape[2] == k.shape[2]
         if mask is None and not causal:  # fewer queries than keys: causal aligned to the last key
             mask = torch.ones(q.shape[2], k.shape[2], dtype=torch.bool, device=q.device).tril(k.shape[2] - q.shape[2])
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, dropout_p=dropout,
-                                              scale=scaling, enable_gqa=gqa)
+        return F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, is_causal=causal, dropout_p=dropout, scale=scaling, enable_gqa=gqa
+        )
     if gqa:
         k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
         v = v.repeat_interleave(q.shape[1] // v.shape[1], dim=1)
@@ -124,8 +132,17 @@ def _per_example_sdpa(query, key, value, position_ids, scaling, dropout, window=
     return torch.stack(outs).contiguous()
 
 
-def packed_attention_forward(module, query, key, value, attention_mask, dropout: float = 0.0,
-                             scaling: float | None = None, is_causal: bool | None = None, **kwargs):
+def packed_attention_forward(
+    module,
+    query,
+    key,
+    value,
+    attention_mask,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    is_causal: bool | None = None,
+    **kwargs,
+):
     """transformers' attention-function signature: q [rows, heads, W, d], k/v [rows, kv_heads, W, d].
 
     The layer's `sliding_window` (Mistral, Qwen2, Gemma 2/3, Phi-3, SmolLM3) bands each example's mask and
@@ -133,11 +150,13 @@ def packed_attention_forward(module, query, key, value, attention_mask, dropout:
     packed = kwargs.pop("packed_rows", False)
     position_ids = kwargs.get("position_ids")
     if packed and position_ids is not None and key.shape[2] == query.shape[2]:
-        out = _per_example_sdpa(query, key, value, position_ids, scaling, dropout, kwargs.get("sliding_window"),
-                                kwargs.get("softcap"))
+        out = _per_example_sdpa(
+            query, key, value, position_ids, scaling, dropout, kwargs.get("sliding_window"), kwargs.get("softcap")
+        )
         return out, None
-    return _fallback(module)(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
-                             is_causal=is_causal, **kwargs)
+    return _fallback(module)(
+        module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, is_causal=is_causal, **kwargs
+    )
 
 
 def _fallback(module):
@@ -188,7 +207,8 @@ def _config(model: torch.nn.Module):
 
 
 def has_sliding_window(config) -> bool:
-    """Whether some layer attends through a sliding window (Mistral, Qwen2 with use_sliding_window, Gemma 2/3, Phi-3)."""
+    """Whether some layer attends through a sliding window (Mistral, Qwen2 with use_sliding_window,
+    Gemma 2/3, Phi-3)."""
     if getattr(config, "sliding_window", None) is None or getattr(config, "use_sliding_window", True) is False:
         return False
     types = getattr(config, "layer_types", None)
@@ -204,9 +224,11 @@ def pairs_in_positions(model: torch.nn.Module) -> bool:
     config = _config(model)
     needs = has_sliding_window(config) or getattr(config, "_attn_implementation", None) == NAME_EAGER
     if needs and not packs_flat(model):
-        raise ModelError(f"{getattr(config, 'model_type', 'this model')}: its sliding-window attention cannot be "
-                         f"reproduced for preference rows with attention implementation "
-                         f"{getattr(config, '_attn_implementation', None)!r}; load it with sdpa or eager attention")
+        raise ModelError(
+            f"{getattr(config, 'model_type', 'this model')}: its sliding-window attention cannot be "
+            f"reproduced for preference rows with attention implementation "
+            f"{getattr(config, '_attn_implementation', None)!r}; load it with sdpa or eager attention"
+        )
     return needs
 
 

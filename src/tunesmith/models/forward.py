@@ -25,6 +25,7 @@ class Head:
 
     Granite divides its logits by `logits_scaling`; Gemma 2 (and Gemma 3 where set) soft-caps them with
     `final_logit_softcapping`. The losses apply both, so training sees the logits inference does."""
+
     weight: torch.Tensor
     bias: torch.Tensor | None = None
     scale: float = 1.0
@@ -44,8 +45,12 @@ def lm_head(model: torch.nn.Module) -> Head:
     head = inner.get_output_embeddings()
     config = inner.config
     config = getattr(config, "get_text_config", lambda: config)()
-    return Head(head.weight, getattr(head, "bias", None), float(getattr(config, "logits_scaling", None) or 1.0),
-                getattr(config, "final_logit_softcapping", None))
+    return Head(
+        head.weight,
+        getattr(head, "bias", None),
+        float(getattr(config, "logits_scaling", None) or 1.0),
+        getattr(config, "final_logit_softcapping", None),
+    )
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -92,8 +97,13 @@ def final_hidden(model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, He
     packed = {}
     if batch.attention_mask is None and batch.position_ids is not None and packs_flat(inner):
         packed["packed_rows"] = True  # attention per packed example (models/attention.py), not over the row
-    hidden = inner.get_decoder()(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                                 position_ids=batch.position_ids, use_cache=False, **packed).last_hidden_state
+    hidden = inner.get_decoder()(
+        input_ids=batch.input_ids,
+        attention_mask=batch.attention_mask,
+        position_ids=batch.position_ids,
+        use_cache=False,
+        **packed,
+    ).last_hidden_state
     return hidden, lm_head(inner)
 
 
@@ -108,17 +118,26 @@ def batch_nll_sum(model: torch.nn.Module, batch: Batch, amp_dtype: torch.dtype |
         return token_nll_sum(head.hidden(hidden), batch.targets, head.weight, head.bias, softcap=head.softcap)
 
 
-def batch_sequence_logps(model: torch.nn.Module, batch: Batch, num_examples: int,
-                         amp_dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def batch_sequence_logps(
+    model: torch.nn.Module, batch: Batch, num_examples: int, amp_dtype: torch.dtype | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """log π(y | x) summed over each collated example's trained tokens, and their counts: [num_examples] each."""
     with autocast(batch.input_ids.device, amp_dtype):
         hidden, head = final_hidden(model, batch)
-        return sequence_logps(head.hidden(hidden), batch.targets, head.weight, head.bias,
-                              batch.example_ids, num_examples, softcap=head.softcap)
+        return sequence_logps(
+            head.hidden(hidden),
+            batch.targets,
+            head.weight,
+            head.bias,
+            batch.example_ids,
+            num_examples,
+            softcap=head.softcap,
+        )
 
 
-def batch_token_logps(model: torch.nn.Module, batch: Batch, amp_dtype: torch.dtype | None = None,
-                      temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def batch_token_logps(
+    model: torch.nn.Module, batch: Batch, amp_dtype: torch.dtype | None = None, temperature: float = 1.0
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """log π(y_t | y_<t) at every trained position, laid out like the batch: ([rows, T] fp32, bool mask),
     plus the final hidden states [rows, T, H] (a value head reads them).
 
@@ -129,14 +148,20 @@ def batch_token_logps(model: torch.nn.Module, batch: Batch, amp_dtype: torch.dty
         hidden, head = final_hidden(model, batch)
         # (W h + b) / τ = W (h / τ) + b / τ, and c · tanh(z / c) / τ = (c / τ) · tanh((z / τ) / (c / τ))
         scaled, bias, softcap = head.hidden(hidden) / temperature, head.bias, head.softcap
-        logps, _ = target_logps(scaled, batch.targets, head.weight, None if bias is None else bias / temperature,
-                                softcap=None if softcap is None else softcap / temperature)
+        logps, _ = target_logps(
+            scaled,
+            batch.targets,
+            head.weight,
+            None if bias is None else bias / temperature,
+            softcap=None if softcap is None else softcap / temperature,
+        )
     logps = torch.zeros(mask.shape, dtype=torch.float32, device=mask.device).masked_scatter(mask, logps.float())
     return logps, mask, hidden
 
 
-def batch_last_hidden(model: torch.nn.Module, batch: Batch, num_examples: int,
-                      amp_dtype: torch.dtype | None = None) -> torch.Tensor:
+def batch_last_hidden(
+    model: torch.nn.Module, batch: Batch, num_examples: int, amp_dtype: torch.dtype | None = None
+) -> torch.Tensor:
     """The final hidden state at each collated example's last token: [num_examples, hidden].
 
     A sequence's last token (the end of the reply, with the template's end-of-turn) has attended to

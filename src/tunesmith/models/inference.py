@@ -26,8 +26,7 @@ def adapter_names(adapters: list[str]) -> list[str]:
     return names
 
 
-def load_for_inference(model: str, adapters: list[str] | None = None, device: str = "auto",
-                       merge: bool = False):
+def load_for_inference(model: str, adapters: list[str] | None = None, device: str = "auto", merge: bool = False):
     """(model, tokenizer) for a base (alias, HF dir or .gguf) plus optional PEFT adapter directories.
 
     Each adapter is loaded under `adapter_names` (e.g. "support" for runs/support/adapter); the last one is

@@ -1,7 +1,7 @@
 """Proof that training left the base untouched: a checksum of its weight files at start and end.
 
-    RUN/base_checksum.json = {"model_dir": ..., "start": {...}, "end": {...}}, each {"files": {name: sha256},
-    "digest": sha256 of the sorted (name, sha256) pairs}; `tunesmith verify --run RUN` recomputes it.
+RUN/base_checksum.json = {"model_dir": ..., "start": {...}, "end": {...}}, each {"files": {name: sha256},
+"digest": sha256 of the sorted (name, sha256) pairs}; `tunesmith verify --run RUN` recomputes it.
 """
 
 from __future__ import annotations
@@ -28,8 +28,11 @@ def file_sha256(path: Path, chunk: int = 8 << 20) -> str:
 def base_checksum(model_dir: str | Path) -> dict:
     """sha256 of every weight file of a model directory (or of a single .gguf file), and one digest."""
     model_dir = Path(model_dir)
-    paths = [model_dir] if model_dir.is_file() else sorted(
-        {p for pattern in WEIGHT_PATTERNS for p in model_dir.glob(pattern)})
+    paths = (
+        [model_dir]
+        if model_dir.is_file()
+        else sorted({p for pattern in WEIGHT_PATTERNS for p in model_dir.glob(pattern)})
+    )
     files = {p.name: file_sha256(p) for p in paths}
     digest = hashlib.sha256(json.dumps(sorted(files.items())).encode()).hexdigest()
     return {"files": files, "digest": digest}
@@ -65,15 +68,23 @@ def verify_run(run_dir: str | Path) -> tuple[bool, str]:
     record = json.loads(path.read_text())
     now = base_checksum(record["model_dir"])
     start = record.get("start", {})
-    changed = sorted(name for name in set(start.get("files", {})) | set(now["files"])
-                     if start.get("files", {}).get(name) != now["files"].get(name))
+    changed = sorted(
+        name
+        for name in set(start.get("files", {})) | set(now["files"])
+        if start.get("files", {}).get(name) != now["files"].get(name)
+    )
     if "end" in record and record["end"].get("digest") != start.get("digest"):
-        return False, f"the base changed during the run: {record['model_dir']} (start {start.get('digest')}, " \
-                      f"end {record['end'].get('digest')})"
+        return (
+            False,
+            f"the base changed during the run: {record['model_dir']} (start {start.get('digest')}, "
+            f"end {record['end'].get('digest')})",
+        )
     if changed:
         return False, f"the base differs from the run's start checksum: {', '.join(changed)} in {record['model_dir']}"
-    return True, (f"base untouched: {record['model_dir']}, {len(now['files'])} weight file(s), sha256 digest "
-                  f"{now['digest']} (as at the run's start" + (" and end)" if "end" in record else ")"))
+    return True, (
+        f"base untouched: {record['model_dir']}, {len(now['files'])} weight file(s), sha256 digest "
+        f"{now['digest']} (as at the run's start" + (" and end)" if "end" in record else ")")
+    )
 
 
 def run_summary(run_dir: Path) -> dict:

@@ -86,12 +86,17 @@ def nf4_config(compute_dtype: torch.dtype):
     """4-bit NormalFloat with double quantization (the QLoRA paper's storage for the frozen base)."""
     from transformers import BitsAndBytesConfig  # heavy: transformers, deferred until used
 
-    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                              bnb_4bit_compute_dtype=compute_dtype)
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=compute_dtype,
+    )
 
 
-def load_model(model_dir: Path, device: torch.device, quantize_4bit: bool = False,
-               compute_dtype: torch.dtype = torch.float32):
+def load_model(
+    model_dir: Path, device: torch.device, quantize_4bit: bool = False, compute_dtype: torch.dtype = torch.float32
+):
     """The causal LM in float32 weights (or NF4 for QLoRA) on `device`, in eval mode, attending per packed example."""
     from transformers import AutoModelForCausalLM  # heavy: transformers, deferred until used
 

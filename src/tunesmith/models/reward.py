@@ -34,8 +34,10 @@ def new_reward_head(hidden_size: int, device: torch.device) -> torch.nn.Linear:
 def save_reward_head(directory: Path, head: torch.nn.Linear, base_dir: Path, method: str) -> None:
     tensors = {"weight": head.weight.detach().float().cpu().contiguous(), "bias": head.bias.detach().float().cpu()}
     atomic_write_bytes(directory / HEAD, save(tensors))
-    atomic_write_text(directory / CONFIG, json.dumps(
-        {"base": str(base_dir), "method": method, "hidden_size": head.in_features}, indent=2) + "\n")
+    atomic_write_text(
+        directory / CONFIG,
+        json.dumps({"base": str(base_dir), "method": method, "hidden_size": head.in_features}, indent=2) + "\n",
+    )
 
 
 def find_reward_model(path: str | Path) -> tuple[Path, dict]:

@@ -16,8 +16,8 @@ The reference is the base with the adapter switched off: no second copy in memor
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
@@ -40,6 +40,7 @@ from tunesmith.train.step import optimizer_step
 @dataclass
 class Scored:
     """Sampled completions (K per prompt, prompt-major) and their rewards: what a step logs."""
+
     prompts: list[str]  # each completion's prompt (its last user turn)
     texts: list[str]
     lengths: list[int]  # completion tokens
@@ -48,14 +49,19 @@ class Scored:
 
     @staticmethod
     def join(scored: list[Scored]) -> Scored:
-        return Scored([p for s in scored for p in s.prompts], [t for s in scored for t in s.texts],
-                      [n for s in scored for n in s.lengths], [r for s in scored for r in s.totals],
-                      {k: [r for s in scored for r in s.parts[k]] for k in scored[0].parts})
+        return Scored(
+            [p for s in scored for p in s.prompts],
+            [t for s in scored for t in s.texts],
+            [n for s in scored for n in s.lengths],
+            [r for s in scored for r in s.totals],
+            {k: [r for s in scored for r in s.parts[k]] for k in scored[0].parts},
+        )
 
 
 @dataclass
 class Rollout:
     """One micro-batch of prompts, whole groups: the completions as a batch and what training needs of them."""
+
     scored: Scored
     batch: Batch  # prompt + completion, the completion's tokens trained
     advantages: torch.Tensor  # [completions]
@@ -79,12 +85,14 @@ class Scorer:
         self.names = [r.name for r in self.rewards] + (["reward_model"] if self.reward_model else [])
         self.pad_id = pad_id
 
-    def __call__(self, rows: list[PromptRow], texts: list[str],
-                 examples: list[TokenizedExample]) -> tuple[list[float], dict[str, list[float]]]:
+    def __call__(
+        self, rows: list[PromptRow], texts: list[str], examples: list[TokenizedExample]
+    ) -> tuple[list[float], dict[str, list[float]]]:
         totals, parts = ([0.0] * len(texts), {})
         if self.rewards:
-            totals, parts = score_completions(self.rewards, [r.messages for r in rows], texts, [r.row for r in rows],
-                                              where=[r.where for r in rows])
+            totals, parts = score_completions(
+                self.rewards, [r.messages for r in rows], texts, [r.row for r in rows], where=[r.where for r in rows]
+            )
         if self.reward_model is not None:
             from tunesmith.eval.reward import score_examples  # heavy only with a reward model
 
@@ -100,16 +108,30 @@ def rollout(run: Run, score: Scorer, rows: list[PromptRow], at_step: int, index:
     cfg, tokenizer, k = run.cfg, run.tokenizer, run.cfg.grpo.group_size
     s = cfg.sampling
     p_ids = [prompt_ids(tokenizer, r.messages, cfg.data.max_prompt_length) for r in rows]
-    completions = sample_completions(run.model, p_ids, k, s.temperature, s.top_p, s.max_new_tokens,
-                                     tokenizer.pad_token_id, tokenizer.eos_token_id, run.amp_dtype,
-                                     seed=rollout_seed(cfg.train.seed, at_step, index))
+    completions = sample_completions(
+        run.model,
+        p_ids,
+        k,
+        s.temperature,
+        s.top_p,
+        s.max_new_tokens,
+        tokenizer.pad_token_id,
+        tokenizer.eos_token_id,
+        run.amp_dtype,
+        seed=rollout_seed(cfg.train.seed, at_step, index),
+    )
     group_rows = [r for r in rows for _ in range(k)]  # prompt-major, like the samples
     examples = [completion_example(p_ids[i // k], c, group_rows[i].where) for i, c in enumerate(completions)]
     texts = [tokenizer.decode(c, skip_special_tokens=True) for c in completions]
     totals, parts = score(group_rows, texts, examples)
-    scored = Scored([r.messages[-1]["content"] for r in group_rows], texts, [len(c) for c in completions], totals, parts)
-    return Rollout(scored, collate_padded(examples, tokenizer.pad_token_id).to(run.device),
-                   group_advantages(torch.tensor(totals), k).to(run.device))
+    scored = Scored(
+        [r.messages[-1]["content"] for r in group_rows], texts, [len(c) for c in completions], totals, parts
+    )
+    return Rollout(
+        scored,
+        collate_padded(examples, tokenizer.pad_token_id).to(run.device),
+        group_advantages(torch.tensor(totals), k).to(run.device),
+    )
 
 
 def greedy_eval(run: Run, score: Scorer, prompts: list[PromptRow]) -> dict[str, float]:
@@ -121,13 +143,26 @@ def greedy_eval(run: Run, score: Scorer, prompts: list[PromptRow]) -> dict[str, 
 
     cfg, model, tokenizer = run.cfg, run.model, run.tokenizer
     with eval_mode(model):
-        texts = generate_chat(model, tokenizer, [p.messages for p in prompts],
-                              max_new_tokens=cfg.sampling.max_new_tokens, precision=cfg.train.precision)
-    examples = [completion_example(prompt_ids(tokenizer, p.messages, cfg.data.max_prompt_length),
-                                   tokenizer(t, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id],
-                                   p.where) for p, t in zip(prompts, texts)]
+        texts = generate_chat(
+            model,
+            tokenizer,
+            [p.messages for p in prompts],
+            max_new_tokens=cfg.sampling.max_new_tokens,
+            precision=cfg.train.precision,
+        )
+    examples = [
+        completion_example(
+            prompt_ids(tokenizer, p.messages, cfg.data.max_prompt_length),
+            tokenizer(t, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id],
+            p.where,
+        )
+        for p, t in zip(prompts, texts)
+    ]
     totals, parts = score(prompts, texts, examples)
-    return {"eval_reward_mean": sum(totals) / len(totals), **{f"eval_reward/{k}": sum(v) / len(v) for k, v in parts.items()}}
+    return {
+        "eval_reward_mean": sum(totals) / len(totals),
+        **{f"eval_reward/{k}": sum(v) / len(v) for k, v in parts.items()},
+    }
 
 
 def update(run: Run, mine: list[Rollout], n_seqs: int) -> tuple[dict[str, float], float]:
@@ -163,8 +198,12 @@ def update(run: Run, mine: list[Rollout], n_seqs: int) -> tuple[dict[str, float]
     return {k: run.dist.sum(v) for k, v in sums.items()}, grad_norm
 
 
-def run_grpo(cfg: GRPOConfig, say: Callable[[str], None] = print, progress: bool = True,
-             on_event: Callable[[Event], None] | None = None) -> RunResult:
+def run_grpo(
+    cfg: GRPOConfig,
+    say: Callable[[str], None] = print,
+    progress: bool = True,
+    on_event: Callable[[Event], None] | None = None,
+) -> RunResult:
     g = cfg.grpo
     # ---- setup -------------------------------------------------------------------------------
     run = start_run(cfg, RECIPES["grpo"], say, progress, on_event)  # full fine-tuning stays replicated
@@ -174,8 +213,10 @@ def run_grpo(cfg: GRPOConfig, say: Callable[[str], None] = print, progress: bool
     open_run(run, len(prompts))
     samples_log = run.open_log("samples.jsonl")
     mbs, n_prompts = cfg.train.micro_batch_size, len(prompts)  # prompts per micro-batch, K completions each
-    run.say(f"grpo on {n_prompts} prompts, {run.total_steps} steps of {cfg.train.batch_size} prompts x {g.group_size} "
-            f"samples, rewards {', '.join(score.names)}, kl_coef {g.kl_coef:g}, lr {cfg.train.lr:g}, {run.where()}")
+    run.say(
+        f"grpo on {n_prompts} prompts, {run.total_steps} steps of {cfg.train.batch_size} prompts x {g.group_size} "
+        f"samples, rewards {', '.join(score.names)}, kl_coef {g.kl_coef:g}, lr {cfg.train.lr:g}, {run.where()}"
+    )
 
     def evaluate() -> dict[str, float]:
         return greedy_eval(run, score, eval_prompts)
@@ -187,26 +228,52 @@ def run_grpo(cfg: GRPOConfig, say: Callable[[str], None] = print, progress: bool
         rows = [prompts[i] for i in step_indices(n_prompts, cfg.train.batch_size, cfg.train.seed, run.step)]
         n_seqs = len(rows) * g.group_size  # the step's completions, over all processes
         run.model.eval()  # sampling: no dropout; each process takes every N-th micro-batch of prompts
-        mine = [rollout(run, score, rows[start : start + mbs], run.step, index)
-                for index, start in run.dist.share(list(enumerate(range(0, len(rows), mbs))))]
+        mine = [
+            rollout(run, score, rows[start : start + mbs], run.step, index)
+            for index, start in run.dist.share(list(enumerate(range(0, len(rows), mbs))))
+        ]
         run.model.train()
         sums, grad_norm = update(run, mine, n_seqs)
         scored = Scored.join(run.dist.unshare([r.scored for r in mine]))  # the whole step's, in order
         t = torch.tensor(scored.totals)
-        record = {"reward_mean": float(t.mean()), "reward_std": float(t.std()),
-                  **{f"reward/{k}": sum(v) / len(v) for k, v in scored.parts.items()}, **sums,
-                  "response_length": sum(scored.lengths) / n_seqs, "lr": lr, "grad_norm": grad_norm}
+        record = {
+            "reward_mean": float(t.mean()),
+            "reward_std": float(t.std()),
+            **{f"reward/{k}": sum(v) / len(v) for k, v in scored.parts.items()},
+            **sums,
+            "response_length": sum(scored.lengths) / n_seqs,
+            "lr": lr,
+            "grad_norm": grad_norm,
+        }
         stop = run.end_step(record, evaluate, per_second={"samples": n_seqs}, show=("reward_mean",))
         if cfg.sampling.samples_every and (run.step % cfg.sampling.samples_every == 0 or run.step == 1):
             for i in range(min(2 * g.group_size, n_seqs)):
-                samples_log.write({"step": run.step, "prompt": scored.prompts[i], "completion": scored.texts[i],
-                                   "reward": scored.totals[i]})
+                samples_log.write(
+                    {
+                        "step": run.step,
+                        "prompt": scored.prompts[i],
+                        "completion": scored.texts[i],
+                        "reward": scored.totals[i],
+                    }
+                )
         if stop:
             break
 
     # ---- save --------------------------------------------------------------------------------
-    return finish_run(run, evaluate, lambda e: (
-        f"eval on {len(eval_prompts)} prompts: mean reward of greedy replies "
-        + (f"{eval_before:.4f} -> " if eval_before is not None else "") + f"{e['eval_reward_mean']:.4f}"),
-        {"rewards": score.names, "group_size": g.group_size, "kl_coef": g.kl_coef, "prompts": n_prompts,
-         "eval_reward_before": eval_before}, final_keys=("reward_mean", "reward_std", "kl", "response_length"))
+    return finish_run(
+        run,
+        evaluate,
+        lambda e: (
+            f"eval on {len(eval_prompts)} prompts: mean reward of greedy replies "
+            + (f"{eval_before:.4f} -> " if eval_before is not None else "")
+            + f"{e['eval_reward_mean']:.4f}"
+        ),
+        {
+            "rewards": score.names,
+            "group_size": g.group_size,
+            "kl_coef": g.kl_coef,
+            "prompts": n_prompts,
+            "eval_reward_before": eval_before,
+        },
+        final_keys=("reward_mean", "reward_std", "kl", "response_length"),
+    )

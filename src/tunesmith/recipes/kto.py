@@ -14,7 +14,7 @@ a fresh adapter gives r = 0 and z0 = 0, so the first loss is λ · 0.5.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -54,8 +54,9 @@ def kto_step(run: Run, items: list[TokenizedUnpaired], z0: float, stats: Running
         ref = sequence_logps(run, [i.example for i in items])
     logp = sequence_logps(run, [i.example for i in items])
     desirable = torch.tensor([i.desirable for i in items], device=logp.device)
-    losses, rewards = kto_loss(logp, ref, desirable, torch.tensor(z0, device=logp.device), o.beta,
-                               o.desirable_weight, o.undesirable_weight)
+    losses, rewards = kto_loss(
+        logp, ref, desirable, torch.tensor(z0, device=logp.device), o.beta, o.desirable_weight, o.undesirable_weight
+    )
     good, bad = rewards[desirable], rewards[~desirable]
     stats.add(len(items), loss=losses)
     stats.sums["reward_chosen_sum"] = stats.sums.get("reward_chosen_sum", 0.0) + float(good.sum())
@@ -69,12 +70,21 @@ def summarise(stats: RunningMeans, z0: float, prefix: str = "") -> dict[str, flo
     s, n = stats.sums, stats.count
     good = s.get("reward_chosen_sum", 0.0) / max(1.0, s.get("desirable", 0.0))
     bad = s.get("reward_rejected_sum", 0.0) / max(1.0, n - s.get("desirable", 0.0))
-    return {f"{prefix}loss": s.get("loss", 0.0) / max(1, n), f"{prefix}reward_chosen": good,
-            f"{prefix}reward_rejected": bad, f"{prefix}reward_margin": good - bad, f"{prefix}kl": z0}
+    return {
+        f"{prefix}loss": s.get("loss", 0.0) / max(1, n),
+        f"{prefix}reward_chosen": good,
+        f"{prefix}reward_rejected": bad,
+        f"{prefix}reward_margin": good - bad,
+        f"{prefix}kl": z0,
+    }
 
 
-def run_kto(cfg: KTOConfig, say: Callable[[str], None] = print, progress: bool = True,
-            on_event: Callable[[Event], None] | None = None) -> RunResult:
+def run_kto(
+    cfg: KTOConfig,
+    say: Callable[[str], None] = print,
+    progress: bool = True,
+    on_event: Callable[[Event], None] | None = None,
+) -> RunResult:
     # ---- setup -------------------------------------------------------------------------------
     run = start_run(cfg, RECIPES["kto"], say, progress, on_event)
     data = prepare_unpaired_data(cfg.data, run.tokenizer, cfg.train.seed)
@@ -83,9 +93,11 @@ def run_kto(cfg: KTOConfig, say: Callable[[str], None] = print, progress: bool =
     open_run(run, len(data.train))
     dist, n_train, mbs = run.dist, len(data.train), cfg.train.micro_batch_size
     desirable = sum(i.desirable for i in data.train)
-    run.say(f"kto on {n_train} examples ({desirable} desirable, {n_train - desirable} undesirable), {run.total_steps} "
-            f"steps of {cfg.train.batch_size} (micro-batch {mbs}), beta {cfg.kto.beta:g}, lr {cfg.train.lr:g}, "
-            f"{run.where()}")
+    run.say(
+        f"kto on {n_train} examples ({desirable} desirable, {n_train - desirable} undesirable), {run.total_steps} "
+        f"steps of {cfg.train.batch_size} (micro-batch {mbs}), beta {cfg.kto.beta:g}, lr {cfg.train.lr:g}, "
+        f"{run.where()}"
+    )
 
     def reference_point(items: list[list[TokenizedUnpaired]], count: int) -> float:
         return max(0.0, dist.sum(sum(kl_sums(run, micro) for micro in items if micro)) / count)
@@ -115,13 +127,22 @@ def run_kto(cfg: KTOConfig, say: Callable[[str], None] = print, progress: bool =
         stats = dist.sum_means(stats)
         grad_norm = optimizer_step(run.params, run.optimizer, cfg.train.max_grad_norm)
         run.counters["examples_seen"] += len(indices)
-        record = {**summarise(stats, z0), "lr": lr, "grad_norm": grad_norm,
-                  "epoch": run.counters["examples_seen"] / n_train}
+        record = {
+            **summarise(stats, z0),
+            "lr": lr,
+            "grad_norm": grad_norm,
+            "epoch": run.counters["examples_seen"] / n_train,
+        }
         if run.end_step(record, evaluate, per_second={"examples": len(indices)}, show=("loss", "reward_margin")):
             break
 
     # ---- save --------------------------------------------------------------------------------
-    return finish_run(run, evaluate, lambda e: (
-        f"eval on {len(data.eval)} examples: loss {e['eval_loss']:.4f}, reward margin {e['eval_reward_margin']:.3f}"),
+    return finish_run(
+        run,
+        evaluate,
+        lambda e: (
+            f"eval on {len(data.eval)} examples: loss {e['eval_loss']:.4f}, reward margin {e['eval_reward_margin']:.3f}"
+        ),
         {"beta": cfg.kto.beta, "train_examples": n_train, "desirable": desirable, "eval_examples": len(data.eval)},
-        final_keys=("loss", "reward_margin", "kl"))
+        final_keys=("loss", "reward_margin", "kl"),
+    )

@@ -20,8 +20,9 @@ reward model is a second, frozen adapter with its own head, switched on only to 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from safetensors.torch import save
@@ -46,8 +47,9 @@ from tunesmith.train.step import optimizer_step
 POLICY, REWARD = "default", "reward"
 
 
-def policy_forward(model: torch.nn.Module, value_head: torch.nn.Linear, batch: Batch, amp_dtype,
-                   temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def policy_forward(
+    model: torch.nn.Module, value_head: torch.nn.Linear, batch: Batch, amp_dtype, temperature: float = 1.0
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-token log π(y_t | y_<t) (π at the sampling temperature) and V(s_t) at the response positions:
     ([rows, T], [rows, T], mask)."""
     logps, mask, hidden = batch_token_logps(model, batch, amp_dtype, temperature)
@@ -59,8 +61,10 @@ def reward_model_dir(reward_dir: str, model_dir: Path) -> tuple[Path, dict]:
     """The reward model's directory and manifest, checked to be an adapter on the policy's own base."""
     directory, meta = find_reward_model(reward_dir)
     if not (directory / "adapter").is_dir():
-        raise ModelError(f"{directory}: PPO shares one base between policy and reward, so the reward model must be "
-                         "a lora/qlora adapter (this one is a full fine-tune)")
+        raise ModelError(
+            f"{directory}: PPO shares one base between policy and reward, so the reward model must be "
+            "a lora/qlora adapter (this one is a full fine-tune)"
+        )
     if Path(meta["base"]).resolve() != Path(model_dir).resolve():
         raise ModelError(f"{directory}: trained on {meta['base']}, but the policy's base is {model_dir}")
     return directory, meta
@@ -84,18 +88,30 @@ def reward_scores(model: torch.nn.Module, head: torch.nn.Linear, batch: Batch, n
 
 
 @torch.no_grad()
-def rollout(run: Run, reward_head: torch.nn.Linear, kl_coef: float, rows: list[PromptRow], at_step: int,
-            index: int) -> dict[str, Any]:
+def rollout(
+    run: Run, reward_head: torch.nn.Linear, kl_coef: float, rows: list[PromptRow], at_step: int, index: int
+) -> dict[str, Any]:
     """One completion for each prompt of micro-batch `index` of the step, sampled with its own seed, and
     the rollout statistics: old log-probs and values (policy), reference log-probs (adapters off), the
     reward model's score, per-token rewards and GAE."""
     cfg, model, amp, tokenizer = run.cfg, run.model, run.amp_dtype, run.tokenizer
     o, s, value_head = cfg.ppo, cfg.sampling, run.model.value_head
     p_ids = [prompt_ids(tokenizer, r.messages, cfg.data.max_prompt_length) for r in rows]
-    completions = sample_completions(model, p_ids, 1, s.temperature, s.top_p, s.max_new_tokens, tokenizer.pad_token_id,
-                                     tokenizer.eos_token_id, amp, seed=rollout_seed(cfg.train.seed, at_step, index))
-    batch = collate_padded([completion_example(p, c, r.where) for p, c, r in zip(p_ids, completions, rows)],
-                           tokenizer.pad_token_id).to(run.device)
+    completions = sample_completions(
+        model,
+        p_ids,
+        1,
+        s.temperature,
+        s.top_p,
+        s.max_new_tokens,
+        tokenizer.pad_token_id,
+        tokenizer.eos_token_id,
+        amp,
+        seed=rollout_seed(cfg.train.seed, at_step, index),
+    )
+    batch = collate_padded(
+        [completion_example(p, c, r.where) for p, c, r in zip(p_ids, completions, rows)], tokenizer.pad_token_id
+    ).to(run.device)
     old_logp, old_values, mask = policy_forward(model, value_head, batch, amp, s.temperature)
     with adapter_off(model):
         ref_logp = policy_forward(model, value_head, batch, amp, s.temperature)[0]
@@ -103,9 +119,18 @@ def rollout(run: Run, reward_head: torch.nn.Linear, kl_coef: float, rows: list[P
     kl = kl_k1(old_logp, ref_logp) * mask
     rewards = per_token_rewards(scores, kl, mask, kl_coef)
     advantages, returns = gae(rewards, old_values, mask, o.gamma, o.lam)
-    return {"batch": batch, "old_logp": old_logp, "old_values": old_values, "mask": mask, "scores": scores,
-            "kl": kl.sum(1), "advantages": advantages, "returns": returns, "completions": completions,
-            "prompts": [r.messages[-1]["content"] for r in rows]}
+    return {
+        "batch": batch,
+        "old_logp": old_logp,
+        "old_values": old_values,
+        "mask": mask,
+        "scores": scores,
+        "kl": kl.sum(1),
+        "advantages": advantages,
+        "returns": returns,
+        "completions": completions,
+        "prompts": [r.messages[-1]["content"] for r in rows],
+    }
 
 
 def update(run: Run, roll: list[dict[str, Any]], n_rollouts: int) -> tuple[dict[str, float], float]:
@@ -142,13 +167,19 @@ def save_policy(run: Run) -> Path:
     del model.value_head
     output = save_trained(model, run.tokenizer, run.run_dir, run.cfg.method, run.model_dir)
     model.value_head = value_head
-    atomic_write_bytes(run.run_dir / "value_head.safetensors", save(
-        {"weight": value_head.weight.detach().cpu().contiguous(), "bias": value_head.bias.detach().cpu()}))
+    atomic_write_bytes(
+        run.run_dir / "value_head.safetensors",
+        save({"weight": value_head.weight.detach().cpu().contiguous(), "bias": value_head.bias.detach().cpu()}),
+    )
     return output
 
 
-def run_ppo(cfg: PPOConfig, say: Callable[[str], None] = print, progress: bool = True,
-            on_event: Callable[[Event], None] | None = None) -> RunResult:
+def run_ppo(
+    cfg: PPOConfig,
+    say: Callable[[str], None] = print,
+    progress: bool = True,
+    on_event: Callable[[Event], None] | None = None,
+) -> RunResult:
     o = cfg.ppo
     # ---- setup -------------------------------------------------------------------------------
     run = start_run(cfg, RECIPES["ppo"], say, progress, on_event)
@@ -167,9 +198,12 @@ def run_ppo(cfg: PPOConfig, say: Callable[[str], None] = print, progress: bool =
     kl_ctl.value = run.counters["kl_coef"]  # a resumed run's adapted coefficient
     samples_log = run.open_log("samples.jsonl")
     mbs, n_prompts = cfg.train.micro_batch_size, len(prompts)
-    run.say(f"ppo on {n_prompts} prompts, {run.total_steps} steps of {o.rollouts_per_step} rollouts x {o.ppo_epochs} "
-            f"epochs, kl_coef {o.kl_coef:g}" + (f" (adaptive, target {o.kl_target:g})" if o.kl_target else "")
-            + f", lr {cfg.train.lr:g}, {run.where()}")
+    run.say(
+        f"ppo on {n_prompts} prompts, {run.total_steps} steps of {o.rollouts_per_step} rollouts x {o.ppo_epochs} "
+        f"epochs, kl_coef {o.kl_coef:g}"
+        + (f" (adaptive, target {o.kl_target:g})" if o.kl_target else "")
+        + f", lr {cfg.train.lr:g}, {run.where()}"
+    )
 
     # ---- loop --------------------------------------------------------------------------------
     run.begin()
@@ -177,8 +211,10 @@ def run_ppo(cfg: PPOConfig, say: Callable[[str], None] = print, progress: bool =
         lr = run.begin_step()
         rows = [prompts[i] for i in step_indices(n_prompts, cfg.train.batch_size, cfg.train.seed, run.step)]
         run.model.eval()  # each process samples every N-th micro-batch, with that micro-batch's own seed
-        roll = [rollout(run, reward_head[0], kl_ctl.value, rows[start : start + mbs], run.step, index)
-                for index, start in run.dist.share(list(enumerate(range(0, len(rows), mbs))))]
+        roll = [
+            rollout(run, reward_head[0], kl_ctl.value, rows[start : start + mbs], run.step, index)
+            for index, start in run.dist.share(list(enumerate(range(0, len(rows), mbs))))
+        ]
         if o.whiten_advantages:  # across the whole batch of rollouts (every process's), not per micro-batch
             mean, std = run.dist.mean_std([r["advantages"][r["mask"]] for r in roll])
             for r in roll:
@@ -186,22 +222,44 @@ def run_ppo(cfg: PPOConfig, say: Callable[[str], None] = print, progress: bool =
         run.model.train()
         sums, grad_norm = update(run, roll, len(rows))
         # the whole step's rollouts, in order: (prompt, completion, score, sequence KL) each
-        done = [x for part in run.dist.unshare([list(zip(r["prompts"], r["completions"], r["scores"].tolist(),
-                                                             r["kl"].tolist())) for r in roll]) for x in part]
+        done = [
+            x
+            for part in run.dist.unshare(
+                [list(zip(r["prompts"], r["completions"], r["scores"].tolist(), r["kl"].tolist())) for r in roll]
+            )
+            for x in part
+        ]
         scores, seq_kl = torch.tensor([d[2] for d in done]), torch.tensor([d[3] for d in done])
-        record = {"reward_mean": float(scores.mean()), "reward_std": float(scores.std()), "kl": float(seq_kl.mean()),
-                  "kl_coef": kl_ctl.value, **sums, "response_length": sum(len(d[1]) for d in done) / len(done),
-                  "lr": lr, "grad_norm": grad_norm}
+        record = {
+            "reward_mean": float(scores.mean()),
+            "reward_std": float(scores.std()),
+            "kl": float(seq_kl.mean()),
+            "kl_coef": kl_ctl.value,
+            **sums,
+            "response_length": sum(len(d[1]) for d in done) / len(done),
+            "lr": lr,
+            "grad_norm": grad_norm,
+        }
         kl_ctl.update(float(seq_kl.mean()), len(done))
         run.counters["kl_coef"] = kl_ctl.value
         stop = run.end_step(record, show=("reward_mean", "kl"))
         if cfg.sampling.samples_every and (run.step % cfg.sampling.samples_every == 0 or run.step == 1):
             for prompt, c, score, _ in done[:4]:
-                samples_log.write({"step": run.step, "prompt": prompt, "reward": score,
-                                   "completion": run.tokenizer.decode(c, skip_special_tokens=True)})
+                samples_log.write(
+                    {
+                        "step": run.step,
+                        "prompt": prompt,
+                        "reward": score,
+                        "completion": run.tokenizer.decode(c, skip_special_tokens=True),
+                    }
+                )
         if stop:
             break
 
     # ---- save --------------------------------------------------------------------------------
-    return finish_run(run, manifest={"reward_model": o.reward_model, "prompts": n_prompts},
-                      final_keys=("reward_mean", "kl", "kl_coef", "response_length"), save=save_policy)
+    return finish_run(
+        run,
+        manifest={"reward_model": o.reward_model, "prompts": n_prompts},
+        final_keys=("reward_mean", "kl", "kl_coef", "response_length"),
+        save=save_policy,
+    )

@@ -14,8 +14,8 @@ Under torchrun each process takes every N-th micro-batch of the step and the gra
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -35,23 +35,44 @@ from tunesmith.train.run import Event, Run, RunResult, finish_run, open_run, sta
 from tunesmith.train.step import optimizer_step
 
 
-def pair_scores(model: torch.nn.Module, head: torch.nn.Linear, pairs: list[TokenizedPair], packing: bool,
-                max_length: int, pad_id: int, device: torch.device,
-                amp_dtype: torch.dtype | None) -> tuple[torch.Tensor, torch.Tensor, int]:
+def pair_scores(
+    model: torch.nn.Module,
+    head: torch.nn.Linear,
+    pairs: list[TokenizedPair],
+    packing: bool,
+    max_length: int,
+    pad_id: int,
+    device: torch.device,
+    amp_dtype: torch.dtype | None,
+) -> tuple[torch.Tensor, torch.Tensor, int]:
     """(r_chosen [n], r_rejected [n], tokens computed): both sides in one forward, the head in fp32."""
-    batch = collate_pairs([p.chosen for p in pairs], [p.rejected for p in pairs], packing, max_length, pad_id,
-                          packs_flat(model), pairs_in_positions(model))
+    batch = collate_pairs(
+        [p.chosen for p in pairs],
+        [p.rejected for p in pairs],
+        packing,
+        max_length,
+        pad_id,
+        packs_flat(model),
+        pairs_in_positions(model),
+    )
     last = batch_last_hidden(model, batch.to(device), 2 * len(pairs), amp_dtype)
     scores = head(last.float()).squeeze(-1)
     n = len(pairs)
     return scores[:n], scores[n:], batch.num_tokens
 
 
-def add_reward_stats(stats: RunningMeans, losses: torch.Tensor, r_chosen: torch.Tensor,
-                     r_rejected: torch.Tensor) -> None:
+def add_reward_stats(
+    stats: RunningMeans, losses: torch.Tensor, r_chosen: torch.Tensor, r_rejected: torch.Tensor
+) -> None:
     """Loss, accuracy, margin and the mean score of each side, per pair."""
-    stats.add(len(losses), loss=losses, accuracy=pair_accuracy(r_chosen, r_rejected), margin=r_chosen - r_rejected,
-              reward_chosen=r_chosen, reward_rejected=r_rejected)
+    stats.add(
+        len(losses),
+        loss=losses,
+        accuracy=pair_accuracy(r_chosen, r_rejected),
+        margin=r_chosen - r_rejected,
+        reward_chosen=r_chosen,
+        reward_rejected=r_rejected,
+    )
 
 
 def save_reward_model(run: Run) -> Path:
@@ -65,8 +86,9 @@ def save_reward_model(run: Run) -> Path:
     saved_head = head
     if whole is not None:  # the head's gathered weights, and the base part alone for the model directory
         saved_head = new_reward_head(head.in_features, torch.device("cpu"))
-        saved_head.load_state_dict({k.removeprefix("reward_head."): whole.pop(k) for k in list(whole)
-                                    if k.startswith("reward_head.")})
+        saved_head.load_state_dict(
+            {k.removeprefix("reward_head."): whole.pop(k) for k in list(whole) if k.startswith("reward_head.")}
+        )
     del model.reward_head  # the PEFT adapter / model directory holds the base part only
     save_trained(model, run.tokenizer, output, run.cfg.method, run.model_dir, record_dir=run.run_dir, state_dict=whole)
     model.reward_head = head
@@ -74,8 +96,12 @@ def save_reward_model(run: Run) -> Path:
     return output
 
 
-def run_reward(cfg: RewardConfig, say: Callable[[str], None] = print, progress: bool = True,
-               on_event: Callable[[Event], None] | None = None) -> RunResult:
+def run_reward(
+    cfg: RewardConfig,
+    say: Callable[[str], None] = print,
+    progress: bool = True,
+    on_event: Callable[[Event], None] | None = None,
+) -> RunResult:
     # ---- setup -------------------------------------------------------------------------------
     run = start_run(cfg, RECIPES["reward"], say, progress, on_event)
     data = prepare_preference_data(cfg.data, run.tokenizer, cfg.train.seed)
@@ -89,9 +115,16 @@ def run_reward(cfg: RewardConfig, say: Callable[[str], None] = print, progress: 
     run.counters["pairs_seen"] = 0
     open_run(run, len(data.train), attach=attach_head)
     model, head, dist, n_train = run.model, run.model.reward_head, run.dist, len(data.train)
-    mbs, packing, max_len, pad_id = cfg.train.micro_batch_size, cfg.data.packing, cfg.data.max_length, run.tokenizer.pad_token_id
-    run.say(f"reward model on {n_train} pairs, {run.total_steps} steps of {cfg.train.batch_size} (micro-batch {mbs}), "
-            f"lr {cfg.train.lr:g}, {run.where()}")
+    mbs, packing, max_len, pad_id = (
+        cfg.train.micro_batch_size,
+        cfg.data.packing,
+        cfg.data.max_length,
+        run.tokenizer.pad_token_id,
+    )
+    run.say(
+        f"reward model on {n_train} pairs, {run.total_steps} steps of {cfg.train.batch_size} (micro-batch {mbs}), "
+        f"lr {cfg.train.lr:g}, {run.where()}"
+    )
 
     def scores(pairs: list[TokenizedPair]) -> tuple[torch.Tensor, torch.Tensor, int]:
         return pair_scores(model, head, pairs, packing, max_len, pad_id, run.device, run.amp_dtype)
@@ -121,12 +154,25 @@ def run_reward(cfg: RewardConfig, say: Callable[[str], None] = print, progress: 
         stats, tokens = dist.sum_means(stats), int(dist.sum(tokens))
         grad_norm = optimizer_step(run.params, run.optimizer, cfg.train.max_grad_norm)
         run.counters["pairs_seen"] += len(indices)
-        record = {**stats.means(), "lr": lr, "grad_norm": grad_norm, "pairs": len(indices), "tokens": tokens,
-                  "epoch": run.counters["pairs_seen"] / n_train}
+        record = {
+            **stats.means(),
+            "lr": lr,
+            "grad_norm": grad_norm,
+            "pairs": len(indices),
+            "tokens": tokens,
+            "epoch": run.counters["pairs_seen"] / n_train,
+        }
         run.end_step(record, evaluate, per_second={"pairs": len(indices)}, show=("loss", "accuracy"))
 
     # ---- save --------------------------------------------------------------------------------
-    return finish_run(run, evaluate, lambda e: (
-        f"eval on {len(data.eval)} pairs: loss {e['eval_loss']:.4f}, accuracy {e['eval_accuracy']:.3f}, "
-        f"margin {e['eval_margin']:.3f}"), {"train_pairs": n_train, "eval_pairs": len(data.eval)},
-        final_keys=("loss", "accuracy", "margin"), save=save_reward_model)
+    return finish_run(
+        run,
+        evaluate,
+        lambda e: (
+            f"eval on {len(data.eval)} pairs: loss {e['eval_loss']:.4f}, accuracy {e['eval_accuracy']:.3f}, "
+            f"margin {e['eval_margin']:.3f}"
+        ),
+        {"train_pairs": n_train, "eval_pairs": len(data.eval)},
+        final_keys=("loss", "accuracy", "margin"),
+        save=save_reward_model,
+    )

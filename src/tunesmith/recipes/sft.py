@@ -13,7 +13,7 @@ fine-tuning is sharded with FSDP2; either way N processes make the update one pr
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from tunesmith.config.schema import SFTConfig
 from tunesmith.data.packing import collate
@@ -26,8 +26,12 @@ from tunesmith.train.run import Event, RunResult, finish_run, open_run, start_ru
 from tunesmith.train.step import evaluate_nll, optimizer_step
 
 
-def run_sft(cfg: SFTConfig, say: Callable[[str], None] = print, progress: bool = True,
-            on_event: Callable[[Event], None] | None = None) -> RunResult:
+def run_sft(
+    cfg: SFTConfig,
+    say: Callable[[str], None] = print,
+    progress: bool = True,
+    on_event: Callable[[Event], None] | None = None,
+) -> RunResult:
     # ---- setup -------------------------------------------------------------------------------
     run = start_run(cfg, RECIPES["sft"], say, progress, on_event)
     self_replay = None
@@ -43,23 +47,37 @@ def run_sft(cfg: SFTConfig, say: Callable[[str], None] = print, progress: bool =
     pad_id = run.tokenizer.pad_token_id
     flat = packs_flat(model)  # per-example attention: a micro-batch packs into one row, no padding
     share = flat and cfg.data.shared_prefix  # ... with a prefix its examples share computed once
-    run.say(f"training {n_train} examples, {run.total_steps} steps of {cfg.train.batch_size} "
-            f"(micro-batch {cfg.train.micro_batch_size}), lr {cfg.train.lr:g}, {run.where()}")
+    run.say(
+        f"training {n_train} examples, {run.total_steps} steps of {cfg.train.batch_size} "
+        f"(micro-batch {cfg.train.micro_batch_size}), lr {cfg.train.lr:g}, {run.where()}"
+    )
 
     def evaluate() -> dict[str, float]:
         if not data.eval:
             return {}
-        return {"eval_loss": evaluate_nll(model, data.eval, cfg.train.micro_batch_size, cfg.data.packing,
-                                          cfg.data.max_length, pad_id, run.device, run.amp_dtype,
-                                          cfg.data.shared_prefix)}
+        return {
+            "eval_loss": evaluate_nll(
+                model,
+                data.eval,
+                cfg.train.micro_batch_size,
+                cfg.data.packing,
+                cfg.data.max_length,
+                pad_id,
+                run.device,
+                run.amp_dtype,
+                cfg.data.shared_prefix,
+            )
+        }
 
     # ---- loop --------------------------------------------------------------------------------
     run.begin(evaluate if cfg.train.eval_every else None)
     while run.step < run.total_steps:
         lr = run.begin_step()
         examples = [data.train[i] for i in step_indices(n_train, cfg.train.batch_size, cfg.train.seed, run.step)]
-        batches = [collate(micro, cfg.data.packing, cfg.data.max_length, pad_id, flat, share)
-                   for micro in split_micro(examples, cfg.train.micro_batch_size)]
+        batches = [
+            collate(micro, cfg.data.packing, cfg.data.max_length, pad_id, flat, share)
+            for micro in split_micro(examples, cfg.train.micro_batch_size)
+        ]
         # Normalise by the trained-token count of the whole step, not per micro-batch: accumulated
         # gradients then equal those of one big batch, and packed == unpacked exactly.
         step_targets = sum(b.num_targets for b in batches)
@@ -73,12 +91,21 @@ def run_sft(cfg: SFTConfig, say: Callable[[str], None] = print, progress: bool =
         grad_norm = optimizer_step(run.params, run.optimizer, cfg.train.max_grad_norm)
         step_tokens = sum(b.num_tokens for b in batches)
         run.counters["tokens_seen"] += step_tokens
-        record = {"loss": loss_sum / max(1, step_targets), "lr": lr, "grad_norm": grad_norm, "tokens": step_tokens,
-                  "epoch": (run.step + 1) * cfg.train.batch_size / n_train}
+        record = {
+            "loss": loss_sum / max(1, step_targets),
+            "lr": lr,
+            "grad_norm": grad_norm,
+            "tokens": step_tokens,
+            "epoch": (run.step + 1) * cfg.train.batch_size / n_train,
+        }
         if run.end_step(record, evaluate, per_second={"tokens": step_tokens}):
             break
 
     # ---- save --------------------------------------------------------------------------------
-    return finish_run(run, evaluate, lambda e: f"eval loss {e['eval_loss']:.4f} on {len(data.eval)} examples",
-                      {"train_examples": n_train, "eval_examples": len(data.eval), "replay_examples": data.replayed},
-                      final_keys=("loss",))
+    return finish_run(
+        run,
+        evaluate,
+        lambda e: f"eval loss {e['eval_loss']:.4f} on {len(data.eval)} examples",
+        {"train_examples": n_train, "eval_examples": len(data.eval), "replay_examples": data.replayed},
+        final_keys=("loss",),
+    )

@@ -18,8 +18,7 @@ def _last_response_index(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
     return last.clamp(min=0), last >= 0
 
 
-def per_token_rewards(scores: torch.Tensor, kl: torch.Tensor, mask: torch.Tensor,
-                      kl_coef: float) -> torch.Tensor:
+def per_token_rewards(scores: torch.Tensor, kl: torch.Tensor, mask: torch.Tensor, kl_coef: float) -> torch.Tensor:
     """The PPO reward of each response token (Ziegler et al. 2019, eq. 2; Ouyang et al. 2022):
 
         r_t = −β · KL_t                     for every response token t
@@ -36,8 +35,9 @@ def per_token_rewards(scores: torch.Tensor, kl: torch.Tensor, mask: torch.Tensor
     return rewards.scatter_add(1, last[:, None], score[:, None])
 
 
-def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float,
-        lam: float) -> tuple[torch.Tensor, torch.Tensor]:
+def gae(
+    rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Generalised Advantage Estimation (Schulman et al. 2016, eq. 16), per token:
 
         δ_t = r_t + γ · V_{t+1} − V_t
@@ -64,8 +64,7 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: 
     return advantages, returns
 
 
-def group_advantages(rewards: torch.Tensor, group_size: int, eps: float = 1e-4,
-                     scale: bool = True) -> torch.Tensor:
+def group_advantages(rewards: torch.Tensor, group_size: int, eps: float = 1e-4, scale: bool = True) -> torch.Tensor:
     """GRPO outcome advantages (Shao et al. 2024, DeepSeekMath, sec. 4.1.2 and eq. 3):
 
         Â_i = (r_i − mean(r_group)) / (std(r_group) + eps)      scale=True

@@ -49,9 +49,10 @@ import os
 import re
 import sys
 import traceback
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 from tunesmith.errors import ConfigError, DataError, TunesmithError
 from tunesmith.eval.structured import extract_json_object
@@ -267,6 +268,7 @@ def load_user_reward(spec: str) -> RewardFn:
 
 # ---------------------------------------------------------------- specs
 
+
 def _split_value(value: str) -> list[str]:
     """Split one --reward value on commas; `regex:` takes the rest of the value, commas included."""
     items = []
@@ -317,6 +319,7 @@ def parse_reward_specs(spec: str | Sequence[str]) -> list[NamedReward]:
 
 # ---------------------------------------------------------------- data checks and scoring
 
+
 def required_fields(rewards: Sequence[NamedReward]) -> set[str]:
     """The row fields that the rewards read (e.g. {"reference"} for exact_match)."""
     return set().union(*(r.required_fields for r in rewards))
@@ -343,8 +346,7 @@ def _call(reward: NamedReward, prompt: list[dict], completion: str, row: dict, w
     except Exception as e:
         frame = traceback.extract_tb(e.__traceback__)[-1]
         raise RewardError(
-            f"{where}: reward '{reward.name}' raised {type(e).__name__}: {e} "
-            f"(at {frame.filename}:{frame.lineno})"
+            f"{where}: reward '{reward.name}' raised {type(e).__name__}: {e} (at {frame.filename}:{frame.lineno})"
         ) from e
     if not isinstance(value, numbers.Real) or not math.isfinite(float(value)):
         raise RewardError(
@@ -387,8 +389,7 @@ def score_completions(
     if problems:
         raise DataError(problems)
     per_reward = {
-        r.name: [_call(r, p, c, row, w) for p, c, row, w in zip(prompts, completions, rows, where)]
-        for r in rewards
+        r.name: [_call(r, p, c, row, w) for p, c, row, w in zip(prompts, completions, rows, where)] for r in rewards
     }
     total = [sum(float(w) * per_reward[r.name][i] for r, w in zip(rewards, weights)) for i in range(n)]
     return total, per_reward

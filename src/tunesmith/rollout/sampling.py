@@ -21,9 +21,18 @@ def rollout_seed(seed: int, step: int, index: int) -> int:
 
 
 @torch.no_grad()
-def sample_completions(model, prompts: list[list[int]], k: int, temperature: float, top_p: float,
-                       max_new_tokens: int, pad_id: int, eos_id: int, amp_dtype,
-                       seed: int | None = None) -> list[list[int]]:
+def sample_completions(
+    model,
+    prompts: list[list[int]],
+    k: int,
+    temperature: float,
+    top_p: float,
+    max_new_tokens: int,
+    pad_id: int,
+    eos_id: int,
+    amp_dtype,
+    seed: int | None = None,
+) -> list[list[int]]:
     """k sampled completions per prompt (prompt-major order), each cut after its first end-of-turn token.
 
     With `seed`, sampling draws from a generator seeded with it, and the global random state (dropout,
@@ -37,12 +46,21 @@ def sample_completions(model, prompts: list[list[int]], k: int, temperature: flo
     ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(prompts), width), dtype=torch.long)
     for r, p in enumerate(prompts):  # left padding: generation continues from every row's right edge
-        ids[r, width - len(p):] = torch.tensor(p)
-        mask[r, width - len(p):] = 1
+        ids[r, width - len(p) :] = torch.tensor(p)
+        mask[r, width - len(p) :] = 1
     with autocast(device, amp_dtype):
-        out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=True,
-                             temperature=temperature, top_p=top_p, top_k=None, max_new_tokens=max_new_tokens,
-                             num_return_sequences=k, pad_token_id=pad_id, eos_token_id=eos_id)
+        out = model.generate(
+            input_ids=ids.to(device),
+            attention_mask=mask.to(device),
+            do_sample=True,
+            temperature=temperature,
+            top_p=top_p,
+            top_k=None,
+            max_new_tokens=max_new_tokens,
+            num_return_sequences=k,
+            pad_token_id=pad_id,
+            eos_token_id=eos_id,
+        )
     completions = []
     for row in out[:, width:].tolist():
         cut = row.index(eos_id) + 1 if eos_id in row else len(row)

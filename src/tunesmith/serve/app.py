@@ -55,8 +55,11 @@ class ModelDirectory:
                     continue
                 if not step:
                     return self._served(job) if job.status == "succeeded" else None
-                ckpt = session.scalar(select(Checkpoint).where(Checkpoint.job_id == job.id,
-                                                               Checkpoint.step == int(step) if step.isdigit() else -1))
+                ckpt = session.scalar(
+                    select(Checkpoint).where(
+                        Checkpoint.job_id == job.id, Checkpoint.step == int(step) if step.isdigit() else -1
+                    )
+                )
                 if ckpt is not None and ckpt.adapter_dir and Path(ckpt.adapter_dir).is_dir():
                     return job.model, ckpt.adapter_dir
         return None
@@ -69,17 +72,22 @@ class ModelDirectory:
                 name = ft_name(job)
                 if job.status == "succeeded":
                     data.append(model_object(name, job.finished_at or job.created_at, owner, job.model))
-                ckpts = session.scalars(select(Checkpoint).where(Checkpoint.job_id == job.id,
-                                                                  Checkpoint.adapter_dir.is_not(None))
-                                        .order_by(Checkpoint.step.desc()))
+                ckpts = session.scalars(
+                    select(Checkpoint)
+                    .where(Checkpoint.job_id == job.id, Checkpoint.adapter_dir.is_not(None))
+                    .order_by(Checkpoint.step.desc())
+                )
                 data += [model_object(f"{name}{CKPT}{c.step}", c.created_at, owner, name) for c in ckpts]
         return data
 
 
 def create_app(settings: Settings) -> FastAPI:
     settings.make_dirs()
-    app = FastAPI(title="tunesmith serve", version=__version__,
-                  description="A self-hosted, OpenAI-compatible fine-tuning service.")
+    app = FastAPI(
+        title="tunesmith serve",
+        version=__version__,
+        description="A self-hosted, OpenAI-compatible fine-tuning service.",
+    )
     install_error_handlers(app)
     app.state.settings = settings
     app.state.sessions = make_sessions(settings.db_url)

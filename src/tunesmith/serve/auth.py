@@ -54,8 +54,9 @@ def current_owner(request: Request) -> str:
     header = request.headers.get("authorization", "")
     scheme, _, key = header.partition(" ")
     if scheme.lower() != "bearer" or not key.strip():
-        raise APIError(401, "You didn't provide an API key. Send it as 'Authorization: Bearer YOUR_KEY'.",
-                       code="invalid_api_key")
+        raise APIError(
+            401, "You didn't provide an API key. Send it as 'Authorization: Bearer YOUR_KEY'.", code="invalid_api_key"
+        )
     with request.app.state.sessions() as session:
         owner = owner_of(session, key.strip())
     if owner is None:

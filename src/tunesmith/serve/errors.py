@@ -11,15 +11,29 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = logging.getLogger("tunesmith.serve")
 
-TYPE_BY_STATUS = {400: "invalid_request_error", 401: "invalid_request_error", 404: "invalid_request_error",
-                  405: "invalid_request_error", 409: "invalid_request_error", 413: "invalid_request_error",
-                  422: "invalid_request_error", 500: "server_error"}
+TYPE_BY_STATUS = {
+    400: "invalid_request_error",
+    401: "invalid_request_error",
+    404: "invalid_request_error",
+    405: "invalid_request_error",
+    409: "invalid_request_error",
+    413: "invalid_request_error",
+    422: "invalid_request_error",
+    500: "server_error",
+}
 
 
-def openai_error(status: int, message: str, type: str | None = None, param: str | None = None,
-                 code: str | None = None) -> JSONResponse:
-    body = {"error": {"message": message, "type": type or TYPE_BY_STATUS.get(status, "invalid_request_error"),
-                      "param": param, "code": code}}
+def openai_error(
+    status: int, message: str, type: str | None = None, param: str | None = None, code: str | None = None
+) -> JSONResponse:
+    body = {
+        "error": {
+            "message": message,
+            "type": type or TYPE_BY_STATUS.get(status, "invalid_request_error"),
+            "param": param,
+            "code": code,
+        }
+    }
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
     return JSONResponse(body, status_code=status, headers=headers)
 
@@ -27,8 +41,9 @@ def openai_error(status: int, message: str, type: str | None = None, param: str 
 class APIError(Exception):
     """Raised anywhere in a handler; answered with openai_error."""
 
-    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
-                 type: str | None = None):
+    def __init__(
+        self, status: int, message: str, param: str | None = None, code: str | None = None, type: str | None = None
+    ):
         super().__init__(message)
         self.status, self.message, self.param, self.code, self.type = status, message, param, code, type
 

@@ -79,6 +79,7 @@ class ChatResult:
 @dataclass
 class Delta:
     """New text of one choice, as it is decoded."""
+
     index: int
     text: str
 
@@ -140,7 +141,7 @@ class _Row:
             visible = visible.rstrip("\ufffd")
         if len(visible) > len(self.sent) and visible.startswith(self.sent):
             if self.job.on_delta is not None:
-                self.job.on_delta(Delta(self.index, visible[len(self.sent):]))
+                self.job.on_delta(Delta(self.index, visible[len(self.sent) :]))
             self.sent = visible
 
 
@@ -179,8 +180,14 @@ class ChatEngine:
     `decode_calls` and `batch_rows` count the batched decoding loops and their rows (tests read them).
     """
 
-    def __init__(self, max_adapters: int = 8, device: str = "auto", precision: str = "auto",
-                 batch_window_s: float = 0.01, max_batch_rows: int = 64):
+    def __init__(
+        self,
+        max_adapters: int = 8,
+        device: str = "auto",
+        precision: str = "auto",
+        batch_window_s: float = 0.01,
+        max_batch_rows: int = 64,
+    ):
         self.max_adapters = max(1, int(max_adapters))
         self.device = select_device(device)
         self.precision = precision
@@ -307,8 +314,14 @@ class ChatEngine:
             model = load_model(model_dir, self.device)
             config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
             context = int(getattr(config, "max_position_embeddings", None) or 2048)
-            self._bases[name] = _Base(model, tokenizer, self.device, autocast_dtype(self.precision, self.device),
-                                      set(end_of_turn_ids(tokenizer)), context)
+            self._bases[name] = _Base(
+                model,
+                tokenizer,
+                self.device,
+                autocast_dtype(self.precision, self.device),
+                set(end_of_turn_ids(tokenizer)),
+                context,
+            )
         return self._bases[name]
 
     def _load_adapter(self, base: _Base, adapter: str | None, keep: set[str]) -> str:
@@ -344,9 +357,13 @@ class ChatEngine:
         room = base.context - len(job.prompt_ids)
         job.max_tokens = job.request.max_tokens or min(DEFAULT_MAX_TOKENS, room)
         if room < 1 or job.max_tokens > room:
-            raise ChatError(f"This model's maximum context length is {base.context} tokens. However, you requested "
-                            f"{len(job.prompt_ids) + job.max_tokens} tokens ({len(job.prompt_ids)} in the messages, "
-                            f"{job.max_tokens} in the completion).", param="messages", code="context_length_exceeded")
+            raise ChatError(
+                f"This model's maximum context length is {base.context} tokens. However, you requested "
+                f"{len(job.prompt_ids) + job.max_tokens} tokens ({len(job.prompt_ids)} in the messages, "
+                f"{job.max_tokens} in the completion).",
+                param="messages",
+                code="context_length_exceeded",
+            )
         job.rows_left = job.request.n
 
     @torch.no_grad()
@@ -372,8 +389,15 @@ class ChatEngine:
         cache = None
         with _adapter_choice(base, [r.job.adapter_name for r in rows]) as extra, autocast(base.device, base.amp):
             for _ in range(max(job.max_tokens for job in jobs)):
-                out = base.model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
-                                 use_cache=True, logits_to_keep=1, **extra)
+                out = base.model(
+                    input_ids=ids,
+                    attention_mask=mask,
+                    position_ids=positions,
+                    past_key_values=cache,
+                    use_cache=True,
+                    logits_to_keep=1,
+                    **extra,
+                )
                 cache = out.past_key_values
                 picks = pick_tokens(out.logits[:, -1].float(), sampled)
                 for row, token in zip(rows, picks.tolist()):
@@ -389,7 +413,6 @@ class ChatEngine:
                     break
                 ids, positions = picks[:, None], positions[:, -1:] + 1
                 mask = torch.cat([mask, mask.new_ones(len(rows), 1)], dim=1)
-
 
 
 @contextlib.contextmanager

@@ -26,13 +26,18 @@ from tunesmith.serve.hyper import resolve_hyperparameters, run_options
 from tunesmith.serve.protocol import ft_name
 from tunesmith.serve.settings import Settings
 
-METRIC_NAMES = {"loss": "train_loss", "eval_loss": "valid_loss", "kl_to_base": "kl_to_base",
-                "probe_perplexity": "probe_perplexity"}
+METRIC_NAMES = {
+    "loss": "train_loss",
+    "eval_loss": "valid_loss",
+    "kl_to_base": "kl_to_base",
+    "probe_perplexity": "probe_perplexity",
+}
 MAX_PROBLEMS = 10
 
 
-def add_event(session: Session, job_id: str, message: str, type: str = "message", data: dict | None = None,
-              level: str = "info") -> None:
+def add_event(
+    session: Session, job_id: str, message: str, type: str = "message", data: dict | None = None, level: str = "info"
+) -> None:
     session.add(Event(id=new_id("ftevent"), job_id=job_id, message=message, type=type, data=data, level=level))
 
 
@@ -62,10 +67,16 @@ def validate_job(session: Session, settings: Settings, job: Job) -> None:
         except DataError as e:
             # the problems name the stored path; the user knows the file by its id
             problems = [p.replace(str(path), file_id) for p in e.problems]
-            shown = problems[:MAX_PROBLEMS] + ([f"... and {len(problems) - MAX_PROBLEMS} more"]
-                                               if len(problems) > MAX_PROBLEMS else [])
-            fail(session, job, f"{param} {file_id} is malformed ({len(problems)} problems):\n" + "\n".join(shown),
-                 code=f"invalid_{param}", param=param)
+            shown = problems[:MAX_PROBLEMS] + (
+                [f"... and {len(problems) - MAX_PROBLEMS} more"] if len(problems) > MAX_PROBLEMS else []
+            )
+            fail(
+                session,
+                job,
+                f"{param} {file_id} is malformed ({len(problems)} problems):\n" + "\n".join(shown),
+                code=f"invalid_{param}",
+                param=param,
+            )
             return
         except (OSError, TunesmithError) as e:
             fail(session, job, f"{param} {file_id}: {e}", code=f"invalid_{param}", param=param)
@@ -74,9 +85,16 @@ def validate_job(session: Session, settings: Settings, job: Job) -> None:
             n_rows = len(parsed.pairs if job.recipe == "dpo" else parsed)
     method = job.method.get(job.method["type"]) or {}
     job.hyperparameters = resolve_hyperparameters(job.recipe, method.get("hyperparameters") or {}, n_rows)
-    job.options = run_options(job.recipe, job.hyperparameters, job.extension, file_path(settings, job.training_file),
-                              file_path(settings, job.validation_file) if job.validation_file else None,
-                              job.seed, job.model, run_dir(settings, job))
+    job.options = run_options(
+        job.recipe,
+        job.hyperparameters,
+        job.extension,
+        file_path(settings, job.training_file),
+        file_path(settings, job.validation_file) if job.validation_file else None,
+        job.seed,
+        job.model,
+        run_dir(settings, job),
+    )
     job.status = "queued"
     add_event(session, job.id, f"Validated training file {job.training_file}: {n_rows} rows")
     add_event(session, job.id, "Job queued")
@@ -93,7 +111,7 @@ def fail(session: Session, job: Job, message: str, code: str, param: str | None 
 def _safetensors_header(path: Path) -> tuple[dict, bytes]:
     raw = path.read_bytes()
     (n,) = struct.unpack("<Q", raw[:8])
-    return json.loads(raw[8:8 + n]), raw[8 + n:]
+    return json.loads(raw[8 : 8 + n]), raw[8 + n :]
 
 
 def export_checkpoint_adapter(settings: Settings, job: Job, step_dir: Path, step: int) -> Path | None:
@@ -108,10 +126,18 @@ def export_checkpoint_adapter(settings: Settings, job: Job, step_dir: Path, step
     config = yaml.safe_load((run_dir(settings, job) / "config.yaml").read_text())
     from tunesmith.models import resolve_model_dir  # the model is already built: the run loaded it
 
-    adapter_config = {"peft_type": "LORA", "task_type": "CAUSAL_LM", "r": r,
-                      "lora_alpha": config["lora"]["alpha"], "lora_dropout": 0.0, "bias": "none",
-                      "target_modules": targets, "inference_mode": True, "fan_in_fan_out": False,
-                      "base_model_name_or_path": str(resolve_model_dir(job.model))}
+    adapter_config = {
+        "peft_type": "LORA",
+        "task_type": "CAUSAL_LM",
+        "r": r,
+        "lora_alpha": config["lora"]["alpha"],
+        "lora_dropout": 0.0,
+        "bias": "none",
+        "target_modules": targets,
+        "inference_mode": True,
+        "fan_in_fan_out": False,
+        "base_model_name_or_path": str(resolve_model_dir(job.model)),
+    }
     target = settings.checkpoints_dir / job.id / f"step-{step}"
     tmp = target.with_name(target.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -159,8 +185,15 @@ def record_checkpoints(session: Session, settings: Settings, job: Job) -> None:
         except (OSError, KeyError, StopIteration, ValueError):
             continue  # pruned or half-written; the next look finds the newer ones
         metrics = public_metrics(by_step.get(step, {"step": step}))
-        session.add(Checkpoint(id=new_id("ftckpt"), job_id=job.id, step=step, metrics=metrics,
-                               adapter_dir=str(adapter) if adapter else None))
+        session.add(
+            Checkpoint(
+                id=new_id("ftckpt"),
+                job_id=job.id,
+                step=step,
+                metrics=metrics,
+                adapter_dir=str(adapter) if adapter else None,
+            )
+        )
         add_event(session, job.id, f"Checkpoint saved at step {step}")
 
 
@@ -178,8 +211,9 @@ def write_results_file(session: Session, settings: Settings, job: Job) -> str:
     tmp = settings.files_dir / f".tmp-{file_id}"
     tmp.write_bytes(data)
     tmp.rename(file_path(settings, file_id))
-    session.add(File(id=file_id, owner=job.owner, filename="step_metrics.csv", purpose="fine-tune-results",
-                     bytes=len(data)))
+    session.add(
+        File(id=file_id, owner=job.owner, filename="step_metrics.csv", purpose="fine-tune-results", bytes=len(data))
+    )
     return file_id
 
 
@@ -212,9 +246,15 @@ class EventWriter:
             if event.get("type") == "metrics":
                 data = public_metrics(event.get("data") or {})
                 step = data.get("step") or 0
-                add_event(session, self.job_id, f"Step {step}" + (f"/{self.total_steps}" if self.total_steps else "")
-                          + (f": training loss={data['train_loss']:.4f}" if "train_loss" in data else ""),
-                          type="metrics", data=data)
+                add_event(
+                    session,
+                    self.job_id,
+                    f"Step {step}"
+                    + (f"/{self.total_steps}" if self.total_steps else "")
+                    + (f": training loss={data['train_loss']:.4f}" if "train_loss" in data else ""),
+                    type="metrics",
+                    data=data,
+                )
                 self._estimate(session, step)
                 job = session.scalar(select(Job).where(Job.id == self.job_id))
                 # the run keeps only its last two checkpoints: record each while it is on disk

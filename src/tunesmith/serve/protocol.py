@@ -30,6 +30,7 @@ class Method(BaseModel):
 
 class TunesmithExtension(BaseModel):
     """What OpenAI has no field for."""
+
     model_config = ConfigDict(extra="forbid")
     method: Literal["lora", "qlora", "full"] = "lora"
     lora_r: int | None = Field(None, ge=1)
@@ -58,38 +59,79 @@ class JobCreate(BaseModel):
 def page(rows: list[Any], limit: int, render: Any) -> dict[str, Any]:
     """OpenAI's list envelope over rows fetched with limit + 1 (the extra one says has_more)."""
     data = [render(r) for r in rows[:limit]]
-    return {"object": "list", "data": data, "has_more": len(rows) > limit,
-            "first_id": data[0]["id"] if data else None, "last_id": data[-1]["id"] if data else None}
+    return {
+        "object": "list",
+        "data": data,
+        "has_more": len(rows) > limit,
+        "first_id": data[0]["id"] if data else None,
+        "last_id": data[-1]["id"] if data else None,
+    }
 
 
 def file_object(f: File) -> dict[str, Any]:
-    return {"id": f.id, "object": "file", "bytes": f.bytes, "created_at": f.created_at, "filename": f.filename,
-            "purpose": f.purpose, "status": "processed", "status_details": None, "expires_at": None}
+    return {
+        "id": f.id,
+        "object": "file",
+        "bytes": f.bytes,
+        "created_at": f.created_at,
+        "filename": f.filename,
+        "purpose": f.purpose,
+        "status": "processed",
+        "status_details": None,
+        "expires_at": None,
+    }
 
 
 def job_object(job: Job) -> dict[str, Any]:
     hp = {k: v for k, v in job.hyperparameters.items() if k != "beta" or job.recipe == "dpo"}
     kind = "supervised" if job.recipe == "sft" else "dpo"
-    return {"id": job.id, "object": "fine_tuning.job", "created_at": job.created_at, "error": job.error,
-            "fine_tuned_model": job.fine_tuned_model if job.status == "succeeded" else None,
-            "finished_at": job.finished_at, "hyperparameters": hp, "model": job.model,
-            "organization_id": job.owner, "result_files": job.result_files or [], "seed": job.seed,
-            "status": job.status, "trained_tokens": job.trained_tokens, "training_file": job.training_file,
-            "validation_file": job.validation_file, "estimated_finish": job.estimated_finish,
-            "integrations": [], "metadata": job.meta, "user_provided_suffix": job.suffix,
-            "method": {"type": kind, kind: {"hyperparameters": hp}},
-            "tunesmith": job.extension}
+    return {
+        "id": job.id,
+        "object": "fine_tuning.job",
+        "created_at": job.created_at,
+        "error": job.error,
+        "fine_tuned_model": job.fine_tuned_model if job.status == "succeeded" else None,
+        "finished_at": job.finished_at,
+        "hyperparameters": hp,
+        "model": job.model,
+        "organization_id": job.owner,
+        "result_files": job.result_files or [],
+        "seed": job.seed,
+        "status": job.status,
+        "trained_tokens": job.trained_tokens,
+        "training_file": job.training_file,
+        "validation_file": job.validation_file,
+        "estimated_finish": job.estimated_finish,
+        "integrations": [],
+        "metadata": job.meta,
+        "user_provided_suffix": job.suffix,
+        "method": {"type": kind, kind: {"hyperparameters": hp}},
+        "tunesmith": job.extension,
+    }
 
 
 def event_object(e: Event) -> dict[str, Any]:
-    return {"id": e.id, "object": "fine_tuning.job.event", "created_at": e.created_at, "level": e.level,
-            "message": e.message, "type": e.type, "data": e.data or {}}
+    return {
+        "id": e.id,
+        "object": "fine_tuning.job.event",
+        "created_at": e.created_at,
+        "level": e.level,
+        "message": e.message,
+        "type": e.type,
+        "data": e.data or {},
+    }
 
 
 def checkpoint_object(c: Checkpoint, job: Job) -> dict[str, Any]:
-    return {"id": c.id, "object": "fine_tuning.job.checkpoint", "created_at": c.created_at,
-            "fine_tuned_model_checkpoint": f"{ft_name(job)}:ckpt-step-{c.step}", "fine_tuning_job_id": job.id,
-            "step_number": c.step, "metrics": c.metrics or {}}
+    return {
+        "id": c.id,
+        "object": "fine_tuning.job.checkpoint",
+        "created_at": c.created_at,
+        "fine_tuned_model_checkpoint": f"{ft_name(job)}:ckpt-step-{c.step}",
+        "fine_tuning_job_id": job.id,
+        "step_number": c.step,
+        "metrics": c.metrics or {},
+    }
 
 
 def base_display_name(model: str) -> str:

@@ -40,6 +40,7 @@ class StreamOptions(BaseModel):
 class ChatCompletionRequest(BaseModel):
     """POST /v1/chat/completions. Value checks (n >= 1, ranges) answer 400 from the router, as OpenAI's do;
     only a wrong type is a 422 here."""
+
     model_config = ConfigDict(extra="allow")
     model: str
     messages: list[ChatMessage]
@@ -102,6 +103,7 @@ class ChunkChoice(BaseModel):
 class ChatCompletionChunk(BaseModel):
     """One server-sent event of a streamed completion; every chunk of a stream shares id and created.
     With stream_options.include_usage the last chunk has no choices and the usage (null before it)."""
+
     id: str
     object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
     created: int

@@ -85,18 +85,30 @@ class Worker:
     def claim(self) -> str | None:
         """The oldest job that is waiting (validating, queued) or whose running lease expired."""
         t = time.time()
-        claimable = or_(Job.status.in_(("validating_files", "queued")),
-                        and_(Job.status == "running", or_(Job.lease_until.is_(None), Job.lease_until < t)))
+        claimable = or_(
+            Job.status.in_(("validating_files", "queued")),
+            and_(Job.status == "running", or_(Job.lease_until.is_(None), Job.lease_until < t)),
+        )
         with self.sessions() as session:
             candidates = session.execute(
-                select(Job.id, Job.status, Job.worker).where(claimable).order_by(Job.seq).limit(5)
-                .with_for_update(skip_locked=True)).all()
+                select(Job.id, Job.status, Job.worker)
+                .where(claimable)
+                .order_by(Job.seq)
+                .limit(5)
+                .with_for_update(skip_locked=True)
+            ).all()
             for job_id, status, worker in candidates:
                 claimed = session.execute(
-                    update(Job).where(Job.id == job_id, Job.status == status, claimable,
-                                      Job.worker.is_(None) if worker is None else Job.worker == worker)
+                    update(Job)
+                    .where(
+                        Job.id == job_id,
+                        Job.status == status,
+                        claimable,
+                        Job.worker.is_(None) if worker is None else Job.worker == worker,
+                    )
                     .values(worker=self.name, lease_until=t + self.settings.lease_s)
-                    .execution_options(synchronize_session=False))
+                    .execution_options(synchronize_session=False)
+                )
                 if claimed.rowcount == 1:
                     session.commit()
                     return job_id
@@ -105,9 +117,12 @@ class Worker:
 
     def heartbeat(self, session: Any, job: Job) -> bool:
         """Renew the lease; False when the job is no longer ours (it expired and another worker took it)."""
-        renewed = session.execute(update(Job).where(Job.id == job.id, Job.worker == self.name)
-                                  .values(lease_until=time.time() + self.settings.lease_s)
-                                  .execution_options(synchronize_session=False))
+        renewed = session.execute(
+            update(Job)
+            .where(Job.id == job.id, Job.worker == self.name)
+            .values(lease_until=time.time() + self.settings.lease_s)
+            .execution_options(synchronize_session=False)
+        )
         session.commit()
         return renewed.rowcount == 1
 
@@ -126,8 +141,13 @@ class Worker:
             resumed = job.status == "running"  # its previous worker's lease expired
             job.status, job.attempts = "running", (job.attempts or 0) + 1
             job.estimated_finish = None
-            add_event(session, job.id, "Fine-tuning job resumed from its last checkpoint" if resumed or job.attempts > 1
-                      else "Fine-tuning job started")
+            add_event(
+                session,
+                job.id,
+                "Fine-tuning job resumed from its last checkpoint"
+                if resumed or job.attempts > 1
+                else "Fine-tuning job started",
+            )
             session.commit()
         _log(f"running {job_id} (attempt {job.attempts})")
         self.settings.logs_dir.mkdir(parents=True, exist_ok=True)
@@ -135,7 +155,10 @@ class Worker:
             self.child = subprocess.Popen(
                 [sys.executable, "-m", "tunesmith.serve.jobs", job_id, "--home", str(self.settings.home)]
                 + (["--db", self.settings.db] if self.settings.db else []),
-                stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                preexec_fn=_die_with_parent,
+            )
             rc, lost = self._watch(job_id)
             self.child = None
         with self.sessions() as session:
@@ -188,8 +211,13 @@ class Worker:
         elif rc == 2:
             error_file = self.settings.logs_dir / f"{job.id}.error.json"
             error = json.loads(error_file.read_text()) if error_file.is_file() else {"message": "bad configuration"}
-            fail(session, job, error["message"], "invalid_job" if error.get("type") != "DataError"
-                 else "invalid_training_file", "training_file" if error.get("type") == "DataError" else None)
+            fail(
+                session,
+                job,
+                error["message"],
+                "invalid_job" if error.get("type") != "DataError" else "invalid_training_file",
+                "training_file" if error.get("type") == "DataError" else None,
+            )
         else:
             log = self.settings.logs_dir / f"{job.id}.log"
             tail = log.read_text(errors="replace").strip().splitlines()[-5:] if log.is_file() else []
@@ -223,4 +251,3 @@ def stop_workers(workers: list[subprocess.Popen], timeout: float = 60.0) -> None
             p.wait(timeout=max(0.1, deadline - time.time()))
         except subprocess.TimeoutExpired:
             p.kill()
-

@@ -15,8 +15,9 @@ import json
 import random
 import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -30,9 +31,15 @@ def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.detach().contiguous().cpu() for n, p in model.named_parameters() if p.requires_grad}
 
 
-def save_checkpoint(run_dir: Path, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                    extra: dict[str, Any], keep_last: int = 2,
-                    state: tuple[dict[str, torch.Tensor], dict] | None = None) -> Path:
+def save_checkpoint(
+    run_dir: Path,
+    step: int,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    extra: dict[str, Any],
+    keep_last: int = 2,
+    state: tuple[dict[str, torch.Tensor], dict] | None = None,
+) -> Path:
     """`state`: (trainable weights, optimizer state dict) already gathered (FSDP), instead of the model's own."""
     root = Path(run_dir) / "checkpoints"
     target = root / f"step-{step:08d}"
@@ -72,8 +79,12 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
     return sorted(found, key=lambda p: p.name)
 
 
-def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                    restore: Callable[[dict[str, torch.Tensor], dict], None] | None = None) -> dict[str, Any]:
+def load_checkpoint(
+    path: Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    restore: Callable[[dict[str, torch.Tensor], dict], None] | None = None,
+) -> dict[str, Any]:
     """Restore weights, optimizer and RNG from `path` in place; return state.json's contents.
     `restore(weights, optimizer state dict)` replaces the plain copy (FSDP scatters the whole state)."""
     state = json.loads((path / "state.json").read_text())
@@ -81,8 +92,9 @@ def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.O
     params = dict(model.named_parameters())
     missing = set(weights) ^ {n for n, p in params.items() if p.requires_grad}
     if missing:
-        raise ValueError(f"{path}: checkpoint does not match the model's trainable parameters "
-                         f"(e.g. {sorted(missing)[:3]})")
+        raise ValueError(
+            f"{path}: checkpoint does not match the model's trainable parameters (e.g. {sorted(missing)[:3]})"
+        )
     moments: dict[int, dict[str, torch.Tensor]] = {}
     for key, value in load_file(path / "optimizer.safetensors").items():
         index, name = key.split(".", 1)

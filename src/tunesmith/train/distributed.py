@@ -38,9 +38,10 @@ and FSDP runs resume as two processes.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence, TypeVar
+from typing import Any, TypeVar
 
 import torch
 
@@ -177,9 +178,11 @@ def check_parallel_config(cfg, recipe: str, world: int, shards_full: bool) -> No
 
     forgetting = getattr(cfg, "forgetting", None)
     if sharded_run(cfg, world, shards_full) and forgetting is not None and forgetting.every:
-        raise ConfigError(f"{recipe}: --forgetting-every with --method full runs in one process (the guard keeps a "
-                          "whole frozen copy of the base, which FSDP's sharded weights cannot be compared with); "
-                          "drop --nproc, or measure afterwards with `tunesmith eval`")
+        raise ConfigError(
+            f"{recipe}: --forgetting-every with --method full runs in one process (the guard keeps a "
+            "whole frozen copy of the base, which FSDP's sharded weights cannot be compared with); "
+            "drop --nproc, or measure afterwards with `tunesmith eval`"
+        )
 
 
 def shard_model(model: torch.nn.Module, dist: Dist) -> None:
@@ -215,8 +218,10 @@ def shard_model(model: torch.nn.Module, dist: Dist) -> None:
             module.set_force_sum_reduction_for_comms(True)  # gloo has no pre-multiplied sum
 
 
-def full_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None,
-               ) -> tuple[dict[str, torch.Tensor], dict | None]:
+def full_state(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer | None = None,
+) -> tuple[dict[str, torch.Tensor], dict | None]:
     """A sharded model's whole weights (and optimizer state, in `optimizer.state_dict()`'s own layout:
     parameters by index) on rank 0's CPU; the other processes get empty dicts. Every process must call it."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
@@ -238,8 +243,14 @@ def full_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer | None =
     return weights, {"state": state, "param_groups": groups}
 
 
-def save_checkpoint_on_main(dist: Dist, run_dir: Path, step: int, model: torch.nn.Module,
-                            optimizer: torch.optim.Optimizer, extra: dict[str, Any]) -> None:
+def save_checkpoint_on_main(
+    dist: Dist,
+    run_dir: Path,
+    step: int,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    extra: dict[str, Any],
+) -> None:
     """Every process calls it; rank 0 writes (under FSDP after gathering the whole state)."""
     from tunesmith.train.checkpoint import save_checkpoint
 
@@ -254,8 +265,9 @@ def save_checkpoint_on_main(dist: Dist, run_dir: Path, step: int, model: torch.n
         save_checkpoint(run_dir, step, model, optimizer, extra, state=(weights, opt_state))
 
 
-def load_checkpoint_everywhere(dist: Dist, path: Path, model: torch.nn.Module,
-                               optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+def load_checkpoint_everywhere(
+    dist: Dist, path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer
+) -> dict[str, Any]:
     """`load_checkpoint` on every process; under FSDP each process keeps its shard of the whole state."""
     from tunesmith.train.checkpoint import load_checkpoint
 
@@ -267,8 +279,10 @@ def load_checkpoint_everywhere(dist: Dist, path: Path, model: torch.nn.Module,
         options = StateDictOptions(full_state_dict=True, strict=False)
         set_model_state_dict(model, weights, options=options)
         names = [n for n, p in model.named_parameters() if p.requires_grad]
-        by_name = {"state": {names[i]: v for i, v in opt_state["state"].items()},
-                   "param_groups": [dict(g, params=[names[i] for i in g["params"]]) for g in opt_state["param_groups"]]}
+        by_name = {
+            "state": {names[i]: v for i, v in opt_state["state"].items()},
+            "param_groups": [dict(g, params=[names[i] for i in g["params"]]) for g in opt_state["param_groups"]],
+        }
         set_optimizer_state_dict(model, optimizer, by_name, options=StateDictOptions(full_state_dict=True))
 
     return load_checkpoint(path, model, optimizer, restore=restore)
@@ -287,13 +301,22 @@ def relaunch_under_torchrun(nproc: int, argv: list[str]) -> int:
     import sys
 
     rest, skip = [], False
-    for i, arg in enumerate(argv):
+    for arg in argv:
         if skip:
             skip = False
         elif arg == "--nproc":
             skip = True
         elif not arg.startswith("--nproc="):
             rest.append(arg)
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
-               "-m", "tunesmith", *rest]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        str(nproc),
+        "-m",
+        "tunesmith",
+        *rest,
+    ]
     return subprocess.run(command).returncode

@@ -45,8 +45,11 @@ class MetricsLog:
         to the part of the run that is about to be redone)."""
         self.path = Path(path)
         if resume_step is not None and self.path.exists():
-            kept = [line for line in self.path.read_text().splitlines()
-                    if line.strip() and json.loads(line).get("step", 0) <= resume_step]
+            kept = [
+                line
+                for line in self.path.read_text().splitlines()
+                if line.strip() and json.loads(line).get("step", 0) <= resume_step
+            ]
             atomic_write_text(self.path, "".join(line + "\n" for line in kept))
         self._file = open(self.path, "a", encoding="utf-8")
 

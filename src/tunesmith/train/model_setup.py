@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -12,16 +12,17 @@ from tunesmith.adapters.lora import apply_lora, parameter_counts
 from tunesmith.atomic import atomic_directory, atomic_write_text
 from tunesmith.config.load import config_to_yaml
 from tunesmith.models import load_model
-from tunesmith.models.load import fp32_weight_bytes, keep_4bit_differentiable, weight_bytes
 from tunesmith.models.forward import decoder_layers, unwrap
+from tunesmith.models.load import fp32_weight_bytes, keep_4bit_differentiable, weight_bytes
 
 
 def human_bytes(n: int) -> str:
     return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
 
 
-def build_trainable_model(cfg, model_dir: Path, device: torch.device, amp_dtype: torch.dtype | None,
-                          say: Callable[[str], None]) -> tuple[torch.nn.Module, int, int]:
+def build_trainable_model(
+    cfg, model_dir: Path, device: torch.device, amp_dtype: torch.dtype | None, say: Callable[[str], None]
+) -> tuple[torch.nn.Module, int, int]:
     """The base (NF4 for qlora) with a fresh PEFT LoRA adapter, or every weight trainable for full.
 
     `cfg` is any recipe config with `method`, `lora` and `train`; seeds torch first, so the adapter's
@@ -34,8 +35,10 @@ def build_trainable_model(cfg, model_dir: Path, device: torch.device, amp_dtype:
     model = load_model(model_dir, device, quantize_4bit=quantized, compute_dtype=amp_dtype or torch.float32)
     if quantized:
         keep_4bit_differentiable(model)
-        say(f"qlora: base weights {human_bytes(weight_bytes(model))} in NF4 (double-quantized) "
-            f"vs {human_bytes(fp32_weight_bytes(model))} in fp32")
+        say(
+            f"qlora: base weights {human_bytes(weight_bytes(model))} in NF4 (double-quantized) "
+            f"vs {human_bytes(fp32_weight_bytes(model))} in fp32"
+        )
     if cfg.method in ("lora", "qlora"):
         model = apply_lora(model, cfg.lora)
     else:
@@ -73,12 +76,23 @@ def write_run_config(run_dir: Path, cfg, recipe: str) -> None:
     record_start(run_dir, resolve_model_dir(cfg.model))
     record_data(run_dir, cfg.data)
     saved = dataclasses.replace(cfg, overwrite=False, resume=False)
-    atomic_write_text(run_dir / "config.yaml", config_to_yaml(
-        saved, f"# resolved config; rerun with: tunesmith {recipe} --config {run_dir / 'config.yaml'} --out NEW_DIR"))
+    atomic_write_text(
+        run_dir / "config.yaml",
+        config_to_yaml(
+            saved, f"# resolved config; rerun with: tunesmith {recipe} --config {run_dir / 'config.yaml'} --out NEW_DIR"
+        ),
+    )
 
 
-def save_trained(model: torch.nn.Module, tokenizer, run_dir: Path, method: str, model_dir: Path,
-                 record_dir: Path | None = None, state_dict: dict[str, torch.Tensor] | None = None) -> Path:
+def save_trained(
+    model: torch.nn.Module,
+    tokenizer,
+    run_dir: Path,
+    method: str,
+    model_dir: Path,
+    record_dir: Path | None = None,
+    state_dict: dict[str, torch.Tensor] | None = None,
+) -> Path:
     """adapter/ (PEFT: adapter_config.json + adapter_model.safetensors) or model/ (full weights) in `run_dir`;
     first the base's checksum again (in `record_dir`, the run directory: `run_dir` unless given), which
     must equal the one taken at the start. `state_dict`: the whole weights gathered from FSDP's shards."""
@@ -87,8 +101,10 @@ def save_trained(model: torch.nn.Module, tokenizer, run_dir: Path, method: str, 
 
     integrity = record_end(record_dir or run_dir, model_dir)
     if not integrity["untouched"]:
-        raise ModelError(f"{model_dir}: the base's weight files changed during the run (checksum {integrity['start']} "
-                         f"-> {integrity['end']}); something else wrote to them")
+        raise ModelError(
+            f"{model_dir}: the base's weight files changed during the run (checksum {integrity['start']} "
+            f"-> {integrity['end']}); something else wrote to them"
+        )
     if method in ("lora", "qlora"):
         target = run_dir / "adapter"
         # point the adapter at the local base so PEFT's own loaders find it without a hub

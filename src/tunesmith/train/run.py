@@ -18,9 +18,10 @@ import json
 import signal
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import torch
 from tqdm import tqdm
@@ -32,8 +33,15 @@ from tunesmith.models import load_tokenizer, resolve_model_dir, select_device
 from tunesmith.models.integrity import run_summary
 from tunesmith.models.load import autocast_dtype
 from tunesmith.report import write_report
-from tunesmith.train.distributed import (Dist, full_state, load_checkpoint_everywhere, save_checkpoint_on_main,
-                                         shard_model, shut_down, start_processes)
+from tunesmith.train.distributed import (
+    Dist,
+    full_state,
+    load_checkpoint_everywhere,
+    save_checkpoint_on_main,
+    shard_model,
+    shut_down,
+    start_processes,
+)
 from tunesmith.train.metrics import MetricsLog, NullLog, clean_record, read_metrics
 from tunesmith.train.model_setup import build_trainable_model, save_trained
 from tunesmith.train.rundir import open_run_dir
@@ -49,6 +57,7 @@ Event = dict[str, Any]
 @dataclass
 class RunResult:
     """What a finished run returns (and the Python API hands back)."""
+
     run_dir: Path
     output: Path  # adapter/, model/ or reward_model/
     steps: int
@@ -113,15 +122,20 @@ class Run:
 
     def open_log(self, name: str) -> Any:
         """Another JSONL log in the run directory (samples.jsonl), cut back to the resumed step like metrics."""
-        log = MetricsLog(self.run_dir / name, self.step if self.resume_from else None) if self.dist.is_main else NullLog()
+        log = (
+            MetricsLog(self.run_dir / name, self.step if self.resume_from else None) if self.dist.is_main else NullLog()
+        )
         self.logs.append(log)
         return log
 
     def where(self) -> str:
         """The device part of a recipe's opening line."""
         d = self.dist
-        return (f"{self.device.type}" + (f", autocast {self.amp_dtype}" if self.amp_dtype else ", fp32")
-                + (f", {d.world} processes" + (" (FSDP)" if d.sharded else "") if d.active else ""))
+        return (
+            f"{self.device.type}"
+            + (f", autocast {self.amp_dtype}" if self.amp_dtype else ", fp32")
+            + (f", {d.world} processes" + (" (FSDP)" if d.sharded else "") if d.active else "")
+        )
 
     # ---- the loop's cadence -----------------------------------------------------------------
     def begin(self, evaluate: Callable[[], dict[str, float]] | None = None) -> dict[str, float]:
@@ -133,8 +147,9 @@ class Run:
             if start:
                 self.log({"step": 0, **start})
         self.model.train()
-        self.bar = tqdm(total=self.total_steps, initial=self.step, disable=not self.progress, unit="step",
-                        dynamic_ncols=True)
+        self.bar = tqdm(
+            total=self.total_steps, initial=self.step, disable=not self.progress, unit="step", dynamic_ncols=True
+        )
         return start
 
     def begin_step(self) -> float:
@@ -144,15 +159,24 @@ class Run:
         set_lr(self.optimizer, lr)
         return lr
 
-    def end_step(self, record: dict[str, Any], evaluate: Callable[[], dict[str, float]] | None = None,
-                 per_second: dict[str, float] | None = None, show: tuple[str, ...] = ("loss",)) -> bool:
+    def end_step(
+        self,
+        record: dict[str, Any],
+        evaluate: Callable[[], dict[str, float]] | None = None,
+        per_second: dict[str, float] | None = None,
+        show: tuple[str, ...] = ("loss",),
+    ) -> bool:
         """After the optimizer step: count it, then evaluate, measure drift, log and checkpoint when due.
         `per_second` {"tokens": n} adds tokens_per_s. True when the forgetting budget says stop."""
         self.step += 1
         t = self.cfg.train
         seconds = time.perf_counter() - self._t0
-        record = {"step": self.step, **record, "step_s": seconds,
-                  **{f"{k}_per_s": v / seconds for k, v in (per_second or {}).items()}}
+        record = {
+            "step": self.step,
+            **record,
+            "step_s": seconds,
+            **{f"{k}_per_s": v / seconds for k, v in (per_second or {}).items()},
+        }
         if evaluate is not None and t.eval_every and self.step % t.eval_every == 0 and self.step < self.total_steps:
             record.update(evaluate())
         over_budget = guard_step(self.guard, self.model, self.step, self.total_steps, record)
@@ -198,16 +222,23 @@ class Run:
         self.release_stop_signals()
         shut_down(self.dist)
         name = signal.Signals(self.stop_signal).name
-        raise Interrupted(f"{name}: stopped after step {self.step}, checkpoint saved in {self.run_dir}/checkpoints; "
-                          f"continue with: tunesmith {self.recipe.name} --out {self.run_dir} --resume",
-                          128 + int(self.stop_signal))
+        raise Interrupted(
+            f"{name}: stopped after step {self.step}, checkpoint saved in {self.run_dir}/checkpoints; "
+            f"continue with: tunesmith {self.recipe.name} --out {self.run_dir} --resume",
+            128 + int(self.stop_signal),
+        )
 
     def checkpoint(self) -> None:
         save_checkpoint_on_main(self.dist, self.run_dir, self.step, self.model, self.optimizer, self.counters)
 
 
-def start_run(cfg: RunConfig, recipe: Recipe, say: Callable[[str], None] = print, progress: bool = True,
-              on_event: Callable[[Event], None] | None = None) -> Run:
+def start_run(
+    cfg: RunConfig,
+    recipe: Recipe,
+    say: Callable[[str], None] = print,
+    progress: bool = True,
+    on_event: Callable[[Event], None] | None = None,
+) -> Run:
     """Processes, device, precision, base directory and tokenizer: what a recipe needs to read its data."""
     dist = start_processes(cfg, recipe.name, recipe.shards_full)
     if not dist.is_main:  # rank 0 speaks and writes for all
@@ -216,14 +247,25 @@ def start_run(cfg: RunConfig, recipe: Recipe, say: Callable[[str], None] = print
         say = _also_as_events(say, on_event)
     device = dist.device or select_device(cfg.device)
     model_dir = resolve_model_dir(cfg.model)
-    return Run(cfg, recipe, dist, say, progress, on_event, device, autocast_dtype(cfg.train.precision, device),
-               model_dir, load_tokenizer(model_dir))
+    return Run(
+        cfg,
+        recipe,
+        dist,
+        say,
+        progress,
+        on_event,
+        device,
+        autocast_dtype(cfg.train.precision, device),
+        model_dir,
+        load_tokenizer(model_dir),
+    )
 
 
 def _also_as_events(say: Callable[[str], None], on_event: Callable[[Event], None]) -> Callable[[str], None]:
     def both(message: str) -> None:
         say(message)
         on_event({"type": "message", "message": message})
+
     return both
 
 
@@ -250,8 +292,11 @@ def open_run(run: Run, n_items: int, attach: Callable[[Run], None] | None = None
         run.step = state["step"]
         run.counters.update({k: state[k] for k in run.counters if k in state})
         run.say(f"resumed from {run.resume_from} at step {run.step}")
-    run.metrics = (MetricsLog(run.run_dir / "metrics.jsonl", resume_step=run.step if run.resume_from else None)
-                   if run.dist.is_main else NullLog())
+    run.metrics = (
+        MetricsLog(run.run_dir / "metrics.jsonl", resume_step=run.step if run.resume_from else None)
+        if run.dist.is_main
+        else NullLog()
+    )
     run.catch_stop_signals()
 
 
@@ -263,9 +308,14 @@ def save_output(run: Run) -> Path:
     return save_trained(run.model, run.tokenizer, run.run_dir, run.cfg.method, run.model_dir, state_dict=whole)
 
 
-def finish_run(run: Run, evaluate: Callable[[], dict[str, float]] | None = None,
-               describe: Callable[[dict[str, float]], str] | None = None, manifest: dict[str, Any] | None = None,
-               final_keys: tuple[str, ...] = (), save: Callable[[Run], Path] = save_output) -> RunResult:
+def finish_run(
+    run: Run,
+    evaluate: Callable[[], dict[str, float]] | None = None,
+    describe: Callable[[dict[str, float]], str] | None = None,
+    manifest: dict[str, Any] | None = None,
+    final_keys: tuple[str, ...] = (),
+    save: Callable[[Run], Path] = save_output,
+) -> RunResult:
     """After the loop: put back the last weights within the forgetting budget if it stopped the run, the
     final evaluation, the last checkpoint (so `--resume --max-steps MORE` extends a finished run), the
     output, run.json and the report."""
@@ -285,10 +335,22 @@ def finish_run(run: Run, evaluate: Callable[[], dict[str, float]] | None = None,
     output = save(run)
     seconds = time.time() - run.started
     final = {k: run.record[k] for k in final_keys if k in run.record}
-    result = {"recipe": run.recipe.name, "method": cfg.method, "model": cfg.model, "model_dir": str(run.model_dir),
-              "steps": run.step, **(manifest or {}), **run.counters, "final": final, "eval": final_eval or None,
-              "trainable_params": run.trainable, "total_params": run.total, "processes": run.dist.world,
-              "seconds": round(seconds, 2), "output": output.name}
+    result = {
+        "recipe": run.recipe.name,
+        "method": cfg.method,
+        "model": cfg.model,
+        "model_dir": str(run.model_dir),
+        "steps": run.step,
+        **(manifest or {}),
+        **run.counters,
+        "final": final,
+        "eval": final_eval or None,
+        "trainable_params": run.trainable,
+        "total_params": run.total,
+        "processes": run.dist.world,
+        "seconds": round(seconds, 2),
+        "output": output.name,
+    }
     if run.dist.is_main:
         result.update(base_checksum=run_summary(run.run_dir), **guard_summary(run.guard))
         atomic_write_text(run.run_dir / "run.json", json.dumps(result, indent=2) + "\n")

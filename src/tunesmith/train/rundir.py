@@ -23,8 +23,10 @@ def prepare_run_dir(out: str | Path, overwrite: bool, resume: bool) -> tuple[Pat
         return out, checkpoints[-1]
     if non_empty:
         if not overwrite:
-            raise OutputError(f"{out}: directory is not empty; pass --overwrite to replace it "
-                              "or --resume to continue its last checkpoint")
+            raise OutputError(
+                f"{out}: directory is not empty; pass --overwrite to replace it "
+                "or --resume to continue its last checkpoint"
+            )
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
     return out, None

@@ -30,8 +30,7 @@ def lr_multiplier(step: int, total_steps: int, warmup_steps: int, schedule: str)
 
 def build_optimizer(params: list[torch.nn.Parameter], lr: float, weight_decay: float) -> torch.optim.AdamW:
     # foreach kernels: one fused launch per group instead of one per tensor (many small LoRA tensors)
-    return torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=weight_decay,
-                             foreach=True)
+    return torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=weight_decay, foreach=True)
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:

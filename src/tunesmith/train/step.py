@@ -22,17 +22,26 @@ def optimizer_step(params: list[torch.nn.Parameter], optimizer: torch.optim.Opti
 
 
 @torch.no_grad()
-def evaluate_nll(model: torch.nn.Module, examples: list[TokenizedExample], micro_batch_size: int,
-                 packing: bool, max_length: int, pad_id: int, device: torch.device,
-                 amp_dtype: torch.dtype | None = None, shared_prefix: bool = True) -> float:
+def evaluate_nll(
+    model: torch.nn.Module,
+    examples: list[TokenizedExample],
+    micro_batch_size: int,
+    packing: bool,
+    max_length: int,
+    pad_id: int,
+    device: torch.device,
+    amp_dtype: torch.dtype | None = None,
+    shared_prefix: bool = True,
+) -> float:
     """Mean NLL per trained token over `examples` (dropout off)."""
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
     flat = packs_flat(model)
     for start in range(0, len(examples), micro_batch_size):
-        batch = collate(examples[start : start + micro_batch_size], packing, max_length, pad_id,
-                        flat, flat and shared_prefix).to(device)
+        batch = collate(
+            examples[start : start + micro_batch_size], packing, max_length, pad_id, flat, flat and shared_prefix
+        ).to(device)
         total += float(batch_nll_sum(model, batch, amp_dtype))
         count += batch.num_targets
     model.train(was_training)

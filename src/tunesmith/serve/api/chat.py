@@ -32,8 +32,19 @@ from tunesmith.serve.protocol_chat import (
 router = APIRouter()
 
 # fields that would change the answer in ways tunesmith does not implement: refused, never ignored
-UNSUPPORTED = ("tools", "tool_choice", "functions", "function_call", "logprobs", "top_logprobs", "logit_bias",
-               "frequency_penalty", "presence_penalty", "audio", "prediction")
+UNSUPPORTED = (
+    "tools",
+    "tool_choice",
+    "functions",
+    "function_call",
+    "logprobs",
+    "top_logprobs",
+    "logit_bias",
+    "frequency_penalty",
+    "presence_penalty",
+    "audio",
+    "prediction",
+)
 
 
 def chat_engine(app: FastAPI) -> ChatEngine:
@@ -70,15 +81,23 @@ def request_problem(body: ChatCompletionRequest) -> tuple[str, str] | None:
 
 def engine_request(body: ChatCompletionRequest, base: str, adapter: str | None) -> ChatRequest:
     stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
-    return ChatRequest(base=base, adapter=adapter, messages=[m.as_template_message() for m in body.messages],
-                       max_tokens=body.max_completion_tokens or body.max_tokens,
-                       temperature=1.0 if body.temperature is None else body.temperature,
-                       top_p=1.0 if body.top_p is None else body.top_p, stop=stop, seed=body.seed, n=body.n or 1)
+    return ChatRequest(
+        base=base,
+        adapter=adapter,
+        messages=[m.as_template_message() for m in body.messages],
+        max_tokens=body.max_completion_tokens or body.max_tokens,
+        temperature=1.0 if body.temperature is None else body.temperature,
+        top_p=1.0 if body.top_p is None else body.top_p,
+        stop=stop,
+        seed=body.seed,
+        n=body.n or 1,
+    )
 
 
 def usage_of(result: ChatResult) -> Usage:
-    return Usage(prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens,
-                 total_tokens=result.total_tokens)
+    return Usage(
+        prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens, total_tokens=result.total_tokens
+    )
 
 
 def engine_error(error: Exception) -> JSONResponse:
@@ -90,15 +109,18 @@ def engine_error(error: Exception) -> JSONResponse:
 
 
 @router.post("/v1/chat/completions", response_model=ChatCompletion)
-async def create_chat_completion(body: ChatCompletionRequest, request: Request,
-                                 owner: str = Depends(current_owner)):
+async def create_chat_completion(body: ChatCompletionRequest, request: Request, owner: str = Depends(current_owner)):
     problem = request_problem(body)
     if problem is not None:
         return openai_error(400, problem[0], param=problem[1], code="invalid_value")
     resolved = await run_in_threadpool(request.app.state.resolve_model, owner, body.model)
     if resolved is None:
-        return openai_error(404, f"The model '{body.model}' does not exist or you do not have access to it.",
-                            param="model", code="model_not_found")
+        return openai_error(
+            404,
+            f"The model '{body.model}' does not exist or you do not have access to it.",
+            param="model",
+            code="model_not_found",
+        )
     chat = engine_request(body, *resolved)
     engine = chat_engine(request.app)
     if body.stream:
@@ -108,19 +130,25 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request,
         except Exception as e:  # noqa: BLE001 - engine_error re-raises what is not the user's
             return engine_error(e)
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return StreamingResponse(sse_chunks(body.model, chat.n, first, events, include_usage),
-                                 media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        return StreamingResponse(
+            sse_chunks(body.model, chat.n, first, events, include_usage),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache"},
+        )
     try:
         result = await engine.complete(chat)
     except Exception as e:  # noqa: BLE001
         return engine_error(e)
-    choices = [Choice(index=c.index, message=AssistantMessage(content=c.text), finish_reason=c.finish_reason)
-               for c in result.choices]
+    choices = [
+        Choice(index=c.index, message=AssistantMessage(content=c.text), finish_reason=c.finish_reason)
+        for c in result.choices
+    ]
     return ChatCompletion(model=body.model, choices=choices, usage=usage_of(result))
 
 
-async def sse_chunks(model: str, n: int, first: Delta | ChatResult, events: AsyncIterator[Delta | ChatResult],
-                     include_usage: bool) -> AsyncIterator[str]:
+async def sse_chunks(
+    model: str, n: int, first: Delta | ChatResult, events: AsyncIterator[Delta | ChatResult], include_usage: bool
+) -> AsyncIterator[str]:
     """OpenAI's stream: a role chunk per choice, content chunks, a finish chunk per choice, the usage chunk
     when asked for, then [DONE]."""
     chunk_id, created = completion_id(), int(time.time())

@@ -34,14 +34,22 @@ class SizeLimitedRequest(Request):
         async for chunk in super().stream():
             seen += len(chunk)
             if seen > self.limit:
-                raise APIError(413, f"file too large: the limit is {self.limit // (1 << 20)} MB (--max-file-mb)",
-                               param="file", code="file_too_large")
+                raise APIError(
+                    413,
+                    f"file too large: the limit is {self.limit // (1 << 20)} MB (--max-file-mb)",
+                    param="file",
+                    code="file_too_large",
+                )
             yield chunk
 
 
 def too_large(limit: int) -> APIError:
-    return APIError(413, f"file too large: the limit is {limit / (1 << 20):g} MB (--max-file-mb)", param="file",
-                    code="file_too_large")
+    return APIError(
+        413,
+        f"file too large: the limit is {limit / (1 << 20):g} MB (--max-file-mb)",
+        param="file",
+        code="file_too_large",
+    )
 
 
 def get_file(session: Session, owner: str, file_id: str) -> File:
@@ -65,8 +73,9 @@ async def upload_file(request: Request, owner: str = Depends(current_owner)) -> 
     if not isinstance(upload, UploadFile):
         raise APIError(400, "file: a multipart file field named 'file' is required", param="file", code="missing")
     if purpose not in ("fine-tune",):
-        raise APIError(400, f"purpose: '{purpose}' is not supported here; use 'fine-tune'", param="purpose",
-                       code="invalid_value")
+        raise APIError(
+            400, f"purpose: '{purpose}' is not supported here; use 'fine-tune'", param="purpose", code="invalid_value"
+        )
     file_id = new_id("file")
     target = settings.files_dir / file_id
     tmp = settings.files_dir / f".tmp-{file_id}"
@@ -85,8 +94,13 @@ async def upload_file(request: Request, owner: str = Depends(current_owner)) -> 
 
     def record() -> dict:
         with request.app.state.sessions() as session:
-            row = File(id=file_id, owner=owner, filename=os.path.basename(upload.filename or "upload"),
-                       purpose=purpose, bytes=size)
+            row = File(
+                id=file_id,
+                owner=owner,
+                filename=os.path.basename(upload.filename or "upload"),
+                purpose=purpose,
+                bytes=size,
+            )
             session.add(row)
             session.commit()
             return file_object(row)
@@ -95,8 +109,13 @@ async def upload_file(request: Request, owner: str = Depends(current_owner)) -> 
 
 
 @router.get("/files")
-def list_files(purpose: str | None = None, after: str | None = None, limit: int = Query(100),
-               owner: str = Depends(current_owner), session: Session = Depends(db_session)) -> dict:
+def list_files(
+    purpose: str | None = None,
+    after: str | None = None,
+    limit: int = Query(100),
+    owner: str = Depends(current_owner),
+    session: Session = Depends(db_session),
+) -> dict:
     query = select(File).where(File.owner == owner, File.deleted.is_(False))
     if purpose:
         query = query.where(File.purpose == purpose)
@@ -109,16 +128,19 @@ def retrieve_file(file_id: str, owner: str = Depends(current_owner), session: Se
 
 
 @router.get("/files/{file_id}/content")
-def file_content(file_id: str, request: Request, owner: str = Depends(current_owner),
-                 session: Session = Depends(db_session)) -> FileResponse:
+def file_content(
+    file_id: str, request: Request, owner: str = Depends(current_owner), session: Session = Depends(db_session)
+) -> FileResponse:
     row = get_file(session, owner, file_id)
-    return FileResponse(request.app.state.settings.files_dir / row.id, media_type="application/octet-stream",
-                        filename=row.filename)
+    return FileResponse(
+        request.app.state.settings.files_dir / row.id, media_type="application/octet-stream", filename=row.filename
+    )
 
 
 @router.delete("/files/{file_id}")
-def delete_file(file_id: str, request: Request, owner: str = Depends(current_owner),
-                session: Session = Depends(db_session)) -> dict:
+def delete_file(
+    file_id: str, request: Request, owner: str = Depends(current_owner), session: Session = Depends(db_session)
+) -> dict:
     row = get_file(session, owner, file_id)
     row.deleted = True  # the row stays: jobs keep naming their training file
     session.commit()

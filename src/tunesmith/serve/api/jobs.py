@@ -42,13 +42,19 @@ def check_model(request: Request, model: str) -> None:
     path = Path(model).expanduser()
     if path.is_dir() and (path / "config.json").is_file() or path.is_file() and path.suffix == ".gguf":
         return
-    raise APIError(400, f"model '{model}' is not available: use one of {', '.join(ALIASES)}, a local Hugging Face "
-                   "directory or a .gguf file", param="model", code="model_not_available")
+    raise APIError(
+        400,
+        f"model '{model}' is not available: use one of {', '.join(ALIASES)}, a local Hugging Face "
+        "directory or a .gguf file",
+        param="model",
+        code="model_not_available",
+    )
 
 
 @router.post("/fine_tuning/jobs")
-def create_job(body: JobCreate, request: Request, owner: str = Depends(current_owner),
-               session: Session = Depends(db_session)) -> dict:
+def create_job(
+    body: JobCreate, request: Request, owner: str = Depends(current_owner), session: Session = Depends(db_session)
+) -> dict:
     check_model(request, body.model)
     for param in ("training_file", "validation_file"):
         file_id = getattr(body, param)
@@ -66,14 +72,26 @@ def create_job(body: JobCreate, request: Request, owner: str = Depends(current_o
         raise APIError(400, "beta: only a dpo method has a beta", param="method", code="invalid_value")
     extension = body.tunesmith.model_dump(exclude_none=True)
     if extension.get("replay") and kind != "supervised":
-        raise APIError(400, "tunesmith.replay: self-replay is for supervised jobs", param="tunesmith.replay",
-                       code="invalid_value")
-    job = Job(id=new_id("ftjob"), owner=owner, model=body.model, recipe=RECIPE[kind],
-              training_file=body.training_file, validation_file=body.validation_file, suffix=body.suffix,
-              seed=body.seed if body.seed is not None else random.randrange(2**31), meta=body.metadata,
-              method=method, hyperparameters={k: v for k, v in hyper.items()} or
-              {"n_epochs": "auto", "batch_size": "auto", "learning_rate_multiplier": "auto"},
-              extension=extension, status="validating_files", result_files=[])
+        raise APIError(
+            400, "tunesmith.replay: self-replay is for supervised jobs", param="tunesmith.replay", code="invalid_value"
+        )
+    job = Job(
+        id=new_id("ftjob"),
+        owner=owner,
+        model=body.model,
+        recipe=RECIPE[kind],
+        training_file=body.training_file,
+        validation_file=body.validation_file,
+        suffix=body.suffix,
+        seed=body.seed if body.seed is not None else random.randrange(2**31),
+        meta=body.metadata,
+        method=method,
+        hyperparameters={k: v for k, v in hyper.items()}
+        or {"n_epochs": "auto", "batch_size": "auto", "learning_rate_multiplier": "auto"},
+        extension=extension,
+        status="validating_files",
+        result_files=[],
+    )
     session.add(job)
     session.flush()
     add_event(session, job.id, f"Created fine-tuning job: {job.id}")
@@ -82,8 +100,13 @@ def create_job(body: JobCreate, request: Request, owner: str = Depends(current_o
 
 
 @router.get("/fine_tuning/jobs")
-def list_jobs(request: Request, after: str | None = None, limit: int = Query(20),
-              owner: str = Depends(current_owner), session: Session = Depends(db_session)) -> dict:
+def list_jobs(
+    request: Request,
+    after: str | None = None,
+    limit: int = Query(20),
+    owner: str = Depends(current_owner),
+    session: Session = Depends(db_session),
+) -> dict:
     check_limit(limit)
     wanted = {m.group(1): v for k, v in request.query_params.items() if (m := METADATA_FILTER.match(k))}
     query = select(Job).where(Job.owner == owner)
@@ -92,9 +115,12 @@ def list_jobs(request: Request, after: str | None = None, limit: int = Query(20)
     # metadata is JSON: filtered here, the same on SQLite and PostgreSQL
     if after is not None:
         query = query.where(Job.seq < (session.scalar(select(Job.seq).where(Job.id == after)) or 0))
-    rows = [j for j in session.scalars(query.order_by(Job.seq.desc()))
-            if all((j.meta or {}).get(k) == v for k, v in wanted.items())]
-    return page(rows[:limit + 1], limit, job_object)
+    rows = [
+        j
+        for j in session.scalars(query.order_by(Job.seq.desc()))
+        if all((j.meta or {}).get(k) == v for k, v in wanted.items())
+    ]
+    return page(rows[: limit + 1], limit, job_object)
 
 
 @router.get("/fine_tuning/jobs/{job_id}")
@@ -106,8 +132,7 @@ def retrieve_job(job_id: str, owner: str = Depends(current_owner), session: Sess
 def cancel_job(job_id: str, owner: str = Depends(current_owner), session: Session = Depends(db_session)) -> dict:
     job = get_job(session, owner, job_id)
     if job.status in FINISHED:
-        raise APIError(409, f"job {job_id} is already {job.status}", param="fine_tuning_job_id",
-                       code="invalid_state")
+        raise APIError(409, f"job {job_id} is already {job.status}", param="fine_tuning_job_id", code="invalid_state")
     if job.worker is None:  # waiting or paused: nobody runs it, so cancelling is immediate
         job.status, job.requested = "cancelled", None
         job.finished_at = int(time.time())
@@ -123,8 +148,12 @@ def cancel_job(job_id: str, owner: str = Depends(current_owner), session: Sessio
 def pause_job(job_id: str, owner: str = Depends(current_owner), session: Session = Depends(db_session)) -> dict:
     job = get_job(session, owner, job_id)
     if job.status not in ("running", "queued") or job.requested:
-        raise APIError(409, f"job {job_id} is {job.status}: only a queued or running job can be paused",
-                       param="fine_tuning_job_id", code="invalid_state")
+        raise APIError(
+            409,
+            f"job {job_id} is {job.status}: only a queued or running job can be paused",
+            param="fine_tuning_job_id",
+            code="invalid_state",
+        )
     if job.worker is None:
         job.status = "paused"
         add_event(session, job.id, "Job paused")
@@ -139,8 +168,12 @@ def pause_job(job_id: str, owner: str = Depends(current_owner), session: Session
 def resume_job(job_id: str, owner: str = Depends(current_owner), session: Session = Depends(db_session)) -> dict:
     job = get_job(session, owner, job_id)
     if job.status != "paused":
-        raise APIError(409, f"job {job_id} is {job.status}: only a paused job can be resumed",
-                       param="fine_tuning_job_id", code="invalid_state")
+        raise APIError(
+            409,
+            f"job {job_id} is {job.status}: only a paused job can be resumed",
+            param="fine_tuning_job_id",
+            code="invalid_state",
+        )
     job.status = "queued"  # a worker resumes the run from its last checkpoint
     add_event(session, job.id, "Job resumed: queued to continue from its last checkpoint")
     session.commit()
@@ -148,16 +181,26 @@ def resume_job(job_id: str, owner: str = Depends(current_owner), session: Sessio
 
 
 @router.get("/fine_tuning/jobs/{job_id}/events")
-def list_events(job_id: str, after: str | None = None, limit: int = Query(20), owner: str = Depends(current_owner),
-                session: Session = Depends(db_session)) -> dict:
+def list_events(
+    job_id: str,
+    after: str | None = None,
+    limit: int = Query(20),
+    owner: str = Depends(current_owner),
+    session: Session = Depends(db_session),
+) -> dict:
     get_job(session, owner, job_id)
     query = select(Event).where(Event.job_id == job_id)
     return page(cursor_page(session, query, Event, after, limit), limit, event_object)
 
 
 @router.get("/fine_tuning/jobs/{job_id}/checkpoints")
-def list_checkpoints(job_id: str, after: str | None = None, limit: int = Query(10),
-                     owner: str = Depends(current_owner), session: Session = Depends(db_session)) -> dict:
+def list_checkpoints(
+    job_id: str,
+    after: str | None = None,
+    limit: int = Query(10),
+    owner: str = Depends(current_owner),
+    session: Session = Depends(db_session),
+) -> dict:
     job = get_job(session, owner, job_id)
     query = select(Checkpoint).where(Checkpoint.job_id == job_id)
     return page(cursor_page(session, query, Checkpoint, after, limit), limit, lambda c: checkpoint_object(c, job))

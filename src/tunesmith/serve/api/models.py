@@ -14,8 +14,13 @@ router = APIRouter(tags=["models"])
 @router.get("/models")
 def list_models(request: Request, owner: str = Depends(current_owner)) -> dict:
     data = request.app.state.list_models(owner)
-    return {"object": "list", "data": data, "has_more": False,
-            "first_id": data[0]["id"] if data else None, "last_id": data[-1]["id"] if data else None}
+    return {
+        "object": "list",
+        "data": data,
+        "has_more": False,
+        "first_id": data[0]["id"] if data else None,
+        "last_id": data[-1]["id"] if data else None,
+    }
 
 
 @router.get("/models/{model:path}")
