@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import inspect
 import json
+import signal
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -75,7 +77,14 @@ def run_recipe(
         values["config"] = config
     cfg = build_config(recipe.config, values)
     say = (lambda message: None) if quiet else print
-    return recipe.run_function()(cfg, say=say, progress=progress, on_event=on_event)
+    # a run that raises leaves its Ctrl-C / SIGTERM handlers behind: give the caller's back, whatever happens
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        return recipe.run_function()(cfg, say=say, progress=progress, on_event=on_event)
+    finally:
+        if threading.current_thread() is threading.main_thread():
+            for sig, handler in handlers.items():
+                signal.signal(sig, handler)
 
 
 def _recipe_function(recipe: Recipe) -> Callable[..., RunResult]:

@@ -31,7 +31,7 @@ from tunesmith.models.forward import adapter_off, batch_token_logps, eval_mode
 from tunesmith.recipes import RECIPES
 from tunesmith.rollout.advantages import group_advantages
 from tunesmith.rollout.rewards import missing_reward_fields, parse_reward_specs, score_completions
-from tunesmith.rollout.sampling import completion_example, prompt_ids, rollout_seed, sample_completions
+from tunesmith.rollout.sampling import completion_example, prompt_ids, rollout_seed, sample_prompts
 from tunesmith.train.order import step_indices
 from tunesmith.train.run import Event, Run, RunResult, finish_run, open_run, start_run
 from tunesmith.train.step import optimizer_step
@@ -106,19 +106,16 @@ def rollout(run: Run, score: Scorer, rows: list[PromptRow], at_step: int, index:
     """K completions for each prompt of micro-batch `index` of the step, sampled with its own seed (the same
     whichever process samples it), scored, with advantages normalised within each prompt's group."""
     cfg, tokenizer, k = run.cfg, run.tokenizer, run.cfg.grpo.group_size
-    s = cfg.sampling
-    p_ids = [prompt_ids(tokenizer, r.messages, cfg.data.max_prompt_length) for r in rows]
-    completions = sample_completions(
+    seed = rollout_seed(cfg.train.seed, at_step, index)
+    p_ids, completions = sample_prompts(
         run.model,
-        p_ids,
+        tokenizer,
+        [r.messages for r in rows],
         k,
-        s.temperature,
-        s.top_p,
-        s.max_new_tokens,
-        tokenizer.pad_token_id,
-        tokenizer.eos_token_id,
+        cfg.sampling,
+        cfg.data.max_prompt_length,
         run.amp_dtype,
-        seed=rollout_seed(cfg.train.seed, at_step, index),
+        seed,
     )
     group_rows = [r for r in rows for _ in range(k)]  # prompt-major, like the samples
     examples = [completion_example(p_ids[i // k], c, group_rows[i].where) for i, c in enumerate(completions)]

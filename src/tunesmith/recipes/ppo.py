@@ -38,7 +38,7 @@ from tunesmith.models.forward import adapter_off, batch_last_hidden, batch_token
 from tunesmith.models.reward import find_reward_model, load_reward_head, new_reward_head
 from tunesmith.recipes import RECIPES
 from tunesmith.rollout.advantages import gae, per_token_rewards
-from tunesmith.rollout.sampling import completion_example, prompt_ids, rollout_seed, sample_completions
+from tunesmith.rollout.sampling import completion_example, rollout_seed, sample_prompts
 from tunesmith.train.model_setup import save_trained
 from tunesmith.train.order import step_indices
 from tunesmith.train.run import Event, Run, RunResult, finish_run, open_run, start_run
@@ -96,18 +96,9 @@ def rollout(
     reward model's score, per-token rewards and GAE."""
     cfg, model, amp, tokenizer = run.cfg, run.model, run.amp_dtype, run.tokenizer
     o, s, value_head = cfg.ppo, cfg.sampling, run.model.value_head
-    p_ids = [prompt_ids(tokenizer, r.messages, cfg.data.max_prompt_length) for r in rows]
-    completions = sample_completions(
-        model,
-        p_ids,
-        1,
-        s.temperature,
-        s.top_p,
-        s.max_new_tokens,
-        tokenizer.pad_token_id,
-        tokenizer.eos_token_id,
-        amp,
-        seed=rollout_seed(cfg.train.seed, at_step, index),
+    seed = rollout_seed(cfg.train.seed, at_step, index)
+    p_ids, completions = sample_prompts(
+        model, tokenizer, [r.messages for r in rows], 1, s, cfg.data.max_prompt_length, amp, seed
     )
     batch = collate_padded(
         [completion_example(p, c, r.where) for p, c, r in zip(p_ids, completions, rows)], tokenizer.pad_token_id

@@ -71,3 +71,24 @@ def sample_completions(
 def completion_example(prompt: list[int], completion: list[int], where: str) -> TokenizedExample:
     """Prompt + sampled completion as one sequence whose trained (scored) tokens are the completion's."""
     return TokenizedExample(prompt + completion, [IGNORE] * len(prompt) + completion, where)
+
+
+def sample_prompts(
+    model, tokenizer, messages: list[list[dict]], k: int, sampling, max_prompt_length: int, amp_dtype, seed: int
+) -> tuple[list[list[int]], list[list[int]]]:
+    """The prompts' token ids (chat template, cut to `max_prompt_length`) and `k` completions sampled for
+    each (prompt-major) with `sampling`'s temperature, top_p and max_new_tokens (grpo and ppo)."""
+    p_ids = [prompt_ids(tokenizer, m, max_prompt_length) for m in messages]
+    completions = sample_completions(
+        model,
+        p_ids,
+        k,
+        sampling.temperature,
+        sampling.top_p,
+        sampling.max_new_tokens,
+        tokenizer.pad_token_id,
+        tokenizer.eos_token_id,
+        amp_dtype,
+        seed=seed,
+    )
+    return p_ids, completions
