@@ -5,6 +5,8 @@ The model comes from `tunesmith.models.inference.load_for_inference` (a base plu
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 from tunesmith.models.forward import autocast
@@ -25,7 +27,7 @@ def as_messages(prompt: str | list[dict], system: str | None = None) -> list[dic
 def generate_chat(
     model,
     tokenizer,
-    prompts: list[str | list[dict]],
+    prompts: Sequence[str | list[dict]],
     max_new_tokens: int = 256,
     temperature: float = 0.0,
     top_p: float = 1.0,

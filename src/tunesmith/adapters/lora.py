@@ -46,7 +46,7 @@ def apply_lora(model: torch.nn.Module, cfg: LoraConfig):
             )
     peft_cfg = peft.LoraConfig(
         r=cfg.r,
-        lora_alpha=cfg.alpha,
+        lora_alpha=cfg.alpha,  # type: ignore[arg-type]  # peft annotates it int; a float alpha works (scale = alpha / r)
         lora_dropout=cfg.dropout,
         target_modules=targets,
         task_type="CAUSAL_LM",

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
+from typing import cast
 
 import torch
 
@@ -44,7 +45,8 @@ def dequantized_nf4_weights(model_dir: Path) -> dict[str, torch.Tensor]:
     weights = {}
     for name, module in quantized.named_modules():
         if isinstance(module, bnb.nn.Linear4bit):
-            weights[name] = bnb.functional.dequantize_4bit(module.weight.data, module.weight.quant_state).float()
+            weight = cast(bnb.nn.Params4bit, module.weight)  # Linear4bit's weight is a Params4bit
+            weights[name] = bnb.functional.dequantize_4bit(weight.data, weight.quant_state).float()
     del quantized
     return weights
 

@@ -32,7 +32,7 @@ def leaf_fields(cls: type, prefix: str = "") -> list[Leaf]:
     leaves = []
     for f in dataclasses.fields(cls):
         tp = hints[f.name]
-        if dataclasses.is_dataclass(tp):
+        if isinstance(tp, type) and dataclasses.is_dataclass(tp):
             leaves += leaf_fields(tp, f"{prefix}{f.name}.")
         else:
             leaves.append(Leaf(f"{prefix}{f.name}", f, tp))

@@ -113,7 +113,9 @@ def read_jsonl_rows(
     """
     if not path.is_file():
         raise DataError([f"{path}: no such file"])
-    rows, problems, seen_any = [], [], False
+    rows: list[tuple[int, Any]] = []
+    problems: list[str] = []
+    seen_any = False
     for number, obj, problem in iter_json_lines(path):
         seen_any = True
         value, row_problems = (None, [problem]) if problem is not None else parse(obj)

@@ -60,12 +60,14 @@ class Batch:
     # and for a prefix that several examples share
 
     def to(self, device: torch.device) -> Batch:
-        move = lambda t: None if t is None else t.to(device, non_blocking=True)  # noqa: E731
+        def move(t: torch.Tensor) -> torch.Tensor:
+            return t.to(device, non_blocking=True)
+
         return Batch(
             move(self.input_ids),
             move(self.targets),
-            move(self.position_ids),
-            move(self.attention_mask),
+            None if self.position_ids is None else move(self.position_ids),
+            None if self.attention_mask is None else move(self.attention_mask),
             self.num_tokens,
             self.num_targets,
             move(self.example_ids),

@@ -71,6 +71,7 @@ def parse_prompt(value: Any, label: str, *, allow_string: bool) -> tuple[list[di
         msg, problem = _message(m, f"{label}[{i}]")
         if problem is not None:
             return [], problem
+        assert msg is not None  # _message returns a message or a problem
         if msg["role"] not in ROLES:
             return [], f"`{label}[{i}].role`: unknown role {msg['role']!r} (expected one of {', '.join(ROLES)})"
         out.append(msg)
@@ -94,6 +95,7 @@ def _parse_completion(value: Any, label: str, prompt_key: str, *, allow_string: 
         msg, problem = _message(m, f"{label}[{i}]")
         if problem is not None:
             return [], problem
+        assert msg is not None  # _message returns a message or a problem
         if msg["role"] != "assistant":
             return [], (
                 f"`{label}[{i}].role`: must be 'assistant', got {msg['role']!r} (the prompt belongs in `{prompt_key}`)"
@@ -121,7 +123,7 @@ def _parse_sides(
         prompt, prompt_problem = parse_prompt(prompt_value, prompt_key, allow_string=allow_string)
     if prompt_problem is not None:
         problems.append(prompt_problem)
-    sides = []
+    sides: list[list[dict]] = []
     for key in (chosen_key, rejected_key):
         if key not in obj:
             problems.append(f"missing `{key}`")

@@ -95,6 +95,7 @@ def prepare_sft_data(
     from a file, or for `self` the base's own answers that the caller brings (`self_replay`, from
     forgetting.replay.self_replay_examples)."""
     notes: list[str] = []
+    assert cfg.train is not None  # DataConfig.check() refuses a config without it
     train = _load(cfg.train, tokenizer, cfg, "train", notes)
     evaluation: list[TokenizedExample] = []
     if cfg.eval:

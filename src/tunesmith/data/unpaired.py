@@ -54,6 +54,7 @@ def _split_messages(value: Any) -> tuple[tuple[list, list] | None, str | None]:
         msg, problem = _message(m, f"messages[{i}]")
         if problem is not None:
             return None, problem
+        assert msg is not None  # _message returns a message or a problem
         if msg["role"] not in ROLES:
             return None, f"`messages[{i}].role`: unknown role {msg['role']!r} (expected one of {', '.join(ROLES)})"
         messages.append(msg)
@@ -114,6 +115,7 @@ def parse_unpaired_row(obj: Any) -> tuple[tuple[list, list, bool] | None, list[s
     problems = [p for p in (*side_problems, label_problem) if p is not None]
     if problems:
         return None, problems
+    assert sides is not None and label is not None  # each comes with a problem when missing
     return (sides[0], sides[1], label), []
 
 

@@ -49,10 +49,10 @@ def demo_config(out: Path, max_steps: int, seed: int) -> DPOConfig:
 
 def reply_stats(messages: list[str], replies: list[str]) -> dict[str, float]:
     """Words per reply, and how often a reply repeats the order id the customer gave (actionable)."""
-    with_id = [(m, r) for m, r in zip(messages, replies) if ORDER_ID.search(m)]
+    with_id = [(found.group(), r) for m, r in zip(messages, replies) if (found := ORDER_ID.search(m))]
     return {
         "words_per_reply": sum(len(r.split()) for r in replies) / max(1, len(replies)),
-        "cites_order_id": sum(ORDER_ID.search(m).group() in r for m, r in with_id) / max(1, len(with_id)),
+        "cites_order_id": sum(order_id in r for order_id, r in with_id) / max(1, len(with_id)),
     }
 
 

@@ -141,6 +141,7 @@ def run_ppo_demo(
     half = max(1, len(steps) // 2)
     mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
     every = SAMPLES_PER_MESSAGE
+    assert rm.eval is not None  # reward_config holds out evaluation pairs
     report = {
         "reward_model": {"heldout_accuracy": rm.eval["eval_accuracy"], "heldout_margin": rm.eval["eval_margin"]},
         "heldout_reward": {

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+from typing import Any
 
 from tunesmith.data.formats import load_sft_file
 from tunesmith.data.templates import apply_length_policy, tokenize_conversations
@@ -90,7 +91,7 @@ def evaluate_model(
         base_dir, reference = resolve_model_dir(model), tuned  # the model is its own base
     answers = base_answers(items, base_dir, say=say)
     examples = probe_examples(tokenizer, items, answers)
-    result = {
+    result: dict[str, Any] = {
         "model": model,
         "adapter": adapter,
         "base": str(base_dir),

@@ -86,6 +86,16 @@ class RegisteredLoss:
     reference: bool
 
 
+def _dpo(p: PairLogps, beta: float, gamma: float):
+    assert p.ref_chosen is not None and p.ref_rejected is not None  # reference=True: the recipe computes them
+    return dpo_loss(p.chosen, p.rejected, p.ref_chosen, p.ref_rejected, beta)
+
+
+def _ipo(p: PairLogps, beta: float, gamma: float):
+    assert p.ref_chosen is not None and p.ref_rejected is not None  # reference=True: the recipe computes them
+    return ipo_loss(p.chosen, p.rejected, p.ref_chosen, p.ref_rejected, beta)
+
+
 def _orpo(p: PairLogps, beta: float, gamma: float):
     return orpo_loss(p.chosen, p.rejected, p.chosen_tokens, p.rejected_tokens, beta)
 
@@ -95,12 +105,8 @@ def _simpo(p: PairLogps, beta: float, gamma: float):
 
 
 PREFERENCE_LOSSES: dict[str, RegisteredLoss] = {
-    "dpo": RegisteredLoss(
-        lambda p, beta, gamma: dpo_loss(p.chosen, p.rejected, p.ref_chosen, p.ref_rejected, beta), reference=True
-    ),
-    "ipo": RegisteredLoss(
-        lambda p, beta, gamma: ipo_loss(p.chosen, p.rejected, p.ref_chosen, p.ref_rejected, beta), reference=True
-    ),
+    "dpo": RegisteredLoss(_dpo, reference=True),
+    "ipo": RegisteredLoss(_ipo, reference=True),
     "orpo": RegisteredLoss(_orpo, reference=False),
     "simpo": RegisteredLoss(_simpo, reference=False),
 }

@@ -49,6 +49,7 @@ def grpo_loss(
     per_token = -surrogate
     kl = None if ref_logp is None else KL_ESTIMATORS[kl_estimator](logp, ref_logp.detach())
     if kl_coef != 0:
+        assert kl is not None  # kl_coef != 0 needs ref_logp (checked above)
         per_token = per_token + kl_coef * kl
     per_sequence = masked_mean(per_token, mask, dim=1)
     has_tokens = (mask.to(per_sequence.dtype) > 0).any(dim=1).to(per_sequence.dtype)

@@ -31,11 +31,16 @@ caller's own 4-D mask, generation with a KV cache) goes to transformers' SDPA un
 from __future__ import annotations
 
 import sys
+from typing import TYPE_CHECKING, cast
 
 import torch
 import torch.nn.functional as F
 
 from tunesmith.errors import ModelError
+
+if TYPE_CHECKING:
+    from peft import PeftModel
+    from transformers import PreTrainedModel
 
 NAME = "tunesmith_packed"  # for models that run SDPA
 NAME_EAGER = "tunesmith_packed_eager"  # for models that run eager attention (SDPA cannot soft-cap: Gemma 2)
@@ -188,12 +193,12 @@ def use_packed_attention(model: torch.nn.Module) -> bool:
     """Switch a model that runs SDPA (or eager attention) to per-example attention; False (unchanged) for
     any other model."""
     config = getattr(model, "config", None)
-    name = {"sdpa": NAME, "eager": NAME_EAGER}.get(getattr(config, "_attn_implementation", None))
+    name = {"sdpa": NAME, "eager": NAME_EAGER}.get(getattr(config, "_attn_implementation", ""))
     if name is None:
         return False
     register()
     try:
-        model.set_attn_implementation(name)
+        cast("PreTrainedModel", model).set_attn_implementation(name)
     except (ValueError, TypeError, AttributeError):  # an architecture that cannot switch keeps its own
         return False
     return getattr(model.config, "_attn_implementation", None) == name
@@ -202,7 +207,7 @@ def use_packed_attention(model: torch.nn.Module) -> bool:
 def _config(model: torch.nn.Module):
     config = getattr(model, "config", None)
     if config is None and hasattr(model, "get_base_model"):
-        config = model.get_base_model().config
+        config = cast("PeftModel", model).get_base_model().config
     return config
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, cast
 
 import torch
 import torch.nn.functional as F
@@ -17,6 +18,10 @@ import torch.nn.functional as F
 from tunesmith.data.packing import Batch
 from tunesmith.losses.sft import IGNORE, sequence_logps, target_logps, token_nll_sum
 from tunesmith.models.attention import packs_flat
+
+if TYPE_CHECKING:
+    from peft import PeftModel
+    from transformers import PreTrainedModel
 
 
 @dataclass
@@ -53,15 +58,15 @@ def lm_head(model: torch.nn.Module) -> Head:
     )
 
 
-def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+def unwrap(model: torch.nn.Module) -> PreTrainedModel:
     """The transformers model under a PEFT wrapper (LoRA layers stay injected in it)."""
     get_base = getattr(model, "get_base_model", None)
-    return get_base() if callable(get_base) else model
+    return get_base() if callable(get_base) else cast("PreTrainedModel", model)
 
 
 def adapter_off(model: torch.nn.Module):
     """The reference policy: PEFT's disable_adapter() for LoRA/QLoRA; the model itself otherwise."""
-    return model.disable_adapter() if hasattr(model, "peft_config") else contextlib.nullcontext()
+    return cast("PeftModel", model).disable_adapter() if hasattr(model, "peft_config") else contextlib.nullcontext()
 
 
 @contextlib.contextmanager

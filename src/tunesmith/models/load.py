@@ -6,11 +6,15 @@ import logging
 import os
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 
 from tunesmith.errors import ConfigError, ModelError
 from tunesmith.models.attention import use_packed_attention
+
+if TYPE_CHECKING:
+    from bitsandbytes.nn import Linear4bit
 
 
 def quiet_libraries() -> None:
@@ -101,7 +105,7 @@ def load_model(
     from transformers import AutoModelForCausalLM  # heavy: transformers, deferred until used
 
     quiet_libraries()
-    kwargs = {"dtype": torch.float32}
+    kwargs: dict[str, Any] = {"dtype": torch.float32}
     if quantize_4bit:
         kwargs.update(quantization_config=nf4_config(compute_dtype), device_map={"": str(device)})
     try:
@@ -111,7 +115,7 @@ def load_model(
     if quantize_4bit:
         own_unquantized_weights(model)
     else:
-        model.to(device)
+        model.to(device)  # type: ignore[arg-type]  # transformers wraps `to` in functools.wraps, typed as unbound
     use_packed_attention(model)
     model.eval()
     return model
@@ -144,7 +148,7 @@ def keep_4bit_differentiable(model: torch.nn.Module) -> int:
     count = 0
     for module in model.modules():
         if getattr(module, "support_avx512bf16_for_cpu", False):
-            module.support_avx512bf16_for_cpu = False
+            cast("Linear4bit", module).support_avx512bf16_for_cpu = False  # the flag only bitsandbytes' Linear4bit has
             count += 1
     return count
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import load_file, save
@@ -60,7 +61,7 @@ def load_reward_head(directory: Path, meta: dict, device: torch.device) -> torch
     return head.requires_grad_(False)
 
 
-def load_reward_model(path: str | Path, device: str = "auto") -> tuple[torch.nn.Module, torch.nn.Linear, object]:
+def load_reward_model(path: str | Path, device: str = "auto") -> tuple[torch.nn.Module, torch.nn.Linear, Any]:
     """(model, head, tokenizer) of a reward model directory written by `tunesmith reward`."""
     directory, meta = find_reward_model(path)
     if (directory / "adapter").is_dir():

@@ -42,7 +42,7 @@ from tunesmith.recipes import RECIPES
 from tunesmith.train.distributed import Dist
 from tunesmith.train.metrics import RunningMeans
 from tunesmith.train.order import split_micro, step_indices
-from tunesmith.train.run import Event, Run, RunResult, finish_run, open_run, start_run
+from tunesmith.train.run import OnEvent, Run, RunResult, Say, finish_run, open_run, start_run
 from tunesmith.train.step import optimizer_step
 
 REFERENCE_FILE = "reference_logps.safetensors"
@@ -186,13 +186,9 @@ def add_preference_stats(
     )
 
 
-def run_dpo(
-    cfg: DPOConfig,
-    say: Callable[[str], None] = print,
-    progress: bool = True,
-    on_event: Callable[[Event], None] | None = None,
-) -> RunResult:
+def run_dpo(cfg: DPOConfig, say: Say = print, progress: bool = True, on_event: OnEvent = None) -> RunResult:
     # ---- setup -------------------------------------------------------------------------------
+    assert cfg.train.batch_size is not None and cfg.train.micro_batch_size is not None  # validate() filled them
     run = start_run(cfg, RECIPES["dpo"], say, progress, on_event)
     data = prepare_preference_data(cfg.data, run.tokenizer, cfg.train.seed)
     run.note(data)
@@ -205,7 +201,7 @@ def run_dpo(
     precompute = loss.reference and (cfg.dpo.precompute_ref or cfg.method == "full")
     reference: dict[str, torch.Tensor] = {}
 
-    def precompute_reference(run: Run) -> None:
+    def precompute_reference(run: Run[DPOConfig]) -> None:
         splits = {"train": data.train, "eval": data.eval}
         fingerprint = reference_fingerprint(run.model_dir, cfg.method, amp_dtype, max_len, splits)
         reference.update(
@@ -280,15 +276,8 @@ def run_dpo(
         dist.sum_gradients(run.params)
         stats, tokens, nll_sum = dist.sum_means(stats), int(dist.sum(tokens)), dist.sum(nll_sum)
         grad_norm = optimizer_step(run.params, run.optimizer, cfg.train.max_grad_norm)
-        run.counters["pairs_seen"] += len(indices)
-        record = {
-            **stats.means(),
-            "lr": lr,
-            "grad_norm": grad_norm,
-            "pairs": len(indices),
-            "tokens": tokens,
-            "epoch": run.counters["pairs_seen"] / n_train,
-        }
+        n = len(indices)
+        record = run.step_record(stats.means(), lr, grad_norm, "pairs", n, n_train, pairs=n, tokens=tokens)
         if sft_weight > 0:
             record["chosen_nll"] = nll_sum / max(1, chosen_tokens)
         if run.end_step(

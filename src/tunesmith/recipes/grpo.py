@@ -16,7 +16,6 @@ The reference is the base with the adapter switched off: no second copy in memor
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -33,7 +32,7 @@ from tunesmith.rollout.advantages import group_advantages
 from tunesmith.rollout.rewards import missing_reward_fields, parse_reward_specs, score_completions
 from tunesmith.rollout.sampling import completion_example, prompt_ids, rollout_seed, sample_prompts
 from tunesmith.train.order import step_indices
-from tunesmith.train.run import Event, Run, RunResult, finish_run, open_run, start_run
+from tunesmith.train.run import OnEvent, Run, RunResult, Say, finish_run, open_run, start_run
 from tunesmith.train.step import optimizer_step
 
 
@@ -88,6 +87,7 @@ class Scorer:
     def __call__(
         self, rows: list[PromptRow], texts: list[str], examples: list[TokenizedExample]
     ) -> tuple[list[float], dict[str, list[float]]]:
+        parts: dict[str, list[float]]
         totals, parts = ([0.0] * len(texts), {})
         if self.rewards:
             totals, parts = score_completions(
@@ -102,7 +102,7 @@ class Scorer:
         return totals, parts
 
 
-def rollout(run: Run, score: Scorer, rows: list[PromptRow], at_step: int, index: int) -> Rollout:
+def rollout(run: Run[GRPOConfig], score: Scorer, rows: list[PromptRow], at_step: int, index: int) -> Rollout:
     """K completions for each prompt of micro-batch `index` of the step, sampled with its own seed (the same
     whichever process samples it), scored, with advantages normalised within each prompt's group."""
     cfg, tokenizer, k = run.cfg, run.tokenizer, run.cfg.grpo.group_size
@@ -131,7 +131,7 @@ def rollout(run: Run, score: Scorer, rows: list[PromptRow], at_step: int, index:
     )
 
 
-def greedy_eval(run: Run, score: Scorer, prompts: list[PromptRow]) -> dict[str, float]:
+def greedy_eval(run: Run[GRPOConfig], score: Scorer, prompts: list[PromptRow]) -> dict[str, float]:
     """Mean reward of greedy replies to the eval prompts, in all and per reward: {"eval_reward_mean": ...,
     "eval_reward/<name>": ...}; {} without eval prompts."""
     if not prompts:
@@ -162,7 +162,7 @@ def greedy_eval(run: Run, score: Scorer, prompts: list[PromptRow]) -> dict[str, 
     }
 
 
-def update(run: Run, mine: list[Rollout], n_seqs: int) -> tuple[dict[str, float], float]:
+def update(run: Run[GRPOConfig], mine: list[Rollout], n_seqs: int) -> tuple[dict[str, float], float]:
     """The policy update on this process's rollouts (epochs_per_step passes, an optimizer step each):
     the step's mean loss, clip fraction, KL and entropy estimate, and the last gradient norm."""
     g, model, amp, temperature = run.cfg.grpo, run.model, run.amp_dtype, run.cfg.sampling.temperature
@@ -195,15 +195,12 @@ def update(run: Run, mine: list[Rollout], n_seqs: int) -> tuple[dict[str, float]
     return {k: run.dist.sum(v) for k, v in sums.items()}, grad_norm
 
 
-def run_grpo(
-    cfg: GRPOConfig,
-    say: Callable[[str], None] = print,
-    progress: bool = True,
-    on_event: Callable[[Event], None] | None = None,
-) -> RunResult:
+def run_grpo(cfg: GRPOConfig, say: Say = print, progress: bool = True, on_event: OnEvent = None) -> RunResult:
     g = cfg.grpo
     # ---- setup -------------------------------------------------------------------------------
+    assert cfg.train.batch_size is not None and cfg.train.micro_batch_size is not None  # validate() filled them
     run = start_run(cfg, RECIPES["grpo"], say, progress, on_event)  # full fine-tuning stays replicated
+    assert cfg.data.train is not None  # PromptDataConfig.check() requires it
     prompts = load_prompt_file(cfg.data.train)
     eval_prompts = load_prompt_file(cfg.data.eval) if cfg.data.eval else []
     score = Scorer(cfg, prompts + eval_prompts, run.device, run.tokenizer.pad_token_id)

@@ -14,8 +14,6 @@ a fresh adapter gives r = 0 and z0 = 0, so the first loss is λ · 0.5.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 
 from tunesmith.config.schema import KTOConfig
@@ -27,11 +25,11 @@ from tunesmith.models.forward import adapter_off, batch_sequence_logps, eval_mod
 from tunesmith.recipes import RECIPES
 from tunesmith.train.metrics import RunningMeans
 from tunesmith.train.order import split_micro, step_indices
-from tunesmith.train.run import Event, Run, RunResult, finish_run, open_run, start_run
+from tunesmith.train.run import OnEvent, Run, RunResult, Say, finish_run, open_run, start_run
 from tunesmith.train.step import optimizer_step
 
 
-def sequence_logps(run: Run, examples: list) -> torch.Tensor:
+def sequence_logps(run: Run[KTOConfig], examples: list) -> torch.Tensor:
     """log π(y | x) of each example (prompt + completion), packed into one forward."""
     data = run.cfg.data
     batch = collate(examples, data.packing, data.max_length, run.tokenizer.pad_token_id, packs_flat(run.model))
@@ -39,7 +37,7 @@ def sequence_logps(run: Run, examples: list) -> torch.Tensor:
 
 
 @torch.no_grad()
-def kl_sums(run: Run, items: list[TokenizedUnpaired]) -> float:
+def kl_sums(run: Run[KTOConfig], items: list[TokenizedUnpaired]) -> float:
     """Σ (log πθ − log π_ref) over the items' mismatched samples: the reference point's numerator."""
     mismatched = [i.mismatched for i in items]
     with adapter_off(run.model):
@@ -47,7 +45,7 @@ def kl_sums(run: Run, items: list[TokenizedUnpaired]) -> float:
     return float((sequence_logps(run, mismatched) - ref).sum())
 
 
-def kto_step(run: Run, items: list[TokenizedUnpaired], z0: float, stats: RunningMeans) -> torch.Tensor:
+def kto_step(run: Run[KTOConfig], items: list[TokenizedUnpaired], z0: float, stats: RunningMeans) -> torch.Tensor:
     """Summed KTO loss of one micro-batch (logged into `stats`)."""
     o = run.cfg.kto
     with torch.no_grad(), adapter_off(run.model):
@@ -79,13 +77,9 @@ def summarise(stats: RunningMeans, z0: float, prefix: str = "") -> dict[str, flo
     }
 
 
-def run_kto(
-    cfg: KTOConfig,
-    say: Callable[[str], None] = print,
-    progress: bool = True,
-    on_event: Callable[[Event], None] | None = None,
-) -> RunResult:
+def run_kto(cfg: KTOConfig, say: Say = print, progress: bool = True, on_event: OnEvent = None) -> RunResult:
     # ---- setup -------------------------------------------------------------------------------
+    assert cfg.train.batch_size is not None and cfg.train.micro_batch_size is not None  # validate() filled them
     run = start_run(cfg, RECIPES["kto"], say, progress, on_event)
     data = prepare_unpaired_data(cfg.data, run.tokenizer, cfg.train.seed)
     run.note(data)
@@ -126,13 +120,7 @@ def run_kto(
         dist.sum_gradients(run.params)
         stats = dist.sum_means(stats)
         grad_norm = optimizer_step(run.params, run.optimizer, cfg.train.max_grad_norm)
-        run.counters["examples_seen"] += len(indices)
-        record = {
-            **summarise(stats, z0),
-            "lr": lr,
-            "grad_norm": grad_norm,
-            "epoch": run.counters["examples_seen"] / n_train,
-        }
+        record = run.step_record(summarise(stats, z0), lr, grad_norm, "examples", len(indices), n_train)
         if run.end_step(record, evaluate, per_second={"examples": len(indices)}, show=("loss", "reward_margin")):
             break
 

@@ -20,9 +20,8 @@ reward model is a second, frozen adapter with its own head, switched on only to 
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors.torch import save
@@ -41,8 +40,11 @@ from tunesmith.rollout.advantages import gae, per_token_rewards
 from tunesmith.rollout.sampling import completion_example, rollout_seed, sample_prompts
 from tunesmith.train.model_setup import save_trained
 from tunesmith.train.order import step_indices
-from tunesmith.train.run import Event, Run, RunResult, finish_run, open_run, start_run
+from tunesmith.train.run import OnEvent, Run, RunResult, Say, finish_run, open_run, start_run
 from tunesmith.train.step import optimizer_step
+
+if TYPE_CHECKING:
+    from peft import PeftModel
 
 POLICY, REWARD = "default", "reward"
 
@@ -70,7 +72,7 @@ def reward_model_dir(reward_dir: str, model_dir: Path) -> tuple[Path, dict]:
     return directory, meta
 
 
-def attach_reward_adapter(model: torch.nn.Module, directory: Path, meta: dict, device: torch.device) -> torch.nn.Linear:
+def attach_reward_adapter(model: PeftModel, directory: Path, meta: dict, device: torch.device) -> torch.nn.Linear:
     """Load the reward model's adapter next to the policy's (frozen) and return its head."""
     model.load_adapter(str(directory / "adapter"), adapter_name=REWARD, is_trainable=False)
     model.set_adapter(POLICY)  # the policy stays the active, trainable adapter
@@ -78,7 +80,7 @@ def attach_reward_adapter(model: torch.nn.Module, directory: Path, meta: dict, d
 
 
 @torch.no_grad()
-def reward_scores(model: torch.nn.Module, head: torch.nn.Linear, batch: Batch, n: int, amp_dtype) -> torch.Tensor:
+def reward_scores(model: PeftModel, head: torch.nn.Linear, batch: Batch, n: int, amp_dtype) -> torch.Tensor:
     """r(x, y) with the reward adapter switched in for this forward only."""
     model.set_adapter(REWARD)
     try:
@@ -89,7 +91,7 @@ def reward_scores(model: torch.nn.Module, head: torch.nn.Linear, batch: Batch, n
 
 @torch.no_grad()
 def rollout(
-    run: Run, reward_head: torch.nn.Linear, kl_coef: float, rows: list[PromptRow], at_step: int, index: int
+    run: Run[PPOConfig], reward_head: torch.nn.Linear, kl_coef: float, rows: list[PromptRow], at_step: int, index: int
 ) -> dict[str, Any]:
     """One completion for each prompt of micro-batch `index` of the step, sampled with its own seed, and
     the rollout statistics: old log-probs and values (policy), reference log-probs (adapters off), the
@@ -124,7 +126,7 @@ def rollout(
     }
 
 
-def update(run: Run, roll: list[dict[str, Any]], n_rollouts: int) -> tuple[dict[str, float], float]:
+def update(run: Run[PPOConfig], roll: list[dict[str, Any]], n_rollouts: int) -> tuple[dict[str, float], float]:
     """ppo_epochs passes of clipped policy + value loss over this process's rollouts, an optimizer step each."""
     o, model, amp = run.cfg.ppo, run.model, run.amp_dtype
     sums = dict.fromkeys(("policy_loss", "value_loss", "clip_fraction", "value_clip_fraction", "entropy"), 0.0)
@@ -148,7 +150,7 @@ def update(run: Run, roll: list[dict[str, Any]], n_rollouts: int) -> tuple[dict[
     return {k: run.dist.sum(v) for k, v in sums.items()}, grad_norm
 
 
-def save_policy(run: Run) -> Path:
+def save_policy(run: Run[PPOConfig]) -> Path:
     """adapter/: the policy alone (the reward adapter is dropped), and the value head beside it."""
     model = run.model
     model.delete_adapter(REWARD)
@@ -165,21 +167,18 @@ def save_policy(run: Run) -> Path:
     return output
 
 
-def run_ppo(
-    cfg: PPOConfig,
-    say: Callable[[str], None] = print,
-    progress: bool = True,
-    on_event: Callable[[Event], None] | None = None,
-) -> RunResult:
+def run_ppo(cfg: PPOConfig, say: Say = print, progress: bool = True, on_event: OnEvent = None) -> RunResult:
     o = cfg.ppo
     # ---- setup -------------------------------------------------------------------------------
+    assert cfg.train.batch_size is not None and cfg.train.micro_batch_size is not None  # validate() filled them
     run = start_run(cfg, RECIPES["ppo"], say, progress, on_event)
+    assert cfg.data.train is not None and o.reward_model is not None  # the config's check() requires both
     prompts = load_prompt_file(cfg.data.train)
     reward_dir, reward_meta = reward_model_dir(o.reward_model, run.model_dir)
 
     reward_head: list[torch.nn.Linear] = []  # frozen, kept out of the model: not checkpointed, not optimised
 
-    def attach(run: Run) -> None:
+    def attach(run: Run[PPOConfig]) -> None:
         reward_head.append(attach_reward_adapter(run.model, reward_dir, reward_meta, run.device))
         run.model.value_head = new_reward_head(unwrap(run.model).config.hidden_size, run.device)  # V starts at 0
 

@@ -14,7 +14,6 @@ Under torchrun each process takes every N-th micro-batch of the step and the gra
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -31,7 +30,7 @@ from tunesmith.train.distributed import full_state
 from tunesmith.train.metrics import RunningMeans
 from tunesmith.train.model_setup import save_trained
 from tunesmith.train.order import split_micro, step_indices
-from tunesmith.train.run import Event, Run, RunResult, finish_run, open_run, start_run
+from tunesmith.train.run import OnEvent, Run, RunResult, Say, finish_run, open_run, start_run
 from tunesmith.train.step import optimizer_step
 
 
@@ -75,7 +74,7 @@ def add_reward_stats(
     )
 
 
-def save_reward_model(run: Run) -> Path:
+def save_reward_model(run: Run[RewardConfig]) -> Path:
     """RUN/reward_model/: the base part (adapter/ or model/) and the head beside it."""
     model, head = run.model, run.model.reward_head
     output = run.run_dir / "reward_model"
@@ -96,18 +95,14 @@ def save_reward_model(run: Run) -> Path:
     return output
 
 
-def run_reward(
-    cfg: RewardConfig,
-    say: Callable[[str], None] = print,
-    progress: bool = True,
-    on_event: Callable[[Event], None] | None = None,
-) -> RunResult:
+def run_reward(cfg: RewardConfig, say: Say = print, progress: bool = True, on_event: OnEvent = None) -> RunResult:
     # ---- setup -------------------------------------------------------------------------------
+    assert cfg.train.batch_size is not None and cfg.train.micro_batch_size is not None  # validate() filled them
     run = start_run(cfg, RECIPES["reward"], say, progress, on_event)
     data = prepare_preference_data(cfg.data, run.tokenizer, cfg.train.seed)
     run.note(data)
 
-    def attach_head(run: Run) -> None:
+    def attach_head(run: Run[RewardConfig]) -> None:
         # registered on the model, so checkpoints and the optimizer see the head like any trainable weight
         run.model.reward_head = new_reward_head(unwrap(run.model).config.hidden_size, run.device)
         run.trainable += run.model.reward_head.weight.numel() + 1
@@ -153,15 +148,8 @@ def run_reward(
         dist.sum_gradients(run.params)
         stats, tokens = dist.sum_means(stats), int(dist.sum(tokens))
         grad_norm = optimizer_step(run.params, run.optimizer, cfg.train.max_grad_norm)
-        run.counters["pairs_seen"] += len(indices)
-        record = {
-            **stats.means(),
-            "lr": lr,
-            "grad_norm": grad_norm,
-            "pairs": len(indices),
-            "tokens": tokens,
-            "epoch": run.counters["pairs_seen"] / n_train,
-        }
+        n = len(indices)
+        record = run.step_record(stats.means(), lr, grad_norm, "pairs", n, n_train, pairs=n, tokens=tokens)
         run.end_step(record, evaluate, per_second={"pairs": len(indices)}, show=("loss", "accuracy"))
 
     # ---- save --------------------------------------------------------------------------------

@@ -13,8 +13,6 @@ fine-tuning is sharded with FSDP2; either way N processes make the update one pr
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from tunesmith.config.schema import SFTConfig
 from tunesmith.data.packing import collate
 from tunesmith.data.prepare import prepare_sft_data
@@ -22,17 +20,13 @@ from tunesmith.models.attention import packs_flat
 from tunesmith.models.forward import batch_nll_sum
 from tunesmith.recipes import RECIPES
 from tunesmith.train.order import split_micro, step_indices
-from tunesmith.train.run import Event, RunResult, finish_run, open_run, start_run
+from tunesmith.train.run import OnEvent, RunResult, Say, finish_run, open_run, start_run
 from tunesmith.train.step import evaluate_nll, optimizer_step
 
 
-def run_sft(
-    cfg: SFTConfig,
-    say: Callable[[str], None] = print,
-    progress: bool = True,
-    on_event: Callable[[Event], None] | None = None,
-) -> RunResult:
+def run_sft(cfg: SFTConfig, say: Say = print, progress: bool = True, on_event: OnEvent = None) -> RunResult:
     # ---- setup -------------------------------------------------------------------------------
+    assert cfg.train.batch_size is not None and cfg.train.micro_batch_size is not None  # validate() filled them
     run = start_run(cfg, RECIPES["sft"], say, progress, on_event)
     self_replay = None
     if cfg.data.replay == "self":  # the base's own answers to general prompts, generated once and cached
@@ -55,6 +49,7 @@ def run_sft(
     def evaluate() -> dict[str, float]:
         if not data.eval:
             return {}
+        assert cfg.train.micro_batch_size is not None  # validate() filled it
         return {
             "eval_loss": evaluate_nll(
                 model,

@@ -51,15 +51,15 @@ def gae(
     rewards, values = rewards.detach(), values.detach()
     mask = mask.to(rewards.dtype) > 0
     zero = torch.zeros_like(rewards[:, 0])
-    next_value, next_advantage, advantages = zero, zero, []
+    next_value, next_advantage, per_step = zero, zero, []
     for t in reversed(range(rewards.shape[1])):
         delta = rewards[:, t] + gamma * next_value - values[:, t]
         # a masked-out position ends the chain: the last response token sees V = A = 0 after it
         advantage = torch.where(mask[:, t], delta + gamma * lam * next_advantage, zero)
         next_value = torch.where(mask[:, t], values[:, t], zero)
         next_advantage = advantage
-        advantages.append(advantage)
-    advantages = torch.stack(advantages[::-1], dim=1)
+        per_step.append(advantage)
+    advantages = torch.stack(per_step[::-1], dim=1)
     returns = torch.where(mask, advantages + values, torch.zeros_like(values))
     return advantages, returns
 

@@ -41,7 +41,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import torch
 
@@ -227,7 +227,7 @@ def full_state(
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
 
     options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-    weights = get_model_state_dict(model, options=options)
+    weights = cast("dict[str, torch.Tensor]", get_model_state_dict(model, options=options))  # full: plain tensors
     first: dict[int, str] = {}
     for name, p in model.named_parameters(remove_duplicate=False):
         # a tied weight (LM head = embedding) comes back as one tensor under both names, as in the model's own
@@ -236,7 +236,7 @@ def full_state(
             weights[name] = weights[first[id(p)]]
     if optimizer is None:
         return weights, None
-    by_name = get_optimizer_state_dict(model, optimizer, options=options)
+    by_name: dict[str, Any] = get_optimizer_state_dict(model, optimizer, options=options)
     index = {name: i for i, name in enumerate(n for n, p in model.named_parameters() if p.requires_grad)}
     state = {index[name]: value for name, value in by_name.get("state", {}).items()}
     groups = [dict(g, params=[index[name] for name in g["params"]]) for g in by_name.get("param_groups", [])]
@@ -259,6 +259,7 @@ def save_checkpoint_on_main(
             save_checkpoint(run_dir, step, model, optimizer, extra)
         return
     weights, opt_state = full_state(model, optimizer)
+    assert opt_state is not None  # given the optimizer, full_state returns its state
     if dist.is_main:
         trainable = {n for n, p in model.named_parameters() if p.requires_grad}
         weights = {n: t.contiguous() for n, t in weights.items() if n in trainable}
@@ -275,11 +276,11 @@ def load_checkpoint_everywhere(
         return load_checkpoint(path, model, optimizer)
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, set_optimizer_state_dict
 
-    def restore(weights: dict[str, torch.Tensor], opt_state: dict) -> None:
+    def restore(weights: dict[str, Any], opt_state: dict) -> None:
         options = StateDictOptions(full_state_dict=True, strict=False)
         set_model_state_dict(model, weights, options=options)
         names = [n for n, p in model.named_parameters() if p.requires_grad]
-        by_name = {
+        by_name: dict[str, Any] = {
             "state": {names[i]: v for i, v in opt_state["state"].items()},
             "param_groups": [dict(g, params=[names[i] for i in g["params"]]) for g in opt_state["param_groups"]],
         }

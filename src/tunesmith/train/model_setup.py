@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import torch
 
@@ -14,6 +15,10 @@ from tunesmith.config.load import config_to_yaml
 from tunesmith.models import load_model
 from tunesmith.models.forward import decoder_layers, unwrap
 from tunesmith.models.load import fp32_weight_bytes, keep_4bit_differentiable, weight_bytes
+
+if TYPE_CHECKING:
+    from peft import PeftModel
+    from transformers import PreTrainedModel
 
 
 def human_bytes(n: int) -> str:
@@ -108,13 +113,13 @@ def save_trained(
     if method in ("lora", "qlora"):
         target = run_dir / "adapter"
         # point the adapter at the local base so PEFT's own loaders find it without a hub
-        for peft_cfg in model.peft_config.values():
+        for peft_cfg in cast("PeftModel", model).peft_config.values():
             peft_cfg.base_model_name_or_path = str(model_dir)
         with atomic_directory(target) as tmp:
-            model.save_pretrained(tmp)
+            cast("PeftModel", model).save_pretrained(str(tmp))
         return target
     target = run_dir / "model"
     with atomic_directory(target) as tmp:
-        model.save_pretrained(tmp, state_dict=state_dict)
+        cast("PreTrainedModel", model).save_pretrained(tmp, state_dict=state_dict)
         tokenizer.save_pretrained(tmp)
     return target

@@ -7,8 +7,11 @@ up exactly where it stopped, and any number of processes can agree on it.
 from __future__ import annotations
 
 import math
+from typing import TypeVar
 
 import torch
+
+T = TypeVar("T")
 
 
 def steps_per_epoch(num_examples: int, batch_size: int) -> int:
@@ -28,5 +31,5 @@ def step_indices(num_examples: int, batch_size: int, seed: int, step: int) -> li
     return order[k * batch_size : (k + 1) * batch_size]
 
 
-def split_micro(indices: list[int], micro_batch_size: int) -> list[list[int]]:
+def split_micro(indices: list[T], micro_batch_size: int) -> list[list[T]]:
     return [indices[i : i + micro_batch_size] for i in range(0, len(indices), micro_batch_size)]

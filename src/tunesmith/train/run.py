@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import torch
 from tqdm import tqdm
@@ -52,6 +52,9 @@ if TYPE_CHECKING:
     from tunesmith.recipes import Recipe
 
 Event = dict[str, Any]
+Say = Callable[[str], None]  # where a run's messages go: print, or nothing
+OnEvent = Callable[[Event], None] | None  # the caller's callback for every message and metrics row
+ConfigT = TypeVar("ConfigT", bound="RunConfig")  # the recipe's own config class: `Run[GRPOConfig]`
 
 
 @dataclass
@@ -75,8 +78,8 @@ class RunResult:
 
 
 @dataclass
-class Run:
-    cfg: RunConfig
+class Run(Generic[ConfigT]):
+    cfg: ConfigT
     recipe: Recipe
     dist: Dist
     say: Callable[[str], None]
@@ -152,9 +155,18 @@ class Run:
         )
         return start
 
+    def step_record(
+        self, means: dict[str, float], lr: float, grad_norm: float, unit: str, n: int, n_train: int, **counts: int
+    ) -> dict[str, Any]:
+        """A step's metrics row: its means, lr and gradient norm, `counts`, and the epoch it reached, after `n`
+        more `unit` (pairs, examples) seen: units seen / units in an epoch (`n_train`), fractional."""
+        self.counters[f"{unit}_seen"] += n
+        return {**means, "lr": lr, "grad_norm": grad_norm, **counts, "epoch": self.counters[f"{unit}_seen"] / n_train}
+
     def begin_step(self) -> float:
         """Start the clock and set this step's learning rate (warm-up, then the schedule's decay); returns it."""
         self._t0 = time.perf_counter()
+        assert self.cfg.train.lr is not None  # filled by validate()
         lr = self.cfg.train.lr * lr_multiplier(self.step, self.total_steps, self.warmup_steps, self.cfg.train.schedule)
         set_lr(self.optimizer, lr)
         return lr
@@ -221,6 +233,7 @@ class Run:
             log.close()
         self.release_stop_signals()
         shut_down(self.dist)
+        assert self.stop_signal is not None  # only called once a signal arrived
         name = signal.Signals(self.stop_signal).name
         raise Interrupted(
             f"{name}: stopped after step {self.step}, checkpoint saved in {self.run_dir}/checkpoints; "
@@ -233,12 +246,12 @@ class Run:
 
 
 def start_run(
-    cfg: RunConfig,
+    cfg: ConfigT,
     recipe: Recipe,
     say: Callable[[str], None] = print,
     progress: bool = True,
     on_event: Callable[[Event], None] | None = None,
-) -> Run:
+) -> Run[ConfigT]:
     """Processes, device, precision, base directory and tokenizer: what a recipe needs to read its data."""
     dist = start_processes(cfg, recipe.name, recipe.shards_full)
     if not dist.is_main:  # rank 0 speaks and writes for all
@@ -269,7 +282,7 @@ def _also_as_events(say: Callable[[str], None], on_event: Callable[[Event], None
     return both
 
 
-def open_run(run: Run, n_items: int, attach: Callable[[Run], None] | None = None) -> None:
+def open_run(run: Run[ConfigT], n_items: int, attach: Callable[[Run[ConfigT]], None] | None = None) -> None:
     """Run directory, model (+ adapter), `attach` (a recipe's own parts: a reward head, a precomputed
     reference, before the weights are sharded or resumed), forgetting guard, FSDP, optimizer and schedule
     over `n_items` examples, resume, metrics.jsonl."""
@@ -283,6 +296,7 @@ def open_run(run: Run, n_items: int, attach: Callable[[Run], None] | None = None
         run.guard = start_guard(cfg, run.model, run.tokenizer, run.model_dir, run.device, run.amp_dtype, run.say)
     shard_model(run.model, run.dist)  # full fine-tuning in several processes: FSDP2
     run.params = [p for p in run.model.parameters() if p.requires_grad]
+    assert cfg.train.lr is not None  # filled by validate()
     run.optimizer = build_optimizer(run.params, cfg.train.lr, cfg.train.weight_decay)
     run.total_steps, run.warmup_steps, too_many = plan_steps(cfg.train, n_items)
     if too_many:
@@ -300,7 +314,7 @@ def open_run(run: Run, n_items: int, attach: Callable[[Run], None] | None = None
     run.catch_stop_signals()
 
 
-def save_output(run: Run) -> Path:
+def save_output(run: Run[ConfigT]) -> Path:
     """adapter/ (lora, qlora) or model/ (full; under FSDP every process takes part in gathering it)."""
     whole = full_state(run.model)[0] if run.dist.sharded else None
     if not run.dist.is_main:
@@ -309,12 +323,12 @@ def save_output(run: Run) -> Path:
 
 
 def finish_run(
-    run: Run,
+    run: Run[ConfigT],
     evaluate: Callable[[], dict[str, float]] | None = None,
     describe: Callable[[dict[str, float]], str] | None = None,
     manifest: dict[str, Any] | None = None,
     final_keys: tuple[str, ...] = (),
-    save: Callable[[Run], Path] = save_output,
+    save: Callable[[Run[ConfigT]], Path] = save_output,
 ) -> RunResult:
     """After the loop: put back the last weights within the forgetting budget if it stopped the run, the
     final evaluation, the last checkpoint (so `--resume --max-steps MORE` extends a finished run), the
