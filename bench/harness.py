@@ -372,7 +372,7 @@ def measure_peak(dtype_name: str = "float32", n: int = 4096, repeats: int = 5) -
 
 def model_counts(model_dir: str, method: str) -> tuple[dict, object]:
     """The planner's parameter counts (LoRA r16 on all linear layers) and the model's shape."""
-    from tunesmith.plan import parameter_counts, parse_targets, resolve_shape
+    from tunesmith.planner import parameter_counts, parse_targets, resolve_shape
 
     shape, _ = resolve_shape(model_dir)
     return parameter_counts(shape, method, 16, parse_targets("all-linear")), shape
@@ -381,6 +381,6 @@ def model_counts(model_dir: str, method: str) -> tuple[dict, object]:
 def sft_flops(c: dict, shape, n: int, m: int) -> float:
     """Model FLOPs of one SFT (LoRA/QLoRA) example of n tokens, m of them trained: the planner's per-token
     count at sequence length n and trained fraction m / n, times n."""
-    from tunesmith.plan import flops_per_token
+    from tunesmith.planner import flops_per_token
 
     return n * flops_per_token(shape, "lora", c, n, False, m / n)["model"]

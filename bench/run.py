@@ -26,7 +26,7 @@ What it does, in order, in one process tree:
 
        MFU = model FLOPs of the timed steps / (their wall seconds x measured peak FLOP/s)
 
-   Model FLOPs are those `tunesmith plan` counts (src/tunesmith/plan.py), per example of n tokens of which
+   Model FLOPs are those `tunesmith plan` counts (src/tunesmith/planner.py), per example of n tokens of which
    m are trained (loss-bearing), with N_lin the blocks' linear weights, N_head = V x d, N_lora the adapter:
        SFT (LoRA, QLoRA)  4 N_lin n + 4 N_head m + 6 N_lora n + 6 L qd n^2
                           (forward 2N, activation gradients 2N, no weight gradients for frozen weights; the LM

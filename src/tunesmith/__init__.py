@@ -6,7 +6,7 @@ The Python API (tunesmith/api.py): `tunesmith.sft(...)`, `dpo`, `kto`, `reward`,
 
 __version__ = "0.1.0"
 
-from tunesmith.api import dpo, evaluate, grpo, kto, load, ppo, reward, sft  # noqa: E402
+from tunesmith.api import dpo, evaluate, grpo, kto, load, plan, ppo, reward, sft  # noqa: E402
 from tunesmith.errors import ConfigError, DataError, ModelError, OutputError, TunesmithError  # noqa: E402
 
 __all__ = [
@@ -20,6 +20,7 @@ __all__ = [
     "grpo",
     "kto",
     "load",
+    "plan",
     "ppo",
     "reward",
     "sft",

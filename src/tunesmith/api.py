@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from tunesmith.config.load import Leaf, build_config, leaf_fields, unknown_key_error
 from tunesmith.errors import ConfigError, ModelError
+from tunesmith.planner import plan_recipe
 from tunesmith.recipes import RECIPES, Recipe
 
 if TYPE_CHECKING:
@@ -55,6 +56,21 @@ def _reward_spec(value: Any) -> str:
     return ",".join(specs)
 
 
+def _config_values(recipe: str, config: str | None, options: dict[str, Any], where: str) -> dict[str, Any]:
+    """Keyword arguments -> the config keys `build_config` takes (lora_r -> lora.r), `config` as its YAML file."""
+    names = option_names(RECIPES[recipe].config)
+    values: dict[str, Any] = {}
+    for key, value in options.items():
+        if key not in names:
+            raise unknown_key_error(key, list(names), where)
+        if key == "reward" and recipe == "grpo":
+            value = _reward_spec(value)
+        values[names[key].key] = value
+    if config is not None:
+        values["config"] = config
+    return values
+
+
 def run_recipe(
     name: str,
     config: str | None = None,
@@ -65,17 +81,7 @@ def run_recipe(
 ) -> RunResult:
     """Build `name`'s config from its defaults, `config` (a YAML file) and `options`, then run it here."""
     recipe = RECIPES[name]
-    names = option_names(recipe.config)
-    values: dict[str, Any] = {}
-    for key, value in options.items():
-        if key not in names:
-            raise unknown_key_error(key, list(names), f"tunesmith.{name}(): ")
-        if key == "reward" and name == "grpo":
-            value = _reward_spec(value)
-        values[names[key].key] = value
-    if config is not None:
-        values["config"] = config
-    cfg = build_config(recipe.config, values)
+    cfg = build_config(recipe.config, _config_values(name, config, options, f"tunesmith.{name}(): "))
     say = (lambda message: None) if quiet else print
     # a run that raises leaves its Ctrl-C / SIGTERM handlers behind: give the caller's back, whatever happens
     handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
@@ -131,6 +137,42 @@ ppo = _recipe_function(RECIPES["ppo"])
 grpo = _recipe_function(RECIPES["grpo"])
 
 
+def plan(
+    recipe: str = "sft",
+    config: str | None = None,
+    tokens: int | None = None,
+    gpu: str | None = None,
+    gpus: int = 1,
+    price_per_hour: float | None = None,
+    mfu: float | None = None,
+    peak_tflops: float | None = None,
+    trained_fraction: float | None = None,
+    **options: Any,
+) -> dict[str, Any]:
+    """`tunesmith plan`: parameters, memory, FLOPs, time and cost of the run `tunesmith.<recipe>(**options)`
+    would start, before starting it (arithmetic on the model's shape; no torch, no download).
+
+    `options` and `config` are the recipe function's own (`model=`, `method=`, `lora_r=`, `max_length=`,
+    ...; `out` and `data` are not needed). The rest is what training has no field for: `tokens` the run
+    trains on (else counted from `data` for sft, or `max_steps` full rows), the `gpu` (a name from
+    `tunesmith.planner` GPUS; default h100, cpu with device="cpu"), data-parallel `gpus`, the
+    `price_per_hour` per GPU, `mfu`, `peak_tflops`, `trained_fraction`. Returns the plan as a dict: the
+    same keys as `tunesmith plan --json` (total_params, trainable_params, memory_bytes, ..., warnings)."""
+    if recipe not in RECIPES:
+        raise unknown_key_error(recipe, list(RECIPES), "tunesmith.plan(recipe=...): ")
+    return plan_recipe(
+        recipe,
+        _config_values(recipe, config, options, f"tunesmith.plan(recipe={recipe!r}): "),
+        tokens=tokens,
+        gpu=gpu,
+        gpus=gpus,
+        price_per_hour=price_per_hour,
+        mfu=mfu,
+        peak_tflops=peak_tflops,
+        trained_fraction=trained_fraction,
+    )
+
+
 def evaluate(
     model: str,
     adapter: str | None = None,
@@ -149,7 +191,9 @@ def evaluate(
     from tunesmith.forgetting.evaluate import evaluate_model  # heavy: torch, transformers
 
     if adapter and base:
-        raise ConfigError("adapter and base: with an adapter, the base is the adapter switched off; give one")
+        raise ConfigError("--adapter and --base: with an adapter, the base is the adapter switched off; give one")
+    if probe_size < 0 or (limit is not None and limit < 1) or max_length < 8:
+        raise ConfigError("--probe-size must be >= 0, --limit >= 1 and --max-length >= 8")
     return evaluate_model(
         model,
         adapter,
@@ -172,15 +216,15 @@ def load(path: str | Path, device: str = "auto", merge: bool = False) -> tuple[A
     `merge` folds it into the weights in memory (faster decoding, same outputs)."""
     from tunesmith.models.inference import load_for_inference  # heavy: torch, transformers, peft
 
-    path = Path(path)
-    if (path / "run.json").is_file():
-        run = json.loads((path / "run.json").read_text())
-        path = path / run["output"]
-        if (path / "reward_model.json").is_file():
-            raise ModelError(f"{path}: a reward model scores, it does not generate (use `tunesmith score`)")
-    if (path / "adapter_config.json").is_file():
-        base = json.loads((path / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    where = Path(path)
+    if (where / "run.json").is_file():
+        run = json.loads((where / "run.json").read_text())
+        where = where / run["output"]
+        if (where / "reward_model.json").is_file():
+            raise ModelError(f"{where}: a reward model scores, it does not generate (use `tunesmith score`)")
+    if (where / "adapter_config.json").is_file():
+        base = json.loads((where / "adapter_config.json").read_text()).get("base_model_name_or_path")
         if not base:
-            raise ModelError(f"{path}/adapter_config.json: no base_model_name_or_path to load the adapter over")
-        return load_for_inference(base, [str(path)], device, merge)
-    return load_for_inference(str(path), None, device)
+            raise ModelError(f"{where}/adapter_config.json: no base_model_name_or_path to load the adapter over")
+        return load_for_inference(base, [str(where)], device, merge)
+    return load_for_inference(str(where), None, device)

@@ -139,8 +139,10 @@ import os
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+from tunesmith.config.load import build_config, leaf_fields
 from tunesmith.data.formats import problems_error, read_sft_file
 from tunesmith.errors import ConfigError, ModelError
+from tunesmith.recipes import RECIPES
 
 METHODS = ("full", "lora", "qlora")
 LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -637,7 +639,7 @@ def plan(
     total = mem["memory_bytes"]["total"]
     fits = None if capacity is None else total <= capacity
     warnings = []
-    if fits is False:
+    if capacity is not None and not fits:
         hints = [
             h
             for h, ok in [
@@ -653,7 +655,7 @@ def plan(
             f"does not fit: needs {total / GIB:.1f} GiB per {'GPU' if gpu_key != 'cpu' else 'machine'}, "
             f"{device.name} has {capacity / GIB:.1f} GiB; try {', '.join(hints)}"
         )
-    elif fits and total > 0.9 * capacity:
+    elif capacity is not None and fits and total > 0.9 * capacity:
         warnings.append(
             f"tight: {total / GIB:.1f} of {capacity / GIB:.1f} GiB; CUDA context and fragmentation are not counted"
         )
@@ -733,6 +735,20 @@ def sequence_length(cfg) -> int:
     """Tokens per sequence: the data's --max-length, or for prompt data the prompt plus what is sampled."""
     data = cfg.data
     return data.max_length if hasattr(data, "max_length") else data.max_prompt_length + cfg.sampling.max_new_tokens
+
+
+# What training requires and a plan does not: where the run goes, what it reads, what scores it. They
+# stand in while the config is validated (every other check is training's own) and are empty after.
+NOT_NEEDED_TO_PLAN = {"out": "-", "data.train": "-", "grpo.reward": "-", "ppo.reward_model": "-"}
+
+
+def plan_recipe(recipe: str, values, **planner) -> dict:
+    """The plan of a `recipe` run from training's own options: `values` is what `build_config` takes (the
+    parsed flags, or a dict of config keys with "config" for a YAML file); `planner` is `plan_config`'s."""
+    config_cls = RECIPES[recipe].config
+    keys = {leaf.key for leaf in leaf_fields(config_cls)}
+    cfg = build_config(config_cls, values, stand_ins={k: v for k, v in NOT_NEEDED_TO_PLAN.items() if k in keys})
+    return plan_config(cfg, recipe, **planner)
 
 
 def plan_config(

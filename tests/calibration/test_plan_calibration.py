@@ -9,7 +9,7 @@ row with no padding) and its trained fraction.
 Memory is measured with glibc's mmap threshold pinned at 64 KiB (MALLOC_MMAP_THRESHOLD_), so that a freed
 tensor leaves RSS at once. With the default, glibc raises the threshold to the size of the first large
 tensor freed, then keeps freed activations in its arenas for reuse, and peak RSS ran 1.2-2x the planned
-total: the allocator's slack, which the planner does not model (see the module docstring of tunesmith.plan).
+total: the allocator's slack, which the planner does not model (see the module docstring of tunesmith.planner).
 
 Time: the MFU of one shape (8 x ~190 tokens), against this machine's fp32 matmul peak, predicts through
 the planner the step time of another (8 x 128 tokens: two thirds of the FLOPs).
@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pytest
 
-from tunesmith.plan import plan
+from tunesmith.planner import plan
 
 HELPER = Path(__file__).with_name("measure_run.py")
 DATA = Path(__file__).resolve().parents[2] / "src" / "tunesmith" / "demo" / "data" / "support_train.jsonl"

@@ -14,10 +14,18 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import write_jsonl
-from tunesmith.cli.plan import NOT_NEEDED_TO_PLAN
 from tunesmith.config.load import add_arguments, leaf_fields
 from tunesmith.errors import ConfigError, DataError
-from tunesmith.plan import GPUS, NF4_BITS, SHAPES, count_data_tokens, parameter_counts, plan, resolve_shape
+from tunesmith.planner import (
+    GPUS,
+    NF4_BITS,
+    NOT_NEEDED_TO_PLAN,
+    SHAPES,
+    count_data_tokens,
+    parameter_counts,
+    plan,
+    resolve_shape,
+)
 from tunesmith.recipes import RECIPES
 
 GIB = 2**30
@@ -192,7 +200,7 @@ def test_checkpointing_reduces_activations():
 
 def test_planner_chunk_is_the_loss_chunk():
     from tunesmith.losses.sft import CHUNK_ROWS
-    from tunesmith.plan import CHUNK_ROWS as PLANNED
+    from tunesmith.planner import CHUNK_ROWS as PLANNED
 
     assert PLANNED == CHUNK_ROWS
 
@@ -522,3 +530,25 @@ def test_readme_plan_commands_parse():
     assert commands
     for argv in commands:
         plan_parser().parse_args(["plan", *argv])
+
+
+def test_the_python_api_plans_what_the_command_plans(tmp_path, capsys):
+    """`tunesmith.plan(recipe, **options)` takes the recipe function's keyword arguments and answers exactly as
+    `tunesmith plan --recipe ... --json` does for the same flags; a bad argument raises the command's error."""
+    import tunesmith
+
+    config = tmp_path / "run.yaml"
+    config.write_text("model: llama-2-7b\nmethod: qlora\nlora:\n  r: 32\n")
+    cli = run_json(
+        ["--recipe", "dpo", "--config", str(config), "--max-length", "1024", "--max-steps", "50", "--gpu", "a100-80g"],
+        capsys,
+    )
+    api = tunesmith.plan("dpo", config=str(config), max_length=1024, max_steps=50, gpu="a100-80g")
+    assert api == cli
+    assert (api["method"], api["lora"]["r"], api["seq_len"], api["steps"]) == ("qlora", 32, 1024, 50)
+    with pytest.raises(ConfigError, match="lora_rank.*lora_r"):
+        tunesmith.plan("sft", model="llama-2-7b", lora_rank=8)
+    with pytest.raises(ConfigError, match="kto"):
+        tunesmith.plan("ktoo")
+    with pytest.raises(ConfigError, match="method full"):
+        tunesmith.plan("ppo", method="full")

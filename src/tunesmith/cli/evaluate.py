@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-from tunesmith.errors import ConfigError
-from tunesmith.forgetting.evaluate import evaluate_model, format_result
+from tunesmith.api import evaluate
+from tunesmith.forgetting.evaluate import format_result
 
 
 def register(sub) -> None:
@@ -37,12 +37,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    if args.adapter and args.base:
-        raise ConfigError("--adapter and --base: with an adapter, the base is the adapter switched off; give one")
-    if args.probe_size < 0 or (args.limit is not None and args.limit < 1) or args.max_length < 8:
-        raise ConfigError("--probe-size must be >= 0, --limit >= 1 and --max-length >= 8")
-    say = (lambda s: None) if args.json else print
-    result = evaluate_model(
+    result = evaluate(
         args.model,
         args.adapter,
         args.base,
@@ -53,7 +48,7 @@ def run(args) -> int:
         args.device,
         args.precision,
         args.limit,
-        say,
+        quiet=args.json,
     )
     print(json.dumps(result) if args.json else format_result(result))
     return 0

@@ -12,13 +12,9 @@ import argparse
 import json
 import sys
 
-from tunesmith.config.load import add_arguments, build_config, leaf_fields
-from tunesmith.plan import GPUS, SHAPES, format_plan, plan_config
+from tunesmith.config.load import add_arguments
+from tunesmith.planner import GPUS, SHAPES, format_plan, plan_recipe
 from tunesmith.recipes import RECIPES
-
-# What training requires and a plan does not: where the run goes, what it reads, what scores it. They
-# stand in while the config is validated (every other check is training's own) and are empty after.
-NOT_NEEDED_TO_PLAN = {"out": "-", "data.train": "-", "grpo.reward": "-", "ppo.reward_model": "-"}
 
 _RECIPE = argparse.ArgumentParser(add_help=False, exit_on_error=False)
 _RECIPE.add_argument("--recipe", default="sft")
@@ -52,7 +48,7 @@ def register(sub) -> None:
         description="Arithmetic on the model's shape, no download and no torch: total and trainable "
         "parameters; memory per GPU split into weights, gradients, AdamW state, "
         "activations, bf16 weight copies and the logits buffer; FLOPs per token and for "
-        "the run; time at an MFU and cost. Formulas: the docstring of tunesmith/plan.py. "
+        "the run; time at an MFU and cost. Formulas: the docstring of tunesmith/planner.py. "
         "The options are those of the training command --recipe names (the same "
         "--config files and --set keys; --out and --data are not needed), then the "
         f"planner's own. Built-in shapes: {', '.join(SHAPES)} (and smollm2-135m-instruct).",
@@ -89,12 +85,9 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    recipe = RECIPES[args.recipe]
-    keys = {leaf.key for leaf in leaf_fields(recipe.config)}
-    cfg = build_config(recipe.config, args, stand_ins={k: v for k, v in NOT_NEEDED_TO_PLAN.items() if k in keys})
-    result = plan_config(
-        cfg,
-        recipe.name,
+    result = plan_recipe(
+        args.recipe,
+        args,
         tokens=args.tokens,
         gpu=args.gpu,
         gpus=args.gpus,
