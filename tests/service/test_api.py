@@ -10,6 +10,7 @@ import time
 
 import httpx
 import pytest
+import torch
 
 from tests.service.conftest import tiny_job, upload, wait_for
 
@@ -156,6 +157,36 @@ def test_sft_and_dpo_jobs_succeed(server, data_dir):
         client.fine_tuning.jobs.cancel(sft.id)
 
 
+def test_full_fine_tunes_and_their_checkpoints_are_served_as_models(server, data_dir):
+    """A full fine-tune is served as its own base, and so is each checkpoint: a model directory whose weights
+    are the checkpoint's (the last one's equal the saved model's)."""
+    from safetensors.torch import load_file
+
+    client = server.client()
+    job = tiny_job(client, upload(client, data_dir / "train.jsonl"), steps=4, tunesmith={"method": "full"})
+    done = wait_for(client, job.id, {"succeeded"})
+    checkpoints = {
+        c.step_number: c.fine_tuned_model_checkpoint for c in client.fine_tuning.jobs.checkpoints.list(job.id)
+    }
+    assert set(checkpoints) == {2, 4} and set(checkpoints.values()) <= {m.id for m in client.models.list()}
+    last = server.home / "checkpoints" / job.id / "step-4"
+    saved, served = (
+        load_file(server.home / "runs" / job.id / "model" / "model.safetensors"),
+        load_file(last / "model.safetensors"),
+    )
+    assert saved.keys() == served.keys() and all(torch.equal(saved[k], served[k]) for k in saved)
+    replies = {}
+    for model in (done.fine_tuned_model, checkpoints[4], checkpoints[2]):
+        reply = client.chat.completions.create(
+            model=model, messages=[{"role": "user", "content": "hi"}], max_tokens=6, temperature=0
+        )
+        replies[model] = reply.choices[0].message.content
+    assert replies[done.fine_tuned_model] == replies[checkpoints[4]]  # the same weights, the same greedy reply
+    for missing in (f"{done.fine_tuned_model}:ckpt-step-3", f"{done.fine_tuned_model}:ckpt-step-abc"):
+        with pytest.raises(openai.NotFoundError):
+            client.chat.completions.create(model=missing, messages=[{"role": "user", "content": "hi"}], max_tokens=2)
+
+
 def test_malformed_training_file_fails_the_job(server, data_dir):
     client = server.client()
     bad = upload(client, data_dir / "bad.jsonl")
@@ -170,12 +201,15 @@ def test_cancel_stops_within_seconds_and_keeps_checkpoint(server, data_dir):
     client = server.client()
     job = tiny_job(client, upload(client, data_dir / "train.jsonl"), steps=400, save_every=1)
     wait_for(client, job.id, {"running"}, check=lambda j: client.fine_tuning.jobs.checkpoints.list(j.id).data)
+    with pytest.raises(openai.ConflictError, match="training_file of job"):  # the running job still reads it
+        client.files.delete(job.training_file)
     asked = time.time()
     client.fine_tuning.jobs.cancel(job.id)
     cancelled = wait_for(client, job.id, {"cancelled"}, timeout=30)
     assert time.time() - asked < 15 and cancelled.finished_at is not None and cancelled.fine_tuned_model is None
     assert list((server.home / "runs" / job.id / "checkpoints").glob("step-*"))
     assert any(e.message == "Job cancelled" for e in client.fine_tuning.jobs.list_events(job.id, limit=50))
+    assert client.files.delete(job.training_file).deleted
 
 
 def test_pause_and_resume_continue_from_the_checkpoint(server, data_dir):

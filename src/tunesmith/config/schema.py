@@ -160,7 +160,7 @@ class TrainConfig:
         """After the recipe filled `lr` and `batch_size`; fills `micro_batch_size` (= batch_size unless given)."""
         if self.micro_batch_size is None:
             self.micro_batch_size = self.batch_size
-        assert self.lr is not None and self.batch_size is not None
+        assert self.lr is not None and self.batch_size is not None and self.micro_batch_size is not None
         require(
             [
                 (self.lr > 0, "train.lr", "must be > 0"),
@@ -388,7 +388,7 @@ class GRPOOptions:
         "",
         "--reward",
         "reward functions: json_valid, json_fields, json_schema:PATH, regex:PATTERN, exact_match, "
-        "length_penalty[:N], module:function; comma-separated",
+        "length_penalty[:N], grader:PATH (an OpenAI grader in JSON), module:function; comma-separated",
     )
     reward_model: str | None = opt(
         None, "--reward-model", "a `tunesmith reward` run whose score is added to the reward"

@@ -21,6 +21,14 @@ Built-ins (`words` is `len(completion.split())`):
                      completion lacks counts as null (it matches a null reference value).
   length_penalty     -max(0, words - N) / N with N = 50: 0.0 up to N words, -1.0 at 2N, -2.0 at 3N, ...
   length_penalty:N   the same with a target of N words (a positive integer).
+  grader:PATH        the score of the OpenAI grader object (reinforcement fine-tuning's `grader`: string_check,
+                     text_similarity, python, score_model or multi) in JSON file PATH, e.g.
+                     {"type": "string_check", "name": "answer", "operation": "eq",
+                      "input": "{{ sample.output_text }}", "reference": "{{ item.reference_answer }}"}.
+                     PATH is read and the grader checked once, when the reward is built; the row fields its
+                     templates read are required in every row. Types, templates and formulas:
+                     rollout/graders.py. A python grader runs in a process of its own, with a timeout of 10 s
+                     per call (the environment variable TUNESMITH_GRADER_TIMEOUT_S changes it).
 
 Your own reward: `module:function`, e.g. `my_rewards:score` for `score` in `my_rewards.py`. The module is
 imported when the reward is built, from sys.path with the current directory added at its end (so installed
@@ -32,8 +40,8 @@ Spec grammar, for each `--reward` value (the flag may be repeated; the values ar
   value  := item ("," item)*
   item   := NAME | NAME ":" ARG | MODULE ":" FUNCTION
 `regex:` consumes the rest of its value, commas included: `--reward json_valid,regex:^\\d{1,3}$` is two
-rewards. Put a regex last in its value, or give it its own `--reward`. Other arguments (a schema path, a
-length target) end at the next comma. Whitespace around items is ignored; an empty item, the same spec
+rewards. Put a regex last in its value, or give it its own `--reward`. Other arguments (a schema or grader
+path, a length target) end at the next comma. Whitespace around items is ignored; an empty item, the same spec
 twice, or an unknown name is a ConfigError. Built-in names win over a user module of the same name.
 """
 
@@ -158,6 +166,13 @@ def json_schema_reward(spec: str, path: str) -> RewardFn:
     return json_schema
 
 
+def grader_reward(spec: str, path: str) -> RewardFn:
+    """The OpenAI grader in JSON file `path` as a reward; its `required_fields` are the row fields it reads."""
+    from tunesmith.rollout.graders import load_grader_file  # nltk, rouge-score, torch: only when one is used
+
+    return load_grader_file(path)
+
+
 def regex_reward(spec: str, pattern: str) -> RewardFn:
     """A reward that is 1.0 if re.search(pattern, completion) matches, else 0.0."""
     if not pattern:
@@ -190,17 +205,24 @@ def length_penalty_reward(spec: str, target: str | None) -> RewardFn:
     return length_penalty
 
 
-# name -> (builder(spec, arg) -> fn, whether ARG is required/allowed/refused, row fields it reads)
+# name -> (builder(spec, arg) -> fn, whether ARG is required/allowed/refused, row fields it reads); `arg` is
+# typed Any: build_reward passes a str to the builders that require one, None or a str to the others
 _NO_ARG, _ARG, _OPTIONAL_ARG = "none", "required", "optional"
-BUILTINS: dict[str, tuple[Callable[[str, str | None], RewardFn], str, frozenset[str]]] = {
+BUILTINS: dict[str, tuple[Callable[[str, Any], RewardFn], str, frozenset[str]]] = {
     "json_valid": (lambda spec, arg: json_valid, _NO_ARG, frozenset()),
     "json_schema": (json_schema_reward, _ARG, frozenset()),
     "regex": (regex_reward, _ARG, frozenset()),
     "exact_match": (lambda spec, arg: exact_match, _NO_ARG, frozenset({"reference"})),
     "length_penalty": (length_penalty_reward, _OPTIONAL_ARG, frozenset()),
     "json_fields": (lambda spec, arg: json_fields, _NO_ARG, frozenset({"reference"})),
+    "grader": (grader_reward, _ARG, frozenset()),  # its fields come from the grader's templates
 }
-_USAGE = {"json_schema": "json_schema:PATH", "regex": "regex:PATTERN", "length_penalty": "length_penalty[:N]"}
+_USAGE = {
+    "json_schema": "json_schema:PATH",
+    "regex": "regex:PATTERN",
+    "length_penalty": "length_penalty[:N]",
+    "grader": "grader:PATH",
+}
 
 
 def _builtin_list() -> str:
@@ -293,7 +315,8 @@ def build_reward(spec: str) -> NamedReward:
             raise ConfigError(f"reward '{spec}': '{name}' takes no argument")
         if not colon and takes == _ARG:
             raise ConfigError(f"reward '{spec}': '{name}' needs an argument: {_USAGE[name]}")
-        return NamedReward(spec, builder(spec, arg if colon else None), fields)
+        fn = builder(spec, arg if colon else None)
+        return NamedReward(spec, fn, fields | getattr(fn, "required_fields", frozenset()))
     if colon:
         return NamedReward(spec, load_user_reward(spec))
     raise ConfigError(

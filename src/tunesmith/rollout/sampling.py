@@ -17,7 +17,8 @@ def prompt_ids(tokenizer, messages: list[dict], max_prompt_length: int) -> list[
 def rollout_seed(seed: int, step: int, index: int) -> int:
     """The sampling seed of one micro-batch of prompts: a function of (seed, step, its index in the step)
     only, so a rollout is the same whichever process samples it and however many there are."""
-    return (seed * 1_000_003 + step) * 100_003 + index
+    # torch.manual_seed takes at most 64 bits: a seed past ~9e7 (the service draws them below 2**31) would overflow
+    return ((seed * 1_000_003 + step) * 100_003 + index) % 2**63
 
 
 @torch.no_grad()

@@ -16,9 +16,10 @@ from fastapi import FastAPI
 from sqlalchemy import select
 
 from tunesmith import __version__
-from tunesmith.serve.api import files, jobs, models
+from tunesmith.serve.api import dashboard, files, jobs, models
 from tunesmith.serve.db import Checkpoint, Job, make_sessions
 from tunesmith.serve.errors import install_error_handlers
+from tunesmith.serve.jobs import is_full
 from tunesmith.serve.protocol import ft_name, model_object
 from tunesmith.serve.settings import Settings
 
@@ -41,7 +42,7 @@ class ModelDirectory:
 
     def _served(self, job: Job) -> tuple[str, str | None]:
         run = self.settings.runs_dir / job.id
-        if (job.extension.get("method") or "lora") == "full":
+        if is_full(job):
             return str(run / "model"), None  # a full fine-tune is served as its own base
         return job.model, str(run / "adapter")
 
@@ -57,11 +58,12 @@ class ModelDirectory:
                     return self._served(job) if job.status == "succeeded" else None
                 ckpt = session.scalar(
                     select(Checkpoint).where(
-                        Checkpoint.job_id == job.id, Checkpoint.step == int(step) if step.isdigit() else -1
+                        Checkpoint.job_id == job.id,
+                        Checkpoint.step == (int(step) if step.isdigit() else -1),  # not a number: no checkpoint
                     )
                 )
-                if ckpt is not None and ckpt.adapter_dir and Path(ckpt.adapter_dir).is_dir():
-                    return job.model, ckpt.adapter_dir
+                if ckpt is not None and ckpt.served_dir and Path(ckpt.served_dir).is_dir():
+                    return (ckpt.served_dir, None) if is_full(job) else (job.model, ckpt.served_dir)
         return None
 
     def list(self, owner: str) -> list[dict[str, Any]]:
@@ -74,7 +76,7 @@ class ModelDirectory:
                     data.append(model_object(name, job.finished_at or job.created_at, owner, job.model))
                 ckpts = session.scalars(
                     select(Checkpoint)
-                    .where(Checkpoint.job_id == job.id, Checkpoint.adapter_dir.is_not(None))
+                    .where(Checkpoint.job_id == job.id, Checkpoint.served_dir.is_not(None))
                     .order_by(Checkpoint.step.desc())
                 )
                 data += [model_object(f"{name}{CKPT}{c.step}", c.created_at, owner, name) for c in ckpts]
@@ -94,7 +96,7 @@ def create_app(settings: Settings) -> FastAPI:
     directory = ModelDirectory(settings, app.state.sessions)
     app.state.resolve_model = directory.resolve
     app.state.list_models = directory.list
-    for router in (files.router, jobs.router, models.router):
+    for router in (files.router, jobs.router, models.router, dashboard.router):
         app.include_router(router, prefix="/v1")
     try:
         chat = importlib.import_module("tunesmith.serve.api.chat")
@@ -104,6 +106,8 @@ def create_app(settings: Settings) -> FastAPI:
     else:
         prefixed = any(getattr(r, "path", "").startswith("/v1/") for r in chat.router.routes)
         app.include_router(chat.router, prefix="" if prefixed else "/v1")
+
+    dashboard.install_dashboard(app)
 
     @app.get("/health", include_in_schema=False)
     def health() -> dict:

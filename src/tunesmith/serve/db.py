@@ -47,6 +47,9 @@ class File(Base):
     deleted: Mapped[bool] = mapped_column(Boolean, default=False)
 
 
+FINISHED = ("succeeded", "failed", "cancelled")  # a job in any other status may still read its files
+
+
 class Job(Base):
     __tablename__ = "jobs"
     seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
@@ -98,7 +101,8 @@ class Checkpoint(Base):
     step: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[int] = mapped_column(Integer, default=now)
     metrics: Mapped[dict] = mapped_column(JSON, default=dict)
-    adapter_dir: Mapped[str | None] = mapped_column(Text, nullable=True)  # servable copy, LoRA only
+    # what serves it: a PEFT adapter directory (LoRA, QLoRA) or, for a full fine-tune, a model directory
+    served_dir: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
 def make_engine(url: str) -> Engine:

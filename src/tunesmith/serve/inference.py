@@ -17,10 +17,11 @@ import re
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import torch
 
@@ -28,6 +29,9 @@ from tunesmith.errors import ModelError, TunesmithError
 from tunesmith.models.forward import adapter_off, autocast
 from tunesmith.models.load import autocast_dtype, load_model, load_tokenizer, select_device
 from tunesmith.models.registry import resolve_model_dir
+
+if TYPE_CHECKING:
+    from peft import PeftModel
 
 BASE = "__base__"  # PEFT's name for "no adapter" in a mixed-adapter batch
 DEFAULT_MAX_TOKENS = 512  # when a request names no limit (capped by what the context has left)
@@ -58,7 +62,7 @@ class ChatRequest:
 class ChatChoice:
     index: int
     text: str
-    finish_reason: str  # "stop" (end of turn or a stop string) or "length"
+    finish_reason: Literal["stop", "length"]  # "stop" (end of turn or a stop string) or "length"
     tokens: int  # generated tokens, the end-of-turn token included
 
 
@@ -87,7 +91,7 @@ class Delta:
 @dataclass
 class _Base:
     model: torch.nn.Module  # becomes a PeftModel when its first adapter loads
-    tokenizer: object
+    tokenizer: Any  # a transformers tokenizer
     device: torch.device
     amp: torch.dtype | None
     end_ids: set[int]
@@ -99,7 +103,7 @@ class _Base:
 class _Job:
     request: ChatRequest
     future: Future
-    on_delta: Callable[[Delta], None] | None
+    on_delta: Callable[[Delta], object] | None
     prompt_ids: list[int] = field(default_factory=list)
     max_tokens: int = 0
     adapter_name: str = BASE
@@ -115,7 +119,7 @@ class _Row:
         self.tokens = 0
         self.text = ""
         self.sent = ""
-        self.finish: str | None = None
+        self.finish: Literal["stop", "length"] | None = None
 
     def advance(self, token: int, base: _Base) -> None:
         request = self.job.request
@@ -202,7 +206,7 @@ class ChatEngine:
 
     # -- the public faces ---------------------------------------------------------------------
 
-    def submit(self, request: ChatRequest, on_delta: Callable[[Delta], None] | None = None) -> Future:
+    def submit(self, request: ChatRequest, on_delta: Callable[[Delta], object] | None = None) -> Future:
         """A Future of the ChatResult; on_delta(Delta) is called from the engine thread as text decodes.
         Cancelling the future stops its rows at the next decoding step."""
         with self._start:
@@ -216,7 +220,7 @@ class ChatEngine:
     async def complete(self, request: ChatRequest) -> ChatResult:
         return await asyncio.wrap_future(self.submit(request))
 
-    async def stream(self, request: ChatRequest) -> AsyncIterator[Delta | ChatResult]:
+    async def stream(self, request: ChatRequest) -> AsyncGenerator[Delta | ChatResult, None]:
         """Deltas as they decode, then the ChatResult last (an engine error is raised instead)."""
         loop = asyncio.get_running_loop()
         items: asyncio.Queue = asyncio.Queue()
@@ -292,6 +296,7 @@ class ChatEngine:
     def _chunks(self, jobs: list[_Job]) -> list[list[_Job]]:
         """Batches of at most max_batch_rows rows and max_adapters distinct adapters (all loaded at once)."""
         chunks: list[list[_Job]] = []
+        adapters: set[str | None]
         rows, adapters = 0, set()
         for job in jobs:
             new = {job.request.adapter} - adapters - {None}
@@ -427,7 +432,7 @@ def _adapter_choice(base: _Base, names: list[str]):
         with adapter_off(base.model):
             yield {}
     elif len(distinct) == 1:
-        base.model.set_adapter(names[0])
+        cast("PeftModel", base.model).set_adapter(names[0])  # a model with adapters is a PeftModel
         yield {}
     else:
         yield {"adapter_names": names}

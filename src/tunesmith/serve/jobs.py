@@ -8,31 +8,42 @@ import argparse
 import csv
 import io
 import json
+import os
 import re
 import shutil
 import struct
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from tunesmith.atomic import atomic_write_text
 from tunesmith.errors import DataError, Interrupted, TunesmithError
 from tunesmith.serve.db import Checkpoint, Event, File, Job, make_sessions, new_id, now
 from tunesmith.serve.hyper import resolve_hyperparameters, run_options
 from tunesmith.serve.protocol import ft_name
 from tunesmith.serve.settings import Settings
 
+if TYPE_CHECKING:
+    from tunesmith.data.prompts import PromptRow
+    from tunesmith.rollout.graders import Grader
+
 METRIC_NAMES = {
     "loss": "train_loss",
     "eval_loss": "valid_loss",
     "kl_to_base": "kl_to_base",
     "probe_perplexity": "probe_perplexity",
+    "reward_mean": "train_reward_mean",  # grpo: the mean grader score of the step's samples
+    "eval_reward_mean": "valid_reward_mean",  # grpo: of greedy replies to the validation prompts
 }
+REWARD_COLUMNS = ["train_reward_mean", "valid_reward_mean"]  # in the results file of jobs that have them
 MAX_PROBLEMS = 10
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt")  # not copied beside a full checkpoint's own weights
 
 
 def add_event(
@@ -51,11 +62,24 @@ def run_dir(settings: Settings, job: Job) -> Path:
 
 # ---- validation: validating_files -> queued | failed ----------------------------------------------
 def validate_job(session: Session, settings: Settings, job: Job) -> None:
-    """Parse the training (and validation) file with tunesmith's own loaders; resolve "auto" from its size."""
+    """Parse the training (and validation) file with tunesmith's own loaders; resolve "auto" from its size.
+    A reinforcement job's rows must also hold the fields its grader's templates read, and its grader is
+    written to GRADERS_DIR/JOB_ID.json for the run's `reward="grader:PATH"`."""
     from tunesmith.data.formats import load_sft_file
-    from tunesmith.data.preference import load_preference_file
+    from tunesmith.data.preference import ParsedPreferenceFile, load_preference_file
+    from tunesmith.data.prompts import load_prompt_file
 
-    load = load_sft_file if job.recipe == "sft" else load_preference_file
+    load: Callable[[Path], Any] = {"sft": load_sft_file, "grpo": load_prompt_file}.get(job.recipe, load_preference_file)
+    method = job.method.get(job.method["type"]) or {}
+    grader = None
+    if job.recipe == "grpo":
+        from tunesmith.rollout.graders import build_grader
+
+        try:
+            grader = build_grader(method.get("grader"))  # checked when created; a reward model may have gone since
+        except TunesmithError as e:
+            fail(session, job, str(e), code="invalid_grader", param="method")
+            return
     n_rows = 0
     for param in ("training_file", "validation_file"):
         file_id = getattr(job, param)
@@ -64,6 +88,8 @@ def validate_job(session: Session, settings: Settings, job: Job) -> None:
         path = file_path(settings, file_id)
         try:
             parsed = load(path)
+            if grader is not None:
+                missing_grader_fields(grader, parsed)
         except DataError as e:
             # the problems name the stored path; the user knows the file by its id
             problems = [p.replace(str(path), file_id) for p in e.problems]
@@ -82,9 +108,13 @@ def validate_job(session: Session, settings: Settings, job: Job) -> None:
             fail(session, job, f"{param} {file_id}: {e}", code=f"invalid_{param}", param=param)
             return
         if param == "training_file":
-            n_rows = len(parsed.pairs if job.recipe == "dpo" else parsed)
-    method = job.method.get(job.method["type"]) or {}
+            n_rows = len(parsed.pairs if isinstance(parsed, ParsedPreferenceFile) else parsed)  # dpo: pairs
     job.hyperparameters = resolve_hyperparameters(job.recipe, method.get("hyperparameters") or {}, n_rows)
+    reward = None
+    if grader is not None:
+        grader_file = settings.graders_dir / f"{job.id}.json"
+        atomic_write_text(grader_file, json.dumps(method["grader"], indent=1) + "\n")
+        reward = f"grader:{grader_file}"
     job.options = run_options(
         job.recipe,
         job.hyperparameters,
@@ -94,10 +124,21 @@ def validate_job(session: Session, settings: Settings, job: Job) -> None:
         job.seed,
         job.model,
         run_dir(settings, job),
+        reward,
     )
     job.status = "queued"
     add_event(session, job.id, f"Validated training file {job.training_file}: {n_rows} rows")
     add_event(session, job.id, "Job queued")
+
+
+def missing_grader_fields(grader: Grader, rows: list[PromptRow]) -> None:
+    """A DataError naming each FILE:LINE whose row lacks a field the grader's templates read."""
+    from tunesmith.rollout.rewards import NamedReward, missing_reward_fields
+
+    named = NamedReward("grader", grader, grader.required_fields)
+    problems = missing_reward_fields([named], [(row.where, row.row) for row in rows])
+    if problems:
+        raise DataError(problems)
 
 
 def fail(session: Session, job: Job, message: str, code: str, param: str | None = None) -> None:
@@ -114,11 +155,45 @@ def _safetensors_header(path: Path) -> tuple[dict, bytes]:
     return json.loads(raw[8 : 8 + n]), raw[8 + n :]
 
 
-def export_checkpoint_adapter(settings: Settings, job: Job, step_dir: Path, step: int) -> Path | None:
+def is_full(job: Job) -> bool:
+    """A full fine-tune: its outputs are whole models, served as their own base (not adapters)."""
+    return (job.extension.get("method") or "lora") == "full"
+
+
+def export_checkpoint(settings: Settings, job: Job, step_dir: Path, step: int) -> Path:
+    """A checkpoint as something servable and kept after the run prunes it: a PEFT adapter directory, or for
+    a full fine-tune a model directory. Written to a temporary name and renamed, so it is whole or absent."""
+    target = settings.checkpoints_dir / job.id / f"step-{step}"
+    tmp = target.with_name(target.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    if is_full(job):
+        write_checkpoint_model(job, step_dir, tmp)
+    else:
+        write_checkpoint_adapter(settings, job, step_dir, tmp)
+    shutil.rmtree(target, ignore_errors=True)
+    tmp.rename(target)
+    return target
+
+
+def write_checkpoint_model(job: Job, step_dir: Path, out: Path) -> None:
+    """A full checkpoint's weights (the model's own state-dict keys) beside the base's config and tokenizer
+    files: a Hugging Face model directory. The weights are hard-linked where the filesystem allows."""
+    from tunesmith.models import resolve_model_dir  # the model is already built: the run loaded it
+
+    for f in resolve_model_dir(job.model).iterdir():
+        if f.is_file() and f.suffix not in WEIGHT_SUFFIXES and not f.name.endswith(".index.json"):
+            shutil.copy2(f, out / f.name)
+    weights = step_dir / "trainable.safetensors"
+    try:
+        os.link(weights, out / "model.safetensors")
+    except OSError:
+        shutil.copy2(weights, out / "model.safetensors")
+
+
+def write_checkpoint_adapter(settings: Settings, job: Job, step_dir: Path, out: Path) -> None:
     """A LoRA checkpoint's trainable weights as a PEFT adapter directory (keys without the adapter name,
     adapter_config.json from the run's config), without loading torch: only the header is rewritten."""
-    if (job.extension.get("method") or "lora") == "full":
-        return None  # a full checkpoint is the whole model's weights, not an adapter; not served
     header, data = _safetensors_header(step_dir / "trainable.safetensors")
     renamed = {k.replace(".default.", "."): v for k, v in header.items()}
     targets = sorted({k.removeprefix("base_model.model.").split(".lora_")[0] for k in renamed if ".lora_A." in k})
@@ -138,17 +213,10 @@ def export_checkpoint_adapter(settings: Settings, job: Job, step_dir: Path, step
         "fan_in_fan_out": False,
         "base_model_name_or_path": str(resolve_model_dir(job.model)),
     }
-    target = settings.checkpoints_dir / job.id / f"step-{step}"
-    tmp = target.with_name(target.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
     head = json.dumps(renamed).encode()
     head += b" " * (-len(head) % 8)
-    (tmp / "adapter_model.safetensors").write_bytes(struct.pack("<Q", len(head)) + head + data)
-    (tmp / "adapter_config.json").write_text(json.dumps(adapter_config, indent=1))
-    shutil.rmtree(target, ignore_errors=True)
-    tmp.rename(target)
-    return target
+    (out / "adapter_model.safetensors").write_bytes(struct.pack("<Q", len(head)) + head + data)
+    (out / "adapter_config.json").write_text(json.dumps(adapter_config, indent=1))
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
@@ -181,7 +249,7 @@ def record_checkpoints(session: Session, settings: Settings, job: Job) -> None:
     by_step = {row.get("step"): row for row in read_metrics(run_dir(settings, job) / "metrics.jsonl")}
     for step, path in new:
         try:
-            adapter = export_checkpoint_adapter(settings, job, path, step)
+            served = export_checkpoint(settings, job, path, step)
         except (OSError, KeyError, StopIteration, ValueError):
             continue  # pruned or half-written; the next look finds the newer ones
         metrics = public_metrics(by_step.get(step, {"step": step}))
@@ -191,7 +259,7 @@ def record_checkpoints(session: Session, settings: Settings, job: Job) -> None:
                 job_id=job.id,
                 step=step,
                 metrics=metrics,
-                adapter_dir=str(adapter) if adapter else None,
+                served_dir=str(served),
             )
         )
         add_event(session, job.id, f"Checkpoint saved at step {step}")
@@ -201,11 +269,13 @@ def record_checkpoints(session: Session, settings: Settings, job: Job) -> None:
 def write_results_file(session: Session, settings: Settings, job: Job) -> str:
     rows = read_metrics(run_dir(settings, job) / "metrics.jsonl")
     columns = ["step", "train_loss", "valid_loss", "kl_to_base", "probe_perplexity"]
+    public = [public_metrics(row) for row in rows]
+    columns += [c for c in REWARD_COLUMNS if any(c in row for row in public)]
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore")
     writer.writeheader()
-    for row in rows:
-        writer.writerow(public_metrics(row))
+    for row in public:
+        writer.writerow(row)
     data = buffer.getvalue().encode()
     file_id = new_id("file")
     tmp = settings.files_dir / f".tmp-{file_id}"
@@ -251,7 +321,8 @@ class EventWriter:
                     self.job_id,
                     f"Step {step}"
                     + (f"/{self.total_steps}" if self.total_steps else "")
-                    + (f": training loss={data['train_loss']:.4f}" if "train_loss" in data else ""),
+                    + (f": training loss={data['train_loss']:.4f}" if "train_loss" in data else "")
+                    + (f", reward={data['train_reward_mean']:.4f}" if "train_reward_mean" in data else ""),
                     type="metrics",
                     data=data,
                 )

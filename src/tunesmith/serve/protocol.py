@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt
 
 from tunesmith.serve.db import Checkpoint, Event, File, Job
 
@@ -22,10 +22,29 @@ class MethodHyperparameters(BaseModel):
     hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
 
 
+class ReinforcementHyperparameters(BaseModel):
+    """openai-python's ReinforcementHyperparameters; what each becomes in a grpo run: serve/hyper.py."""
+
+    model_config = ConfigDict(extra="forbid")
+    n_epochs: Literal["auto"] | PositiveInt = "auto"
+    batch_size: Literal["auto"] | PositiveInt = "auto"
+    learning_rate_multiplier: Literal["auto"] | PositiveFloat = "auto"
+    compute_multiplier: Literal["auto"] | PositiveFloat = "auto"
+    eval_interval: Literal["auto"] | PositiveInt = "auto"
+    eval_samples: Literal["auto"] | PositiveInt = "auto"
+    reasoning_effort: Literal["default", "low", "medium", "high"] = "default"
+
+
+class ReinforcementMethod(BaseModel):
+    grader: Any = None  # checked by building it (rollout/graders.py): a bad one is a 400 naming its field
+    hyperparameters: ReinforcementHyperparameters = Field(default_factory=ReinforcementHyperparameters)
+
+
 class Method(BaseModel):
-    type: Literal["supervised", "dpo"]
+    type: Literal["supervised", "dpo", "reinforcement"]
     supervised: MethodHyperparameters | None = None
     dpo: MethodHyperparameters | None = None
+    reinforcement: ReinforcementMethod | None = None
 
 
 class TunesmithExtension(BaseModel):
@@ -33,21 +52,23 @@ class TunesmithExtension(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     method: Literal["lora", "qlora", "full"] = "lora"
-    lora_r: int | None = Field(None, ge=1)
+    lora_r: int | None = Field(default=None, ge=1)
     target: str | None = None
     replay: str | None = None
-    max_kl: float | None = Field(None, gt=0)
-    max_probe_ppl_increase: float | None = Field(None, gt=0)
-    max_steps: int | None = Field(None, ge=1)
-    save_every: int | None = Field(None, ge=1)
-    forgetting_every: int | None = Field(None, ge=0)
+    max_kl: float | None = Field(default=None, gt=0)
+    max_probe_ppl_increase: float | None = Field(default=None, gt=0)
+    max_steps: int | None = Field(default=None, ge=1)
+    save_every: int | None = Field(default=None, ge=1)
+    forgetting_every: int | None = Field(default=None, ge=0)
+    group_size: int | None = Field(default=None, ge=2)  # reinforcement: completions sampled per prompt
+    max_new_tokens: int | None = Field(default=None, ge=1)  # reinforcement: tokens per sampled completion
 
 
 class JobCreate(BaseModel):
     model: str = Field(min_length=1)
     training_file: str
     validation_file: str | None = None
-    suffix: str | None = Field(None, max_length=64, pattern=r"^[A-Za-z0-9_.-]*$")
+    suffix: str | None = Field(default=None, max_length=64, pattern=r"^[A-Za-z0-9_.-]*$")
     seed: int | None = None
     metadata: dict[str, str] | None = None
     method: Method | None = None
@@ -84,7 +105,10 @@ def file_object(f: File) -> dict[str, Any]:
 
 def job_object(job: Job) -> dict[str, Any]:
     hp = {k: v for k, v in job.hyperparameters.items() if k != "beta" or job.recipe == "dpo"}
-    kind = "supervised" if job.recipe == "sft" else "dpo"
+    kind = (job.method or {}).get("type", "supervised")
+    method: dict[str, Any] = {"hyperparameters": hp}
+    if kind == "reinforcement":  # the grader as it was given
+        method = {"grader": (job.method.get("reinforcement") or {}).get("grader"), "hyperparameters": hp}
     return {
         "id": job.id,
         "object": "fine_tuning.job",
@@ -105,7 +129,7 @@ def job_object(job: Job) -> dict[str, Any]:
         "integrations": [],
         "metadata": job.meta,
         "user_provided_suffix": job.suffix,
-        "method": {"type": kind, kind: {"hyperparameters": hp}},
+        "method": {"type": kind, kind: method},
         "tunesmith": job.extension,
     }
 

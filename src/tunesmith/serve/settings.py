@@ -51,8 +51,13 @@ class Settings:
     def logs_dir(self) -> Path:
         return self.home / "logs"
 
+    @property
+    def graders_dir(self) -> Path:
+        """Each reinforcement job's grader as JSON: its run's reward is grader:PATH."""
+        return self.home / "graders"
+
     def make_dirs(self) -> None:
-        for d in (self.home, self.files_dir, self.runs_dir, self.checkpoints_dir, self.logs_dir):
+        for d in (self.home, self.files_dir, self.runs_dir, self.checkpoints_dir, self.logs_dir, self.graders_dir):
             d.mkdir(parents=True, exist_ok=True)
 
     def worker_args(self) -> list[str]:

@@ -7,7 +7,8 @@ the app's one ChatEngine (serve/inference.py) loads, batches and decodes.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
+from typing import cast
 
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -147,7 +148,7 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request, 
 
 
 async def sse_chunks(
-    model: str, n: int, first: Delta | ChatResult, events: AsyncIterator[Delta | ChatResult], include_usage: bool
+    model: str, n: int, first: Delta | ChatResult, events: AsyncGenerator[Delta | ChatResult, None], include_usage: bool
 ) -> AsyncIterator[str]:
     """OpenAI's stream: a role chunk per choice, content chunks, a finish chunk per choice, the usage chunk
     when asked for, then [DONE]."""
@@ -165,7 +166,8 @@ async def sse_chunks(
             yield event([ChunkChoice(index=item.index, delta=ChunkDelta(content=item.text))])
             item = await anext(events)
     except Exception as e:  # noqa: BLE001 - the 200 is out: the error goes in the stream, as OpenAI's does
-        yield f"data: {openai_error(500, f'generation failed: {type(e).__name__}: {e}').body.decode()}\n\n"
+        error = openai_error(500, f"generation failed: {type(e).__name__}: {e}")
+        yield f"data: {cast(bytes, error.body).decode()}\n\n"  # a JSONResponse renders bytes
         return
     finally:
         await events.aclose()

@@ -8,14 +8,14 @@ from collections.abc import AsyncGenerator
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import FileResponse
-from sqlalchemy import select
+from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from tunesmith.serve.api.common import cursor_page, db_session
 from tunesmith.serve.auth import current_owner
-from tunesmith.serve.db import File, new_id
+from tunesmith.serve.db import FINISHED, File, Job, new_id
 from tunesmith.serve.errors import APIError, not_found
 from tunesmith.serve.protocol import file_object, page
 
@@ -142,6 +142,17 @@ def delete_file(
     file_id: str, request: Request, owner: str = Depends(current_owner), session: Session = Depends(db_session)
 ) -> dict:
     row = get_file(session, owner, file_id)
+    user = session.scalar(
+        select(Job).where(or_(Job.training_file == row.id, Job.validation_file == row.id), Job.status.not_in(FINISHED))
+    )
+    if user is not None:
+        role = "training_file" if user.training_file == row.id else "validation_file"
+        raise APIError(
+            409,
+            f"{row.id} is the {role} of job {user.id}, which is {user.status}: cancel the job or let it finish first",
+            param="file_id",
+            code="file_in_use",
+        )
     row.deleted = True  # the row stays: jobs keep naming their training file
     session.commit()
     (request.app.state.settings.files_dir / row.id).unlink(missing_ok=True)

@@ -7,6 +7,7 @@ import random
 import re
 import time
 from pathlib import Path
+from typing import Any
 
 from fastapi import APIRouter, Depends, Query, Request
 from sqlalchemy import select
@@ -15,14 +16,14 @@ from sqlalchemy.orm import Session
 from tunesmith.serve.api.common import check_limit, cursor_page, db_session
 from tunesmith.serve.api.files import get_file
 from tunesmith.serve.auth import current_owner
-from tunesmith.serve.db import Checkpoint, Event, Job, new_id
+from tunesmith.serve.db import FINISHED, Checkpoint, Event, Job, new_id
 from tunesmith.serve.errors import APIError, not_found
 from tunesmith.serve.jobs import add_event
 from tunesmith.serve.protocol import JobCreate, checkpoint_object, event_object, job_object, page
 
 router = APIRouter(tags=["fine_tuning"])
-RECIPE = {"supervised": "sft", "dpo": "dpo"}
-FINISHED = ("succeeded", "failed", "cancelled")
+RECIPE = {"supervised": "sft", "dpo": "dpo", "reinforcement": "grpo"}
+REINFORCEMENT_ONLY = ("group_size", "max_new_tokens")  # tunesmith extension fields
 METADATA_FILTER = re.compile(r"^metadata\[(.+)\]$")
 
 
@@ -51,6 +52,19 @@ def check_model(request: Request, model: str) -> None:
     )
 
 
+def check_grader(grader: Any) -> None:
+    """Build the grader (nothing runs or loads): a bad one is a 400 naming its field."""
+    from tunesmith.errors import ConfigError
+    from tunesmith.rollout.graders import build_grader
+
+    if grader is None:
+        raise APIError(400, "method.reinforcement.grader: missing", param="method", code="invalid_value")
+    try:
+        build_grader(grader).close()
+    except ConfigError as e:
+        raise APIError(400, str(e), param="method", code="invalid_grader") from None
+
+
 @router.post("/fine_tuning/jobs")
 def create_job(
     body: JobCreate, request: Request, owner: str = Depends(current_owner), session: Session = Depends(db_session)
@@ -63,8 +77,10 @@ def create_job(
                 get_file(session, owner, file_id)
             except APIError as e:
                 raise APIError(400, e.message, param=param, code="invalid_file") from None
-    method = body.method.model_dump(exclude_none=True) if body.method else {"type": "supervised"}
+    method: dict[str, Any] = body.method.model_dump(exclude_none=True) if body.method else {"type": "supervised"}
     kind = method["type"]
+    if kind == "reinforcement":
+        check_grader((method.get("reinforcement") or {}).get("grader"))
     if body.hyperparameters is not None and kind not in method:  # legacy top-level hyperparameters
         method[kind] = {"hyperparameters": body.hyperparameters.model_dump()}
     hyper = (method.get(kind) or {}).get("hyperparameters") or {}
@@ -74,6 +90,19 @@ def create_job(
     if extension.get("replay") and kind != "supervised":
         raise APIError(
             400, "tunesmith.replay: self-replay is for supervised jobs", param="tunesmith.replay", code="invalid_value"
+        )
+    for key in REINFORCEMENT_ONLY:
+        if extension.get(key) is not None and kind != "reinforcement":
+            raise APIError(
+                400, f"tunesmith.{key}: for reinforcement jobs", param=f"tunesmith.{key}", code="invalid_value"
+            )
+    if kind == "reinforcement" and extension.get("method") == "full":
+        raise APIError(
+            400,
+            "tunesmith.method: a reinforcement job's KL term needs the base with the adapter switched off; "
+            "use lora or qlora",
+            param="tunesmith.method",
+            code="invalid_value",
         )
     job = Job(
         id=new_id("ftjob"),
