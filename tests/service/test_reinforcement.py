@@ -9,7 +9,7 @@ import json
 import pytest
 
 from tests.conftest import write_jsonl
-from tests.service.conftest import tiny_job, upload, wait_for
+from tests.service.conftest import Server, tiny_job, upload, wait_for
 
 openai = pytest.importorskip("openai")
 
@@ -170,3 +170,19 @@ def test_malformed_rft_file_and_rows_without_the_graders_fields_fail_the_job(ser
     failed = wait_for(client, job.id, {"failed"}, timeout=60)
     assert f"{unanswered}:1: missing `reference_answer` (needed by reward 'grader')" in failed.error.message
     assert f"{unanswered}:2:" in failed.error.message
+
+
+def test_python_graders_can_be_turned_off(tmp_path, built_tiny, rft_files):
+    """`serve --no-python-graders` refuses a python grader, alone or inside a multi; the others still run."""
+    server = Server(tmp_path, workers=0, extra=["--no-python-graders"]).start()
+    try:
+        client = server.client()
+        train = upload(client, rft_files["train"])
+        both = {"type": "multi", "graders": {"answer": CHECK, "length": LENGTH}, "calculate_output": "answer + length"}
+        for grader in (LENGTH, both):
+            with pytest.raises(openai.BadRequestError, match="python graders are turned off") as refused:
+                rft_job(client, train, grader)
+            assert refused.value.body["param"] == "method"
+        assert rft_job(client, train, CHECK).status == "validating_files"
+    finally:
+        server.stop()

@@ -42,6 +42,13 @@ def register(sub) -> None:
         metavar="NAME",
         help="another base model to serve beside the aliases (repeatable)",
     )
+    p.add_argument(
+        "--no-python-graders",
+        dest="python_graders",
+        action="store_false",
+        help="refuse reinforcement jobs whose grader is (or combines) a python grader: its code runs on the "
+        "workers in a process of its own, with the workers' permissions, not in a sandbox",
+    )
     p.set_defaults(handler=serve)
 
     w = sub.add_parser("worker", help="run queued fine-tuning jobs from a `tunesmith serve` database")
@@ -68,6 +75,7 @@ def _settings(args):
         max_file_mb=getattr(args, "max_file_mb", 512.0),
         max_adapters=getattr(args, "max_adapters", 8),
         models=getattr(args, "model", []),
+        python_graders=getattr(args, "python_graders", True),
     )
     settings.make_dirs()
     return settings

@@ -22,6 +22,7 @@ class Settings:
     lease_s: float = 15.0  # a job whose worker stops heartbeating this long is claimed again
     heartbeat_s: float = 2.0
     cancel_grace_s: float = 10.0  # SIGTERM, then SIGKILL after this long
+    python_graders: bool = True  # reinforcement jobs may bring python graders (code run on the workers)
 
     def __post_init__(self) -> None:
         self.home = Path(self.home).expanduser().resolve()

@@ -52,13 +52,30 @@ def check_model(request: Request, model: str) -> None:
     )
 
 
-def check_grader(grader: Any) -> None:
+def grader_types(grader: Any) -> set[str]:
+    """The types of a grader and of those a multi grader combines (a name -> grader map, or one grader)."""
+    if not isinstance(grader, dict):
+        return set()
+    inner = grader.get("graders") if grader.get("type") == "multi" else None
+    parts = inner.values() if isinstance(inner, dict) and "type" not in inner else [inner] if inner else []
+    return {str(grader.get("type"))}.union(*(grader_types(g) for g in parts))
+
+
+def check_grader(grader: Any, python_graders: bool) -> None:
     """Build the grader (nothing runs or loads): a bad one is a 400 naming its field."""
     from tunesmith.errors import ConfigError
     from tunesmith.rollout.graders import build_grader
 
     if grader is None:
         raise APIError(400, "method.reinforcement.grader: missing", param="method", code="invalid_value")
+    if not python_graders and "python" in grader_types(grader):
+        raise APIError(
+            400,
+            "method.reinforcement.grader: python graders are turned off on this server (tunesmith serve "
+            "--no-python-graders): their code would run on the workers with the workers' permissions",
+            param="method",
+            code="python_graders_disabled",
+        )
     try:
         build_grader(grader).close()
     except ConfigError as e:
@@ -80,7 +97,7 @@ def create_job(
     method: dict[str, Any] = body.method.model_dump(exclude_none=True) if body.method else {"type": "supervised"}
     kind = method["type"]
     if kind == "reinforcement":
-        check_grader((method.get("reinforcement") or {}).get("grader"))
+        check_grader((method.get("reinforcement") or {}).get("grader"), request.app.state.settings.python_graders)
     if body.hyperparameters is not None and kind not in method:  # legacy top-level hyperparameters
         method[kind] = {"hyperparameters": body.hyperparameters.model_dump()}
     hyper = (method.get(kind) or {}).get("hyperparameters") or {}
