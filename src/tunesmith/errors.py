@@ -26,6 +26,10 @@ class OutputError(TunesmithError):
     """The output directory cannot be used as asked (not empty, nothing to resume, ...)."""
 
 
+class Diverged(TunesmithError):
+    """Too many steps in a row with a NaN or infinite loss or gradient norm (`--max-bad-steps`)."""
+
+
 class Interrupted(TunesmithError):
     """SIGINT (Ctrl-C) or SIGTERM during training: a checkpoint was saved, `--resume` continues the run."""
 

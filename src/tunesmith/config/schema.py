@@ -154,6 +154,15 @@ class TrainConfig:
     )
     eval_every: int = opt(0, "--eval-every", "evaluate before training and every N steps (0: only at the end)")
     save_every: int = opt(50, "--save-every", "checkpoint every N steps (0: only at the end)")
+    save_every_minutes: float = opt(
+        0.0, "--save-every-minutes", "also checkpoint when M minutes have passed since the last one (0: off)"
+    )
+    max_bad_steps: int = opt(
+        5, "--max-bad-steps", "stop after N steps in a row with a NaN/inf loss or gradient norm (each is skipped)"
+    )
+    keep_checkpoints: int = opt(
+        3, "--keep-checkpoints", "keep the newest N checkpoints; older ones go once a newer one is complete"
+    )
     log_every: int = opt(1, "--log-every", "write metrics every N steps")
 
     def check(self) -> None:
@@ -177,6 +186,9 @@ class TrainConfig:
                 (self.max_grad_norm >= 0, "train.max_grad_norm", "must be >= 0"),
                 (self.log_every >= 1, "train.log_every", "must be >= 1"),
                 (self.save_every >= 0 and self.eval_every >= 0, "train.save_every/eval_every", "must be >= 0"),
+                (self.save_every_minutes >= 0, "train.save_every_minutes", "must be >= 0"),
+                (self.keep_checkpoints >= 1, "train.keep_checkpoints", "must be >= 1"),
+                (self.max_bad_steps >= 1, "train.max_bad_steps", "must be >= 1"),
             ]
         )
 
@@ -239,6 +251,9 @@ class RunConfig:
     out: str | None = opt(None, "--out", "run directory")
     overwrite: bool = opt(False, "--overwrite", "replace a non-empty run directory")
     resume: bool = opt(False, "--resume", "continue from the last checkpoint in --out")
+    resume_anyway: bool = opt(
+        False, "--resume-anyway", "with --resume: continue even if the data, the base or a training setting changed"
+    )
     device: str = opt("auto", "--device", "auto, cpu, cuda or cuda:N")
     lora: LoraConfig = field(default_factory=LoraConfig)
     train: TrainConfig = field(default_factory=TrainConfig)

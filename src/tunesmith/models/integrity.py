@@ -104,3 +104,25 @@ def record_data(run_dir: Path, data_cfg) -> None:
         if value and Path(value).is_file():
             files[key] = {"path": str(Path(value).resolve()), "sha256": file_sha256(Path(value))}
     atomic_write_text(run_dir / DATA_FILE, json.dumps(files, indent=2))
+
+
+def data_differences(run_dir: Path, data_cfg) -> list[str]:
+    """Each data file the run recorded (data_checksum.json) that is now another file or has other contents."""
+    path = Path(run_dir) / DATA_FILE
+    recorded = json.loads(path.read_text()) if path.is_file() else {}
+    differences = []
+    for key, was in recorded.items():
+        value = getattr(data_cfg, key, None)
+        if not value or not Path(value).is_file():
+            differences.append(f"data.{key}: the run read {was['path']}, now {value or 'nothing'}")
+        elif file_sha256(Path(value)) != was["sha256"]:
+            differences.append(f"data.{key}: {value} has changed since the run started (sha256 differs)")
+    return differences
+
+
+def base_difference(run_dir: Path) -> str | None:
+    """What changed in the base's weight files since the run started, or None (also when none was recorded)."""
+    if not (Path(run_dir) / CHECKSUM_FILE).is_file():
+        return None
+    ok, message = verify_run(run_dir)
+    return None if ok else message

@@ -328,7 +328,7 @@ class EventWriter:
                 )
                 self._estimate(session, step)
                 job = session.scalar(select(Job).where(Job.id == self.job_id))
-                # the run keeps only its last two checkpoints: record each while it is on disk
+                # the run keeps only its newest checkpoints (--keep-checkpoints): record each while it is on disk
                 record_checkpoints(session, self.settings, job)
             else:
                 message = str(event.get("message", ""))

@@ -45,7 +45,8 @@ class Settings:
 
     @property
     def checkpoints_dir(self) -> Path:
-        """Each checkpoint exported as a servable LoRA adapter (the run keeps only its last two)."""
+        """Each checkpoint exported as something servable (an adapter, or a model for a full fine-tune): the run
+        itself keeps only its newest few."""
         return self.home / "checkpoints"
 
     @property

@@ -250,20 +250,21 @@ def save_checkpoint_on_main(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
     extra: dict[str, Any],
+    keep: int = 3,
 ) -> None:
     """Every process calls it; rank 0 writes (under FSDP after gathering the whole state)."""
     from tunesmith.train.checkpoint import save_checkpoint
 
     if not dist.sharded:
         if dist.is_main:
-            save_checkpoint(run_dir, step, model, optimizer, extra)
+            save_checkpoint(run_dir, step, model, optimizer, extra, keep)
         return
     weights, opt_state = full_state(model, optimizer)
     assert opt_state is not None  # given the optimizer, full_state returns its state
     if dist.is_main:
         trainable = {n for n, p in model.named_parameters() if p.requires_grad}
         weights = {n: t.contiguous() for n, t in weights.items() if n in trainable}
-        save_checkpoint(run_dir, step, model, optimizer, extra, state=(weights, opt_state))
+        save_checkpoint(run_dir, step, model, optimizer, extra, keep, state=(weights, opt_state))
 
 
 def load_checkpoint_everywhere(

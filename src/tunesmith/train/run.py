@@ -15,6 +15,7 @@ the service's job events).
 from __future__ import annotations
 
 import json
+import math
 import signal
 import threading
 import time
@@ -27,12 +28,13 @@ import torch
 from tqdm import tqdm
 
 from tunesmith.atomic import atomic_write_text
-from tunesmith.errors import Interrupted
+from tunesmith.errors import Diverged, Interrupted
 from tunesmith.forgetting.guard import guard_start, guard_step, guard_summary, start_guard, stop_over_budget
 from tunesmith.models import load_tokenizer, resolve_model_dir, select_device
 from tunesmith.models.integrity import run_summary
 from tunesmith.models.load import autocast_dtype
 from tunesmith.report import write_report
+from tunesmith.train.checkpoint import list_checkpoints
 from tunesmith.train.distributed import (
     Dist,
     full_state,
@@ -108,6 +110,8 @@ class Run(Generic[ConfigT]):
     bar: Any = None
     stop_signal: int | None = None  # SIGINT or SIGTERM received: checkpoint at the end of this step and stop
     _t0: float = 0.0
+    bad_in_row: int = 0  # steps in a row with a non-finite loss or gradient norm
+    last_checkpoint: float = field(default_factory=time.monotonic)  # for --save-every-minutes
     _handlers: dict[int, Any] = field(default_factory=dict)
 
     # ---- speaking and logging ---------------------------------------------------------------
@@ -191,6 +195,7 @@ class Run(Generic[ConfigT]):
         }
         if evaluate is not None and t.eval_every and self.step % t.eval_every == 0 and self.step < self.total_steps:
             record.update(evaluate())
+        self.check_finite(record)
         over_budget = guard_step(self.guard, self.model, self.step, self.total_steps, record)
         if self.step % t.log_every == 0 or "kl_to_base" in record or any(k.startswith("eval_") for k in record):
             self.log(record)
@@ -199,12 +204,45 @@ class Run(Generic[ConfigT]):
         self.bar.update(1)
         if over_budget:
             return True
-        due = t.save_every and self.step % t.save_every == 0 and self.step < self.total_steps
-        if due or self.stop_signal is not None:
+        if (self.checkpoint_due() and self.step < self.total_steps) or self.stop_signal is not None:
             self.checkpoint()
         if self.stop_signal is not None:
             self.stopped_by_signal()
         return False
+
+    def check_finite(self, record: dict[str, Any]) -> None:
+        """A step whose loss or gradient norm is NaN or infinite was skipped (optimizer_step leaves the weights):
+        count it in `skipped_steps` and warn; --max-bad-steps of them in a row stop the run."""
+        bad = [k for k in ("loss", "grad_norm") if isinstance(record.get(k), float) and not math.isfinite(record[k])]
+        if not bad:
+            self.bad_in_row = 0
+            return
+        self.bad_in_row += 1
+        self.counters["skipped_steps"] += 1
+        record["skipped_steps"] = self.counters["skipped_steps"]
+        what = " and ".join(f"{k} {record[k]}" for k in bad)
+        self.say(f"warning: step {self.step}: {what}: the update was skipped, the weights are unchanged")
+        if self.bad_in_row >= self.cfg.train.max_bad_steps:
+            self.log(record)
+            self.close()
+            kept = list_checkpoints(self.run_dir)
+            raise Diverged(
+                f"steps {self.step - self.bad_in_row + 1}-{self.step}: {self.bad_in_row} steps in a row had a NaN "
+                f"or infinite {' / '.join(bad)} (--max-bad-steps {self.cfg.train.max_bad_steps}); stopped. "
+                + (f"The last good weights are in {kept[-1]}. " if kept else "No checkpoint was saved. ")
+                + "Lower --lr, check the data, or try --precision fp32"
+            )
+
+    def checkpoint_due(self) -> bool:
+        """Every --save-every steps, and every --save-every-minutes of wall time (rank 0's clock decides, so
+        that every process checkpoints at the same step)."""
+        t = self.cfg.train
+        if t.save_every and self.step % t.save_every == 0:
+            return True
+        if not t.save_every_minutes:
+            return False
+        late = time.monotonic() - self.last_checkpoint >= 60 * t.save_every_minutes
+        return self.dist.sum(1.0 if late and self.dist.is_main else 0.0) > 0
 
     def catch_stop_signals(self) -> None:
         """Ctrl-C and SIGTERM (a preempted machine, `kill`, a service pausing the job) finish the step, save
@@ -226,13 +264,17 @@ class Run(Generic[ConfigT]):
             signal.signal(sig, handler)
         self._handlers.clear()
 
-    def stopped_by_signal(self) -> None:
+    def close(self) -> None:
+        """Stop before the end: close the bar and logs, give back the signal handlers, end the process group."""
         self.bar.close()
         self.metrics.close()
         for log in self.logs:
             log.close()
         self.release_stop_signals()
         shut_down(self.dist)
+
+    def stopped_by_signal(self) -> None:
+        self.close()
         assert self.stop_signal is not None  # only called once a signal arrived
         name = signal.Signals(self.stop_signal).name
         raise Interrupted(
@@ -242,7 +284,9 @@ class Run(Generic[ConfigT]):
         )
 
     def checkpoint(self) -> None:
-        save_checkpoint_on_main(self.dist, self.run_dir, self.step, self.model, self.optimizer, self.counters)
+        keep = self.cfg.train.keep_checkpoints
+        save_checkpoint_on_main(self.dist, self.run_dir, self.step, self.model, self.optimizer, self.counters, keep)
+        self.last_checkpoint = time.monotonic()
 
 
 def start_run(
@@ -287,7 +331,7 @@ def open_run(run: Run[ConfigT], n_items: int, attach: Callable[[Run[ConfigT]], N
     reference, before the weights are sharded or resumed), forgetting guard, FSDP, optimizer and schedule
     over `n_items` examples, resume, metrics.jsonl."""
     cfg = run.cfg
-    run.run_dir, run.resume_from = open_run_dir(cfg, run.recipe.name, run.dist)
+    run.run_dir, run.resume_from = open_run_dir(cfg, run.recipe.name, run.dist, run.say)
     run.model, run.trainable, run.total = build_trainable_model(cfg, run.model_dir, run.device, run.amp_dtype, run.say)
     if attach is not None:
         attach(run)
@@ -301,6 +345,7 @@ def open_run(run: Run[ConfigT], n_items: int, attach: Callable[[Run[ConfigT]], N
     run.total_steps, run.warmup_steps, too_many = plan_steps(cfg.train, n_items)
     if too_many:
         run.say(f"warning: {too_many}")
+    run.counters["skipped_steps"] = 0  # steps skipped for a NaN/inf loss or gradient norm (Run.check_finite)
     if run.resume_from is not None:
         state = load_checkpoint_everywhere(run.dist, run.resume_from, run.model, run.optimizer)
         run.step = state["step"]

@@ -3,24 +3,34 @@
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from tunesmith.errors import OutputError
-from tunesmith.train.checkpoint import list_checkpoints
+import yaml
+
+from tunesmith.config.load import config_to_dict
+from tunesmith.errors import ConfigError, OutputError
+from tunesmith.models.integrity import base_difference, data_differences
+from tunesmith.train.checkpoint import list_checkpoints, resumable_checkpoint
 from tunesmith.train.model_setup import write_run_config
 
 
-def prepare_run_dir(out: str | Path, overwrite: bool, resume: bool) -> tuple[Path, Path | None]:
-    """Return (run dir, checkpoint to resume from or None)."""
+def prepare_run_dir(
+    out: str | Path, overwrite: bool, resume: bool, say: Callable[[str], None] = print
+) -> tuple[Path, Path | None]:
+    """Return (run dir, checkpoint to resume from or None): the newest complete one (`resumable_checkpoint`)."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise OutputError(f"{out}: exists and is not a directory")
     non_empty = out.is_dir() and any(out.iterdir())
     if resume:
-        checkpoints = list_checkpoints(out)
-        if not checkpoints:
+        if not list_checkpoints(out):
             raise OutputError(f"{out}: nothing to resume (no checkpoints/step-*/ inside)")
-        return out, checkpoints[-1]
+        checkpoint = resumable_checkpoint(out, say)
+        if checkpoint is None:
+            raise OutputError(f"{out}: nothing to resume: no checkpoint in checkpoints/ is complete (see above)")
+        return out, checkpoint
     if non_empty:
         if not overwrite:
             raise OutputError(
@@ -32,13 +42,71 @@ def prepare_run_dir(out: str | Path, overwrite: bool, resume: bool) -> tuple[Pat
     return out, None
 
 
-def open_run_dir(cfg, recipe: str, dist) -> tuple[Path, Path | None]:
+# Settings that change what training computes: a resumed run with another value would not continue the same run.
+RESUME_KEYS = (
+    "model",
+    "method",
+    "train.lr",
+    "train.batch_size",
+    "train.seed",
+    "data.max_length",
+    "data.max_prompt_length",
+    "data.packing",
+    "lora.r",
+    "lora.alpha",
+    "lora.dropout",
+    "lora.target",
+)
+
+
+def _dotted(tree: dict, key: str) -> Any:
+    for part in key.split("."):
+        if not isinstance(tree, dict) or part not in tree:
+            return _ABSENT
+        tree = tree[part]
+    return tree
+
+
+_ABSENT = object()
+
+
+def resume_differences(run_dir: Path, cfg) -> list[str]:
+    """What a resume would change: a training setting (RESUME_KEYS) against the run's config.yaml, a data file
+    against data_checksum.json, the base's weights against base_checksum.json."""
+    path = run_dir / "config.yaml"
+    saved = yaml.safe_load(path.read_text()) if path.is_file() else {}
+    now = config_to_dict(cfg)
+    differences = [
+        f"{key} is {_dotted(now, key)!r} now, {_dotted(saved, key)!r} in the run"
+        for key in RESUME_KEYS
+        if _ABSENT not in (_dotted(saved, key), _dotted(now, key)) and _dotted(saved, key) != _dotted(now, key)
+    ]
+    differences += data_differences(run_dir, cfg.data)
+    base = base_difference(run_dir)
+    return differences + ([base] if base else [])
+
+
+def check_resume(run_dir: Path, cfg, say: Callable[[str], None]) -> None:
+    """Refuse a resume that would not continue the same training (unless --resume-anyway, which warns)."""
+    differences = resume_differences(run_dir, cfg)
+    if differences and not cfg.resume_anyway:
+        raise ConfigError(
+            f"--resume {run_dir}: " + "; ".join(differences) + ". Resuming would not continue the same training: "
+            "give the run's own settings and data, or --resume-anyway to continue regardless"
+        )
+    for difference in differences:
+        say(f"warning: --resume-anyway: {difference}")
+
+
+def open_run_dir(cfg, recipe: str, dist, say: Callable[[str], None] = print) -> tuple[Path, Path | None]:
     """prepare_run_dir + RUN/config.yaml on rank 0; the other processes wait, then find the same checkpoint."""
     if dist.is_main:
-        run_dir, resume_from = prepare_run_dir(cfg.out, cfg.overwrite, cfg.resume)
+        run_dir, resume_from = prepare_run_dir(cfg.out, cfg.overwrite, cfg.resume, say)
+        if resume_from is not None:
+            check_resume(run_dir, cfg, say)
         write_run_config(run_dir, cfg, recipe)
     dist.barrier()
     if not dist.is_main:
         run_dir = Path(cfg.out)
-        resume_from = list_checkpoints(run_dir)[-1] if cfg.resume else None
+        resume_from = resumable_checkpoint(run_dir, lambda message: None) if cfg.resume else None
     return run_dir, resume_from

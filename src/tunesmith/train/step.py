@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from tunesmith.data.packing import collate
@@ -11,12 +13,15 @@ from tunesmith.models.forward import batch_nll_sum
 
 
 def optimizer_step(params: list[torch.nn.Parameter], optimizer: torch.optim.Optimizer, max_grad_norm: float) -> float:
-    """Clip (when max_grad_norm > 0), step, clear gradients; returns the gradient norm before clipping."""
+    """Clip (when max_grad_norm > 0), step, clear gradients; returns the gradient norm before clipping.
+    A NaN or infinite norm (a NaN loss makes one) skips the step: the weights and AdamW's moments stay as
+    they were, and the caller sees the norm (Run.end_step counts it)."""
     if max_grad_norm > 0:
         grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_grad_norm))
     else:
         grad_norm = float(torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None]))
-    optimizer.step()
+    if math.isfinite(grad_norm):
+        optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return grad_norm
 
