@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tunesmith.config.load import Leaf, build_config, leaf_fields, unknown_key_error
-from tunesmith.errors import ConfigError, ModelError
+from tunesmith.errors import ConfigError, ModelError, disk_full
 from tunesmith.planner import plan_recipe
 from tunesmith.recipes import RECIPES, Recipe
 
@@ -87,6 +87,11 @@ def run_recipe(
     handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         return recipe.run_function()(cfg, say=say, progress=progress, on_event=on_event)
+    except OSError as e:
+        full = disk_full(e)
+        if full is None:
+            raise
+        raise full from None
     finally:
         if threading.current_thread() is threading.main_thread():
             for sig, handler in handlers.items():

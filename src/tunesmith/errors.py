@@ -26,6 +26,26 @@ class OutputError(TunesmithError):
     """The output directory cannot be used as asked (not empty, nothing to resume, ...)."""
 
 
+class DiskFull(TunesmithError):
+    """The disk filled while writing (a checkpoint, the result): exit code 3. Writes are atomic, so what was
+    written before (the previous checkpoint) is intact."""
+
+    exit_code = 3
+
+
+def disk_full(e: OSError) -> DiskFull | None:
+    """A DiskFull naming the file for an out-of-space (or quota) OSError; None for any other OSError."""
+    import errno
+
+    if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+        return None
+    where = f" writing {e.filename}" if e.filename else ""
+    return DiskFull(
+        f"no space left on the device{where}: free some space (or --keep-checkpoints fewer), then --resume; "
+        "the checkpoints written before are intact"
+    )
+
+
 class Diverged(TunesmithError):
     """Too many steps in a row with a NaN or infinite loss or gradient norm (`--max-bad-steps`)."""
 

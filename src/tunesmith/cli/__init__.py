@@ -10,7 +10,7 @@ import argparse
 import sys
 
 from tunesmith import __version__
-from tunesmith.errors import Interrupted, TunesmithError
+from tunesmith.errors import Interrupted, TunesmithError, disk_full
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,7 +51,13 @@ def main(argv: list[str] | None = None) -> int:
         return e.exit_code
     except TunesmithError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return getattr(e, "exit_code", 2)
+    except OSError as e:
+        full = disk_full(e)
+        if full is None:
+            raise
+        print(f"error: {full}", file=sys.stderr)
+        return full.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

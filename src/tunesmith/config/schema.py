@@ -157,6 +157,11 @@ class TrainConfig:
     save_every_minutes: float = opt(
         0.0, "--save-every-minutes", "also checkpoint when M minutes have passed since the last one (0: off)"
     )
+    memory_check: bool = opt(
+        True,
+        "--memory-check",
+        "before loading, refuse a run whose planned memory exceeds the device's free memory",
+    )
     max_bad_steps: int = opt(
         5, "--max-bad-steps", "stop after N steps in a row with a NaN/inf loss or gradient norm (each is skipped)"
     )

@@ -126,6 +126,34 @@ def unknown_model_message(name: str) -> str:
     return "\n".join(lines)
 
 
+def check_model_dir(path: Path) -> None:
+    """A local model tunesmith can load safely: a config.json, weights in safetensors (never pickle: a .bin
+    file can run code when loaded), and an architecture transformers has (no code from the directory)."""
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise ModelError(f"{path}: not a Hugging Face model directory (no config.json)")
+    try:
+        config = json.loads(config_file.read_text())
+    except (OSError, ValueError) as e:
+        raise ModelError(f"{config_file}: unreadable ({e})") from None
+    if not isinstance(config, dict):
+        raise ModelError(f"{config_file}: not a JSON object")
+    if not any(path.glob("*.safetensors")) and any(path.glob("*.bin")):
+        raise ModelError(
+            f"{path}: weights only as .bin (pickle, which can run code when loaded); tunesmith reads safetensors: "
+            "convert them (e.g. load and save_pretrained(safe_serialization=True) in a trusted environment)"
+        )
+    from transformers import CONFIG_MAPPING  # heavy: transformers, deferred until a local model is named
+
+    model_type = config.get("model_type")
+    if config.get("auto_map") and model_type not in CONFIG_MAPPING:
+        raise ModelError(
+            f"{config_file}: model_type {model_type!r} needs Python code from the model's directory (auto_map); "
+            "tunesmith does not run a model's own code (trust_remote_code stays off): use a model whose "
+            "architecture transformers includes"
+        )
+
+
 def resolve_model_dir(name: str) -> Path:
     """The local Hugging Face directory for `name`, building the cache on first use."""
     if name in ALIASES:
@@ -133,8 +161,7 @@ def resolve_model_dir(name: str) -> Path:
         return _cached(name, alias.build, {"alias": name, "description": alias.description})
     path = Path(name).expanduser()
     if path.is_dir():
-        if not (path / "config.json").is_file():
-            raise ModelError(f"{path}: not a Hugging Face model directory (no config.json)")
+        check_model_dir(path)
         return path.resolve()
     if path.suffix == ".gguf" and path.is_file():
         digest = _file_digest(path)

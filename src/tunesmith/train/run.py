@@ -14,6 +14,7 @@ the service's job events).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import signal
@@ -28,11 +29,12 @@ import torch
 from tqdm import tqdm
 
 from tunesmith.atomic import atomic_write_text
-from tunesmith.errors import Diverged, Interrupted
+from tunesmith.errors import ConfigError, Diverged, Interrupted, TunesmithError
 from tunesmith.forgetting.guard import guard_start, guard_step, guard_summary, start_guard, stop_over_budget
 from tunesmith.models import load_tokenizer, resolve_model_dir, select_device
 from tunesmith.models.integrity import run_summary
 from tunesmith.models.load import autocast_dtype
+from tunesmith.planner import plan_config
 from tunesmith.report import write_report
 from tunesmith.train.checkpoint import list_checkpoints
 from tunesmith.train.distributed import (
@@ -304,6 +306,8 @@ def start_run(
         say = _also_as_events(say, on_event)
     device = dist.device or select_device(cfg.device)
     model_dir = resolve_model_dir(cfg.model)
+    if cfg.train.memory_check:
+        check_memory(cfg, recipe.name, model_dir, device, dist.world if device.type == "cpu" else 1)
     return Run(
         cfg,
         recipe,
@@ -315,6 +319,55 @@ def start_run(
         autocast_dtype(cfg.train.precision, device),
         model_dir,
         load_tokenizer(model_dir),
+    )
+
+
+def free_memory(device: torch.device) -> int | None:
+    """Bytes free for a run: the GPU's free memory, or on the CPU the kernel's MemAvailable (None: unknown)."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def check_memory(cfg: Any, recipe: str, model_dir: Path, device: torch.device, processes: int) -> None:
+    """Refuse, before the model loads, a run the planner says needs more than the device's free memory
+    (`processes` runs on one machine's RAM), with the plan's breakdown and what would make it fit."""
+    free = free_memory(device)
+    if free is None:
+        return
+    try:
+        shape_only = dataclasses.replace(cfg, model=str(model_dir), data=dataclasses.replace(cfg.data, train=None))
+        tokens = None if cfg.train.max_steps else 1  # memory needs no token count, only a length the plan accepts
+        planned = plan_config(shape_only, recipe, tokens=tokens, gpus=processes)
+    except TunesmithError:
+        return  # an architecture the planner has no shape for: nothing to compare
+    parts = planned["memory_bytes"]
+    need = parts["total"] * processes
+    if need <= free:
+        return
+    gib = 2**30
+    breakdown = ", ".join(f"{k} {v / gib:.1f}" for k, v in parts.items() if k != "total" and v)
+    hints = [
+        hint
+        for hint, useful in (
+            ("--method qlora", cfg.method != "qlora"),
+            ("--gradient-checkpointing", not cfg.train.gradient_checkpointing),
+            ("a smaller --micro-batch-size", (cfg.train.micro_batch_size or 1) > 1),
+            ("a shorter --max-length", True),
+        )
+        if useful
+    ]
+    times = f", x{processes} processes" if processes > 1 else ""
+    raise ConfigError(
+        f"the run needs about {need / gib:.1f} GiB ({breakdown} GiB{times}; `tunesmith plan` has the "
+        f"formulas) and {device.type} has {free / gib:.1f} GiB free: try "
+        f"{', '.join(hints)}; or --no-memory-check to start anyway"
     )
 
 

@@ -38,7 +38,13 @@ def prepare_run_dir(
                 "or --resume to continue its last checkpoint"
             )
         shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".tunesmith-write-check"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise OutputError(f"{out}: cannot write the run there ({e.strerror or e})") from None
     return out, None
 
 
