@@ -9,14 +9,19 @@ b micro-batch size, t = b·s tokens per forward, φ the fraction of positions th
 loss: tunesmith puts the loss on assistant turns only), a the activation element size (2 B under
 bf16 autocast, 4 B in fp32).
 
-Parameters (llama-style decoder: Llama, Mistral, Qwen2, SmolLM2)
+Parameters (the decoder families tunesmith trains, tests/families/: Llama, Mistral, Qwen2, Qwen3, Gemma 2,
+Gemma 3, Phi-3, OLMo 2, Granite, SmolLM3; `Shape.family` is the config's model_type)
     per layer   attention  d·qd (q) + 2·d·kd (k, v; grouped-query attention: k < h) + qd·d (o)
                            + qd + 2·kd when the q/k/v projections have biases (Qwen2)
+                           + 2·hd with per-head q/k RMSNorms (Qwen3, Gemma 3: one hd-wide weight each)
+                           + qd + kd with q/k RMSNorms over the whole projection (OLMo 2)
                 gated MLP  3·d·f (gate, up, down)   (+ 2f + d with `mlp_bias`)
-                norms      2·d (two RMSNorm weights)
+                norms      2·d (two RMSNorm weights; Gemma 2/3: 4·d, a norm before and after attention and MLP)
     model       L·layer + d (final norm) + V·d (embedding) + V·d (LM head, only when untied)
     LoRA        r·(d_in + d_out) per targeted linear per layer (A: r×d_in, B: d_out×r); the targets
-                are named like `--target` (all-linear: q,k,v,o,gate,up,down; never the LM head).
+                are named like `--target` (all-linear: q,k,v,o,gate,up,down; never the LM head). Phi-3
+                fuses q/k/v into one linear (qkv_proj, d -> qd + 2·kd) and gate/up into another
+                (gate_up_proj, d -> 2f): the same weights, but one adapter each, so fewer LoRA parameters.
     trainable   full: every weight; lora/qlora: the adapter only. total = base (+ adapter).
 
 Memory (tunesmith keeps every weight in fp32 and runs matmuls under bf16 autocast, so there is no
@@ -51,7 +56,9 @@ separate fp32 master copy: the weights ARE the master copy)
                  (tunesmith's default dropout is 0).
                  This is the Korthikanti et al. 2022 ("Reducing Activation Recomputation in Large
                  Transformer Models", sbh·(34 + 5as/h)) count redone for a llama layer: SDPA instead of the
-                 5as/h score term, a gated MLP, no dropout, fp32 norms.
+                 5as/h score term, a gated MLP, no dropout, fp32 norms. Other families are counted as that
+                 layer (with their own linears: Phi-3's fused ones read one autocast copy each); Gemma's two
+                 extra norms and the q/k norms of Qwen3, Gemma 3 and OLMo 2 are not counted.
     weight_copies (bf16 autocast only) the bf16 casts of fp32 weights that autograd keeps for backward:
                  full: 2 B × (block linears + LM head) — trainable leaves are cast once and held by
                  autocast's weight cache until the forward ends, checkpointing or not;
@@ -138,6 +145,7 @@ import math
 import os
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from tunesmith.config.load import build_config, leaf_fields
 from tunesmith.data.formats import problems_error, read_sft_file
@@ -146,6 +154,7 @@ from tunesmith.recipes import RECIPES
 
 METHODS = ("full", "lora", "qlora")
 LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+FUSED_LINEARS = ("qkv_proj", "o_proj", "gate_up_proj", "down_proj")  # Phi-3
 CHUNK_ROWS = 512  # losses/sft.py CHUNK_ROWS (tested equal; the planner does not import torch)
 NF4_BITS = 4 + 8 / 64 + 32 / (64 * 256)  # 4-bit code + 8-bit absmax per 64 + fp32 per 256 blocks = 4.127
 GIB = 2**30
@@ -165,25 +174,69 @@ class Shape:
     qkv_bias: bool = False
     mlp_bias: bool = False
     source: str = ""
+    family: str = "llama"  # the config's model_type (Gemma 3's text model: gemma3)
+    norms: int = 2  # d-wide RMSNorm weights per layer (Gemma 2/3: 4)
+    qk_norm: str = ""  # "head": hd-wide q and k norms (Qwen3, Gemma 3); "full": qd- and kd-wide (OLMo 2)
+    fused: bool = False  # q/k/v and gate/up each one linear (Phi-3)
 
     @property
     def hd(self) -> int:
         return self.head_dim or self.hidden // self.heads
 
 
+def _family(family: str) -> dict[str, Any]:
+    """The `Shape` fields of a family's decoder layer: what it has beyond a llama layer."""
+    peculiar: dict[str, dict[str, Any]] = {
+        "qwen2": dict(qkv_bias=True),
+        "qwen3": dict(qk_norm="head"),
+        "gemma2": dict(norms=4),
+        "gemma3": dict(norms=4, qk_norm="head"),
+        "phi3": dict(fused=True),
+        "olmo2": dict(qk_norm="full"),
+    }
+    return dict(family=family, **peculiar.get(family, {}))
+
+
+def _shape(
+    family: str,
+    name: str,
+    source: str,
+    d: int,
+    f: int,
+    L: int,
+    h: int,
+    k: int,
+    V: int,
+    tied: bool,
+    hd: int | None = None,
+) -> Shape:
+    return Shape(name, d, f, L, h, k, V, tied, hd, source=source, **_family(family))
+
+
 # Values from each model's published config.json on the Hugging Face hub (hidden_size, intermediate_size,
-# num_hidden_layers, num_attention_heads, num_key_value_heads, vocab_size, tie_word_embeddings); Qwen2 has
-# biases on q/k/v (attention_bias in its modelling code).
+# num_hidden_layers, num_attention_heads, num_key_value_heads, vocab_size, tie_word_embeddings, head_dim);
+# each family's layer from its transformers modelling code (`_family`). Gemma 3 4B: its language model
+# (text_config), without the SigLIP vision tower of the released checkpoint.
 SHAPES: dict[str, Shape] = {
     s.name: s
     for s in [
-        Shape("llama-2-7b", 4096, 11008, 32, 32, 32, 32000, False, source="meta-llama/Llama-2-7b-hf"),
-        Shape("llama-3.1-8b", 4096, 14336, 32, 32, 8, 128256, False, source="meta-llama/Llama-3.1-8B"),
-        Shape("llama-3.1-70b", 8192, 28672, 80, 64, 8, 128256, False, source="meta-llama/Llama-3.1-70B"),
-        Shape("mistral-7b", 4096, 14336, 32, 32, 8, 32000, False, source="mistralai/Mistral-7B-v0.1"),
-        Shape("qwen2.5-0.5b", 896, 4864, 24, 14, 2, 151936, True, qkv_bias=True, source="Qwen/Qwen2.5-0.5B"),
-        Shape("qwen2.5-7b", 3584, 18944, 28, 28, 4, 152064, False, qkv_bias=True, source="Qwen/Qwen2.5-7B"),
-        Shape("smollm2-135m", 576, 1536, 30, 9, 3, 49152, True, source="HuggingFaceTB/SmolLM2-135M"),
+        # family, name, source; hidden d, intermediate f, layers L, heads h, kv heads k, vocab V, tied, head_dim
+        _shape("llama", "llama-2-7b", "meta-llama/Llama-2-7b-hf", 4096, 11008, 32, 32, 32, 32000, False),
+        _shape("llama", "llama-3.1-8b", "meta-llama/Llama-3.1-8B", 4096, 14336, 32, 32, 8, 128256, False),
+        _shape("llama", "llama-3.1-70b", "meta-llama/Llama-3.1-70B", 8192, 28672, 80, 64, 8, 128256, False),
+        _shape("llama", "smollm2-135m", "HuggingFaceTB/SmolLM2-135M", 576, 1536, 30, 9, 3, 49152, True),
+        _shape("mistral", "mistral-7b", "mistralai/Mistral-7B-v0.1", 4096, 14336, 32, 32, 8, 32000, False),
+        _shape("qwen2", "qwen2.5-0.5b", "Qwen/Qwen2.5-0.5B", 896, 4864, 24, 14, 2, 151936, True),
+        _shape("qwen2", "qwen2.5-7b", "Qwen/Qwen2.5-7B", 3584, 18944, 28, 28, 4, 152064, False),
+        _shape("qwen3", "qwen3-0.6b", "Qwen/Qwen3-0.6B", 1024, 3072, 28, 16, 8, 151936, True, 128),
+        _shape("qwen3", "qwen3-8b", "Qwen/Qwen3-8B", 4096, 12288, 36, 32, 8, 151936, False, 128),
+        _shape("gemma2", "gemma-2-2b", "google/gemma-2-2b", 2304, 9216, 26, 8, 4, 256000, True, 256),
+        _shape("gemma3", "gemma-3-1b", "google/gemma-3-1b-pt", 1152, 6912, 26, 4, 1, 262144, True, 256),
+        _shape("gemma3", "gemma-3-4b", "google/gemma-3-4b-pt", 2560, 10240, 34, 8, 4, 262208, True, 256),
+        _shape("phi3", "phi-3-mini", "microsoft/Phi-3-mini-4k-instruct", 3072, 8192, 32, 32, 32, 32064, False),
+        _shape("olmo2", "olmo-2-7b", "allenai/OLMo-2-1124-7B", 4096, 11008, 32, 32, 32, 100352, False),
+        _shape("granite", "granite-3.3-8b", "ibm-granite/granite-3.3-8b-base", 4096, 12800, 40, 32, 8, 49159, True),
+        _shape("smollm3", "smollm3-3b", "HuggingFaceTB/SmolLM3-3B", 2048, 11008, 36, 16, 4, 128256, True, 128),
     ]
 }
 SHAPE_ALIASES = {"smollm2-135m-instruct": "smollm2-135m"}
@@ -218,8 +271,13 @@ DEFAULT_MFU = 0.4
 # ---------------------------------------------------------------------------------------------- shapes
 
 
+TIED_BY_DEFAULT = ("gemma2", "gemma3", "smollm3")  # transformers' default tie_word_embeddings for these
+
+
 def shape_from_config(config: dict, name: str) -> Shape:
-    """A Shape from a Hugging Face config.json (llama-style decoders)."""
+    """A Shape from a Hugging Face config.json (a decoder of one of the families above; Gemma 3's
+    multimodal config: its text model)."""
+    outer = config
     config = config.get("text_config", config) if "hidden_size" not in config else config
     missing = [
         k
@@ -228,10 +286,12 @@ def shape_from_config(config: dict, name: str) -> Shape:
     ]
     if missing:
         raise ModelError(
-            f"{name}: config.json lacks {', '.join(missing)}; "
-            "plan knows llama-style decoders (Llama, Mistral, Qwen2, SmolLM2)"
+            f"{name}: config.json lacks {', '.join(missing)}; plan knows the decoders of Llama, Mistral, "
+            "Qwen2, Qwen3, Gemma 2, Gemma 3, Phi-3, OLMo 2, Granite and SmolLM3"
         )
-    model_type = str(config.get("model_type", ""))
+    family = str(config.get("model_type") or outer.get("model_type", "")).removesuffix("_text")
+    tied = config.get("tie_word_embeddings", outer.get("tie_word_embeddings", family in TIED_BY_DEFAULT))
+    layer = _family(family)
     return Shape(
         name=name,
         hidden=config["hidden_size"],
@@ -240,11 +300,12 @@ def shape_from_config(config: dict, name: str) -> Shape:
         heads=config["num_attention_heads"],
         kv_heads=config.get("num_key_value_heads") or config["num_attention_heads"],
         vocab=config["vocab_size"],
-        tied=bool(config.get("tie_word_embeddings", False)),
+        tied=bool(tied),
         head_dim=config.get("head_dim"),
-        qkv_bias=bool(config.get("attention_bias", model_type == "qwen2")),
+        qkv_bias=bool(config.get("attention_bias", layer.pop("qkv_bias", False))),
         mlp_bias=bool(config.get("mlp_bias", False)),
         source=name,
+        **layer,
     )
 
 
@@ -272,8 +333,10 @@ def resolve_shape(model: str) -> tuple[Shape, Path | None]:
 
 
 def linear_dims(shape: Shape) -> dict[str, tuple[int, int]]:
-    """(d_in, d_out) of each linear layer of one block."""
+    """(d_in, d_out) of each linear layer of one block, by its module name."""
     d, f, qd, kd = shape.hidden, shape.intermediate, shape.heads * shape.hd, shape.kv_heads * shape.hd
+    if shape.fused:
+        return {"qkv_proj": (d, qd + 2 * kd), "o_proj": (qd, d), "gate_up_proj": (d, 2 * f), "down_proj": (f, d)}
     return {
         "q_proj": (d, qd),
         "k_proj": (d, kd),
@@ -285,20 +348,22 @@ def linear_dims(shape: Shape) -> dict[str, tuple[int, int]]:
     }
 
 
-def parse_targets(target: str) -> list[str]:
+def parse_targets(target: str, shape: Shape | None = None) -> list[str]:
     """The linear layers LoRA adapts: `all-linear` (every block linear, not the LM head) or a list such as
-    q_proj,v_proj. Same syntax as tunesmith.adapters.lora.parse_targets (kept torch-free here)."""
+    q_proj,v_proj, named as in `shape`'s block (Phi-3: qkv_proj, gate_up_proj). Same syntax as
+    tunesmith.adapters.lora.parse_targets (kept torch-free here)."""
+    linears = FUSED_LINEARS if shape is not None and shape.fused else LINEARS
     target = target.strip()
     if target == "all-linear":
-        return list(LINEARS)
+        return list(linears)
     names = [t.strip() for t in target.split(",") if t.strip()]
     if not names:
         raise ConfigError("--target: empty; use all-linear or a list such as q_proj,v_proj")
-    unknown = [t for t in names if t not in LINEARS]
+    unknown = [t for t in names if t not in linears]
     if unknown:
         raise ConfigError(
-            f"--target: no layer named {', '.join(unknown)} in a llama-style block; "
-            f"its linear layers are {', '.join(LINEARS)}"
+            f"--target: no layer named {', '.join(unknown)} in a {shape.family if shape else 'llama'} block; "
+            f"its linear layers are {', '.join(linears)}"
         )
     return list(dict.fromkeys(names))
 
@@ -309,16 +374,17 @@ def parse_targets(target: str) -> list[str]:
 def parameter_counts(shape: Shape, method: str = "full", r: int = 16, targets: list[str] | None = None) -> dict:
     d, f, L, V = shape.hidden, shape.intermediate, shape.layers, shape.vocab
     dims = linear_dims(shape)
-    qd, kd = dims["q_proj"][1], dims["k_proj"][1]
+    qd, kd = shape.heads * shape.hd, shape.kv_heads * shape.hd
     block_linear = L * sum(i * o for i, o in dims.values())
     biases = L * ((qd + 2 * kd if shape.qkv_bias else 0) + (2 * f + d if shape.mlp_bias else 0))
-    norms = L * 2 * d + d
+    qk_norms = {"": 0, "head": 2 * shape.hd, "full": qd + kd}[shape.qk_norm]
+    norms = L * (shape.norms * d + qk_norms) + d
     embedding = V * d
     lm_head = 0 if shape.tied else V * d
     base = block_linear + biases + norms + embedding + lm_head
     lora = 0
     if method in ("lora", "qlora"):
-        lora = L * sum(r * (dims[t][0] + dims[t][1]) for t in targets or LINEARS)
+        lora = L * sum(r * (dims[t][0] + dims[t][1]) for t in targets or dims)
     total = base + lora
     trainable = base if method == "full" else lora
     return {
@@ -342,12 +408,12 @@ def activation_bytes_per_token_layer(shape: Shape, method: str, targets: list[st
     """Bytes one decoder layer saves for backward per token (formula in the module docstring)."""
     a, d, f = act_bytes, shape.hidden, shape.intermediate
     dims = linear_dims(shape)
-    qd = dims["q_proj"][1]
+    qd = shape.heads * shape.hd
     bf16 = a == 2
     sdpa = a * 4 * qd  # q, k, v (kv heads repeated to h) and the output
-    if method == "full":
-        qkv_in = (3 if bf16 else 1) * a * d
-        mlp_in = (2 if bf16 else 1) * a * d
+    if method == "full":  # under autocast each linear keeps its own bf16 copy of its input (Phi-3: one of each)
+        qkv_in = (3 if bf16 and not shape.fused else 1) * a * d
+        mlp_in = (2 if bf16 and not shape.fused else 1) * a * d
         return 16 * d + qkv_in + sdpa + mlp_in + 4 * a * f  # o_proj's input is SDPA's output (same storage)
     lora = 0
     if bf16:  # each LoRA A casts (and keeps) its own copy of its input
@@ -357,9 +423,11 @@ def activation_bytes_per_token_layer(shape: Shape, method: str, targets: list[st
             "q_proj": "attn_in",
             "k_proj": "attn_in",
             "v_proj": "attn_in",
+            "qkv_proj": "attn_in",
             "o_proj": "o_in",
             "gate_proj": "mlp_in",
             "up_proj": "mlp_in",
+            "gate_up_proj": "mlp_in",
             "down_proj": "down_in",
         }
         lora += sum(a * dims[next(t for t in targets if groups[t] == g)][0] for g in {groups[t] for t in targets})
@@ -589,7 +657,7 @@ def plan(
         if not ok:
             raise ConfigError(message)
     shape, model_dir = resolve_shape(model)
-    targets = parse_targets(target) if method != "full" else []
+    targets = parse_targets(target, shape) if method != "full" else []
     device = GPUS[gpu_key]
     if peak_tflops is not None:
         device = replace(device, peak_tflops=peak_tflops)

@@ -27,7 +27,8 @@ COMMON = dict(
 SLIDING_THEN_FULL = ["sliding_attention", "full_attention"]
 
 
-def _config(family: str, vocab_size: int, pad_id: int):
+def tiny_config(family: str, vocab_size: int, pad_id: int):
+    """The transformers config of `family`'s tiny model."""
     import transformers as tf
 
     extra: dict = {}
@@ -95,7 +96,7 @@ def build_tiny(family: str, tokenizer, out: Path, seed: int = 0) -> Path:
     if (out / "config.json").is_file():
         return out
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(_config(family, len(tokenizer), tokenizer.pad_token_id))
+    model = AutoModelForCausalLM.from_config(tiny_config(family, len(tokenizer), tokenizer.pad_token_id))
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import write_jsonl
+from tests.families.tiny import FAMILIES, tiny_config
 from tunesmith.config.load import add_arguments, leaf_fields
 from tunesmith.errors import ConfigError, DataError
 from tunesmith.planner import (
@@ -31,7 +32,8 @@ from tunesmith.recipes import RECIPES
 GIB = 2**30
 ROOT = Path(__file__).resolve().parents[2]
 
-# Parameter totals of the released checkpoints (the sum of their tensors' sizes).
+# Parameter totals of the released checkpoints (the sum of their tensors' sizes, the Hub's safetensors total),
+# which is what the loaded model counts (`model.num_parameters()`, a tied embedding once).
 KNOWN_TOTALS = {
     "smollm2-135m": 134_515_008,  # tied embeddings
     "llama-2-7b": 6_738_415_616,
@@ -40,6 +42,18 @@ KNOWN_TOTALS = {
     "mistral-7b": 7_241_732_096,
     "qwen2.5-7b": 7_615_616_512,  # q/k/v biases included
     "qwen2.5-0.5b": 494_032_768,  # tied embeddings, q/k/v biases
+    "qwen3-8b": 8_190_735_360,  # head_dim 128 (qd 4096 = d), per-head q/k norms
+    # the loaded model's count: its checkpoint also stores the tied embedding as lm_head.weight (751,632,384)
+    "qwen3-0.6b": 596_049_920,  # head_dim 128 with d 1024, 16 heads: qd 2048 > d
+    "gemma-2-2b": 2_614_341_888,  # head_dim 256 with d 2304, 8 heads; four norms per layer
+    "gemma-3-1b": 999_885_952,  # head_dim 256 with d 1152, 4 heads; four norms, per-head q/k norms
+    # the language model (Gemma3ForCausalLM of the text config); the checkpoint's 4,300,079,472 adds the
+    # SigLIP vision tower and its projector
+    "gemma-3-4b": 3_880_263_168,
+    "phi-3-mini": 3_821_079_552,  # fused qkv_proj and gate_up_proj: the same weights
+    "olmo-2-7b": 7_298_617_344,  # q/k norms over the whole projections (4096 each)
+    "granite-3.3-8b": 8_170_864_640,
+    "smollm3-3b": 3_075_098_624,
 }
 
 
@@ -76,6 +90,11 @@ def test_approximate_sizes_people_quote():
         "llama-3.1-70b": 70.6e9,
         "mistral-7b": 7.24e9,
         "qwen2.5-7b": 7.6e9,
+        "qwen3-8b": 8.19e9,
+        "gemma-3-1b": 1.0e9,
+        "phi-3-mini": 3.82e9,
+        "olmo-2-7b": 7.30e9,
+        "smollm3-3b": 3.08e9,
     }
     for name, n in approx.items():
         assert plan(name, "full")["total_params"] == pytest.approx(n, rel=0.005)
@@ -111,6 +130,54 @@ def test_alias_and_local_config_give_the_builtin_shape(tmp_path):
     }
     (tmp_path / "config.json").write_text(json.dumps(qwen))
     assert plan(str(tmp_path), "full")["total_params"] == KNOWN_TOTALS["qwen2.5-7b"]  # biases from model_type
+
+
+def test_every_family_tunesmith_trains_has_a_builtin_shape():
+    assert {shape.family for shape in SHAPES.values()} == set(FAMILIES)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_each_familys_config_counts_like_its_model(family, tmp_path):
+    """A local config.json of each family (its tiny test model's) plans the parameters transformers builds and
+    the adapter PEFT adds: head_dim, q/k norms, Gemma's four norms, Phi-3's fused linears."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from tunesmith.adapters.lora import apply_lora
+    from tunesmith.adapters.lora import parameter_counts as model_counts
+    from tunesmith.config.schema import LoraConfig
+
+    config = tiny_config(family, vocab_size=512, pad_id=0)
+    config.head_dim = 24  # not hidden / heads (64 / 4)
+    config.save_pretrained(tmp_path)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    assert plan(str(tmp_path), "full")["total_params"] == model_counts(model)[1]
+    shape = resolve_shape(str(tmp_path))[0]
+    assert shape.family == family and shape.hd == 24
+    with torch.device("meta"):
+        peft_model = apply_lora(AutoModelForCausalLM.from_config(config), LoraConfig(r=8, target="all-linear"))
+    p = plan(str(tmp_path), "lora", lora_r=8)
+    assert (p["trainable_params"], p["total_params"]) == model_counts(peft_model)
+    if family == "phi3":
+        assert p["lora"]["targets"] == ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"]
+        with pytest.raises(
+            ConfigError, match="no layer named q_proj, v_proj in a phi3 block; its linear layers are qkv_proj"
+        ):
+            plan(str(tmp_path), "lora", target="q_proj,v_proj")
+
+
+def test_models_list_shows_each_family_with_its_shapes(capsys):
+    from tunesmith.cli.models import list_models
+
+    assert list_models(None) == 0
+    aliases, families = capsys.readouterr().out.split("\n\n")
+    rows = {line.split()[0]: line.split() for line in families.splitlines()[2:]}  # after the title and header
+    assert list(rows) == list(FAMILIES)
+    assert rows["qwen3"][1:] == ["yes", "qwen3-0.6b", "(596M),", "qwen3-8b", "(8.19B)"]
+    assert (
+        rows["olmo2"][1] == "no" and rows["gemma3"][1] == "yes"
+    )  # GGUF export: tests/unit/test_export_gguf_families.py
 
 
 def test_counts_match_a_real_model(tiny_dir):
