@@ -20,3 +20,13 @@ def test_ci_runs_the_readme_commands():
     assert demo == "tunesmith demo"
     ci = _commands((ROOT / ".ci" / "run").read_text())
     assert setup in ci and test in ci
+
+
+def test_readme_table_is_the_bad_input_corpus():
+    """The Reliability section's table is `python tests/bad_inputs/table.py`, case for case."""
+    from tests.bad_inputs.table import BEGIN, END, markdown
+
+    readme = (ROOT / "README.md").read_text()
+    assert BEGIN in readme and END in readme, "the README lost the bad-input table's markers"
+    table = readme[readme.index(BEGIN) : readme.index(END) + len(END)]
+    assert table == markdown(), "the README's bad-input table is stale: paste `python tests/bad_inputs/table.py`"

@@ -13,22 +13,17 @@ from tunesmith.errors import ModelError
 def adapter_info(adapter_dir: str | Path) -> dict:
     """PEFT settings (method, rank, alpha, targets), trainable parameters, base, and, for an adapter written
     by a tunesmith run, the run's recipe, data checksums and final metrics."""
-    from safetensors import safe_open  # heavy: deferred for CLI start-up
+    # tunesmith.models loads torch: deferred for CLI start-up
+    from tunesmith.models.adapter_files import adapter_weight_shapes, read_adapter_config
 
     path = Path(adapter_dir)
-    config_file = path / "adapter_config.json"
-    if not config_file.is_file():
-        raise ModelError(f"{path}: not an adapter directory (no adapter_config.json)")
-    cfg = json.loads(config_file.read_text())
+    cfg = read_adapter_config(path)
     params = 0
-    weights = path / "adapter_model.safetensors"
-    if weights.is_file():
-        with safe_open(str(weights), framework="pt") as f:
-            for key in f.keys():
-                n = 1
-                for d in f.get_slice(key).get_shape():
-                    n *= d
-                params += n
+    for shape in adapter_weight_shapes(path).values():
+        n = 1
+        for d in shape:
+            n *= d
+        params += n
     targets = cfg.get("target_modules")
     info = {
         "adapter": str(path),
@@ -42,7 +37,7 @@ def adapter_info(adapter_dir: str | Path) -> dict:
         "base": cfg.get("base_model_name_or_path"),
     }
     run_dir = path.parent
-    run = json.loads((run_dir / "run.json").read_text()) if (run_dir / "run.json").is_file() else None
+    run = _json_file(run_dir / "run.json")
     if run is not None:
         info.update(
             {
@@ -54,10 +49,25 @@ def adapter_info(adapter_dir: str | Path) -> dict:
                 "forgetting": run.get("forgetting"),
             }
         )
-    data = run_dir / "data_checksum.json"
-    if data.is_file():
-        info["data"] = json.loads(data.read_text())
+    data = _json_file(run_dir / "data_checksum.json")
+    if data is not None:
+        info["data"] = data
     return info
+
+
+def _json_file(path: Path) -> dict | None:
+    """A run's JSON record (run.json, data_checksum.json) next to the adapter: None when absent."""
+    if not path.is_file():
+        return None
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ModelError(f"{path}:{e.lineno}: not valid JSON: {e.msg} (column {e.colno})") from None
+    except (OSError, UnicodeDecodeError, RecursionError) as e:
+        raise ModelError(f"{path}: cannot read: {e}") from None
+    if not isinstance(value, dict):
+        raise ModelError(f"{path}:1: must be a JSON object")
+    return value
 
 
 def format_info(info: dict) -> str:

@@ -19,8 +19,9 @@ from typing import cast
 import torch
 
 from tunesmith.atomic import atomic_directory
-from tunesmith.errors import ConfigError, ModelError
+from tunesmith.errors import ConfigError
 from tunesmith.models import load_model, load_tokenizer, resolve_model_dir
+from tunesmith.models.adapter_files import adapter_load_error, check_adapter, read_adapter_config
 
 BASE_WEIGHTS = ("auto", "nf4", "original")
 
@@ -64,11 +65,11 @@ def merged_model(model: str, adapter: str | Path, base_weights: str = "auto", sa
     from peft import PeftModel  # heavy: peft loads transformers; deferred until used
 
     adapter = Path(adapter)
-    if not (adapter / "adapter_config.json").is_file():
-        raise ModelError(f"{adapter}: not an adapter directory (no adapter_config.json)")
+    read_adapter_config(adapter)  # a broken adapter is refused before the base loads
     model_dir = resolve_model_dir(model)
     which = resolve_base_weights(base_weights, adapter)
     base = load_model(model_dir, torch.device("cpu"))
+    check_adapter(adapter, base, model_dir)
     if which == "nf4":
         say(
             "merging into the dequantized NF4 base weights the QLoRA adapter was trained against "
@@ -78,7 +79,10 @@ def merged_model(model: str, adapter: str | Path, base_weights: str = "auto", sa
         with torch.no_grad():
             for name, weight in dequantized_nf4_weights(model_dir).items():
                 modules[name].weight.copy_(weight)
-    merged = PeftModel.from_pretrained(base, str(adapter)).merge_and_unload()
+    try:
+        merged = PeftModel.from_pretrained(base, str(adapter)).merge_and_unload()
+    except (ValueError, RuntimeError, KeyError) as e:
+        raise adapter_load_error(adapter, model_dir, e) from None
     merged.eval()
     return merged, load_tokenizer(model_dir), which
 

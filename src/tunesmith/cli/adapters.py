@@ -42,6 +42,8 @@ def combine(args) -> int:
     except ValueError:
         raise ConfigError(f"--weights {args.weights}: comma-separated numbers, one per --adapter") from None
     out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"--out {out}: exists and is not a directory")
     if out.exists() and any(out.iterdir()):
         raise OutputError(f"{out}: exists and is not empty")
     result = combine_adapters(args.model, args.adapter, weights, out, args.combination)

@@ -47,7 +47,13 @@ def _common(p) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
 
 
-def _check_out(out: Path, overwrite: bool) -> None:
+def _check_out(out: Path, overwrite: bool, directory: bool) -> None:
+    """`out` may be written: absent, empty, or replaced with --overwrite; a model directory never replaces a
+    file, nor a .gguf file a directory (whatever was there is somebody's, and is kept)."""
+    if directory and out.exists() and not out.is_dir():
+        raise OutputError(f"--out {out}: exists and is a file; the merged model is a directory")
+    if not directory and out.is_dir():
+        raise OutputError(f"--out {out}: exists and is a directory; --format gguf writes one .gguf file")
     if out.exists() and (out.is_file() or any(out.iterdir())) and not overwrite:
         raise OutputError(f"{out}: exists; pass --overwrite to replace it")
 
@@ -55,7 +61,7 @@ def _check_out(out: Path, overwrite: bool) -> None:
 def merge(args) -> int:
     from tunesmith.adapters.merge import merge_to_directory  # heavy: deferred for CLI start-up
 
-    _check_out(Path(args.out), args.overwrite)
+    _check_out(Path(args.out), args.overwrite, directory=True)
     result = merge_to_directory(args.model, args.adapter, args.out, args.base_weights)
     print(f"merged into {result['out']} ({result['params']:,} parameters, base weights: {result['base_weights']})")
     return 0
@@ -67,7 +73,7 @@ def export(args) -> int:
     from tunesmith.models import resolve_model_dir
 
     out = Path(args.out)
-    _check_out(out, args.overwrite)
+    _check_out(out, args.overwrite, directory=args.format == "hf")
     if args.format == "hf":
         if not args.adapter:
             raise ConfigError("--format hf: give --adapter (without one, the model directory already is HF)")

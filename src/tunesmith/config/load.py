@@ -104,7 +104,24 @@ def _yaml_leaves(node: yaml.Node, prefix: str = "") -> list[tuple[str, yaml.Node
     return out
 
 
-def read_yaml_overrides(path: str | Path, leaves: dict[str, Leaf]) -> dict[str, Any]:
+def _yaml_syntax_error(path: Path, e: yaml.YAMLError) -> ConfigError:
+    """`FILE:LINE: invalid YAML: what (column N)`, from PyYAML's marks (its own text quotes "<unicode string>")."""
+    mark = getattr(e, "problem_mark", None)
+    if mark is None:
+        return ConfigError(f"{path}: invalid YAML: {e}")
+    problem = getattr(e, "problem", None) or "syntax error"
+    context, context_mark = getattr(e, "context", None), getattr(e, "context_mark", None)
+    started = f" that starts at line {context_mark.line + 1}" if context_mark and context_mark.line != mark.line else ""
+    return ConfigError(
+        f"{path}:{mark.line + 1}: invalid YAML: {problem} (column {mark.column + 1}"
+        + (f", {context}{started})" if context else ")")
+    )
+
+
+def read_yaml_overrides(
+    path: str | Path, leaves: dict[str, Leaf], origins: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """The file's values by dotted key; `origins` (when given) gets each key's `FILE:LINE: `."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -113,7 +130,9 @@ def read_yaml_overrides(path: str | Path, leaves: dict[str, Leaf]) -> dict[str, 
     try:
         root = yaml.compose(text)
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: invalid YAML: {e}") from None
+        raise _yaml_syntax_error(path, e) from None
+    except RecursionError:  # PyYAML's parser recurses per nesting level: [[[[...]]]] thousands deep
+        raise ConfigError(f"{path}: invalid YAML: nested too deeply to be a config") from None
     if root is None:
         return {}
     if not isinstance(root, yaml.MappingNode):
@@ -121,14 +140,23 @@ def read_yaml_overrides(path: str | Path, leaves: dict[str, Leaf]) -> dict[str, 
     values = {}
     for key, node in _yaml_leaves(root):
         where = f"{path}:{node.start_mark.line + 1}: "
-        if node.tag == "tag:yaml.org,2002:null" and any(k.startswith(key + ".") for k in leaves):
+        section = [k for k in leaves if k.startswith(key + ".")]
+        if node.tag == "tag:yaml.org,2002:null" and section:
             continue  # an empty section (`train:` with every key commented out)
+        if section and key not in leaves:
+            kind = "a list" if isinstance(node, yaml.SequenceNode) else f"the value {node.value!r}"[:80]
+            raise ConfigError(
+                f"{where}{key}: a section: expected a mapping of its keys "
+                f"({', '.join(k[len(key) + 1 :] for k in section[:3])}, ...), got {kind}"
+            )
         if key not in leaves:
             raise unknown_key_error(key, list(leaves), where)
         if not isinstance(node, yaml.ScalarNode):
             raise ConfigError(f"{where}{key}: expected a single value")
         value = yaml.safe_load(yaml.serialize(node))
         values[key] = coerce(leaves[key], value, where)
+        if origins is not None:
+            origins[key] = where
     return values
 
 
@@ -199,14 +227,18 @@ def build_config(
     leaves = {leaf.key: leaf for leaf in leaf_fields(cls)}
     cfg = cls()
     merged: dict[str, Any] = {}
+    origins: dict[str, str] = {}  # key -> where its value came from ("run.yaml:7: ", "--lr: "), for validate()
     if base_file is not None:
-        merged.update(read_yaml_overrides(base_file, leaves))
+        merged.update(read_yaml_overrides(base_file, leaves, origins))
     if ns.get("config"):
-        merged.update(read_yaml_overrides(ns["config"], leaves))
+        merged.update(read_yaml_overrides(ns["config"], leaves, origins))
     for key, value in ns.items():
         if key in leaves:
-            merged[key] = coerce(leaves[key], value, f"{leaves[key].field.metadata['flag']}: ")
-    merged.update(parse_set_items(ns.get("set") or [], leaves))
+            origins[key] = f"{leaves[key].field.metadata['flag']}: "
+            merged[key] = coerce(leaves[key], value, origins[key])
+    set_items = parse_set_items(ns.get("set") or [], leaves)
+    merged.update(set_items)
+    origins.update(dict.fromkeys(set_items, "--set: "))
     for key, value in merged.items():
         _assign(cfg, key, value)
     stand_ins = stand_ins or {}
@@ -214,10 +246,20 @@ def build_config(
     for key in empty:
         _assign(cfg, key, coerce(leaves[key], stand_ins[key]))
     if hasattr(cfg, "validate"):
-        cfg.validate()
+        try:
+            cfg.validate()
+        except ConfigError as e:
+            raise ConfigError(_with_origin(str(e), origins)) from None
     for key, value in empty.items():
         _assign(cfg, key, value)
     return cfg
+
+
+def _with_origin(message: str, origins: dict[str, str]) -> str:
+    """`train.lr: must be > 0` -> `run.yaml:4: train.lr: must be > 0`: the file and line (or the flag) that set
+    the value a check refused, when the message starts with that key."""
+    key = next((k for k in origins if message.startswith((k + ":", k + " ("))), None)
+    return origins[key] + message if key is not None else message
 
 
 def build_run_config(cls: type, args: argparse.Namespace) -> Any:

@@ -9,6 +9,7 @@ Every problem is reported as `FILE:LINE: what is wrong`, all of them, not only t
 
 from __future__ import annotations
 
+import codecs
 import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -33,12 +34,30 @@ class ParsedFile:
     problems: list[str] = field(default_factory=list)
 
 
+def shown(value: Any, limit: int = 60) -> str:
+    """`repr(value)` for an error message, cut short: a 10 MB field must not become a 10 MB message."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
+
+
+def _json_problem(raw: bytes, e: json.JSONDecodeError) -> str:
+    nul = raw.find(b"\x00")
+    if nul >= 0:  # a binary file, or UTF-16 text: say so rather than "Invalid control character"
+        return f"bad JSON: a NUL byte at byte {nul} (a binary file, or text not saved as UTF-8?)"
+    return f"bad JSON: {e.msg} (column {e.colno})"
+
+
 def iter_json_lines(path: Path) -> Iterator[tuple[int, Any, str | None]]:
-    """Yield (line number, parsed object, problem) for each non-blank line of a JSONL file."""
+    """Yield (line number, parsed object, problem) for each non-blank line of a JSONL file.
+
+    A UTF-8 byte-order mark at the start of the file (Windows editors write one) is skipped; CRLF line
+    endings are whitespace to JSON."""
     try:
         data = path.read_bytes()
     except OSError as e:
         raise DataError([f"{path}: cannot read: {e.strerror or e}"]) from None
+    if data.startswith(codecs.BOM_UTF8):
+        data = data[len(codecs.BOM_UTF8) :]
     for number, raw in enumerate(data.split(b"\n"), start=1):
         if not raw.strip():
             continue
@@ -48,9 +67,14 @@ def iter_json_lines(path: Path) -> Iterator[tuple[int, Any, str | None]]:
             yield number, None, f"invalid UTF-8 at byte {e.start}"
             continue
         try:
-            yield number, json.loads(text), None
+            obj = json.loads(text)
         except json.JSONDecodeError as e:
-            yield number, None, f"bad JSON: {e.msg} (column {e.colno})"
+            yield number, None, _json_problem(raw, e)
+            continue
+        except RecursionError:  # json's decoder recurses per nesting level: [[[[...]]]] 100k deep
+            yield number, None, "bad JSON: arrays or objects nested too deeply to read"
+            continue
+        yield number, obj, None
 
 
 def _parse_messages(messages: Any) -> tuple[list[dict], str | None]:
@@ -64,14 +88,14 @@ def _parse_messages(messages: Any) -> tuple[list[dict], str | None]:
         if "role" not in m:
             return [], f"messages[{i}]: missing `role`"
         if role not in ROLES:
-            return [], f"messages[{i}].role: unknown role {role!r} (expected one of {', '.join(ROLES)})"
+            return [], f"messages[{i}].role: unknown role {shown(role)} (expected one of {', '.join(ROLES)})"
         if "content" not in m:
             return [], f"messages[{i}]: missing `content`"
         if not isinstance(m["content"], str):
             return [], f"messages[{i}].content: must be a string, got {type(m['content']).__name__}"
         weight = m.get("weight", 1)
         if role == "assistant" and (isinstance(weight, bool) or weight not in (0, 1)):
-            return [], f"messages[{i}].weight: must be 0 or 1, got {weight!r}"
+            return [], f"messages[{i}].weight: must be 0 or 1, got {shown(weight)}"
         if role != "assistant" and "weight" in m:
             return [], f"messages[{i}].weight: only assistant messages take a weight"
         out.append({"role": role, "content": m["content"], "weight": int(weight) if role == "assistant" else 0})
@@ -111,6 +135,8 @@ def read_jsonl_rows(
     Returns the (line number, value) of the rows without problems, and every problem as
     `FILE:LINE: what is wrong` (`FILE: ...` for a missing or empty file). Shared by all data readers.
     """
+    if path.is_dir():
+        raise DataError([f"{path}: a directory, not a JSONL file"])
     if not path.is_file():
         raise DataError([f"{path}: no such file"])
     rows: list[tuple[int, Any]] = []

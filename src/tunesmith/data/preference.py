@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tunesmith.data.formats import ROLES, problems_error, read_jsonl_rows
+from tunesmith.data.formats import ROLES, problems_error, read_jsonl_rows, shown
 
 OPENAI_KEYS = ("input", "preferred_output", "non_preferred_output")
 COMMON_KEYS = ("prompt", "chosen", "rejected")
@@ -73,10 +73,10 @@ def parse_prompt(value: Any, label: str, *, allow_string: bool) -> tuple[list[di
             return [], problem
         assert msg is not None  # _message returns a message or a problem
         if msg["role"] not in ROLES:
-            return [], f"`{label}[{i}].role`: unknown role {msg['role']!r} (expected one of {', '.join(ROLES)})"
+            return [], f"`{label}[{i}].role`: unknown role {shown(msg['role'])} (expected one of {', '.join(ROLES)})"
         out.append(msg)
     if out[-1]["role"] != "user":
-        return [], f"`{label}`: must end with a user turn, the last is {out[-1]['role']!r}"
+        return [], f"`{label}`: must end with a user turn, the last is {shown(out[-1]['role'])}"
     return out, None
 
 
@@ -98,7 +98,8 @@ def _parse_completion(value: Any, label: str, prompt_key: str, *, allow_string: 
         assert msg is not None  # _message returns a message or a problem
         if msg["role"] != "assistant":
             return [], (
-                f"`{label}[{i}].role`: must be 'assistant', got {msg['role']!r} (the prompt belongs in `{prompt_key}`)"
+                f"`{label}[{i}].role`: must be 'assistant', got {shown(msg['role'])} "
+                f"(the prompt belongs in `{prompt_key}`)"
             )
         if not msg["content"].strip():
             return [], f"`{label}[{i}].content`: empty"

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tunesmith.data.formats import ROLES, problems_error, read_jsonl_rows
+from tunesmith.data.formats import ROLES, problems_error, read_jsonl_rows, shown
 from tunesmith.data.preference import _message, _parse_completion, _type, parse_prompt
 
 COMMON_KEYS = ("prompt", "completion")
@@ -56,7 +56,7 @@ def _split_messages(value: Any) -> tuple[tuple[list, list] | None, str | None]:
             return None, problem
         assert msg is not None  # _message returns a message or a problem
         if msg["role"] not in ROLES:
-            return None, f"`messages[{i}].role`: unknown role {msg['role']!r} (expected one of {', '.join(ROLES)})"
+            return None, f"`messages[{i}].role`: unknown role {shown(msg['role'])} (expected one of {', '.join(ROLES)})"
         messages.append(msg)
     users = [i for i, m in enumerate(messages) if m["role"] == "user"]
     if not users:
@@ -67,7 +67,7 @@ def _split_messages(value: Any) -> tuple[tuple[list, list] | None, str | None]:
     for i in range(last_user + 1, len(messages)):
         if messages[i]["role"] != "assistant":
             return None, (
-                f"`messages[{i}].role`: must be 'assistant' after the last user turn, got {messages[i]['role']!r}"
+                f"`messages[{i}].role`: must be 'assistant' after the last user turn, got {shown(messages[i]['role'])}"
             )
         if not messages[i]["content"].strip():
             return None, f"`messages[{i}].content`: empty"

@@ -398,9 +398,17 @@ def _gguf_name(hf_name: str, family: Family) -> str | None:
 
 
 def _safetensors_files(model_dir: Path) -> list[Path]:
+    from safetensors import SafetensorError, safe_open  # heavy: deferred until the weights are read
+
     files = sorted(model_dir.glob("*.safetensors"))
     if not files:
         raise ModelError(f"{model_dir}: no *.safetensors weights (only safetensors checkpoints can be exported)")
+    for file in files:  # every header readable before the first byte of GGUF is written
+        try:
+            with safe_open(str(file), framework="pt"):
+                pass
+        except (SafetensorError, OSError) as e:
+            raise ModelError(f"{file}: not a readable safetensors file (truncated or damaged?): {e}") from None
     return files
 
 

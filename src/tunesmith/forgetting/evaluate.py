@@ -35,13 +35,18 @@ def _json_references(convs) -> list[dict] | None:
     return references
 
 
-def task_metrics(model, tokenizer, path: str, max_length: int, device, amp_dtype, limit: int | None) -> dict:
-    from tunesmith.generation import generate_chat  # heavy: deferred for CLI start-up
-    from tunesmith.train.step import evaluate_nll
-
+def load_task_data(path: str, limit: int | None) -> list:
+    """The task examples (the first `limit`), or a DataError naming every malformed row."""
     convs = load_sft_file(path)[:limit]
     if not convs:
         raise DataError([f"{path}: no examples"])
+    return convs
+
+
+def task_metrics(model, tokenizer, convs: list, max_length: int, device, amp_dtype) -> dict:
+    from tunesmith.generation import generate_chat  # heavy: deferred for CLI start-up
+    from tunesmith.train.step import evaluate_nll
+
     examples = apply_length_policy(tokenize_conversations(tokenizer, convs), max_length, "truncate").examples
     nll = evaluate_nll(model, examples, 8, False, max_length, tokenizer.pad_token_id, device, amp_dtype)
     out = {"task_examples": len(convs), "task_loss": nll, "task_perplexity": math.exp(nll)}
@@ -78,6 +83,7 @@ def evaluate_model(
     from tunesmith.models.load import autocast_dtype
 
     items = load_probe(probe)
+    convs = load_task_data(data, limit) if data else None  # bad task data fails before any model work
     items = [items[i] for i in spread_subset(len(items), probe_size)]
     tuned, tokenizer = load_for_inference(model, [adapter] if adapter else None, device)
     dev = next(tuned.parameters()).device
@@ -105,8 +111,8 @@ def evaluate_model(
         else base_perplexity(tuned, examples, tokenizer.pad_token_id, reference, amp)
     )
     result["probe_ppl_increase"] = result["probe_perplexity"] / result["base_probe_perplexity"] - 1.0
-    if data:
-        result.update(task_metrics(tuned, tokenizer, data, max_length, dev, amp, limit))
+    if convs is not None:
+        result.update(task_metrics(tuned, tokenizer, convs, max_length, dev, amp))
     return result
 
 

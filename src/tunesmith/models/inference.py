@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from tunesmith.errors import ModelError
+from tunesmith.models.adapter_files import adapter_load_error, check_adapter
 from tunesmith.models.load import load_model, load_tokenizer, select_device
 from tunesmith.models.registry import resolve_model_dir
 
@@ -39,17 +40,20 @@ def load_for_inference(model: str, adapters: list[str] | None = None, device: st
     dev = select_device(device)
     net = load_model(model_dir, dev)
     adapters = list(adapters or [])
+    for adapter in adapters:  # every adapter's files and shapes, before PEFT reads any of them
+        check_adapter(adapter, net, model_dir)
     for i, (adapter, name) in enumerate(zip(adapters, adapter_names(adapters))):
         path = Path(adapter)
-        if not (path / "adapter_config.json").is_file():
-            raise ModelError(f"{path}: not an adapter directory (no adapter_config.json)")
         from peft import PeftModel  # heavy: peft (and transformers) only when an adapter is loaded
 
-        if i == 0:
-            net = PeftModel.from_pretrained(net, str(path), adapter_name=name)
-        else:
-            net.load_adapter(str(path), adapter_name=name)
-            net.set_adapter(name)
+        try:
+            if i == 0:
+                net = PeftModel.from_pretrained(net, str(path), adapter_name=name)
+            else:
+                net.load_adapter(str(path), adapter_name=name)
+                net.set_adapter(name)
+        except (ValueError, RuntimeError, KeyError) as e:
+            raise adapter_load_error(path, model_dir, e) from None
     if merge and adapters:
         if len(adapters) > 1:
             raise ModelError("merge: only one adapter can be folded into the weights")

@@ -86,6 +86,19 @@ def load_tokenizer(model_dir: Path):
     return tokenizer
 
 
+def damaged_weights(model_dir: Path) -> Path | None:
+    """The first *.safetensors file of `model_dir` whose header does not read (truncated, not safetensors)."""
+    from safetensors import SafetensorError, safe_open  # heavy: deferred until a load failed
+
+    for path in sorted(model_dir.glob("*.safetensors")):
+        try:
+            with safe_open(str(path), framework="pt"):
+                pass
+        except (SafetensorError, OSError):
+            return path
+    return None
+
+
 def nf4_config(compute_dtype: torch.dtype):
     """4-bit NormalFloat with double quantization (the QLoRA paper's storage for the frozen base)."""
     from transformers import BitsAndBytesConfig  # heavy: transformers, deferred until used
@@ -108,8 +121,12 @@ def load_model(
     kwargs: dict[str, Any] = {"dtype": torch.float32}
     if quantize_4bit:
         kwargs.update(quantization_config=nf4_config(compute_dtype), device_map={"": str(device)})
+    from safetensors import SafetensorError  # heavy: deferred with transformers
+
     try:
         model = AutoModelForCausalLM.from_pretrained(str(model_dir), **kwargs)
+    except SafetensorError as e:  # a truncated or damaged weight file: name it
+        raise ModelError(f"{damaged_weights(Path(model_dir)) or model_dir}: cannot load model: {e}") from None
     except (OSError, ValueError) as e:
         raise ModelError(f"{model_dir}: cannot load model: {e}") from None
     if quantize_4bit:

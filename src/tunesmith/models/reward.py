@@ -48,7 +48,21 @@ def find_reward_model(path: str | Path) -> tuple[Path, dict]:
         directory = directory / "reward_model"  # a run directory was given
     if not (directory / CONFIG).is_file():
         raise ModelError(f"{path}: not a reward model (no {CONFIG}; train one with `tunesmith reward`)")
-    return directory, json.loads((directory / CONFIG).read_text())
+    file = directory / CONFIG
+    try:
+        meta = json.loads(file.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ModelError(f"{file}:{e.lineno}: not valid JSON: {e.msg} (column {e.colno})") from None
+    except (OSError, UnicodeDecodeError, RecursionError) as e:
+        raise ModelError(f"{file}: cannot read: {e}") from None
+    if not isinstance(meta, dict):
+        raise ModelError(f"{file}:1: must be a JSON object with base, method and hidden_size")
+    for key, kind in (("base", str), ("hidden_size", int)):
+        if not isinstance(meta.get(key), kind):
+            raise ModelError(f"{file}: {key}: missing or not a {kind.__name__} (written by `tunesmith reward`)")
+    if not (directory / "adapter").is_dir() and not (directory / "model").is_dir():
+        raise ModelError(f"{directory}: neither adapter/ nor model/ inside: the reward model's weights are missing")
+    return directory, meta
 
 
 def load_reward_head(directory: Path, meta: dict, device: torch.device) -> torch.nn.Linear:

@@ -33,6 +33,7 @@ from tunesmith.data.prompts import PromptRow, load_prompt_file
 from tunesmith.errors import ModelError
 from tunesmith.losses.kl import AdaptiveKLController, FixedKLController, kl_k1, masked_mean
 from tunesmith.losses.ppo import ppo_policy_loss, ppo_value_loss
+from tunesmith.models.adapter_files import adapter_weight_shapes, read_adapter_config
 from tunesmith.models.forward import adapter_off, batch_last_hidden, batch_token_logps, unwrap
 from tunesmith.models.reward import find_reward_model, load_reward_head, new_reward_head
 from tunesmith.recipes import RECIPES
@@ -69,6 +70,8 @@ def reward_model_dir(reward_dir: str, model_dir: Path) -> tuple[Path, dict]:
         )
     if Path(meta["base"]).resolve() != Path(model_dir).resolve():
         raise ModelError(f"{directory}: trained on {meta['base']}, but the policy's base is {model_dir}")
+    read_adapter_config(directory / "adapter")  # readable files, before the run directory is touched
+    adapter_weight_shapes(directory / "adapter")
     return directory, meta
 
 

@@ -48,7 +48,7 @@ from tunesmith.train.distributed import (
 )
 from tunesmith.train.metrics import MetricsLog, NullLog, clean_record, read_metrics
 from tunesmith.train.model_setup import build_trainable_model, save_trained
-from tunesmith.train.rundir import open_run_dir
+from tunesmith.train.rundir import open_run_dir, settle_run_dir
 from tunesmith.train.schedule import build_optimizer, lr_multiplier, plan_steps, set_lr
 
 if TYPE_CHECKING:
@@ -384,13 +384,22 @@ def open_run(run: Run[ConfigT], n_items: int, attach: Callable[[Run[ConfigT]], N
     reference, before the weights are sharded or resumed), forgetting guard, FSDP, optimizer and schedule
     over `n_items` examples, resume, metrics.jsonl."""
     cfg = run.cfg
+    out = Path(str(cfg.out))  # validate() refuses a run without --out
+    was_empty = not cfg.resume and not (out.is_dir() and any(out.iterdir()))
     run.run_dir, run.resume_from = open_run_dir(cfg, run.recipe.name, run.dist, run.say)
-    run.model, run.trainable, run.total = build_trainable_model(cfg, run.model_dir, run.device, run.amp_dtype, run.say)
-    if attach is not None:
-        attach(run)
-    forgetting = getattr(cfg, "forgetting", None)
-    if forgetting is not None:
-        run.guard = start_guard(cfg, run.model, run.tokenizer, run.model_dir, run.device, run.amp_dtype, run.say)
+    try:
+        build = build_trainable_model(cfg, run.model_dir, run.device, run.amp_dtype, run.say)
+        run.model, run.trainable, run.total = build
+        if attach is not None:
+            attach(run)
+        if getattr(cfg, "forgetting", None) is not None:
+            run.guard = start_guard(cfg, run.model, run.tokenizer, run.model_dir, run.device, run.amp_dtype, run.say)
+    except BaseException:
+        if run.dist.is_main and not cfg.resume:
+            settle_run_dir(run.run_dir, started=False, was_empty=was_empty)
+        raise
+    if run.dist.is_main and not cfg.resume:
+        settle_run_dir(run.run_dir, started=True, was_empty=was_empty)
     shard_model(run.model, run.dist)  # full fine-tuning in several processes: FSDP2
     run.params = [p for p in run.model.parameters() if p.requires_grad]
     assert cfg.train.lr is not None  # filled by validate()

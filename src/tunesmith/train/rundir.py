@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -14,6 +15,25 @@ from tunesmith.errors import ConfigError, OutputError
 from tunesmith.models.integrity import base_difference, data_differences
 from tunesmith.train.checkpoint import list_checkpoints, resumable_checkpoint
 from tunesmith.train.model_setup import write_run_config
+
+
+def replaced_path(out: Path) -> Path:
+    """Where --overwrite keeps the previous run until the new one has started."""
+    return out.parent / f".{out.name}.replaced"
+
+
+def settle_run_dir(run_dir: Path, started: bool, was_empty: bool) -> None:
+    """After a run's setup (model, adapter, guard): when it `started`, the run --overwrite replaced is deleted;
+    when setup failed, the previous run is put back (or a directory this start created is removed), so a
+    start that fails loses nothing and leaves nothing behind."""
+    aside = replaced_path(run_dir)
+    if started:
+        shutil.rmtree(aside, ignore_errors=True)
+    elif aside.exists():
+        shutil.rmtree(run_dir, ignore_errors=True)
+        os.replace(aside, run_dir)
+    elif was_empty:
+        shutil.rmtree(run_dir, ignore_errors=True)
 
 
 def prepare_run_dir(
@@ -37,7 +57,9 @@ def prepare_run_dir(
                 f"{out}: directory is not empty; pass --overwrite to replace it "
                 "or --resume to continue its last checkpoint"
             )
-        shutil.rmtree(out)
+        aside = replaced_path(out)  # deleted once the new run has started (`settle_run_dir`), else put back
+        shutil.rmtree(aside, ignore_errors=True)
+        os.replace(out, aside)
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = out / ".tunesmith-write-check"
