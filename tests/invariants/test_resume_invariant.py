@@ -151,7 +151,8 @@ def test_resume_refuses_changed_settings_and_data_unless_told(tmp_path, tiny_dir
 
     changed = _config(data, tmp_path / "run", resume=True)
     changed.train.lr, changed.lora.r = 5e-4, 4
-    with pytest.raises(ConfigError, match=r"train\.lr is 0\.0005 now, 0\.001 in the run; lora\.r is 4 now, 16 in the run"):
+    changes = r"train\.lr is 0\.0005 now, 0\.001 in the run; lora\.r is 4 now, 16 in the run"
+    with pytest.raises(ConfigError, match=changes):
         run_sft(changed, say=lambda s: None, progress=False)
     write_jsonl(data, chat_rows(11))  # the data file changes under the run
     with pytest.raises(ConfigError, match=r"data\.train: .*train\.jsonl has changed since the run started"):
