@@ -59,15 +59,9 @@ def _json_file(path: Path) -> dict | None:
     """A run's JSON record (run.json, data_checksum.json) next to the adapter: None when absent."""
     if not path.is_file():
         return None
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise ModelError(f"{path}:{e.lineno}: not valid JSON: {e.msg} (column {e.colno})") from None
-    except (OSError, UnicodeDecodeError, RecursionError) as e:
-        raise ModelError(f"{path}: cannot read: {e}") from None
-    if not isinstance(value, dict):
-        raise ModelError(f"{path}:1: must be a JSON object")
-    return value
+    from tunesmith.models.adapter_files import read_json_object  # tunesmith.models loads torch: deferred
+
+    return read_json_object(path)
 
 
 def format_info(info: dict) -> str:

@@ -25,20 +25,26 @@ def _type(value: Any) -> str:
     return "null" if value is None else type(value).__name__
 
 
+def read_json_object(file: Path, what: str = "a JSON object") -> dict[str, Any]:
+    """A JSON file that must hold an object, or a ModelError naming the file (and the line) and what is wrong."""
+    try:
+        value = json.loads(file.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ModelError(f"{file}:{e.lineno}: not valid JSON: {e.msg} (column {e.colno})") from None
+    except (OSError, UnicodeDecodeError, RecursionError) as e:
+        raise ModelError(f"{file}: cannot read: {e}") from None
+    if not isinstance(value, dict):
+        raise ModelError(f"{file}:1: must be {what}, got {_type(value)}")
+    return value
+
+
 def read_adapter_config(adapter_dir: str | Path) -> dict[str, Any]:
     """The adapter's adapter_config.json as a dict, or a ModelError naming the file (and line) and the field."""
     path = Path(adapter_dir)
     file = path / CONFIG
     if not file.is_file():
         raise ModelError(f"{path}: not an adapter directory (no {CONFIG})")
-    try:
-        config = json.loads(file.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise ModelError(f"{file}:{e.lineno}: not valid JSON: {e.msg} (column {e.colno})") from None
-    except (OSError, UnicodeDecodeError, RecursionError) as e:
-        raise ModelError(f"{file}: cannot read: {e}") from None
-    if not isinstance(config, dict):
-        raise ModelError(f"{file}:1: must be a JSON object (a PEFT adapter config), got {_type(config)}")
+    config = read_json_object(file, "a JSON object (a PEFT adapter config)")
     if not isinstance(config.get("peft_type"), str):
         raise ModelError(f"{file}: peft_type: missing or not a string: not a PEFT adapter config")
     r = config.get("r")

@@ -18,6 +18,7 @@ from safetensors.torch import load_file, save
 
 from tunesmith.atomic import atomic_write_bytes, atomic_write_text
 from tunesmith.errors import ModelError
+from tunesmith.models.adapter_files import read_json_object
 from tunesmith.models.inference import load_for_inference
 
 CONFIG = "reward_model.json"
@@ -49,14 +50,7 @@ def find_reward_model(path: str | Path) -> tuple[Path, dict]:
     if not (directory / CONFIG).is_file():
         raise ModelError(f"{path}: not a reward model (no {CONFIG}; train one with `tunesmith reward`)")
     file = directory / CONFIG
-    try:
-        meta = json.loads(file.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise ModelError(f"{file}:{e.lineno}: not valid JSON: {e.msg} (column {e.colno})") from None
-    except (OSError, UnicodeDecodeError, RecursionError) as e:
-        raise ModelError(f"{file}: cannot read: {e}") from None
-    if not isinstance(meta, dict):
-        raise ModelError(f"{file}:1: must be a JSON object with base, method and hidden_size")
+    meta = read_json_object(file, "a JSON object with base, method and hidden_size")
     for key, kind in (("base", str), ("hidden_size", int)):
         if not isinstance(meta.get(key), kind):
             raise ModelError(f"{file}: {key}: missing or not a {kind.__name__} (written by `tunesmith reward`)")
