@@ -5,9 +5,10 @@ uninterrupted run's (max |difference| <= 1e-6), for sft (LoRA with dropout, micr
     PYTHONPATH=src python bench/crash_soak.py --kills 20                       # the embedded model, ~25 min
     PYTHONPATH=src python bench/crash_soak.py --kills 3 --model tiny-random-llama --recipes sft   # a smoke run
 
-Each kill comes at a random moment of a run's life (start-up, a step, a checkpoint, the final save); every
-`--write-kill-every`-th kill instead waits until a checkpoint's temporary directory appears and kills the
-process then, mid-write. A run killed before its first checkpoint starts again (`--overwrite`); otherwise it
+Each kill comes at a random moment of a run's life, paced by the run itself (after 0, 1 or 2 new checkpoints,
+plus a random part of a step, or of the start-up), so that every start gets a step or two further whatever
+the machine's speed; every `--write-kill-every`-th kill instead waits until a checkpoint's temporary
+directory appears and kills the process then, mid-write. A run killed before its first checkpoint starts again (`--overwrite`); otherwise it
 resumes from its newest complete checkpoint (a partial one never becomes visible: see train/checkpoint.py).
 Writes bench/results/crash_soak-<date>-<host>.json and exits 1 when any recipe's weights differ.
 """
@@ -64,25 +65,43 @@ def has_checkpoint(out: Path) -> bool:
     return root.is_dir() and any(p.name.startswith("step-") for p in root.iterdir())
 
 
-def kill_once(argv: list[str], out: Path, log: Path, delay_s: float, mid_write: bool) -> str:
-    """Start (or resume) the run and SIGKILL it after `delay_s`, or (mid_write) as soon as a checkpoint is
-    being written. Returns how the kill went: "random", "mid-write", or "finished" when the run ended first."""
+def newest_step(out: Path) -> int:
+    root = out / "checkpoints"
+    steps = [int(p.name.split("-")[1]) for p in root.iterdir() if p.name.startswith("step-")] if root.is_dir() else []
+    return max(steps, default=0)
+
+
+def kill_once(argv: list[str], out: Path, log: Path, rng: random.Random, mid_write: bool) -> str:
+    """Start (or resume) the run and SIGKILL it: `mid_write`, as soon as a checkpoint is being written; else at
+    a random moment paced by the run itself, whatever the machine's speed: after 0, 1 or 2 new checkpoints,
+    plus a random part of a step (or, with none, of the start-up). Returns "random", "mid-write", or
+    "finished" when the run ended first."""
     resume = ["--resume"] if has_checkpoint(out) else (["--overwrite"] if out.exists() else [])
     p = start([*argv, "--out", str(out), *resume], log)
-    deadline = time.monotonic() + delay_s
-    while p.poll() is None and time.monotonic() < deadline:
+    began, first = time.monotonic(), newest_step(out)
+    wanted, fraction = rng.randint(0, 2), rng.random()
+    last_step, last_at, step_s = first, began, None
+    while p.poll() is None:
         if mid_write and checkpoint_being_written(out):
             p.send_signal(signal.SIGKILL)
             p.wait()
             return "mid-write"
-        time.sleep(0.002 if mid_write else 0.05)
-    if p.poll() is not None:
-        if p.returncode:
-            sys.exit(f"the run exited with code {p.returncode} before its kill: see {log}")
-        return "finished"
-    p.send_signal(signal.SIGKILL)
-    p.wait()
-    return "random"
+        now, step = time.monotonic(), newest_step(out)
+        if step != last_step:
+            step_s = None if last_step == first else (now - last_at) / (step - last_step)
+            last_step, last_at = step, now
+        done = last_step - first
+        if not mid_write and done >= wanted:
+            # within the start-up: a fraction of an assumed 5 s; after a checkpoint: of the step time seen
+            pace = step_s if step_s is not None else (5.0 if done == 0 else now - began)
+            if now - last_at >= fraction * pace:
+                p.send_signal(signal.SIGKILL)
+                p.wait()
+                return "random"
+        time.sleep(0.002 if mid_write else 0.02)
+    if p.returncode:
+        sys.exit(f"the run exited with code {p.returncode} before its kill: see {log}")
+    return "finished"
 
 
 def weights(out: Path) -> dict:
@@ -114,9 +133,7 @@ def soak(recipe: str, data: dict[str, Path], work: Path, a: argparse.Namespace, 
     starts = 0
     while sum(kills.values()) < a.kills:
         mid_write = (sum(kills.values()) + 1) % a.write_kill_every == 0
-        # a random moment between late start-up and two steps in: each start gets about one step further
-        delay = startup_s + per_step * 3 if mid_write else rng.uniform(0.5 * startup_s, startup_s + 2 * per_step)
-        how = kill_once(argv, out, log, delay, mid_write)
+        how = kill_once(argv, out, log, rng, mid_write)
         starts += 1
         if how == "finished":  # it ended before the kill: train further with a longer run next time
             break
