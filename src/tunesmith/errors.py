@@ -1,5 +1,7 @@
 """Errors a user can cause. The CLI prints them without a traceback and exits with code 2."""
 
+import errno
+
 
 class TunesmithError(Exception):
     """Base class for every error caused by user input (data, config, model name, paths)."""
@@ -35,8 +37,6 @@ class DiskFull(TunesmithError):
 
 def disk_full(e: OSError) -> DiskFull | None:
     """A DiskFull naming the file for an out-of-space (or quota) OSError; None for any other OSError."""
-    import errno
-
     if e.errno not in (errno.ENOSPC, errno.EDQUOT):
         return None
     where = f" writing {e.filename}" if e.filename else ""

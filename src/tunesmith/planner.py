@@ -600,6 +600,21 @@ def _host_memory() -> int | None:
         return None
 
 
+def fitting_flags(method: str, gradient_checkpointing: bool, micro_batch_size: int) -> list[str]:
+    """What would make a run that does not fit need less memory, from its method and settings."""
+    return [
+        flag
+        for flag, helps in (
+            ("--method lora", method == "full"),
+            ("--method qlora", method != "qlora"),
+            ("--gradient-checkpointing", not gradient_checkpointing),
+            ("a smaller --micro-batch-size", micro_batch_size > 1),
+            ("a shorter --max-length", True),
+        )
+        if helps
+    ]
+
+
 def plan(
     model: str,
     method: str,
@@ -708,17 +723,7 @@ def plan(
     fits = None if capacity is None else total <= capacity
     warnings = []
     if capacity is not None and not fits:
-        hints = [
-            h
-            for h, ok in [
-                ("--method lora", method == "full"),
-                ("--method qlora", method != "qlora"),
-                ("--gradient-checkpointing", not gradient_checkpointing),
-                ("a smaller --micro-batch-size", micro_batch_size > 1),
-                ("a shorter --max-length", True),
-            ]
-            if ok
-        ]
+        hints = fitting_flags(method, gradient_checkpointing, micro_batch_size)
         warnings.append(
             f"does not fit: needs {total / GIB:.1f} GiB per {'GPU' if gpu_key != 'cpu' else 'machine'}, "
             f"{device.name} has {capacity / GIB:.1f} GiB; try {', '.join(hints)}"

@@ -122,6 +122,11 @@ class Grader:
     def __call__(self, prompt: list[dict], completion: str, row: dict) -> float:
         return self._score(Call(prompt, sample_namespace(completion), row))
 
+    @property
+    def runs_python(self) -> bool:
+        """Whether it holds a python grader (itself, or inside a multi): code that runs on this machine."""
+        return bool(self._workers)
+
     def close(self) -> None:
         """Stop the python graders' processes (they also stop when this object is collected, or at exit)."""
         for worker in self._workers:

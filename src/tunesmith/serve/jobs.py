@@ -22,7 +22,7 @@ import yaml
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from tunesmith.atomic import atomic_write_text
+from tunesmith.atomic import atomic_directory, atomic_write_text
 from tunesmith.errors import DataError, Interrupted, TunesmithError
 from tunesmith.serve.db import Checkpoint, Event, File, Job, make_sessions, new_id, now
 from tunesmith.serve.hyper import resolve_hyperparameters, run_options
@@ -162,17 +162,13 @@ def is_full(job: Job) -> bool:
 
 def export_checkpoint(settings: Settings, job: Job, step_dir: Path, step: int) -> Path:
     """A checkpoint as something servable and kept after the run prunes it: a PEFT adapter directory, or for
-    a full fine-tune a model directory. Written to a temporary name and renamed, so it is whole or absent."""
+    a full fine-tune a model directory. Written with atomic_directory, so it is whole or absent."""
     target = settings.checkpoints_dir / job.id / f"step-{step}"
-    tmp = target.with_name(target.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    if is_full(job):
-        write_checkpoint_model(job, step_dir, tmp)
-    else:
-        write_checkpoint_adapter(settings, job, step_dir, tmp)
-    shutil.rmtree(target, ignore_errors=True)
-    tmp.rename(target)
+    with atomic_directory(target) as tmp:
+        if is_full(job):
+            write_checkpoint_model(job, step_dir, tmp)
+        else:
+            write_checkpoint_adapter(settings, job, step_dir, tmp)
     return target
 
 

@@ -34,7 +34,7 @@ from tunesmith.forgetting.guard import guard_start, guard_step, guard_summary, s
 from tunesmith.models import load_tokenizer, resolve_model_dir, select_device
 from tunesmith.models.integrity import run_summary
 from tunesmith.models.load import autocast_dtype
-from tunesmith.planner import plan_config
+from tunesmith.planner import GIB, fitting_flags, plan_config
 from tunesmith.report import write_report
 from tunesmith.train.checkpoint import list_checkpoints
 from tunesmith.train.distributed import (
@@ -351,22 +351,12 @@ def check_memory(cfg: Any, recipe: str, model_dir: Path, device: torch.device, p
     need = parts["total"] * processes
     if need <= free:
         return
-    gib = 2**30
-    breakdown = ", ".join(f"{k} {v / gib:.1f}" for k, v in parts.items() if k != "total" and v)
-    hints = [
-        hint
-        for hint, useful in (
-            ("--method qlora", cfg.method != "qlora"),
-            ("--gradient-checkpointing", not cfg.train.gradient_checkpointing),
-            ("a smaller --micro-batch-size", (cfg.train.micro_batch_size or 1) > 1),
-            ("a shorter --max-length", True),
-        )
-        if useful
-    ]
+    breakdown = ", ".join(f"{k} {v / GIB:.1f}" for k, v in parts.items() if k != "total" and v)
+    hints = fitting_flags(cfg.method, cfg.train.gradient_checkpointing, cfg.train.micro_batch_size or 1)
     times = f", x{processes} processes" if processes > 1 else ""
     raise ConfigError(
-        f"the run needs about {need / gib:.1f} GiB ({breakdown} GiB{times}; `tunesmith plan` has the "
-        f"formulas) and {device.type} has {free / gib:.1f} GiB free: try "
+        f"the run needs about {need / GIB:.1f} GiB ({breakdown} GiB{times}; `tunesmith plan` has the "
+        f"formulas) and {device.type} has {free / GIB:.1f} GiB free: try "
         f"{', '.join(hints)}; or --no-memory-check to start anyway"
     )
 

@@ -87,15 +87,16 @@ RESUME_KEYS = (
 )
 
 
+_ABSENT = object()
+
+
 def _dotted(tree: dict, key: str) -> Any:
+    """tree["a"]["b"] for "a.b", or _ABSENT."""
     for part in key.split("."):
         if not isinstance(tree, dict) or part not in tree:
             return _ABSENT
         tree = tree[part]
     return tree
-
-
-_ABSENT = object()
 
 
 def resume_differences(run_dir: Path, cfg) -> list[str]:

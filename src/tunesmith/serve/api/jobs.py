@@ -52,23 +52,20 @@ def check_model(request: Request, model: str) -> None:
     )
 
 
-def grader_types(grader: Any) -> set[str]:
-    """The types of a grader and of those a multi grader combines (a name -> grader map, or one grader)."""
-    if not isinstance(grader, dict):
-        return set()
-    inner = grader.get("graders") if grader.get("type") == "multi" else None
-    parts = inner.values() if isinstance(inner, dict) and "type" not in inner else [inner] if inner else []
-    return {str(grader.get("type"))}.union(*(grader_types(g) for g in parts))
-
-
 def check_grader(grader: Any, python_graders: bool) -> None:
-    """Build the grader (nothing runs or loads): a bad one is a 400 naming its field."""
+    """Build the grader (nothing runs or loads): a bad one is a 400 naming its field, and so is a python
+    grader (alone or inside a multi) on a server started with --no-python-graders."""
     from tunesmith.errors import ConfigError
     from tunesmith.rollout.graders import build_grader
 
     if grader is None:
         raise APIError(400, "method.reinforcement.grader: missing", param="method", code="invalid_value")
-    if not python_graders and "python" in grader_types(grader):
+    try:
+        built = build_grader(grader)
+    except ConfigError as e:
+        raise APIError(400, str(e), param="method", code="invalid_grader") from None
+    built.close()
+    if not python_graders and built.runs_python:
         raise APIError(
             400,
             "method.reinforcement.grader: python graders are turned off on this server (tunesmith serve "
@@ -76,10 +73,6 @@ def check_grader(grader: Any, python_graders: bool) -> None:
             param="method",
             code="python_graders_disabled",
         )
-    try:
-        build_grader(grader).close()
-    except ConfigError as e:
-        raise APIError(400, str(e), param="method", code="invalid_grader") from None
 
 
 @router.post("/fine_tuning/jobs")
