@@ -78,8 +78,8 @@ def test_create_watch_and_chat_with_a_job(page, server, data_dir):
     page.fill("#create-forgetting-every", "2")
     page.click("#create-button")
     expect(page.locator("#create-status")).to_contain_text("Created ftjob-")
-    job_id = page.locator("#detail-id").inner_text()
-    assert job_id.startswith("ftjob-")
+    job_id = re.search(r"ftjob-\S+?(?=\.?$)", page.locator("#create-status").inner_text()).group(0)
+    expect(page.locator("#detail-id")).to_have_text(job_id)  # the new job is opened once the list has refreshed
     expect(job_status(page, job_id)).to_have_text("succeeded", timeout=JOB_S)
     expect(page.locator("#detail-status")).to_have_text("succeeded")
 
