@@ -194,3 +194,12 @@ def test_the_commands_a_user_runs(family, tuned, files, tokenizer, tmp_path, cap
     assert main([*args, "--max-length", "64", "--precision", "fp32", "--device", "cpu", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["kl_to_base"] > 0 and result["probe_ppl_increase"] != 0, result
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_the_row_layout_probe_passes_every_family(family, tuned):
+    """The probe that a model with its own code must pass before it trains (train/model_setup.py) passes
+    on every architecture transformers has: packed, shared-prefix and pair rows equal each sequence alone."""
+    from tunesmith.train.model_setup import row_layout_errors
+
+    assert row_layout_errors(load_model(tuned(family).model_dir, CPU)) == {}

@@ -62,7 +62,7 @@ def test_an_out_that_cannot_be_written_is_refused_before_the_model_loads(tmp_pat
     "damage, phrase",
     [
         ("pickle weights", "weights only as .bin (pickle"),
-        ("remote code", "needs Python code from the model's directory"),
+        ("remote code", "own code unless told: add --trust-remote-code"),
         ("no config", "no config.json"),
         ("bad config", "config.json: unreadable"),
     ],

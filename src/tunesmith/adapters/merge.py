@@ -60,13 +60,19 @@ def resolve_base_weights(choice: str, adapter_dir: Path) -> str:
     return "nf4" if adapter_method(adapter_dir) == "qlora" else "original"
 
 
-def merged_model(model: str, adapter: str | Path, base_weights: str = "auto", say: Callable[[str], None] = print):
+def merged_model(
+    model: str,
+    adapter: str | Path,
+    base_weights: str = "auto",
+    say: Callable[[str], None] = print,
+    trust_remote_code: bool = False,
+):
     """(merged model, tokenizer, which base weights) in memory, on the CPU in fp32."""
     from peft import PeftModel  # heavy: peft loads transformers; deferred until used
 
     adapter = Path(adapter)
     read_adapter_config(adapter)  # a broken adapter is refused before the base loads
-    model_dir = resolve_model_dir(model)
+    model_dir = resolve_model_dir(model, trust_remote_code)
     which = resolve_base_weights(base_weights, adapter)
     base = load_model(model_dir, torch.device("cpu"))
     check_adapter(adapter, base, model_dir)
@@ -88,10 +94,15 @@ def merged_model(model: str, adapter: str | Path, base_weights: str = "auto", sa
 
 
 def merge_to_directory(
-    model: str, adapter: str | Path, out: str | Path, base_weights: str = "auto", say: Callable[[str], None] = print
+    model: str,
+    adapter: str | Path,
+    out: str | Path,
+    base_weights: str = "auto",
+    say: Callable[[str], None] = print,
+    trust_remote_code: bool = False,
 ) -> dict:
     """Write the merged model as a Hugging Face directory (safetensors, config, tokenizer, chat template)."""
-    merged, tokenizer, which = merged_model(model, adapter, base_weights, say)
+    merged, tokenizer, which = merged_model(model, adapter, base_weights, say, trust_remote_code)
     with atomic_directory(out) as tmp:
         merged.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 
+from tunesmith.config.load import add_trust_remote_code
 from tunesmith.errors import ConfigError
 
 
@@ -21,6 +22,7 @@ def register(sub) -> None:
     p.add_argument("--temperature", type=float, default=0.7, help="0: greedy")
     p.add_argument("--top-p", type=float, default=0.9)
     p.add_argument("--device", default="auto")
+    add_trust_remote_code(p)
     p.set_defaults(handler=run)
 
 
@@ -30,7 +32,9 @@ def run(args) -> int:
 
     if args.max_new_tokens < 1 or args.temperature < 0 or not 0 < args.top_p <= 1:
         raise ConfigError("--max-new-tokens must be >= 1, --temperature >= 0 and --top-p in (0, 1]")
-    model, tokenizer = load_for_inference(args.model, args.adapter, args.device)
+    model, tokenizer = load_for_inference(
+        args.model, args.adapter, args.device, trust_remote_code=args.trust_remote_code
+    )
     interactive = sys.stdin.isatty()
 
     def read() -> str:

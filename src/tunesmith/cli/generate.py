@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 
+from tunesmith.config.load import add_trust_remote_code
 from tunesmith.errors import ConfigError
 
 
@@ -30,6 +31,7 @@ def register(sub) -> None:
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
+    add_trust_remote_code(p)
     p.set_defaults(handler=run)
 
 
@@ -49,7 +51,9 @@ def run(args) -> int:
     if unknown:
         raise ConfigError(f"--use {', '.join(unknown)}: no such adapter; loaded: {', '.join(names + ['base'])}")
     use = use * len(args.prompt) if len(use) == 1 else use
-    model, tokenizer = load_for_inference(args.model, args.adapter, args.device)
+    model, tokenizer = load_for_inference(
+        args.model, args.adapter, args.device, trust_remote_code=args.trust_remote_code
+    )
     outputs = [""] * len(args.prompt)
     for name in dict.fromkeys(use):  # one batch per adapter
         idx = [i for i, u in enumerate(use) if u == name]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
+from tunesmith.config.load import add_trust_remote_code
 from tunesmith.errors import ConfigError, OutputError
 
 
@@ -45,6 +46,7 @@ def _common(p) -> None:
         help="auto: nf4 for an adapter from a qlora run, else the original fp32 weights",
     )
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    add_trust_remote_code(p)
 
 
 def _check_out(out: Path, overwrite: bool, directory: bool) -> None:
@@ -62,7 +64,9 @@ def merge(args) -> int:
     from tunesmith.adapters.merge import merge_to_directory  # heavy: deferred for CLI start-up
 
     _check_out(Path(args.out), args.overwrite, directory=True)
-    result = merge_to_directory(args.model, args.adapter, args.out, args.base_weights)
+    result = merge_to_directory(
+        args.model, args.adapter, args.out, args.base_weights, trust_remote_code=args.trust_remote_code
+    )
     print(f"merged into {result['out']} ({result['params']:,} parameters, base weights: {result['base_weights']})")
     return 0
 
@@ -81,10 +85,13 @@ def export(args) -> int:
     if out.suffix != ".gguf":
         raise ConfigError(f"--out {out}: a GGUF file name ends in .gguf")
     if not args.adapter:
-        result = export_gguf(resolve_model_dir(args.model), out, args.dtype)
+        result = export_gguf(resolve_model_dir(args.model, args.trust_remote_code), out, args.dtype)
     else:
         with tempfile.TemporaryDirectory(dir=out.parent if out.parent.is_dir() else None) as tmp:
-            merge_to_directory(args.model, args.adapter, Path(tmp) / "merged", args.base_weights)
-            result = export_gguf(Path(tmp) / "merged", out, args.dtype)
+            merged = Path(tmp) / "merged"
+            merge_to_directory(
+                args.model, args.adapter, merged, args.base_weights, trust_remote_code=args.trust_remote_code
+            )
+            result = export_gguf(merged, out, args.dtype)
     print(f"wrote {out} ({result.get('tensors', '?')} tensors, {args.dtype}, {out.stat().st_size / 2**20:.1f} MiB)")
     return 0

@@ -197,6 +197,14 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
         parser.add_argument(meta["flag"], **kwargs)
 
 
+def add_trust_remote_code(parser: argparse.ArgumentParser) -> None:
+    """The recipes' --trust-remote-code (RunConfig's flag and help) for a command that loads a model itself."""
+    from tunesmith.config.schema import RunConfig
+
+    meta = {f.name: f for f in dataclasses.fields(RunConfig)}["trust_remote_code"].metadata
+    parser.add_argument(meta["flag"], action="store_true", help=meta["help"])
+
+
 def _assign(cfg: Any, key: str, value: Any) -> None:
     *parents, name = key.split(".")
     obj = cfg

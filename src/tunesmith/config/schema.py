@@ -260,6 +260,12 @@ class RunConfig:
         False, "--resume-anyway", "with --resume: continue even if the data, the base or a training setting changed"
     )
     device: str = opt("auto", "--device", "auto, cpu, cuda or cuda:N")
+    trust_remote_code: bool = opt(
+        False,
+        "--trust-remote-code",
+        "load a model whose architecture is Python code in its own directory (config.json's auto_map): "
+        "that code runs, so only for a model you trust",
+    )
     lora: LoraConfig = field(default_factory=LoraConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 

@@ -27,15 +27,21 @@ def adapter_names(adapters: list[str]) -> list[str]:
     return names
 
 
-def load_for_inference(model: str, adapters: list[str] | None = None, device: str = "auto", merge: bool = False):
+def load_for_inference(
+    model: str,
+    adapters: list[str] | None = None,
+    device: str = "auto",
+    merge: bool = False,
+    trust_remote_code: bool = False,
+):
     """(model, tokenizer) for a base (alias, HF dir or .gguf) plus optional PEFT adapter directories.
 
     Each adapter is loaded under `adapter_names` (e.g. "support" for runs/support/adapter); the last one is
     active (`model.set_adapter(name)` switches). `merge` folds a single adapter into a copy of the weights in
     memory (W + B·A·alpha/r; the files are untouched): same outputs, and no extra LoRA matmuls at every
-    decoding step.
+    decoding step. `trust_remote_code`: a base whose architecture is its own code may load (and run it).
     """
-    model_dir = resolve_model_dir(model)
+    model_dir = resolve_model_dir(model, trust_remote_code)
     tokenizer = load_tokenizer(model_dir)
     dev = select_device(device)
     net = load_model(model_dir, dev)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import warnings
@@ -75,10 +76,28 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if supported else None  # auto
 
 
+def needs_remote_code(path: Path) -> bool:
+    """Whether the model directory's architecture is Python code shipped in it (config.json's `auto_map`
+    for a `model_type` transformers does not have), which only trust_remote_code=True loads."""
+    config_file = Path(path) / "config.json"
+    try:
+        config = json.loads(config_file.read_text())
+    except (OSError, ValueError) as e:
+        raise ModelError(f"{config_file}: unreadable ({e})") from None
+    if not isinstance(config, dict):
+        raise ModelError(f"{config_file}: not a JSON object")
+    if not config.get("auto_map"):
+        return False
+    from transformers import CONFIG_MAPPING  # heavy: transformers, deferred until a local model is named
+
+    return config.get("model_type") not in CONFIG_MAPPING
+
+
 def load_tokenizer(model_dir: Path):
     from transformers import AutoTokenizer  # heavy: transformers, deferred until used
 
-    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    # a directory with its own code reaches here only through resolve_model_dir(..., trust_remote_code=True)
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir), trust_remote_code=needs_remote_code(model_dir))
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     if not getattr(tokenizer, "chat_template", None):
@@ -118,7 +137,8 @@ def load_model(
     from transformers import AutoModelForCausalLM  # heavy: transformers, deferred until used
 
     quiet_libraries()
-    kwargs: dict[str, Any] = {"dtype": torch.float32}
+    # a directory with its own code reaches here only through resolve_model_dir(..., trust_remote_code=True)
+    kwargs: dict[str, Any] = {"dtype": torch.float32, "trust_remote_code": needs_remote_code(model_dir)}
     if quantize_4bit:
         kwargs.update(quantization_config=nf4_config(compute_dtype), device_map={"": str(device)})
     from safetensors import SafetensorError  # heavy: deferred with transformers

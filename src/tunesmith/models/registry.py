@@ -21,6 +21,7 @@ from pathlib import Path
 from tunesmith.atomic import atomic_directory
 from tunesmith.errors import ModelError
 from tunesmith.models.convert import gguf_to_hf_dir, tiny_random_llama
+from tunesmith.models.load import needs_remote_code
 
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -126,42 +127,36 @@ def unknown_model_message(name: str) -> str:
     return "\n".join(lines)
 
 
-def check_model_dir(path: Path) -> None:
+def check_model_dir(path: Path, trust_remote_code: bool = False) -> None:
     """A local model tunesmith can load safely: a config.json, weights in safetensors (never pickle: a .bin
-    file can run code when loaded), and an architecture transformers has (no code from the directory)."""
+    file can run code when loaded), and an architecture transformers has, unless `trust_remote_code`
+    lets the directory's own Python code define it."""
     config_file = path / "config.json"
     if not config_file.is_file():
         raise ModelError(f"{path}: not a Hugging Face model directory (no config.json)")
-    try:
-        config = json.loads(config_file.read_text())
-    except (OSError, ValueError) as e:
-        raise ModelError(f"{config_file}: unreadable ({e})") from None
-    if not isinstance(config, dict):
-        raise ModelError(f"{config_file}: not a JSON object")
     if not any(path.glob("*.safetensors")) and any(path.glob("*.bin")):
         raise ModelError(
             f"{path}: weights only as .bin (pickle, which can run code when loaded); tunesmith reads safetensors: "
             "convert them (e.g. load and save_pretrained(safe_serialization=True) in a trusted environment)"
         )
-    from transformers import CONFIG_MAPPING  # heavy: transformers, deferred until a local model is named
-
-    model_type = config.get("model_type")
-    if config.get("auto_map") and model_type not in CONFIG_MAPPING:
+    if needs_remote_code(path) and not trust_remote_code:
+        model_type = json.loads(config_file.read_text()).get("model_type")
         raise ModelError(
             f"{config_file}: model_type {model_type!r} needs Python code from the model's directory (auto_map); "
-            "tunesmith does not run a model's own code (trust_remote_code stays off): use a model whose "
-            "architecture transformers includes"
+            "tunesmith does not run a model's own code unless told: add --trust-remote-code if you trust "
+            "that code, or use a model whose architecture transformers includes"
         )
 
 
-def resolve_model_dir(name: str) -> Path:
-    """The local Hugging Face directory for `name`, building the cache on first use."""
+def resolve_model_dir(name: str, trust_remote_code: bool = False) -> Path:
+    """The local Hugging Face directory for `name`, building the cache on first use; a directory whose
+    architecture is its own code only with `trust_remote_code`."""
     if name in ALIASES:
         alias = ALIASES[name]
         return _cached(name, alias.build, {"alias": name, "description": alias.description})
     path = Path(name).expanduser()
     if path.is_dir():
-        check_model_dir(path)
+        check_model_dir(path, trust_remote_code)
         return path.resolve()
     if path.suffix == ".gguf" and path.is_file():
         digest = _file_digest(path)

@@ -26,6 +26,7 @@ class Recipe:
     output: str  # what the run leaves: adapter/ or model/ (lora/qlora or full), or reward_model/
     help: str
     description: str
+    pair_rows: bool = False  # chosen and rejected in one row, the prompt once, unless it packs (collate_pairs)
 
     def run_function(self) -> Callable:
         module, name = self.run.split(":")
@@ -58,6 +59,7 @@ RECIPES: dict[str, Recipe] = {
             "Preference optimisation on OpenAI preference or prompt/chosen/rejected JSONL. DPO and IPO pull "
             "towards the base: the adapter switched off (lora, qlora) or log-probs computed once before training "
             "(full, or --precompute-ref). ORPO and SimPO need no reference.",
+            pair_rows=True,
         ),
         Recipe(
             "kto",
@@ -82,6 +84,7 @@ RECIPES: dict[str, Recipe] = {
             "train a reward model (scalar head, Bradley-Terry) on preference pairs",
             "Train a reward model on preference pairs (the formats `tunesmith dpo` reads): a scalar head on the "
             "base's last-token hidden state, with lora, qlora or full.",
+            pair_rows=True,
         ),
         Recipe(
             "ppo",

@@ -12,8 +12,13 @@ import torch
 from tunesmith.adapters.lora import apply_lora, parameter_counts
 from tunesmith.atomic import atomic_directory, atomic_write_text
 from tunesmith.config.load import config_to_yaml
+from tunesmith.data.packing import collate_packed, collate_padded, collate_pairs
+from tunesmith.data.templates import TokenizedExample
+from tunesmith.errors import ModelError
+from tunesmith.losses.sft import IGNORE
 from tunesmith.models import load_model
-from tunesmith.models.forward import decoder_layers, unwrap
+from tunesmith.models.attention import packs_flat, pairs_in_positions
+from tunesmith.models.forward import batch_sequence_logps, decoder_layers, eval_mode, unwrap
 from tunesmith.models.load import fp32_weight_bytes, keep_4bit_differentiable, weight_bytes
 
 if TYPE_CHECKING:
@@ -59,6 +64,65 @@ def build_trainable_model(
     return model, trainable, total
 
 
+PACKED, SHARED_PREFIX, PAIR = "packed rows", "packed rows sharing a prompt", "prompt-sharing pair rows"
+
+
+def row_layout_errors(model: torch.nn.Module) -> dict[str, float]:
+    """Each row layout tunesmith trains with whose log-probs differ from each sequence run alone, with the
+    largest difference |Δ log p(y | x)| in nats: packed rows, packed rows with a shared prompt computed
+    once (models that attend per example), and one chosen/rejected pair per row with the prompt once.
+    Probed on three random sequences, two sharing a 10-token prompt. transformers' own architectures are
+    tested for these (tests/families/); a model with its own code is probed when it loads."""
+    g = torch.Generator().manual_seed(0)
+    vocab = unwrap(model).config.get_text_config().vocab_size
+    prompt = torch.randint(vocab, (10,), generator=g).tolist()
+
+    def example(prefix: list[int], n: int) -> TokenizedExample:
+        reply = torch.randint(vocab, (n,), generator=g).tolist()
+        return TokenizedExample(prefix + reply, [IGNORE] * len(prefix) + reply, "probe")
+
+    examples = [example(prompt, 5), example(prompt, 4), example([], 9)]
+    flat = packs_flat(model)
+    layouts = {
+        PACKED: (collate_packed(examples, 64, 0, flat), examples),
+        PAIR: (collate_pairs(examples[:1], examples[1:2], False, 64, 0, flat, pairs_in_positions(model)), examples[:2]),
+    }
+    if flat:
+        layouts[SHARED_PREFIX] = (collate_packed(examples, 64, 0, flat, share_prefixes=True), examples)
+    device = next(model.parameters()).device
+    errors = {}
+    with eval_mode(model):
+        alone = torch.cat([batch_sequence_logps(model, collate_padded([e], 0).to(device), 1)[0] for e in examples])
+        for name, (batch, which) in layouts.items():
+            logps, _ = batch_sequence_logps(model, batch.to(device), len(which))
+            diff = float((logps - alone[: len(which)]).abs().max())
+            if not diff <= 1e-3 + 1e-4 * float(alone.abs().max()):  # summation order in fp32, nothing more
+                errors[name] = diff
+    return errors
+
+
+def check_row_layouts(model: torch.nn.Module, model_dir: Path, packing: bool, pair_rows: bool) -> None:
+    """Refuse a model with its own code (--trust-remote-code) whose attention would mix the sequences of a
+    row the run builds (it would train a different function than it runs), saying which setting avoids it.
+    `pair_rows`: the recipe puts chosen and rejected in one row unless it packs (dpo, reward)."""
+    errors = row_layout_errors(model)
+    used = {PACKED, SHARED_PREFIX} if packing else ({PAIR} if pair_rows else set())
+    wrong = {name: diff for name, diff in errors.items() if name in used}
+    if not wrong:
+        return
+    found = "; ".join(f"{name}: max |Δ log p| {diff:.3g} nats" for name, diff in wrong.items())
+    if packing and (not pair_rows or PAIR not in errors):
+        fix = "rerun with --no-packing"
+    elif not packing and PACKED not in errors and SHARED_PREFIX not in errors:
+        fix = "rerun with --packing"
+    else:
+        fix = "this recipe cannot train it"
+    raise ModelError(
+        f"{model_dir}: the model's own attention code does not keep apart the sequences tunesmith puts in one "
+        f"row ({found}, against each sequence run alone): {fix}"
+    )
+
+
 def compile_layers(model: torch.nn.Module) -> int:
     """torch.compile each decoder layer in place ("regional" compilation): the layers share one code, so it
     is compiled once rather than the whole model at once, and the LM head, loss and optimizer stay eager.
@@ -78,7 +142,7 @@ def write_run_config(run_dir: Path, cfg, recipe: str) -> None:
     from tunesmith.models import resolve_model_dir
     from tunesmith.models.integrity import record_data, record_start
 
-    record_start(run_dir, resolve_model_dir(cfg.model))
+    record_start(run_dir, resolve_model_dir(cfg.model, cfg.trust_remote_code))
     record_data(run_dir, cfg.data)
     saved = dataclasses.replace(cfg, overwrite=False, resume=False)
     atomic_write_text(

@@ -33,7 +33,7 @@ from tunesmith.errors import ConfigError, Diverged, Interrupted, TunesmithError
 from tunesmith.forgetting.guard import guard_start, guard_step, guard_summary, start_guard, stop_over_budget
 from tunesmith.models import load_tokenizer, resolve_model_dir, select_device
 from tunesmith.models.integrity import run_summary
-from tunesmith.models.load import autocast_dtype
+from tunesmith.models.load import autocast_dtype, needs_remote_code
 from tunesmith.planner import GIB, fitting_flags, plan_config
 from tunesmith.report import write_report
 from tunesmith.train.checkpoint import list_checkpoints
@@ -47,7 +47,7 @@ from tunesmith.train.distributed import (
     start_processes,
 )
 from tunesmith.train.metrics import MetricsLog, NullLog, clean_record, read_metrics
-from tunesmith.train.model_setup import build_trainable_model, save_trained
+from tunesmith.train.model_setup import build_trainable_model, check_row_layouts, save_trained
 from tunesmith.train.rundir import open_run_dir, settle_run_dir
 from tunesmith.train.schedule import build_optimizer, lr_multiplier, plan_steps, set_lr
 
@@ -305,7 +305,7 @@ def start_run(
     elif on_event is not None:
         say = _also_as_events(say, on_event)
     device = dist.device or select_device(cfg.device)
-    model_dir = resolve_model_dir(cfg.model)
+    model_dir = resolve_model_dir(cfg.model, cfg.trust_remote_code)
     if cfg.train.memory_check:
         check_memory(cfg, recipe.name, model_dir, device, dist.world if device.type == "cpu" else 1)
     return Run(
@@ -380,6 +380,9 @@ def open_run(run: Run[ConfigT], n_items: int, attach: Callable[[Run[ConfigT]], N
     try:
         build = build_trainable_model(cfg, run.model_dir, run.device, run.amp_dtype, run.say)
         run.model, run.trainable, run.total = build
+        if needs_remote_code(run.model_dir):  # transformers' own architectures are tested (tests/families/)
+            packing = getattr(getattr(cfg, "data", None), "packing", False)  # grpo, ppo: sampled rows, padded
+            check_row_layouts(run.model, run.model_dir, packing, run.recipe.pair_rows)
         if attach is not None:
             attach(run)
         if getattr(cfg, "forgetting", None) is not None:
