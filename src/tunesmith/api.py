@@ -211,6 +211,7 @@ def evaluate(
         precision,
         limit,
         (lambda s: None) if quiet else print,
+        progress=not quiet,
     )
 
 

@@ -203,3 +203,26 @@ def test_the_row_layout_probe_passes_every_family(family, tuned):
     from tunesmith.train.model_setup import row_layout_errors
 
     assert row_layout_errors(load_model(tuned(family).model_dir, CPU)) == {}
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_batch_runs_its_shared_prefix_once_and_generates_what_each_prompt_would_alone(family, tuned, tokenizer):
+    """generate_chat's prefix cache (the template's system prompt run once, copied to every row, each row's
+    own tokens after it, middle-padded) gives each prompt the greedy tokens of a forward over it alone. A
+    model with a sliding window gets left-padded rows instead: its cache keeps only a window's worth of the
+    prefix, and transformers' windowed cache does not follow a middle-padded row (measured: 6 of 10
+    families generated other tokens)."""
+    from tunesmith.generation import prefix_cached_batch
+    from tunesmith.models.attention import has_sliding_window
+
+    model = tuned(family).model
+    prompts = [PROMPT, "my order never came and nobody answers the phone"]  # past the 16-token window
+    rows = [
+        tokenizer.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True, tokenize=False)
+        for p in prompts
+    ]
+    rows = [tokenizer(r, add_special_tokens=False)["input_ids"] for r in rows]
+    enc = prefix_cached_batch(model, rows, tokenizer.pad_token_id, CPU)
+    assert ("past_key_values" in enc) == (not has_sliding_window(model.config)), family  # windows: left-padded
+    expected = [_greedy_without_cache(model, tokenizer, p, NEW_TOKENS) for p in prompts]
+    assert generate_chat(model, tokenizer, prompts, NEW_TOKENS, precision="fp32") == expected, family

@@ -17,6 +17,8 @@ from tunesmith.errors import ConfigError
 from tunesmith.forgetting.guard import spread_subset
 from tunesmith.forgetting.measure import kl_and_nll_sums, measure_drift
 from tunesmith.forgetting.probe import base_answers, load_probe, probe_examples
+from tunesmith.models import load_model
+from tunesmith.models.attention import packs_flat
 from tunesmith.recipes.sft import run_sft
 from tunesmith.train.metrics import read_metrics
 from tunesmith.train.order import step_indices
@@ -49,10 +51,11 @@ def _cfg(tmp_path, name, data, probe, **forgetting) -> SFTConfig:
 def test_kl_and_nll_by_hand():
     base = torch.log(torch.tensor([[0.5, 0.5], [0.9, 0.1]]))
     tuned = torch.log(torch.tensor([[0.25, 0.75], [0.9, 0.1]]))
-    kl, nll = kl_and_nll_sums(tuned, base, torch.tensor([1, 0]))
+    kl, nll, base_nll = kl_and_nll_sums(tuned, base, torch.tensor([1, 0]))
     # KL(p||q) row 1 = .5 ln(.5/.25) + .5 ln(.5/.75); row 2 = 0
     assert float(kl) == pytest.approx(0.5 * math.log(2) + 0.5 * math.log(0.5 / 0.75), abs=1e-6)
     assert float(nll) == pytest.approx(-math.log(0.75) - math.log(0.9), abs=1e-6)
+    assert float(base_nll) == pytest.approx(-math.log(0.5) - math.log(0.9), abs=1e-6)
 
 
 def test_spread_subset_keeps_the_ends_and_count():
@@ -75,6 +78,7 @@ def test_kl_is_zero_for_the_base_and_positive_after_a_change(tiny_dir, tokenizer
     fresh = measure_drift(model, examples, tokenizer.pad_token_id)  # base = the adapter switched off
     assert fresh["kl_to_base"] == 0.0  # lora_B starts at zero: the very same logits
     assert fresh["probe_perplexity"] == pytest.approx(alone["probe_perplexity"], rel=1e-6)
+    assert fresh["base_probe_perplexity"] == pytest.approx(alone["probe_perplexity"], rel=1e-6)
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "lora_B" in name:
@@ -82,6 +86,14 @@ def test_kl_is_zero_for_the_base_and_positive_after_a_change(tiny_dir, tokenizer
     moved = measure_drift(model, examples, tokenizer.pad_token_id)
     assert moved["kl_to_base"] > 1e-4
     assert moved["probe_perplexity"] != pytest.approx(alone["probe_perplexity"], rel=1e-6)
+    assert moved["base_probe_perplexity"] == pytest.approx(alone["probe_perplexity"], rel=1e-5)  # the adapter off
+
+    # a model that attends per packed example reads a micro-batch as one row, the system prompt once: the
+    # same numbers as one padded row per example
+    packed = load_model(tiny_dir, torch.device("cpu"))
+    assert packs_flat(packed)
+    packed_alone = measure_drift(packed, examples, tokenizer.pad_token_id, base=packed)
+    assert packed_alone["probe_perplexity"] == pytest.approx(alone["probe_perplexity"], rel=1e-5)
 
 
 def test_base_answers_are_generated_once_and_cached(tiny_dir, tmp_path, tunesmith_home):

@@ -72,3 +72,27 @@ def test_4bit_model_keeps_no_view_of_the_checkpoint_mapping(tiny_dir):
     assert not inside, inside
     unquantized = [n for n, p in model.named_parameters() if p.dtype == torch.float32]
     assert unquantized  # the embedding and norms were copied, not dropped
+
+
+def test_the_cpu_isa_is_read_from_the_flags_and_capped_by_the_emulation_variables(monkeypatch):
+    import torch
+
+    from tunesmith.models.load import cpu_isa
+
+    for name in ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY"):
+        monkeypatch.delenv(name, raising=False)
+    sapphire_rapids = "processor : 0\nflags : fpu sse4_1 avx2 fma avx512f avx512bw avx512_bf16 amx_bf16 amx_tile\n"
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
+    assert cpu_isa(sapphire_rapids) == "amx"
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)  # a kernel that grants no tiles
+    assert cpu_isa(sapphire_rapids) == "avx512_bf16"
+    assert cpu_isa("flags : sse4_1 avx2 fma avx512f avx512bw\n") == "avx512"
+    assert cpu_isa("flags : sse4_1 avx2 fma\n") == "avx2"  # this project's AMD EPYC
+    assert cpu_isa("flags : sse4_1\n") == "baseline"
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "avx2")  # the emulation of an AVX2-only machine
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    assert cpu_isa(sapphire_rapids) == "avx2"
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "avx512")
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_BF16")
+    assert cpu_isa(sapphire_rapids) == "avx512_bf16"

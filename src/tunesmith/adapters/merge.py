@@ -12,6 +12,7 @@ merging into dequantize(NF4(W)) reproduces the QLoRA model's logits.
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import cast
@@ -66,8 +67,10 @@ def merged_model(
     base_weights: str = "auto",
     say: Callable[[str], None] = print,
     trust_remote_code: bool = False,
+    progress: bool = False,
 ):
-    """(merged model, tokenizer, which base weights) in memory, on the CPU in fp32."""
+    """(merged model, tokenizer, which base weights) in memory, on the CPU in fp32; `progress`: PEFT's bar
+    over the merged layers, on a terminal."""
     from peft import PeftModel  # heavy: peft loads transformers; deferred until used
 
     adapter = Path(adapter)
@@ -86,7 +89,8 @@ def merged_model(
             for name, weight in dequantized_nf4_weights(model_dir).items():
                 modules[name].weight.copy_(weight)
     try:
-        merged = PeftModel.from_pretrained(base, str(adapter)).merge_and_unload()
+        peft_model = PeftModel.from_pretrained(base, str(adapter))
+        merged = peft_model.merge_and_unload(progressbar=progress and sys.stderr.isatty())
     except (ValueError, RuntimeError, KeyError) as e:
         raise adapter_load_error(adapter, model_dir, e) from None
     merged.eval()
@@ -100,9 +104,10 @@ def merge_to_directory(
     base_weights: str = "auto",
     say: Callable[[str], None] = print,
     trust_remote_code: bool = False,
+    progress: bool = False,
 ) -> dict:
     """Write the merged model as a Hugging Face directory (safetensors, config, tokenizer, chat template)."""
-    merged, tokenizer, which = merged_model(model, adapter, base_weights, say, trust_remote_code)
+    merged, tokenizer, which = merged_model(model, adapter, base_weights, say, trust_remote_code, progress)
     with atomic_directory(out) as tmp:
         merged.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)

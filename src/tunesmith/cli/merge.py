@@ -60,19 +60,22 @@ def _check_out(out: Path, overwrite: bool, directory: bool) -> None:
         raise OutputError(f"{out}: exists; pass --overwrite to replace it")
 
 
-def merge(args) -> int:
+def _merge_into(args, out: Path) -> dict:
     from tunesmith.adapters.merge import merge_to_directory  # heavy: deferred for CLI start-up
 
-    _check_out(Path(args.out), args.overwrite, directory=True)
-    result = merge_to_directory(
-        args.model, args.adapter, args.out, args.base_weights, trust_remote_code=args.trust_remote_code
+    return merge_to_directory(
+        args.model, args.adapter, out, args.base_weights, trust_remote_code=args.trust_remote_code, progress=True
     )
+
+
+def merge(args) -> int:
+    _check_out(Path(args.out), args.overwrite, directory=True)
+    result = _merge_into(args, Path(args.out))
     print(f"merged into {result['out']} ({result['params']:,} parameters, base weights: {result['base_weights']})")
     return 0
 
 
 def export(args) -> int:
-    from tunesmith.adapters.merge import merge_to_directory  # heavy: deferred for CLI start-up
     from tunesmith.export.gguf import export_gguf
     from tunesmith.models import resolve_model_dir
 
@@ -89,9 +92,7 @@ def export(args) -> int:
     else:
         with tempfile.TemporaryDirectory(dir=out.parent if out.parent.is_dir() else None) as tmp:
             merged = Path(tmp) / "merged"
-            merge_to_directory(
-                args.model, args.adapter, merged, args.base_weights, trust_remote_code=args.trust_remote_code
-            )
+            _merge_into(args, merged)
             result = export_gguf(merged, out, args.dtype)
     print(f"wrote {out} ({result.get('tensors', '?')} tensors, {args.dtype}, {out.stat().st_size / 2**20:.1f} MiB)")
     return 0

@@ -42,12 +42,12 @@ def demo_config(out: Path, max_steps: int, seed: int) -> SFTConfig:
     return cfg
 
 
-def score_model(model, tokenizer, heldout, batch_size: int = 60) -> tuple[dict, list[str]]:
+def score_model(model, tokenizer, heldout, batch_size: int = 60, progress: str | None = None) -> tuple[dict, list[str]]:
     from tunesmith.generation import generate_chat  # heavy: deferred for CLI start-up
 
     prompts = [[m for m in row.messages if m["role"] != "assistant"] for row in heldout]
     references = [json.loads(next(m["content"] for m in row.messages if m["role"] == "assistant")) for row in heldout]
-    outputs = generate_chat(model, tokenizer, prompts, max_new_tokens=64, batch_size=batch_size)
+    outputs = generate_chat(model, tokenizer, prompts, max_new_tokens=64, batch_size=batch_size, progress=progress)
     return score_structured(outputs, references, FIELDS), outputs
 
 
@@ -76,7 +76,7 @@ def run_demo(
 
     say("1/3 scoring the base model ...")
     base_model, tokenizer = load_for_inference(MODEL)
-    base, base_outputs = score_model(base_model, tokenizer, heldout)
+    base, base_outputs = score_model(base_model, tokenizer, heldout, progress="scoring the base" if progress else None)
     del base_model
 
     say(f"2/3 LoRA fine-tuning for {max_steps} steps ...")
@@ -84,7 +84,9 @@ def run_demo(
 
     say("3/3 scoring the tuned model ...")
     tuned_model, tokenizer = load_for_inference(MODEL, [str(result.output)], merge=True)
-    tuned, tuned_outputs = score_model(tuned_model, tokenizer, heldout)
+    tuned, tuned_outputs = score_model(
+        tuned_model, tokenizer, heldout, progress="scoring the tuned model" if progress else None
+    )
 
     seconds = round(time.time() - started, 1)
     report = {

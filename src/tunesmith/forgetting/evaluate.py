@@ -43,7 +43,7 @@ def load_task_data(path: str, limit: int | None) -> list:
     return convs
 
 
-def task_metrics(model, tokenizer, convs: list, max_length: int, device, amp_dtype) -> dict:
+def task_metrics(model, tokenizer, convs: list, max_length: int, device, amp_dtype, progress: bool = False) -> dict:
     from tunesmith.generation import generate_chat  # heavy: deferred for CLI start-up
     from tunesmith.train.step import evaluate_nll
 
@@ -54,7 +54,8 @@ def task_metrics(model, tokenizer, convs: list, max_length: int, device, amp_dty
     if references is not None:
         prompts = [[m for m in c.messages if m["role"] != "assistant"] for c in convs]
         fields = list(dict.fromkeys(k for r in references for k in r))
-        answers = generate_chat(model, tokenizer, prompts, max_new_tokens=128, batch_size=32)
+        label = "eval: answering the task prompts" if progress else None
+        answers = generate_chat(model, tokenizer, prompts, max_new_tokens=128, batch_size=32, progress=label)
         scored = score_structured(answers, references, fields)
         out.update({"task_json_valid": scored["json_valid"], "task_field_accuracy": scored["field_accuracy"]})
     return out
@@ -72,11 +73,12 @@ def evaluate_model(
     precision: str = "auto",
     limit: int | None = None,
     say=print,
+    progress: bool = False,
 ) -> dict:
-    """The numbers `tunesmith eval` prints."""
+    """The numbers `tunesmith eval` prints; `progress`: bars for answering, measuring and task answers."""
     # heavy: deferred for CLI start-up
     from tunesmith.forgetting.guard import spread_subset
-    from tunesmith.forgetting.measure import base_perplexity, measure_drift
+    from tunesmith.forgetting.measure import measure_drift
     from tunesmith.forgetting.probe import base_answers, load_probe, probe_examples
     from tunesmith.models import resolve_model_dir
     from tunesmith.models.inference import load_for_inference
@@ -95,7 +97,7 @@ def evaluate_model(
         reference, _ = load_for_inference(base, None, device)
     else:
         base_dir, reference = resolve_model_dir(model), tuned  # the model is its own base
-    answers = base_answers(items, base_dir, say=say)
+    answers = base_answers(items, base_dir, say=say, progress=progress)
     examples = probe_examples(tokenizer, items, answers)
     result: dict[str, Any] = {
         "model": model,
@@ -104,15 +106,12 @@ def evaluate_model(
         "probe": str(probe or "bundled"),
         "probe_prompts": len(examples),
     }
-    result.update(measure_drift(tuned, examples, tokenizer.pad_token_id, base=reference, amp_dtype=amp))
-    result["base_probe_perplexity"] = (
-        result["probe_perplexity"]
-        if reference is tuned
-        else base_perplexity(tuned, examples, tokenizer.pad_token_id, reference, amp)
-    )
+    label = "eval: drift on the probe" if progress else None
+    drift = measure_drift(tuned, examples, tokenizer.pad_token_id, base=reference, amp_dtype=amp, progress=label)
+    result.update(drift)
     result["probe_ppl_increase"] = result["probe_perplexity"] / result["base_probe_perplexity"] - 1.0
     if convs is not None:
-        result.update(task_metrics(tuned, tokenizer, convs, max_length, dev, amp))
+        result.update(task_metrics(tuned, tokenizer, convs, max_length, dev, amp, progress))
     return result
 
 

@@ -71,7 +71,7 @@ def _prompt_key(messages: list[dict]) -> str:
     return hashlib.sha256(json.dumps(messages, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:24]
 
 
-def base_answers(items: list[ProbeItem], model_dir: Path, say=print) -> list[str]:
+def base_answers(items: list[ProbeItem], model_dir: Path, say=print, progress: bool = True) -> list[str]:
     """The answer to each probe item: its own, or the base's greedy answer.
 
     Base answers are cached per base model, keyed by prompt, so a subset of a probe, the whole probe and
@@ -89,7 +89,13 @@ def base_answers(items: list[ProbeItem], model_dir: Path, say=print) -> list[str
         say(f"probe: the base model answers {len(todo)} prompts once (cached in {cache.parent})")
         model, tokenizer = load_for_inference(str(model_dir))
         answers = generate_chat(
-            model, tokenizer, [by_key[k] for k in todo], max_new_tokens=ANSWER_TOKENS, batch_size=32, precision="fp32"
+            model,
+            tokenizer,
+            [by_key[k] for k in todo],
+            max_new_tokens=ANSWER_TOKENS,
+            batch_size=32,
+            precision="fp32",
+            progress="probe: the base answers" if progress else None,
         )
         known.update(zip(todo, answers))
         atomic_write_text(

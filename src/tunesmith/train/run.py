@@ -33,7 +33,7 @@ from tunesmith.errors import ConfigError, Diverged, Interrupted, TunesmithError
 from tunesmith.forgetting.guard import guard_start, guard_step, guard_summary, start_guard, stop_over_budget
 from tunesmith.models import load_tokenizer, resolve_model_dir, select_device
 from tunesmith.models.integrity import run_summary
-from tunesmith.models.load import autocast_dtype, needs_remote_code
+from tunesmith.models.load import autocast_dtype, cpu_description, needs_remote_code
 from tunesmith.planner import GIB, fitting_flags, plan_config
 from tunesmith.report import write_report
 from tunesmith.train.checkpoint import list_checkpoints
@@ -141,7 +141,7 @@ class Run(Generic[ConfigT]):
         """The device part of a recipe's opening line."""
         d = self.dist
         return (
-            f"{self.device.type}"
+            (cpu_description() if self.device.type == "cpu" else self.device.type)
             + (f", autocast {self.amp_dtype}" if self.amp_dtype else ", fp32")
             + (f", {d.world} processes" + (" (FSDP)" if d.sharded else "") if d.active else "")
         )
