@@ -60,6 +60,23 @@ def _config_dir(source, out, overrides: dict):
     return config
 
 
+def round_trip_variant(tiny_dir, out, family: str, tokenizer):
+    """The ROUND_TRIP variant of a tiny model, saved in `out`, with every 1-D tensor (norms, Qwen2's biases)
+    drawn at random, so that a norm offset or a dropped bias shows."""
+    from transformers import AutoModelForCausalLM
+
+    config = _config_dir(tiny_dir, out, ROUND_TRIP[family])
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.ndim == 1:
+                p.add_(0.2 * torch.randn_like(p))
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
 @pytest.fixture(scope="module")
 def tiny(tokenizer, tmp_path_factory):
     root = tmp_path_factory.mktemp("families")
@@ -68,24 +85,12 @@ def tiny(tokenizer, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def exported(tiny, tokenizer, tmp_path_factory):
-    """family -> (HF directory, its f32 GGUF file): the ROUND_TRIP variant of the tiny model with every
-    1-D tensor (norms, Qwen2's biases) drawn at random, so a norm offset or a dropped bias shows."""
-    from transformers import AutoModelForCausalLM
-
+    """family -> (HF directory, its f32 GGUF file) of the tiny model's round_trip_variant."""
     cache: dict = {}
 
     def get(family: str):
         if family not in cache:
-            out = tmp_path_factory.mktemp(f"{family}-variant")
-            config = _config_dir(tiny(family), out, ROUND_TRIP[family])
-            torch.manual_seed(0)
-            model = AutoModelForCausalLM.from_config(config)
-            with torch.no_grad():
-                for p in model.parameters():
-                    if p.ndim == 1:
-                        p.add_(0.2 * torch.randn_like(p))
-            model.save_pretrained(out)
-            tokenizer.save_pretrained(out)
+            out = round_trip_variant(tiny(family), tmp_path_factory.mktemp(f"{family}-variant"), family, tokenizer)
             export_gguf(out, out / "gguf" / f"{family}.gguf", dtype="f32")
             cache[family] = out, out / "gguf" / f"{family}.gguf"
         return cache[family]
