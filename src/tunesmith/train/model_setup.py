@@ -105,8 +105,10 @@ def check_row_layouts(model: torch.nn.Module, model_dir: Path, packing: bool, pa
     """Refuse a model with its own code (--trust-remote-code) whose attention would mix the sequences of a
     row the run builds (it would train a different function than it runs), saying which setting avoids it.
     `pair_rows`: the recipe puts chosen and rejected in one row unless it packs (dpo, reward)."""
-    errors = row_layout_errors(model)
     used = {PACKED, SHARED_PREFIX} if packing else ({PAIR} if pair_rows else set())
+    if not used:  # one sequence per row: nothing to mix
+        return
+    errors = row_layout_errors(model)
     wrong = {name: diff for name, diff in errors.items() if name in used}
     if not wrong:
         return
