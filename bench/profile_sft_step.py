@@ -2,7 +2,7 @@
 
 Run from the repository root (CPU, about a minute):
 
-    PYTHONPATH=src python bench/profile_sft_step.py [--max-length 128] [--compile] [--no-shared-prefix] [--rows 25]
+    PYTHONPATH=src python bench/profile_sft_step.py [--max-length 128] [--compile] [--no-shared-prefix] [--rows 25] [--bf16]
 
 Builds what `tunesmith sft` trains in bench/run.py's SFT job: SmolLM2-135M-Instruct in fp32 (per-example
 attention), PEFT LoRA r16 / alpha 32 / dropout 0 on all linear layers, the first 8 examples of the demo's
@@ -30,6 +30,7 @@ def main() -> None:
     ap.add_argument("--max-length", type=int, default=128)
     ap.add_argument("--compile", action="store_true", help="compile the decoder layers as --compile does")
     ap.add_argument("--rows", type=int, default=25, help="operators to list")
+    ap.add_argument("--bf16", action="store_true", help="bf16 autocast, as precision auto picks on AMX")
     ap.add_argument(
         "--no-shared-prefix",
         dest="shared_prefix",
@@ -66,7 +67,7 @@ def main() -> None:
     batch = collate(examples, True, a.max_length, tokenizer.pad_token_id, flat, flat and a.shared_prefix)
 
     def step() -> None:
-        batch_nll_sum(model, batch).backward()
+        batch_nll_sum(model, batch, torch.bfloat16 if a.bf16 else None).backward()
 
     for _ in range(2):
         step()
@@ -101,6 +102,7 @@ def main() -> None:
                 "tokens": n,
                 "trained": m,
                 "compile": a.compile,
+                "bf16": a.bf16,
                 "shared_prefix": a.shared_prefix,
                 "step_s": [round(t, 3) for t in times],
                 "profiled_self_cpu_s": round(total, 3),

@@ -75,6 +75,28 @@ def test_example_spans_follow_position_ids():
     ]
 
 
+def test_attention_to_be_differentiated_on_the_cpu_runs_in_fp32_under_bf16_autocast():
+    """The CPU flash kernel's bf16 backward is ~3x slower than its fp32 one: training attention upcasts,
+    so under autocast it gives exactly the fp32 result; inference keeps bf16."""
+    import torch
+
+    from tunesmith.models.attention import attend, segment_mask
+
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(1, 6, 12, 16, generator=g, requires_grad=True)
+    k, v = torch.randn(1, 2, 20, 16, generator=g), torch.randn(1, 2, 20, 16, generator=g)
+    mask = segment_mask(12, 8, None, q.device)  # continues an 8-token shared prefix
+    exact = attend(q, k, v, mask, None, 0.0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        trained = attend(q, k, v, mask, None, 0.0)
+        with torch.no_grad():
+            inferred = attend(q, k, v, mask, None, 0.0)
+    assert torch.equal(trained, exact)
+    assert not torch.equal(inferred, exact)  # bf16 arithmetic
+    trained.sum().backward()
+    assert q.grad is not None and q.grad.dtype == torch.float32
+
+
 def test_prefix_groups_share_untrained_prompts_only():
     from tunesmith.data.packing import prefix_groups
 

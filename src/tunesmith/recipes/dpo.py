@@ -32,15 +32,14 @@ from safetensors.torch import load_file, save
 
 from tunesmith.atomic import atomic_write_bytes
 from tunesmith.config.schema import DPOConfig
-from tunesmith.data.packing import collate_pairs
 from tunesmith.data.prepare import TokenizedPair, prepare_preference_data
 from tunesmith.losses.dpo import PREFERENCE_LOSSES, PairLogps
 from tunesmith.losses.reward import pair_accuracy
-from tunesmith.models.attention import packs_flat, pairs_in_positions
 from tunesmith.models.forward import adapter_off, batch_sequence_logps, eval_mode
 from tunesmith.recipes import RECIPES
 from tunesmith.train.distributed import Dist
 from tunesmith.train.metrics import RunningMeans
+from tunesmith.train.model_setup import collate_pairs_for
 from tunesmith.train.order import split_micro, step_indices
 from tunesmith.train.run import OnEvent, Run, RunResult, Say, finish_run, open_run, start_run
 from tunesmith.train.step import optimizer_step
@@ -73,14 +72,8 @@ def pair_forward(
     Default: one row per pair with the prompt computed once (`collate_shared_prompt`); with packing,
     the 2n sequences packed into one row (`collate_packed`). Both give each sequence its own exact log-prob.
     """
-    batch = collate_pairs(
-        [p.chosen for p in pairs],
-        [p.rejected for p in pairs],
-        packing,
-        max_length,
-        pad_id,
-        packs_flat(model),
-        pairs_in_positions(model),
+    batch = collate_pairs_for(
+        model, [p.chosen for p in pairs], [p.rejected for p in pairs], packing, max_length, pad_id
     )
     batch = batch.to(device)
     logps, counts = batch_sequence_logps(model, batch, 2 * len(pairs), amp_dtype)

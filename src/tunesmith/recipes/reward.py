@@ -19,16 +19,14 @@ from pathlib import Path
 import torch
 
 from tunesmith.config.schema import RewardConfig
-from tunesmith.data.packing import collate_pairs
 from tunesmith.data.prepare import TokenizedPair, prepare_preference_data
 from tunesmith.losses.reward import bradley_terry_loss, pair_accuracy
-from tunesmith.models.attention import packs_flat, pairs_in_positions
 from tunesmith.models.forward import batch_last_hidden, eval_mode, unwrap
 from tunesmith.models.reward import new_reward_head, save_reward_head
 from tunesmith.recipes import RECIPES
 from tunesmith.train.distributed import full_state
 from tunesmith.train.metrics import RunningMeans
-from tunesmith.train.model_setup import save_trained
+from tunesmith.train.model_setup import collate_pairs_for, save_trained
 from tunesmith.train.order import split_micro, step_indices
 from tunesmith.train.run import OnEvent, Run, RunResult, Say, finish_run, open_run, start_run
 from tunesmith.train.step import optimizer_step
@@ -45,14 +43,8 @@ def pair_scores(
     amp_dtype: torch.dtype | None,
 ) -> tuple[torch.Tensor, torch.Tensor, int]:
     """(r_chosen [n], r_rejected [n], tokens computed): both sides in one forward, the head in fp32."""
-    batch = collate_pairs(
-        [p.chosen for p in pairs],
-        [p.rejected for p in pairs],
-        packing,
-        max_length,
-        pad_id,
-        packs_flat(model),
-        pairs_in_positions(model),
+    batch = collate_pairs_for(
+        model, [p.chosen for p in pairs], [p.rejected for p in pairs], packing, max_length, pad_id
     )
     last = batch_last_hidden(model, batch.to(device), 2 * len(pairs), amp_dtype)
     scores = head(last.float()).squeeze(-1)

@@ -26,6 +26,18 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
 
+def collate_pairs_for(
+    model: torch.nn.Module,
+    chosen: list[TokenizedExample],
+    rejected: list[TokenizedExample],
+    packing: bool,
+    max_length: int,
+    pad_id: int,
+):
+    """`collate_pairs` in the row layout this model's attention takes (flat positions, pairs in positions)."""
+    return collate_pairs(chosen, rejected, packing, max_length, pad_id, packs_flat(model), pairs_in_positions(model))
+
+
 def human_bytes(n: int) -> str:
     return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
 
@@ -85,7 +97,7 @@ def row_layout_errors(model: torch.nn.Module) -> dict[str, float]:
     flat = packs_flat(model)
     layouts = {
         PACKED: (collate_packed(examples, 64, 0, flat), examples),
-        PAIR: (collate_pairs(examples[:1], examples[1:2], False, 64, 0, flat, pairs_in_positions(model)), examples[:2]),
+        PAIR: (collate_pairs_for(model, examples[:1], examples[1:2], False, 64, 0), examples[:2]),
     }
     if flat:
         layouts[SHARED_PREFIX] = (collate_packed(examples, 64, 0, flat, share_prefixes=True), examples)
