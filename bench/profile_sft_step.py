@@ -2,7 +2,7 @@
 
 Run from the repository root (CPU, about a minute):
 
-    PYTHONPATH=src python bench/profile_sft_step.py [--max-length 128] [--compile] [--no-shared-prefix] [--rows 25] [--bf16]
+    PYTHONPATH=src python bench/profile_sft_step.py [--max-length 128] [--compile] [--no-shared-prefix] [--rows 25] [--bf16] [--by-shape]
 
 Builds what `tunesmith sft` trains in bench/run.py's SFT job: SmolLM2-135M-Instruct in fp32 (per-example
 attention), PEFT LoRA r16 / alpha 32 / dropout 0 on all linear layers, the first 8 examples of the demo's
@@ -30,6 +30,7 @@ def main() -> None:
     ap.add_argument("--max-length", type=int, default=128)
     ap.add_argument("--compile", action="store_true", help="compile the decoder layers as --compile does")
     ap.add_argument("--rows", type=int, default=25, help="operators to list")
+    ap.add_argument("--by-shape", action="store_true", help="also list the operators by input shape")
     ap.add_argument("--bf16", action="store_true", help="bf16 autocast, as precision auto picks on AMX")
     ap.add_argument(
         "--no-shared-prefix",
@@ -78,8 +79,10 @@ def main() -> None:
         times.append(time.perf_counter() - start)
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
         step()
+    if a.by_shape:
+        print(prof.key_averages(group_by_input_shape=True).table(sort_by="self_cpu_time_total", row_limit=a.rows))
     events = prof.key_averages()
     print(events.table(sort_by="self_cpu_time_total", row_limit=a.rows))
     total = sum(e.self_cpu_time_total for e in events) / 1e6

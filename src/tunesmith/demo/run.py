@@ -42,7 +42,11 @@ def demo_config(out: Path, max_steps: int, seed: int) -> SFTConfig:
     return cfg
 
 
-def score_model(model, tokenizer, heldout, batch_size: int = 60, progress: str | None = None) -> tuple[dict, list[str]]:
+def score_model(
+    model, tokenizer, heldout, batch_size: int = 120, progress: str | None = None
+) -> tuple[dict, list[str]]:
+    """Answers to the held-out messages, scored. One batch of 120: fewer, wider decoding steps (the shared
+    prefix once), 21 s instead of 27 s in batches of 60 for the base on a 2-core AMX CPU."""
     from tunesmith.generation import generate_chat  # heavy: deferred for CLI start-up
 
     prompts = [[m for m in row.messages if m["role"] != "assistant"] for row in heldout]
