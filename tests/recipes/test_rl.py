@@ -275,3 +275,46 @@ def test_forgetting_guard_in_grpo_and_ppo(tmp_path, peaked_model, newline_reward
     assert _drift_steps(tmp_path / "ppo") == [0, 1, 2]
     run = json.loads((tmp_path / "ppo" / "run.json").read_text())
     assert run["forgetting"]["budget_exceeded"] is None
+
+
+def _adapter(run_dir) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(run_dir / "adapter" / "adapter_model.safetensors")
+
+
+def test_grpo_loss_variants_train_and_gspo_starts_where_grpo_does(tmp_path, peaked_model, toy_reward):
+    """One pass per step leaves every ratio at 1, where GSPO's sequence ratio has the token ratios' gradient:
+    its first step equals GRPO's. Dr. GRPO does not divide advantages by the group's std, so its first
+    gradient differs in norm (Adam's first step is scale-free, so the adapters cannot show it). DAPO's
+    token mean equals GRPO's mean of means when every completion has the same length, as the tiny
+    model's 12-token samples do; its arithmetic is tested in tests/unit/test_ppo_math.py."""
+    prompts = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": "alpha beta gamma"}])
+    adapters, grad_norms = {}, {}
+    for name, options in {
+        "grpo": {},
+        "gspo": {"importance_level": "sequence"},
+        "dapo": {"loss_type": "dapo", "clip_range_high": 0.28},
+        "dr_grpo": {"loss_type": "dr_grpo"},
+    }.items():
+        cfg = _config(tmp_path / name, peaked_model, prompts, toy_reward, 1, **options)
+        result = run_grpo(cfg, say=lambda s: None, progress=False)
+        saved = (result.run_dir / "config.yaml").read_text()
+        for key, value in options.items():
+            assert f"{key}: {value}" in saved
+        adapters[name] = _adapter(result.run_dir)
+        grad_norms[name] = read_metrics(result.run_dir / "metrics.jsonl")[0]["grad_norm"]
+    for key, grpo in adapters["grpo"].items():
+        assert torch.allclose(adapters["gspo"][key], grpo, atol=1e-6), key
+    assert grad_norms["gspo"] == pytest.approx(grad_norms["grpo"], rel=1e-4)
+    assert grad_norms["grpo"] > 0 and grad_norms["dr_grpo"] != pytest.approx(grad_norms["grpo"], rel=1e-2)
+
+
+def test_grpo_loss_type_flags(tmp_path, capsys):
+    prompts = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": "alpha"}])
+    common = ["grpo", "--model", "tiny-random-llama", "--prompts", str(prompts), "--reward", "json_valid"]
+    with pytest.raises(SystemExit) as exit_info:
+        main([*common, "--loss-type", "dapo-ish", "--out", str(tmp_path / "r")])
+    assert exit_info.value.code == 2 and "dapo-ish" in capsys.readouterr().err
+    assert main([*common, "--clip-range-high", "0", "--out", str(tmp_path / "r")]) == 2
+    assert "grpo.clip_range_high" in capsys.readouterr().err

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from tunesmith.losses.grpo import grpo_loss
+from tunesmith.losses.grpo import LOSS_TYPES, grpo_loss, loss_denominator
 from tunesmith.losses.kl import (
     KL_ESTIMATORS,
     AdaptiveKLController,
@@ -324,3 +324,85 @@ def test_grpo_clips_like_ppo():
     assert stats["clip_fraction"].item() == approx(0.5)
     loss.backward()
     assert logp.grad.tolist() == [approx([0.0, -0.5])]
+
+
+def test_dapo_takes_one_token_mean_and_clips_higher():
+    logp, old_logp, _, advantages, mask = _grpo_case()
+    # ρ = 1: ℓ = −Â per token; tokens −1, −1, 0.5, 0.5, 0.5 -> (−2 + 1.5) / 5 = −0.1
+    loss, _ = grpo_loss(logp, old_logp, None, advantages, mask, clip_range=0.2, kl_coef=0.0, loss_type="dapo")
+    assert loss.item() == approx(-0.1)
+    loss.backward()
+    # dL/dlogp = −Â / Σ|o_i|: row 0 −1/5, row 1 0.5/5
+    assert logp.grad.tolist() == [approx([-0.2, -0.2, 0.0]), approx([0.1] * 3)]
+    # clip-higher: Â = 1, ratios (1.5, 1.25): ε_high = 0.28 keeps 1.25 and clips 1.5 at 1.28
+    old = t([-1.0, -1.0])
+    new = (old + t([math.log(1.5), math.log(1.25)])).requires_grad_()
+    loss, stats = grpo_loss(
+        new, old, None, t(1.0), t([1, 1]), clip_range=0.2, kl_coef=0.0, loss_type="dapo", clip_range_high=0.28
+    )
+    assert loss.item() == approx(-(1.28 + 1.25) / 2)
+    assert stats["clip_fraction"].item() == approx(0.5)
+    symmetric, _ = grpo_loss(new, old, None, t(1.0), t([1, 1]), clip_range=0.2, kl_coef=0.0, loss_type="dapo")
+    assert symmetric.item() == approx(-(1.2 + 1.2) / 2)
+
+
+def test_dr_grpo_divides_by_completions_times_max_tokens():
+    logp, old_logp, _, advantages, mask = _grpo_case()
+    # Σ ℓ = −2 + 1.5 = −0.5 over G · T_max = 2 · 4 (the step's max new tokens), not the token count
+    loss, _ = grpo_loss(
+        logp, old_logp, None, advantages, mask, clip_range=0.2, kl_coef=0.0, loss_type="dr_grpo", denominator=8.0
+    )
+    assert loss.item() == approx(-0.5 / 8)
+    loss.backward()
+    assert logp.grad.tolist() == [approx([-1 / 8, -1 / 8, 0.0]), approx([0.5 / 8] * 3)]
+    with pytest.raises(ValueError, match="loss_type"):
+        grpo_loss(logp, old_logp, None, advantages, mask, clip_range=0.2, kl_coef=0.0, loss_type="ppo")
+
+
+def test_loss_denominators_over_micro_batches():
+    a, b = t([1, 1, 0], [0, 0, 0]), t([1, 1, 1, 1])  # two micro-batches; one completion is empty
+    assert loss_denominator("grpo", [a, b], max_new_tokens=4) == 2.0  # completions with a token
+    assert loss_denominator("dapo", [a, b], max_new_tokens=4) == 6.0  # tokens
+    assert loss_denominator("dr_grpo", [a, b], max_new_tokens=4) == 12.0  # 3 completions x 4
+
+
+def test_micro_batches_add_up_to_the_whole_batch_in_every_loss_type():
+    logp, old_logp, ref_logp, advantages, mask = _grpo_case()
+    for loss_type in LOSS_TYPES:
+        whole, _ = grpo_loss(logp, old_logp, ref_logp, advantages, mask, 0.2, 0.1, loss_type=loss_type)
+        d = loss_denominator(loss_type, [mask[:1], mask[1:]], mask.shape[1])
+        parts = [
+            grpo_loss(
+                logp[i : i + 1],
+                old_logp[i : i + 1],
+                ref_logp[i : i + 1],
+                advantages[i : i + 1],
+                mask[i : i + 1],
+                0.2,
+                0.1,
+                loss_type=loss_type,
+                denominator=d,
+            )[0]
+            for i in range(2)
+        ]
+        assert (parts[0] + parts[1]).item() == approx(whole.item()), loss_type
+
+
+def test_gspo_uses_one_ratio_per_sequence():
+    # one completion, Â = 1, token ratios (1.5, 1.0): s = sqrt(1.5) = 1.2247, clipped at 1.2 on every
+    # token: loss −1.2 (token-level would be −(1.2 + 1.0) / 2 = −1.1), and no gradient (the clip is active)
+    old = t([-1.0, -1.0])
+    new = (old + t([math.log(1.5), 0.0])).requires_grad_()
+    loss, stats = grpo_loss(new, old, None, t(1.0), t([1, 1]), clip_range=0.2, kl_coef=0.0, importance_level="sequence")
+    assert loss.item() == approx(-1.2)
+    assert stats["ratio_mean"].item() == approx(math.sqrt(1.5)) and stats["clip_fraction"].item() == 1.0
+    # within the clip: token ratios (1.1, 1.0), s = sqrt(1.1); ℓ = −s on both tokens, mean −s;
+    # d(−s)/d logp_t = −s / |o| = −s / 2 for each token
+    new = (old + t([math.log(1.1), 0.0])).requires_grad_()
+    loss, _ = grpo_loss(new, old, None, t(1.0), t([1, 1]), clip_range=0.2, kl_coef=0.0, importance_level="sequence")
+    s = math.sqrt(1.1)
+    assert loss.item() == approx(-s)
+    loss.backward()
+    assert new.grad.tolist() == [approx([-s / 2, -s / 2])]
+    with pytest.raises(ValueError, match="importance_level"):
+        grpo_loss(new, old, None, t(1.0), t([1, 1]), clip_range=0.2, kl_coef=0.0, importance_level="token-ish")

@@ -31,6 +31,8 @@ PREFERENCE_LOSS_NAMES = (
     "orpo",
     "simpo",
 )  # keys of tunesmith.losses.dpo.PREFERENCE_LOSSES (a test checks)
+GRPO_LOSS_TYPES = ("grpo", "dapo", "dr_grpo")  # tunesmith.losses.grpo.grpo_loss's reductions
+IMPORTANCE_LEVELS = ("token", "sequence")  # per-token policy ratios, or GSPO's one per completion
 
 
 def require(checks: list[tuple[bool, str, str]]) -> None:
@@ -422,6 +424,22 @@ class GRPOOptions:
     group_size: int = opt(4, "--group-size", "completions sampled per prompt (K)")
     kl_coef: float = opt(0.04, "--kl-coef", "weight of the KL to the frozen base (0: no reference pass)")
     clip_range: float = opt(0.2, "--clip-range", "PPO clip range ε of the policy ratio")
+    clip_range_high: float | None = opt(
+        None, "--clip-range-high", "upper clip ε_high of the ratio, 1 + ε_high (DAPO's clip-higher; default ε)"
+    )
+    loss_type: str = opt(
+        "grpo",
+        "--loss-type",
+        "grpo: mean of per-completion token means; dapo: one token mean over the step; dr_grpo: token sum over "
+        "completions x max new tokens, advantages not divided by the group's std",
+        GRPO_LOSS_TYPES,
+    )
+    importance_level: str = opt(
+        "token",
+        "--importance-level",
+        "token: a policy ratio per token; sequence: one per completion (GSPO)",
+        IMPORTANCE_LEVELS,
+    )
     epochs_per_step: int = opt(1, "--epochs-per-step", "optimisation passes over each batch of samples")
 
     def check(self) -> None:
@@ -432,6 +450,7 @@ class GRPOOptions:
                 (self.group_size >= 2, "grpo.group_size", "must be >= 2 (advantages compare samples of one prompt)"),
                 (self.kl_coef >= 0, "grpo.kl_coef", "must be >= 0"),
                 (self.clip_range > 0, "grpo.clip_range", "must be > 0"),
+                (self.clip_range_high is None or self.clip_range_high > 0, "grpo.clip_range_high", "must be > 0"),
                 (self.epochs_per_step >= 1, "grpo.epochs_per_step", "must be >= 1"),
             ]
         )

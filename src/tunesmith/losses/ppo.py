@@ -15,21 +15,26 @@ from tunesmith.losses.kl import kl_k3, masked_mean
 
 
 def clipped_surrogate(
-    logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, clip_range: float
+    logp: torch.Tensor,
+    old_logp: torch.Tensor,
+    advantages: torch.Tensor,
+    clip_range: float,
+    clip_range_high: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-token clipped objective (to maximise), the ratio, and where the clip is active:
 
         ρ_t = exp(logp_t − old_logp_t)
-        s_t = min(ρ_t · A_t, clip(ρ_t, 1 − ε, 1 + ε) · A_t)
+        s_t = min(ρ_t · A_t, clip(ρ_t, 1 − ε, 1 + ε_high) · A_t)      ε_high = ε unless given (DAPO)
 
     "Clipped" means the clipped term is strictly the smaller one, so the token's gradient is 0
-    (ρ > 1 + ε with A > 0, or ρ < 1 − ε with A < 0). Shared by PPO and GRPO.
+    (ρ > 1 + ε_high with A > 0, or ρ < 1 − ε with A < 0). Shared by PPO and GRPO.
     """
     # advantages and old_logp are targets from the rollout: no gradient may flow into them
     advantages, old_logp = advantages.detach(), old_logp.detach()
     ratio = torch.exp(logp - old_logp)
     unclipped = ratio * advantages
-    clipped = torch.clamp(ratio, 1.0 - clip_range, 1.0 + clip_range) * advantages
+    high = clip_range if clip_range_high is None else clip_range_high
+    clipped = torch.clamp(ratio, 1.0 - clip_range, 1.0 + high) * advantages
     return torch.minimum(unclipped, clipped), ratio, clipped < unclipped
 
 

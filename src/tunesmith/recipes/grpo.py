@@ -2,7 +2,8 @@
 
     setup:  processes, device, tokenizer -> prompts -> rewards -> run dir, model + adapter -> optimizer
     loop:   per step: its prompts -> K sampled completions each -> rewards -> advantages normalised within
-            each prompt's group -> reference log-probs (adapter off) -> clipped surrogate + β·KL ->
+            each prompt's group -> reference log-probs (adapter off) -> clipped surrogate + β·KL (per
+            token or per completion, reduced as --loss-type grpo | dapo | dr_grpo: losses/grpo.py) ->
             backward -> clip -> AdamW (epochs_per_step times) -> log, samples.jsonl, evaluate, checkpoint
     save:   adapter/ (PEFT format), run.json
 
@@ -25,7 +26,8 @@ from tunesmith.data.packing import Batch, collate_padded
 from tunesmith.data.prompts import PromptRow, load_prompt_file
 from tunesmith.data.templates import TokenizedExample
 from tunesmith.errors import DataError
-from tunesmith.losses.grpo import grpo_loss
+from tunesmith.losses.grpo import grpo_loss, loss_denominator
+from tunesmith.losses.sft import IGNORE
 from tunesmith.models.forward import adapter_off, batch_token_logps, eval_mode
 from tunesmith.recipes import RECIPES
 from tunesmith.rollout.advantages import group_advantages
@@ -127,7 +129,7 @@ def rollout(run: Run[GRPOConfig], score: Scorer, rows: list[PromptRow], at_step:
     return Rollout(
         scored,
         collate_padded(examples, tokenizer.pad_token_id).to(run.device),
-        group_advantages(torch.tensor(totals), k).to(run.device),
+        group_advantages(torch.tensor(totals), k, scale=cfg.grpo.loss_type != "dr_grpo").to(run.device),
     )
 
 
@@ -174,15 +176,30 @@ def update(run: Run[GRPOConfig], mine: list[Rollout], n_seqs: int) -> tuple[dict
                 with adapter_off(model):
                     r.ref_logp = batch_token_logps(model, r.batch, amp, temperature)[0]
     sums: dict[str, float] = {"loss": 0.0, "clip_fraction": 0.0, "kl": 0.0, "entropy": 0.0}
+    # what the step's loss divides by (completions, tokens, or completions x max tokens), over every process
+    masks = [r.batch.targets != IGNORE for r in mine]
+    denominator = run.dist.sum(loss_denominator(g.loss_type, masks, run.cfg.sampling.max_new_tokens))
     grad_norm = 0.0
     for epoch in range(g.epochs_per_step):
         for r in mine:
             logp, mask, _ = batch_token_logps(model, r.batch, amp, temperature)
             old = r.old_logp if r.old_logp is not None else logp.detach()  # one pass: ratio 1, grad of A·log π
-            loss, stats = grpo_loss(logp, old, r.ref_logp, r.advantages, mask, g.clip_range, g.kl_coef)
-            share = len(r.advantages) / n_seqs  # the loss averages over sequences: weigh micro-batches by size
-            (loss * share).backward()
-            sums["loss"] += float(loss.detach()) * share / g.epochs_per_step
+            loss, stats = grpo_loss(
+                logp,
+                old,
+                r.ref_logp,
+                r.advantages,
+                mask,
+                g.clip_range,
+                g.kl_coef,
+                loss_type=g.loss_type,
+                clip_range_high=g.clip_range_high,
+                importance_level=g.importance_level,
+                denominator=denominator,
+            )
+            loss.backward()  # micro-batch losses add up to the step's
+            share = len(r.advantages) / n_seqs  # the stats are means: weigh micro-batches by size
+            sums["loss"] += float(loss.detach()) / g.epochs_per_step
             sums["clip_fraction"] += float(stats["clip_fraction"]) * share / g.epochs_per_step
             if "kl" in stats:
                 sums["kl"] += float(stats["kl"]) * share / g.epochs_per_step
