@@ -17,7 +17,7 @@ import httpx
 import pytest
 from fastapi import Request
 
-from tests.service.test_chat_engine import TINY, random_adapter, train_adapter
+from tests.service.test_chat_engine import EXACT, TINY, random_adapter, train_adapter
 
 openai = pytest.importorskip("openai")
 uvicorn = pytest.importorskip("uvicorn")
@@ -52,7 +52,7 @@ def chat_app(models: dict[str, tuple[str, str | None]]):
     app.state.settings = SimpleNamespace(max_adapters=2, models=[], home=None)
     app.state.resolve_model = lambda owner, name: models.get(name) if owner == "alice" else None
     # a wide batch window: requests the test sends together are certainly batched together
-    app.state.engine = ChatEngine(max_adapters=2, batch_window_s=0.1)
+    app.state.engine = ChatEngine(max_adapters=2, batch_window_s=0.1, precision=EXACT)
     return app
 
 
@@ -112,7 +112,7 @@ def test_greedy_reply_equals_tunesmith_generate(client, adapters):
 
     for name in ["ft:tiny-random-llama:alice:sft:abc", VOTES]:
         model, tokenizer = load_for_inference(TINY, [adapters[name]])
-        expected = generate_chat(model, tokenizer, [HELLO], max_new_tokens=10)[0]
+        expected = generate_chat(model, tokenizer, [HELLO], max_new_tokens=10, precision=EXACT)[0]
         reply = client.chat.completions.create(model=name, messages=HELLO, max_completion_tokens=10, temperature=0)
         assert reply.choices[0].message.content.strip() == expected
 
