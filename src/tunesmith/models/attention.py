@@ -84,16 +84,18 @@ def segment_mask(queries: int, first: int, window: int | None, device: torch.dev
 
 
 @contextlib.contextmanager
-def fp32_on_cpu_for_backward(q: torch.Tensor) -> Iterator[Callable[[torch.Tensor], torch.Tensor]]:
-    """Attention that will be differentiated on a CPU runs in fp32 even under bf16 autocast.
+def fp32_on_cpu(q: torch.Tensor) -> Iterator[Callable[[torch.Tensor], torch.Tensor]]:
+    """Per-example attention on a CPU runs in fp32 even under bf16 autocast.
 
     The CPU flash-attention kernel's backward is ~3x slower in bf16 than in fp32 (per-example segments
     of ~100 tokens over an 80-token prefix, SmolLM2's 9 heads on AMX: 34 ms against 10.5 ms a layer),
-    and fp32 is the more exact of the two. Inference and GPUs keep the autocast dtype. Yields the cast
-    to apply to q, k and v; the caller casts the result back to q's dtype.
+    and fp32 is the more exact of the two. Passes without a gradient (DPO's reference, eval) run the
+    same arithmetic, so a policy and its reference agree exactly where their weights do (first DPO
+    loss ln 2). GPUs keep the autocast dtype. Yields the cast to apply to q, k and v; the caller casts
+    the result back to q's dtype.
     """
     lower = q.dtype != torch.float32 or torch.is_autocast_enabled("cpu")  # autocast would cast fp32 q to bf16
-    if q.device.type != "cpu" or not lower or not (torch.is_grad_enabled() and q.requires_grad):
+    if q.device.type != "cpu" or not lower:
         yield lambda t: t
         return
     with torch.autocast("cpu", enabled=False):
@@ -118,7 +120,7 @@ def attend(
         causal = mask is None and q.shape[2] == k.shape[2]
         if mask is None and not causal:  # fewer queries than keys: causal aligned to the last key
             mask = torch.ones(q.shape[2], k.shape[2], dtype=torch.bool, device=q.device).tril(k.shape[2] - q.shape[2])
-        with fp32_on_cpu_for_backward(q) as up:
+        with fp32_on_cpu(q) as up:
             return F.scaled_dot_product_attention(
                 up(q), up(k), up(v), attn_mask=mask, is_causal=causal, dropout_p=dropout, scale=scaling, enable_gqa=gqa
             ).to(q.dtype)
