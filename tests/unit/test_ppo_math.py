@@ -8,7 +8,8 @@ import math
 import pytest
 import torch
 
-from tunesmith.losses.grpo import LOSS_TYPES, grpo_loss, loss_denominator
+from tunesmith.config.schema import GRPO_LOSS_TYPES
+from tunesmith.losses.grpo import grpo_loss, loss_denominator
 from tunesmith.losses.kl import (
     KL_ESTIMATORS,
     AdaptiveKLController,
@@ -368,7 +369,7 @@ def test_loss_denominators_over_micro_batches():
 
 def test_micro_batches_add_up_to_the_whole_batch_in_every_loss_type():
     logp, old_logp, ref_logp, advantages, mask = _grpo_case()
-    for loss_type in LOSS_TYPES:
+    for loss_type in GRPO_LOSS_TYPES:
         whole, _ = grpo_loss(logp, old_logp, ref_logp, advantages, mask, 0.2, 0.1, loss_type=loss_type)
         d = loss_denominator(loss_type, [mask[:1], mask[1:]], mask.shape[1])
         parts = [

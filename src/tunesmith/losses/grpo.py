@@ -13,8 +13,6 @@ from tunesmith.config.schema import GRPO_LOSS_TYPES, IMPORTANCE_LEVELS
 from tunesmith.losses.kl import KL_ESTIMATORS, masked_mean
 from tunesmith.losses.ppo import clipped_surrogate
 
-LOSS_TYPES = GRPO_LOSS_TYPES
-
 
 def loss_denominator(loss_type: str, masks: list[torch.Tensor], max_new_tokens: int) -> float:
     """What one step's loss divides by, over all its micro-batches' completion masks [B, T]:
@@ -29,7 +27,7 @@ def loss_denominator(loss_type: str, masks: list[torch.Tensor], max_new_tokens: 
         return float(sum(int((m > 0).sum()) for m in masks))
     if loss_type == "dr_grpo":
         return float(sum(m.shape[0] for m in masks) * max_new_tokens)
-    raise ValueError(f"unknown loss_type {loss_type!r}; choose from {', '.join(LOSS_TYPES)}")
+    raise ValueError(f"unknown loss_type {loss_type!r}; choose from {', '.join(GRPO_LOSS_TYPES)}")
 
 
 def sequence_log_ratio(logp: torch.Tensor, old_logp: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -38,9 +36,7 @@ def sequence_log_ratio(logp: torch.Tensor, old_logp: torch.Tensor, mask: torch.T
         log s_i = (1/|o_i|) Σ_t (logp_i,t − old_logp_i,t)
 
     so that exp(log s_i) is the geometric mean of the token ratios; [B, T], one value per row."""
-    m = mask.to(logp.dtype)
-    per_row = ((logp - old_logp.detach()) * m).sum(dim=1) / m.sum(dim=1).clamp(min=1.0)
-    return per_row[:, None].expand_as(logp)
+    return masked_mean(logp - old_logp.detach(), mask, dim=1)[:, None].expand_as(logp)
 
 
 def grpo_loss(
@@ -99,11 +95,10 @@ def grpo_loss(
     if kl_coef != 0:
         assert kl is not None  # kl_coef != 0 needs ref_logp (checked above)
         per_token = per_token + kl_coef * kl
-    m = mask.to(per_token.dtype)
-    if loss_type == "grpo":
-        total = ((per_token * m).sum(dim=1) / m.sum(dim=1).clamp(min=1.0)).sum()
+    if loss_type == "grpo":  # each completion's token mean (0 for an empty one), summed
+        total = masked_mean(per_token, mask, dim=1).sum()
     else:
-        total = (per_token * m).sum()
+        total = (per_token * mask.to(per_token.dtype)).sum()
     loss = total / max(denominator, 1.0)
     with torch.no_grad():
         stats = {
