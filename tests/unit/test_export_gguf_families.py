@@ -11,14 +11,16 @@ Loading a GGUF with the 49k-token vocabulary costs seconds, so each family's fil
 
 from __future__ import annotations
 
+import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
 
 from tests.families.tiny import build_tiny
 from tunesmith.errors import ModelError
-from tunesmith.export.gguf import export_gguf
+from tunesmith.export.gguf import _general_name, export_gguf
 
 # Exported in f32: measured 0 for every family (Gemma's norms are stored as 1 + w, and the reader's
 # (1 + w) - 1 is exact, so the model's 1 + w' gives back the same float).
@@ -226,6 +228,36 @@ def test_gemma2_writes_its_own_soft_caps(tiny, tmp_path):
     assert metadata["gemma2.attn_logit_softcapping"] == 2.0
     assert metadata["gemma2.final_logit_softcapping"] == 3.0
     assert metadata["gemma2.attention.sliding_window"] == 16
+
+
+def test_a_phi3_name_is_left_out_where_llama_cpp_would_stop_on_the_vocabulary(exported):
+    """llama.cpp sets Phi-3's token attributes for any general.name containing phi3 / phi-3 and stops
+    loading ("_Map_base::at") when </s>, <unk>, <s> or <|endoftext|> is not in the vocabulary: the tiny
+    Phi-3 (SmolLM2's vocabulary, in a directory phi3-variant*) is written without a name."""
+    from transformers.integrations.gguf import read_gguf_metadata
+
+    hf_dir, path = exported("phi3")
+    assert "phi3" in Path(hf_dir).name
+    metadata, _ = read_gguf_metadata(str(path))
+    assert "general.name" not in metadata
+    phi3_tokens = ["<unk>", "<s>", "</s>", "<|endoftext|>", "hello"]
+    assert _general_name({}, Path("Phi-3-mini-4k-instruct"), phi3_tokens) == "Phi-3-mini-4k-instruct"
+    assert _general_name({"_name_or_path": "org/my-PHI3"}, Path("x"), phi3_tokens[1:]) is None
+    assert _general_name({}, Path("tiny-llama"), ["hello"]) == "tiny-llama"
+
+
+def test_a_sentencepiece_tokenizer_is_refused_not_misread(tiny, tmp_path):
+    """Phi-3's own tokenizer (like Llama 2's and Gemma's) is SentencePiece BPE with byte fallback, which
+    GGUF stores as a "llama" vocabulary with scores, not as byte-level "gpt2" merges: it is refused."""
+    hf_dir = shutil.copytree(tiny("phi3"), tmp_path / "phi3")
+    _config_dir(hf_dir, hf_dir, ROUND_TRIP["phi3"])
+    tok_file = hf_dir / "tokenizer.json"
+    tok = json.loads(tok_file.read_text(encoding="utf-8"))
+    tok["model"]["byte_fallback"] = True
+    tok_file.write_text(json.dumps(tok), encoding="utf-8")
+    with pytest.raises(ModelError, match="only byte-level BPE tokenizers can be exported"):
+        export_gguf(hf_dir, tmp_path / "out.gguf")
+    assert not (tmp_path / "out.gguf").exists()
 
 
 @pytest.mark.parametrize(

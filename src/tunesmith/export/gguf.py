@@ -41,6 +41,12 @@ _LAYER_RE = re.compile(r"^model\.layers\.(\d+)\.(.+)\.(weight|bias)$")
 # tokenizer.ggml.token_type values (gguf.TokenType)
 _NORMAL, _CONTROL, _USER_DEFINED, _UNUSED = 1, 3, 4, 5
 
+# llama.cpp gives Phi-3's special tokens their attributes by the model's *name* (src/llama-vocab.cpp): a
+# general.name containing "phi3" or "phi-3" (any case) makes it look up each of these tokens, and the load
+# stops ("error loading model vocabulary: unordered_map::at") when one is missing from the vocabulary.
+_PHI3_NAMES = ("phi3", "phi-3")
+_PHI3_TOKENS = ("</s>", "<unk>", "<s>", "<|endoftext|>")
+
 # Our key names for the special tokens -> (tokenizer_config.json key, config.json key)
 _SPECIAL_TOKENS = {
     "bos": ("bos_token", "bos_token_id"),
@@ -340,7 +346,9 @@ def _read_tokenizer(model_dir: Path, config: dict, vocab_size: int) -> dict:
 
 def _write_metadata(writer, gguf, config: dict, extra: dict, hp: dict, tok: dict, model_dir: Path, dtype: str) -> None:
     writer.add_type("model")
-    writer.add_name(str(config.get("_name_or_path") or config.get("_model_name_or_path") or model_dir.name))
+    name = _general_name(config, model_dir, tok["tokens"])
+    if name is not None:
+        writer.add_name(name)
     writer.add_context_length(hp["context_length"])
     writer.add_embedding_length(hp["embedding_length"])
     writer.add_block_count(hp["block_count"])
@@ -379,6 +387,17 @@ def _write_metadata(writer, gguf, config: dict, extra: dict, hp: dict, tok: dict
     if tok["chat_template"]:
         writer.add_chat_template(tok["chat_template"])
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+
+
+def _general_name(config: dict, model_dir: Path, tokens: list[str]) -> str | None:
+    """general.name: the model's own name, or None (the key left out) where llama.cpp would take the name
+    for Phi-3's and stop on a vocabulary without Phi-3's tokens (e.g. a tiny Phi-3 in a directory `phi3`
+    with a borrowed tokenizer). Nothing is lost but the label: llama.cpp builds the model from
+    general.architecture, and transformers reads the name only to tell a "mistral" from a "llama"."""
+    name = str(config.get("_name_or_path") or config.get("_model_name_or_path") or model_dir.name)
+    if any(n in name.lower() for n in _PHI3_NAMES) and not set(_PHI3_TOKENS) <= set(tokens):
+        return None
+    return name
 
 
 def _permute_qk(w: np.ndarray, n_head: int) -> np.ndarray:
