@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 
 IGNORE = -100
 CHUNK_ROWS = 512  # rows of logits in flight: 512 x 49K x 4 B = 100 MB for SmolLM2
+# logp_t for rows of (h [rows, H], W, b, y [rows], softcap): another library's fused kernel in place of
+# `_LinearTargetLogps` (models/kernels.py: Liger's on CUDA); the same values, to rounding
+LinearLogps = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor, float | None], torch.Tensor]
 
 
 class _LinearTargetLogps(torch.autograd.Function):
@@ -80,6 +85,7 @@ def target_logps(
     lm_head_bias: torch.Tensor | None = None,
     chunk_size: int = CHUNK_ROWS,
     softcap: float | None = None,
+    linear_logps: LinearLogps | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """log p(y_t | tokens <= t) at every position with y_t != IGNORE, and the row each belongs to.
 
@@ -88,7 +94,7 @@ def target_logps(
     hidden: [rows, T, H] final hidden states; targets: [rows, T] already shifted (position t predicts
     y_t). Logits are computed only at trained positions (prompt and padding positions never get a
     [vocabulary]-wide row: 49K floats each for SmolLM2), `chunk_size` rows per matmul, and no
-    [vocabulary]-wide row is kept for backward (`_LinearTargetLogps`).
+    [vocabulary]-wide row is kept for backward (`_LinearTargetLogps`, or `linear_logps` where given).
     """
     keep = targets.reshape(-1) != IGNORE
     rows = torch.arange(targets.shape[0], device=targets.device).repeat_interleave(targets.shape[1])[keep]
@@ -96,6 +102,8 @@ def target_logps(
     y = targets.reshape(-1)[keep]
     if h.shape[0] == 0:
         return hidden.new_zeros(0, dtype=torch.float32), rows
+    if linear_logps is not None:
+        return linear_logps(h, lm_head_weight, lm_head_bias, y, softcap), rows
     return _LinearTargetLogps.apply(h, lm_head_weight, lm_head_bias, y, chunk_size, softcap), rows
 
 
@@ -106,6 +114,7 @@ def token_nll_sum(
     lm_head_bias: torch.Tensor | None = None,
     chunk_size: int = CHUNK_ROWS,
     softcap: float | None = None,
+    linear_logps: LinearLogps | None = None,
 ) -> torch.Tensor:
     """Sum of next-token negative log-likelihoods over the trained positions:
 
@@ -114,7 +123,7 @@ def token_nll_sum(
     The caller divides by the number of trained tokens in the whole optimizer step, so every token
     weighs the same whatever micro-batch or packed row it sits in.
     """
-    logps, _ = target_logps(hidden, targets, lm_head_weight, lm_head_bias, chunk_size, softcap)
+    logps, _ = target_logps(hidden, targets, lm_head_weight, lm_head_bias, chunk_size, softcap, linear_logps)
     return -logps.sum()
 
 
@@ -127,6 +136,7 @@ def sequence_logps(
     num_examples: int | None = None,
     chunk_size: int = CHUNK_ROWS,
     softcap: float | None = None,
+    linear_logps: LinearLogps | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-sequence sum of target log-probabilities, log π(y | x) = Σ_t logp_t, and target counts.
 
@@ -134,7 +144,7 @@ def sequence_logps(
     without it each row is one sequence. Returns ([num_examples] sums, [num_examples] target counts);
     a sequence with no target gets 0.
     """
-    logps, owner = target_logps(hidden, targets, lm_head_weight, lm_head_bias, chunk_size, softcap)
+    logps, owner = target_logps(hidden, targets, lm_head_weight, lm_head_bias, chunk_size, softcap, linear_logps)
     if example_ids is not None:
         owner = example_ids.reshape(-1)[targets.reshape(-1) != IGNORE]
     if num_examples is None:

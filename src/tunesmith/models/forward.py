@@ -16,8 +16,9 @@ import torch
 import torch.nn.functional as F
 
 from tunesmith.data.packing import Batch
-from tunesmith.losses.sft import IGNORE, sequence_logps, target_logps, token_nll_sum
+from tunesmith.losses.sft import IGNORE, LinearLogps, sequence_logps, target_logps, token_nll_sum
 from tunesmith.models.attention import packs_flat
+from tunesmith.models.kernels import liger_target_logps, uses_liger
 
 if TYPE_CHECKING:
     from peft import PeftModel
@@ -29,12 +30,15 @@ class Head:
     """The LM head as the model applies it: logits = softcap(W (h / scale) + b), softcap(z) = c · tanh(z / c).
 
     Granite divides its logits by `logits_scaling`; Gemma 2 (and Gemma 3 where set) soft-caps them with
-    `final_logit_softcapping`. The losses apply both, so training sees the logits inference does."""
+    `final_logit_softcapping`. The losses apply both, so training sees the logits inference does.
+    `fused_logps`: the fused kernel computing log-probs at trained positions (models/kernels.py), or None
+    for tunesmith's own (losses/sft.py)."""
 
     weight: torch.Tensor
     bias: torch.Tensor | None = None
     scale: float = 1.0
     softcap: float | None = None
+    fused_logps: LinearLogps | None = None
 
     def hidden(self, h: torch.Tensor) -> torch.Tensor:
         return h if self.scale == 1.0 else h / self.scale
@@ -55,6 +59,7 @@ def lm_head(model: torch.nn.Module) -> Head:
         getattr(head, "bias", None),
         float(getattr(config, "logits_scaling", None) or 1.0),
         getattr(config, "final_logit_softcapping", None),
+        liger_target_logps if uses_liger(inner) else None,
     )
 
 
@@ -120,7 +125,14 @@ def batch_nll_sum(model: torch.nn.Module, batch: Batch, amp_dtype: torch.dtype |
     """
     with autocast(batch.input_ids.device, amp_dtype):
         hidden, head = final_hidden(model, batch)
-        return token_nll_sum(head.hidden(hidden), batch.targets, head.weight, head.bias, softcap=head.softcap)
+        return token_nll_sum(
+            head.hidden(hidden),
+            batch.targets,
+            head.weight,
+            head.bias,
+            softcap=head.softcap,
+            linear_logps=head.fused_logps,
+        )
 
 
 def batch_sequence_logps(
@@ -137,6 +149,7 @@ def batch_sequence_logps(
             batch.example_ids,
             num_examples,
             softcap=head.softcap,
+            linear_logps=head.fused_logps,
         )
 
 
@@ -159,6 +172,7 @@ def batch_token_logps(
             head.weight,
             None if bias is None else bias / temperature,
             softcap=None if softcap is None else softcap / temperature,
+            linear_logps=head.fused_logps,
         )
     logps = torch.zeros(mask.shape, dtype=torch.float32, device=mask.device).masked_scatter(mask, logps.float())
     return logps, mask, hidden

@@ -13,6 +13,7 @@ import torch
 
 from tunesmith.errors import ConfigError, ModelError
 from tunesmith.models.attention import use_packed_attention
+from tunesmith.models.kernels import use_liger_kernels
 
 if TYPE_CHECKING:
     from bitsandbytes.nn import Linear4bit
@@ -170,7 +171,8 @@ def nf4_config(compute_dtype: torch.dtype):
 def load_model(
     model_dir: Path, device: torch.device, quantize_4bit: bool = False, compute_dtype: torch.dtype = torch.float32
 ):
-    """The causal LM in float32 weights (or NF4 for QLoRA) on `device`, in eval mode, attending per packed example."""
+    """The causal LM in float32 weights (or NF4 for QLoRA) on `device`, in eval mode, attending per packed example,
+    on Liger's fused kernels where they apply (models/kernels.py: CUDA, installed, TUNESMITH_LIGER not 0)."""
     from transformers import AutoModelForCausalLM  # heavy: transformers, deferred until used
 
     quiet_libraries()
@@ -191,6 +193,7 @@ def load_model(
     else:
         model.to(device)  # type: ignore[arg-type]  # transformers wraps `to` in functools.wraps, typed as unbound
     use_packed_attention(model)
+    use_liger_kernels(model, device)
     model.eval()
     return model
 

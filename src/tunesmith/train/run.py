@@ -32,7 +32,9 @@ from tunesmith.atomic import atomic_write_text
 from tunesmith.errors import ConfigError, Diverged, Interrupted, TunesmithError
 from tunesmith.forgetting.guard import guard_start, guard_step, guard_summary, start_guard, stop_over_budget
 from tunesmith.models import load_tokenizer, resolve_model_dir, select_device
+from tunesmith.models.forward import unwrap
 from tunesmith.models.integrity import run_summary
+from tunesmith.models.kernels import kernels_description
 from tunesmith.models.load import autocast_dtype, cpu_description, needs_remote_code
 from tunesmith.planner import GIB, fitting_flags, plan_config
 from tunesmith.report import write_report
@@ -138,12 +140,17 @@ class Run(Generic[ConfigT]):
         return log
 
     def where(self) -> str:
-        """The device part of a recipe's opening line."""
+        """The device part of a recipe's opening line: the device (a CPU's instruction set), precision, processes,
+        and on CUDA whether Liger's kernels serve the loss and norms (models/kernels.py)."""
         d = self.dist
+        kernels = (
+            kernels_description(unwrap(self.model)) if self.device.type == "cuda" and self.model is not None else ""
+        )
         return (
             (cpu_description() if self.device.type == "cpu" else self.device.type)
             + (f", autocast {self.amp_dtype}" if self.amp_dtype else ", fp32")
             + (f", {d.world} processes" + (" (FSDP)" if d.sharded else "") if d.active else "")
+            + (f", {kernels}" if kernels else "")
         )
 
     # ---- the loop's cadence -----------------------------------------------------------------
