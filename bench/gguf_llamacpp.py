@@ -1,7 +1,10 @@
 """GGUF export checked by llama.cpp itself: each exportable family's tiny random model (tests/families/tiny.py,
 as the round-trip test varies it) is exported with `tunesmith export --format gguf` (f32), loaded by
 llama.cpp through llama-cpp-python, and run on the same token ids as the Hugging Face model; the logits
-must agree (max |difference| <= TOLERANCE, every position's argmax the same).
+must agree (max |difference| <= TOLERANCE, every position's argmax the same). Each family runs twice:
+with SmolLM2's byte-level vocabulary (GGUF "gpt2") and, as `<family>-spm`, with a tiny SentencePiece-style
+one shaped like its own models' (GGUF "llama": Llama 2's, Mistral v0.3's Metaspace, Gemma's, Phi-3's);
+llama.cpp's tokenization of the tests' texts must also give the HF tokenizer's ids.
 
 Gemma 2 and 3 run GELU, which llama.cpp's CPU backend computes through an f16 lookup table even in an
 f32 graph (`GgmlGeluTanh`). That rounding moves the tiny Gemmas' logits by 2-4e-3 by itself, so they are
@@ -37,6 +40,7 @@ sys.path.insert(0, str(ROOT))  # tests.families.tiny: the tiny models the tests 
 sys.path.insert(0, str(ROOT / "src"))
 
 TOLERANCE = 1e-3  # llama.cpp and torch sum in other orders; f32 weights and KV cache
+SPM = "-spm"  # a family name with this suffix: its tiny model with a SentencePiece-style tokenizer
 VERBOSE = False
 
 
@@ -65,17 +69,42 @@ def hf_logits(model, ids: list[int], ggml_gelu: bool = False) -> np.ndarray:
             mlp.act_fn = act
 
 
-def hf_and_gguf(family: str, tokenizer, root: Path) -> tuple[Path, Path]:
-    """The round-trip variant of `family`'s tiny model (random norms and biases too) and its f32 GGUF."""
+def hf_and_gguf(name: str, tokenizer, root: Path) -> tuple[Path, Path, object]:
+    """The round-trip variant of a tiny model (random norms and biases too), its f32 GGUF and its tokenizer:
+    `family` with SmolLM2's byte-level vocabulary, `family-spm` with the SentencePiece-style one of the
+    family's own models (tests' `sentencepiece_variant`)."""
     from tests.families.tiny import build_tiny
-    from tests.unit.test_export_gguf_families import round_trip_variant
+    from tests.unit.test_export_gguf_families import round_trip_variant, sentencepiece_variant
     from tunesmith.cli import main
 
-    out = round_trip_variant(build_tiny(family, tokenizer, root / f"{family}-base"), root / family, family, tokenizer)
-    gguf = root / f"{family}.gguf"
+    family = name.removesuffix(SPM)
+    if name.endswith(SPM):
+        out, tokenizer = sentencepiece_variant(family, root)
+    else:
+        out = round_trip_variant(
+            build_tiny(family, tokenizer, root / f"{family}-base"), root / family, family, tokenizer
+        )
+    gguf = root / f"{name}.gguf"
     if main(["export", "--model", str(out), "--format", "gguf", "--dtype", "f32", "--out", str(gguf)]) != 0:
-        raise SystemExit(f"{family}: export failed")
-    return out, gguf
+        raise SystemExit(f"{name}: export failed")
+    return out, gguf, tokenizer
+
+
+def same_tokens(llm, tokenizer, name: str) -> dict:
+    """llama.cpp's tokenization of the tests' texts (BOS as the file says, special tokens parsed) against
+    the HF tokenizer's. One difference is known, not the export's: a Metaspace "first" tokenizer (the
+    tiny Llama's) prepends no "▁" to text that starts with a space, llama.cpp (like SentencePiece) does."""
+    from tests.unit.test_export_gguf_families import SP_FAMILIES, SP_TEXTS
+
+    known = (
+        {" leading space"} if SP_FAMILIES.get(name.removesuffix(SPM)) == "metaspace" and name.endswith(SPM) else set()
+    )
+    differ = []
+    for text in SP_TEXTS:
+        if llm.tokenize(text.encode(), add_bos=True, special=True) != tokenizer(text)["input_ids"]:
+            differ.append(text)
+    unexpected = [t for t in differ if t not in known]
+    return {"texts": len(SP_TEXTS), "same": len(SP_TEXTS) - len(differ), "differ": differ, "unexpected": unexpected}
 
 
 def gelu_reference(hf_dir: Path, source, ids: list[int]) -> tuple[np.ndarray, float]:
@@ -93,7 +122,7 @@ def check(family: str, tokenizer, root: Path) -> dict:
     from llama_cpp import Llama
     from transformers import AutoModelForCausalLM
 
-    hf_dir, gguf = hf_and_gguf(family, tokenizer, root)
+    hf_dir, gguf, tokenizer = hf_and_gguf(family, tokenizer, root)
     ids = torch.randint(0, len(tokenizer), (40,), generator=torch.Generator().manual_seed(0)).tolist()
     source = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
     expected = hf_logits(source, ids)
@@ -104,19 +133,22 @@ def check(family: str, tokenizer, root: Path) -> dict:
     try:
         llm = Llama(model_path=str(gguf), n_ctx=64, logits_all=True, verbose=VERBOSE, n_threads=2, type_k=0, type_v=0)
     except ValueError as e:  # llama.cpp says why on stderr with VERBOSE = True
-        print(f"{family:7s} llama.cpp did not load it: {e}  FAIL")
+        print(f"{family:11s} llama.cpp did not load it: {e}  FAIL")
         return {"ok": False, "error": str(e)}
     llm.eval(ids)
     got = np.asarray(llm.scores[: len(ids)], dtype=np.float32)
     worst = float(np.abs(got - expected).max())
     worst_reference = float(np.abs(got - reference).max())
     same_argmax = int((got.argmax(-1) == expected.argmax(-1)).sum())
-    ok = worst_reference <= tolerance and same_argmax == len(ids)
+    tokens = same_tokens(llm, tokenizer, family)
+    ok = worst_reference <= tolerance and same_argmax == len(ids) and not tokens["unexpected"]
     result = {
         "architecture": llm.metadata.get("general.architecture"),
+        "vocabulary": llm.metadata.get("tokenizer.ggml.model"),
         "max_logit_diff": worst,
         "same_argmax": same_argmax,
         "positions": len(ids),
+        "tokenization": tokens,
         "ok": ok,
     }
     note = ""
@@ -132,17 +164,19 @@ def check(family: str, tokenizer, root: Path) -> dict:
             f"{worst_reference:.2e} (allowed {TOLERANCE:.0e} + f32/f64 spread {spread:.2e})"
         )
     print(
-        f"{family:7s} llama.cpp arch {result['architecture']}: max |logit diff| {worst:.2e}{note}, "
-        f"argmax {same_argmax}/{len(ids)}  {'ok' if ok else 'FAIL'}"
+        f"{family:11s} llama.cpp arch {result['architecture']} ({result['vocabulary']} vocabulary): max |logit diff| "
+        f"{worst:.2e}{note}, argmax {same_argmax}/{len(ids)}, same tokens {tokens['same']}/{tokens['texts']} "
+        f"texts{' (differ: ' + repr(tokens['differ']) + ')' if tokens['differ'] else ''}  {'ok' if ok else 'FAIL'}"
     )
     return result
 
 
 def main() -> int:
-    from tests.unit.test_export_gguf_families import FAMILIES
+    from tests.unit.test_export_gguf_families import FAMILIES, SP_FAMILIES
 
+    names = [*FAMILIES, *(f + SPM for f in SP_FAMILIES)]
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--families", default=",".join(FAMILIES), help="comma-separated, of " + ", ".join(FAMILIES))
+    parser.add_argument("--families", default=",".join(names), help="comma-separated, of " + ", ".join(names))
     parser.add_argument("--results", default=str(ROOT / "bench/results"))
     a = parser.parse_args()
     import llama_cpp

@@ -62,12 +62,12 @@ def _config_dir(source, out, overrides: dict):
     return config
 
 
-def round_trip_variant(tiny_dir, out, family: str, tokenizer):
-    """The ROUND_TRIP variant of a tiny model, saved in `out`, with every 1-D tensor (norms, Qwen2's biases)
-    drawn at random, so that a norm offset or a dropped bias shows."""
+def round_trip_variant(tiny_dir, out, family: str, tokenizer, overrides: dict | None = None):
+    """The ROUND_TRIP variant of a tiny model (and `overrides`), saved in `out`, with every 1-D tensor (norms,
+    Qwen2's biases) drawn at random, so that a norm offset or a dropped bias shows."""
     from transformers import AutoModelForCausalLM
 
-    config = _config_dir(tiny_dir, out, ROUND_TRIP[family])
+    config = _config_dir(tiny_dir, out, ROUND_TRIP[family] | (overrides or {}))
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(config)
     with torch.no_grad():
@@ -246,16 +246,208 @@ def test_a_phi3_name_is_left_out_where_llama_cpp_would_stop_on_the_vocabulary(ex
     assert _general_name({}, Path("tiny-llama"), ["hello"]) == "tiny-llama"
 
 
-def test_a_sentencepiece_tokenizer_is_refused_not_misread(tiny, tmp_path):
-    """Phi-3's own tokenizer (like Llama 2's and Gemma's) is SentencePiece BPE with byte fallback, which
-    GGUF stores as a "llama" vocabulary with scores, not as byte-level "gpt2" merges: it is refused."""
-    hf_dir = shutil.copytree(tiny("phi3"), tmp_path / "phi3")
-    _config_dir(hf_dir, hf_dir, ROUND_TRIP["phi3"])
+# --- SentencePiece-style vocabularies (BPE with byte fallback) ---------------------------------------
+
+SP = "\u2581"
+CORPUS = [
+    "The quick brown fox jumps over the lazy dog.",
+    "A tokenizer splits text into pieces; the model reads the pieces as ids.",
+    "Llama, Mistral, Gemma and Phi-3 use SentencePiece vocabularies with byte fallback.",
+    "Numbers like 2024, 3.14 and 42 appear in text too.",
+    "Export the model to GGUF, then load it in llama.cpp and compare the logits.",
+    "She sells sea shells by the sea shore; the shells she sells are sea shells.",
+]
+# Spaces, digits, characters the tiny vocabulary lacks (bytes), a tab and a newline, edge spaces.
+SP_TEXTS = [
+    "Hello world",
+    "The quick brown fox jumps over the lazy dog.",
+    "Numbers: 2024, 3.14 and 42!",
+    "SentencePieceas compareare indog 20242024",  # run-together words: merge order matters
+    "naïve café — 你好 🙂",
+    "two  spaces\nnew line\ttab",
+    "trailing space ",
+    " leading space",
+]
+# style -> (special tokens at ids 0.., tokens added after the vocabulary as (content, special), bos, eos, pad,
+# how "▁" reaches the text's start), each as the models' own tokenizer.json spells it
+SP_STYLES = {
+    # Llama 2, Mistral 7B v0.1, Phi-3: a Prepend("▁") + Replace(" ", "▁") normalizer, no pre-tokenizer
+    "llama2": (["<unk>", "<s>", "</s>"], [], "<s>", "</s>", None, "prepend"),
+    # Mistral 7B v0.3 and re-converted Llama 2 files: a Metaspace pre-tokenizer that does not split
+    "metaspace": (["<unk>", "<s>", "</s>"], [], "<s>", "</s>", None, "metaspace"),
+    # Phi-3-mini: Llama 2's, with special tokens (and a plain added one) after the vocabulary
+    "phi3": (
+        ["<unk>", "<s>", "</s>"],
+        [("<|endoftext|>", True), ("<|user|>", True), ("<|placeholder|>", False)],
+        "<s>",
+        "</s>",
+        "<|endoftext|>",
+        "prepend",
+    ),
+    # Gemma 2/3: spaces replaced by the normalizer, nothing prepended
+    "gemma": (["<pad>", "<eos>", "<bos>", "<unk>"], [], "<bos>", "<eos>", "<pad>", "none"),
+}
+SP_FAMILIES = {"llama": "metaspace", "mistral": "llama2", "gemma2": "gemma", "gemma3": "gemma", "phi3": "phi3"}
+# A GGUF cannot say whether "▁" is prepended always (Llama 2's normalizer, SentencePiece itself, llama.cpp)
+# or only to text not starting with a space (Metaspace "first"). transformers' reader decides by
+# architecture: Phi-3's normalizer for phi3, Metaspace "first" for llama, so a Llama 2-style tokenizer
+# reads back different ids for text that starts with a space (llama.cpp gives the original's).
+HF_READER_DIFFERS = {"mistral": {" leading space"}}
+
+
+def _added(token_id: int, content: str, special: bool) -> dict:
+    flags = dict(single_word=False, lstrip=False, rstrip=False, normalized=False)
+    return {"id": token_id, "content": content, **flags, "special": special}
+
+
+def sentencepiece_tokenizer(style: str):
+    """A tiny SentencePiece-style tokenizer (BPE with byte fallback, <0x00>..<0xFF> after the special tokens,
+    ~450 tokens) trained on CORPUS, with the normalizer and pre-tokenizer of `style` (SP_STYLES)."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials, added, bos, eos, pad, prefix = SP_STYLES[style]
+    trainer = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True))
+    trainer.normalizer = normalizers.Replace(" ", SP)
+    trainer.pre_tokenizer = pre_tokenizers.Metaspace(SP, prepend_scheme="never" if prefix == "none" else "always")
+    bpe = trainers.BpeTrainer(vocab_size=200, special_tokens=specials, show_progress=False)
+    trainer.train_from_iterator(CORPUS * 3, bpe)
+    spec = json.loads(trainer.to_str())
+    trained = sorted(spec["model"]["vocab"], key=spec["model"]["vocab"].get)
+    # as in Llama 2's vocabulary: special tokens, the 256 byte tokens, then the pieces in merge order
+    pieces = specials + [f"<0x{b:02X}>" for b in range(256)] + [t for t in trained if t not in specials]
+    spec["model"]["vocab"] = {t: i for i, t in enumerate(pieces)}
+    spec["added_tokens"] = [_added(i, t, True) for i, t in enumerate(specials)]
+    spec["added_tokens"] += [_added(len(pieces) + k, t, special) for k, (t, special) in enumerate(added)]
+    tok = Tokenizer.from_str(json.dumps(spec))
+    tok.pre_tokenizer = None
+    tok.normalizer = normalizers.Replace(" ", SP)
+    if prefix == "prepend":
+        tok.normalizer = normalizers.Sequence([normalizers.Prepend(SP), normalizers.Replace(" ", SP)])
+    elif prefix == "metaspace":
+        tok.normalizer = None
+        tok.pre_tokenizer = pre_tokenizers.Metaspace(SP, prepend_scheme="first", split=False)
+    strip = [] if prefix == "none" else [decoders.Strip(" ", 1, 0)]
+    tok.decoder = decoders.Sequence([decoders.Replace(SP, " "), decoders.ByteFallback(), decoders.Fuse(), *strip])
+    tok.post_processor = processors.TemplateProcessing(
+        single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, pieces.index(bos))]
+    )
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=bos, eos_token=eos, unk_token="<unk>", pad_token=pad)
+
+
+def sentencepiece_variant(family: str, root: Path) -> tuple[Path, object]:
+    """`family`'s round-trip variant with the SentencePiece-style tokenizer of its own models (SP_FAMILIES)."""
+    tok = sentencepiece_tokenizer(SP_FAMILIES[family])
+    base = build_tiny(family, tok, root / f"{family}-spm-base")
+    # Phi3Config's class defaults name id 32000 for eos and pad: the tiny vocabulary's own ids instead
+    ids = {"bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id, "pad_token_id": tok.pad_token_id}
+    return round_trip_variant(base, root / f"{family}-spm", family, tok, ids), tok
+
+
+@pytest.fixture(scope="module")
+def sp_exported(tmp_path_factory):
+    """family -> (HF directory, its f32 GGUF file, the tokenizer) with the family's SentencePiece tokenizer."""
+    cache: dict = {}
+
+    def get(family: str):
+        if family not in cache:
+            out, tok = sentencepiece_variant(family, tmp_path_factory.mktemp("spm"))
+            export_gguf(out, out / "gguf" / f"{family}.gguf", dtype="f32")
+            cache[family] = out, out / "gguf" / f"{family}.gguf", tok
+        return cache[family]
+
+    return get
+
+
+@pytest.mark.parametrize("family", SP_FAMILIES)
+def test_a_sentencepiece_vocabulary_reads_back_the_same(family, sp_exported):
+    """GGUF's "llama" vocabulary: transformers rebuilds the same tokenizer (ids) and the same model (logits)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.integrations.gguf import read_gguf_metadata
+
+    hf_dir, path, tok = sp_exported(family)
+    metadata, _ = read_gguf_metadata(str(path), ("tokenizer.ggml.token_type",))
+    assert metadata["tokenizer.ggml.model"] == "llama"
+    # Gemma prepends no "▁"; Llama 2's normalizer, Metaspace's "first" and Phi-3's do
+    assert metadata["tokenizer.ggml.add_space_prefix"] == (family not in ("gemma2", "gemma3"))
+    assert metadata["tokenizer.ggml.add_bos_token"] is True
+    types = metadata["tokenizer.ggml.token_type"]
+    assert types.count(6) == 256 and types.count(2) == 1  # the byte tokens, <unk>
+    assert types[tok.bos_token_id] == types[tok.eos_token_id] == 3
+    assert metadata["tokenizer.ggml.bos_token_id"] == tok.bos_token_id
+    if family == "phi3":  # Phi-3's tokens all there: llama.cpp's Phi-3 special-casing can have its name
+        assert types[-3:] == [3, 3, 4] and "general.name" in metadata
+
+    back = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    for text in SP_TEXTS:
+        same = back(text)["input_ids"] == tok(text)["input_ids"]
+        assert same != (text in HF_READER_DIFFERS.get(family, ())), text
+    source = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
+    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32).eval()
+    random_ids = torch.randint(0, len(tok), (1, 40), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        worst = max(
+            (model(ids).logits - source(ids).logits).abs().max().item()
+            for ids in [torch.tensor([tok(" ".join(SP_TEXTS))["input_ids"]]), random_ids]
+        )
+    assert worst <= F32_TOL
+
+
+def _sentencepiece_encode(text: str, tokens: list[str], scores: list[float], add_space_prefix: bool) -> list[int]:
+    """llama.cpp's SentencePiece tokenizer (llm_tokenizer_spm_session) in brief: from single characters,
+    merge the adjacent pair whose union is a token of the highest score (the leftmost on ties), until
+    none is; a piece that is no token goes out as its UTF-8 bytes' <0xXX> tokens."""
+    ids = {t: i for i, t in enumerate(tokens)}
+    pieces = list(((" " if add_space_prefix else "") + text).replace(" ", SP))
+    while True:
+        pairs = [(scores[ids[a + b]], -i) for i, (a, b) in enumerate(zip(pieces, pieces[1:])) if a + b in ids]
+        if not pairs:
+            break
+        i = -max(pairs)[1]
+        pieces[i : i + 2] = [pieces[i] + pieces[i + 1]]
+    return [j for p in pieces for j in ([ids[p]] if p in ids else [ids[f"<0x{b:02X}>"] for b in p.encode()])]
+
+
+@pytest.mark.parametrize("family", ["mistral", "gemma2"])
+def test_sentencepiece_scores_rank_merges_as_the_tokenizer_does(family, sp_exported):
+    """llama.cpp's "llama" vocabulary reads no merges, only scores: merging by the written scores gives
+    the tokenizer's own ids."""
+    from transformers.integrations.gguf import read_gguf_metadata
+
+    _, path, tok = sp_exported(family)
+    keys = ("tokenizer.ggml.tokens", "tokenizer.ggml.scores")
+    metadata, _ = read_gguf_metadata(str(path), keys)
+    tokens, scores = metadata["tokenizer.ggml.tokens"], metadata["tokenizer.ggml.scores"]
+    prefix = metadata["tokenizer.ggml.add_space_prefix"]
+    for text in SP_TEXTS[:-1]:  # " leading space": SentencePiece adds its "▁" even then; Metaspace does not
+        expected = tok(text, add_special_tokens=False)["input_ids"]
+        assert _sentencepiece_encode(text, tokens, scores, prefix) == expected, text
+    # llama.cpp's converter writes -1000 for every piece of a tokenizer.json-only vocabulary: merging
+    # left to right then, it cuts run-together words differently
+    flat = [-1000.0] * len(scores)
+    text = SP_TEXTS[3]
+    assert _sentencepiece_encode(text, tokens, flat, prefix) != tok(text, add_special_tokens=False)["input_ids"]
+
+
+@pytest.mark.parametrize(
+    "change, reason",
+    [
+        ({"model": {"type": "Unigram", "unk_id": 0, "vocab": [["<unk>", 0.0], ["a", -1.0]]}}, "this is 'Unigram'"),
+        ({"model": {"type": "WordPiece", "unk_token": "[UNK]", "vocab": {"[UNK]": 0}}}, "this is 'WordPiece'"),
+        (
+            {"pre_tokenizer": {"type": "Metaspace", "replacement": SP, "prepend_scheme": "first", "split": True}},
+            "words",
+        ),
+        ({"normalizer": {"type": "NFKC"}}, "normalizer"),
+    ],
+)
+def test_tokenizers_gguf_cannot_state_are_refused(change, reason, sp_exported, tmp_path):
+    """Unigram and WordPiece vocabularies, and a SentencePiece BPE whose text pipeline llama.cpp would not
+    follow (words split apart, a normalizer it has not), are refused rather than written differently."""
+    hf_dir = shutil.copytree(sp_exported("mistral")[0], tmp_path / "model", ignore=shutil.ignore_patterns("gguf"))
     tok_file = hf_dir / "tokenizer.json"
-    tok = json.loads(tok_file.read_text(encoding="utf-8"))
-    tok["model"]["byte_fallback"] = True
-    tok_file.write_text(json.dumps(tok), encoding="utf-8")
-    with pytest.raises(ModelError, match="only byte-level BPE tokenizers can be exported"):
+    tok_file.write_text(json.dumps(json.loads(tok_file.read_text(encoding="utf-8")) | change), encoding="utf-8")
+    with pytest.raises(ModelError, match=reason):
         export_gguf(hf_dir, tmp_path / "out.gguf")
     assert not (tmp_path / "out.gguf").exists()
 

@@ -12,6 +12,9 @@ value changes, extra keys, what llama.cpp cannot represent) is one table per fam
   applies its exact inverse. The other architectures use llama.cpp's NeoX rotary, HF's own layout.
 * Tied embeddings are signalled by the *absence* of `output.weight`: that is how llama.cpp reads it,
   and how transformers' loader sets `tie_word_embeddings`.
+* The tokenizer comes from tokenizer.json: a byte-level BPE as llama.cpp's "gpt2" vocabulary (merges and
+  a pre-tokenizer name), a SentencePiece-style BPE with byte fallback (Llama 2, Mistral, Gemma, Phi-3)
+  as its "llama" vocabulary (scores, byte tokens, add_space_prefix), as Gemma's own converter writes too.
 
 Only what this exporter can write faithfully is accepted; anything else is a `ModelError`, never a
 silently different model.
@@ -39,7 +42,9 @@ DTYPES = ("f16", "f32")
 _LAYER_RE = re.compile(r"^model\.layers\.(\d+)\.(.+)\.(weight|bias)$")
 
 # tokenizer.ggml.token_type values (gguf.TokenType)
-_NORMAL, _CONTROL, _USER_DEFINED, _UNUSED = 1, 3, 4, 5
+_NORMAL, _UNKNOWN, _CONTROL, _USER_DEFINED, _UNUSED, _BYTE = 1, 2, 3, 4, 5, 6
+_BYTE_TOKEN_RE = re.compile(r"^<0x[0-9A-Fa-f]{2}>$")
+_SPACE = "\u2581"  # SentencePiece's "▁", the space as its vocabularies spell it
 
 # llama.cpp gives Phi-3's special tokens their attributes by the model's *name* (src/llama-vocab.cpp): a
 # general.name containing "phi3" or "phi-3" (any case) makes it look up each of these tokens, and the load
@@ -294,20 +299,35 @@ def _chat_template(model_dir: Path, tok_config: dict) -> str | list | None:
 
 
 def _read_tokenizer(model_dir: Path, config: dict, vocab_size: int) -> dict:
+    """The tokenizer as GGUF metadata: a byte-level BPE as llama.cpp's "gpt2" vocabulary (merges), a
+    SentencePiece-style BPE (byte fallback, "▁" for spaces) as its "llama" vocabulary (scores)."""
     tok_json = _read_json(model_dir / "tokenizer.json")
     config_file = model_dir / "tokenizer_config.json"
     tok_config = _read_json(config_file) if config_file.is_file() else {}
     model = tok_json.get("model") or {}
-    if model.get("type") != "BPE" or model.get("byte_fallback"):
-        kind = f"{model.get('type')!r}" + (" with byte_fallback" if model.get("byte_fallback") else "")
-        raise ModelError(f"{model_dir}/tokenizer.json: only byte-level BPE tokenizers can be exported (this is {kind})")
-    pre, add_space_prefix = _pre_tokenizer_name(tok_json.get("pre_tokenizer"), model_dir)
+    if model.get("type") != "BPE":
+        raise ModelError(
+            f"{model_dir}/tokenizer.json: only BPE tokenizers (byte-level, or SentencePiece-style with "
+            f"byte_fallback) can be exported (this is {model.get('type')!r})"
+        )
+    if model.get("byte_fallback"):
+        kind, pre, add_space_prefix = "llama", "default", _sentencepiece_space_prefix(tok_json, model_dir)
+    else:
+        kind = "gpt2"
+        pre, add_space_prefix = _pre_tokenizer_name(tok_json.get("pre_tokenizer"), model_dir)
 
     by_id: dict[int, str] = {i: t for t, i in model["vocab"].items()}
     types: dict[int, int] = {i: _NORMAL for i in by_id}
+    if kind == "llama":
+        for i, token in by_id.items():
+            if _BYTE_TOKEN_RE.match(token):
+                types[i] = _BYTE
+        if model.get("unk_token") in model["vocab"]:
+            types[model["vocab"][model["unk_token"]]] = _UNKNOWN
     for added in tok_json.get("added_tokens") or []:
         by_id[added["id"]] = added["content"]
-        types[added["id"]] = _CONTROL if added.get("special") else _USER_DEFINED
+        if types.get(added["id"]) != _UNKNOWN:
+            types[added["id"]] = _CONTROL if added.get("special") else _USER_DEFINED
     if max(by_id) >= vocab_size:
         raise ModelError(
             f"{model_dir}: the tokenizer has token id {max(by_id)}, past the model's vocab_size {vocab_size}"
@@ -316,8 +336,12 @@ def _read_tokenizer(model_dir: Path, config: dict, vocab_size: int) -> dict:
     for i in range(vocab_size):  # ids the tokenizer never produces still need a row: llama.cpp pads them
         tokens.append(by_id.get(i, f"[PAD{i}]"))
         token_types.append(types.get(i, _UNUSED))
+    if kind == "llama" and _BYTE not in token_types:
+        raise ModelError(f"{model_dir}/tokenizer.json: byte_fallback without the <0x00>..<0xFF> byte tokens")
 
     merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges") or []]
+    if kind == "llama" and any(" " in part for m in model.get("merges") or [] if not isinstance(m, str) for part in m):
+        merges = []  # a piece with a real space cannot be written "left right": readers derive them from the scores
     ids = {t: i for i, t in by_id.items()}
     special: dict[str, int] = {}
     for key, (tok_key, config_key) in _SPECIAL_TOKENS.items():
@@ -327,11 +351,19 @@ def _read_tokenizer(model_dir: Path, config: dict, vocab_size: int) -> dict:
             token_id = config[config_key]
         if token_id is not None:
             special[key] = token_id
+    if kind == "llama" and "unk" not in special and model.get("unk_token") in ids:
+        special["unk"] = ids[model["unk_token"]]
     add_bos, add_eos = _post_processor_adds(tok_json.get("post_processor"))
     return {
+        "model": kind,
         "pre": pre,
         "add_space_prefix": add_space_prefix,
         "tokens": tokens,
+        # SentencePiece merges the adjacent pair whose union scores highest; a BPE with byte fallback
+        # learned its merges in vocabulary order, so -id ranks them as its merge list does (what a
+        # SentencePiece BPE model's own scores say; llama.cpp's converter writes -1000 for all of them
+        # when it has only tokenizer.json, which merges left to right instead).
+        "scores": [-float(i) if t == _NORMAL else 0.0 for i, t in enumerate(token_types)],
         "token_types": token_types,
         "merges": merges,
         "special": special,
@@ -339,6 +371,42 @@ def _read_tokenizer(model_dir: Path, config: dict, vocab_size: int) -> dict:
         "add_eos": bool(tok_config.get("add_eos_token", add_eos)),
         "chat_template": _chat_template(model_dir, tok_config),
     }
+
+
+def _sentencepiece_space_prefix(tok_json: dict, model_dir: Path) -> bool:
+    """llama.cpp's add_space_prefix for a BPE with byte fallback, if its normalizer and pre-tokenizer do only
+    what llama.cpp's SentencePiece tokenizer does: spell spaces "▁" (a Replace normalizer or Metaspace),
+    optionally put one "▁" in front (Llama 2's Prepend normalizer, Metaspace's prepend_scheme), and keep the
+    text whole (llama.cpp does not split it into words first). Gemma prepends nothing."""
+    norm, pre = tok_json.get("normalizer"), tok_json.get("pre_tokenizer")
+    steps = (norm.get("normalizers") or [] if norm.get("type") == "Sequence" else [norm]) if norm else []
+    escapes = prefix = False
+    for step in steps:
+        if step.get("type") == "Prepend" and step.get("prepend") == _SPACE:
+            prefix = True
+        elif step.get("type") == "Replace" and step.get("pattern") == {"String": " "} and step.get("content") == _SPACE:
+            escapes = True
+        else:
+            raise ModelError(
+                f"{model_dir}/tokenizer.json: normalizer {json.dumps(norm)[:200]} has no GGUF equivalent "
+                "(llama.cpp's SentencePiece tokenizer only turns spaces into ▁ and prepends one)"
+            )
+    if pre is None:
+        pass
+    elif pre.get("type") == "Metaspace" and pre.get("replacement") == _SPACE and not pre.get("split", True):
+        escapes = True
+        scheme = pre.get("prepend_scheme") or ("always" if pre.get("add_prefix_space", True) else "never")
+        prefix = prefix or scheme in ("always", "first")
+    elif pre.get("type") == "Split" and pre.get("pattern") == {"String": " "} and escapes:
+        pass  # Gemma's: the normalizer has already turned every space into ▁, so nothing is split
+    else:
+        raise ModelError(
+            f"{model_dir}/tokenizer.json: pre-tokenizer {json.dumps(pre)[:200]} has no GGUF equivalent "
+            "(llama.cpp's SentencePiece tokenizer does not split the text into words)"
+        )
+    if not escapes:
+        raise ModelError(f"{model_dir}/tokenizer.json: a byte-fallback BPE that does not spell spaces as ▁")
+    return prefix
 
 
 # --- writing ----------------------------------------------------------------------------------------
@@ -368,11 +436,16 @@ def _write_metadata(writer, gguf, config: dict, extra: dict, hp: dict, tok: dict
     file_type = gguf.LlamaFileType.MOSTLY_F16 if dtype == "f16" else gguf.LlamaFileType.ALL_F32
     writer.add_file_type(int(file_type))
 
-    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_model(tok["model"])
     writer.add_tokenizer_pre(tok["pre"])
     writer.add_token_list(tok["tokens"])
+    if tok["model"] == "llama":
+        writer.add_token_scores(tok["scores"])
     writer.add_token_types(tok["token_types"])
-    writer.add_token_merges(tok["merges"])
+    # llama.cpp's "llama" vocabulary tokenizes by the scores alone; transformers' reader takes these
+    # merges when they are there (it derives them from the scores otherwise)
+    if tok["merges"] or tok["model"] == "gpt2":
+        writer.add_token_merges(tok["merges"])
     setters = {
         "bos": writer.add_bos_token_id,
         "eos": writer.add_eos_token_id,
