@@ -15,10 +15,17 @@ from tunesmith.config.schema import SFTConfig
 from tunesmith.data.prepare import mix_replay, prepare_sft_data
 from tunesmith.errors import ConfigError
 from tunesmith.forgetting.guard import spread_subset
-from tunesmith.forgetting.measure import kl_and_nll_sums, measure_drift
+from tunesmith.forgetting.measure import (
+    base_statistics,
+    kl_and_nll_sums,
+    kl_and_nll_sums_from_stats,
+    measure_drift,
+    stats_from_logits,
+)
 from tunesmith.forgetting.probe import base_answers, load_probe, probe_examples
 from tunesmith.models import load_model
 from tunesmith.models.attention import packs_flat
+from tunesmith.models.forward import Head
 from tunesmith.recipes.sft import run_sft
 from tunesmith.train.metrics import read_metrics
 from tunesmith.train.order import step_indices
@@ -58,6 +65,21 @@ def test_kl_and_nll_by_hand():
     assert float(base_nll) == pytest.approx(-math.log(0.5) - math.log(0.9), abs=1e-6)
 
 
+def test_kl_from_the_base_statistics_equals_the_full_vocabulary_sums():
+    """m · h + p · b − logsumexp(z) = Σ p log q for z = W (h / scale) + b: the same three sums, from the tuned
+    side's hidden states alone."""
+    g = torch.Generator().manual_seed(0)
+    head = Head(torch.randn(50, 8, generator=g), torch.randn(50, generator=g), scale=2.0)
+    h_base, h_tuned = torch.randn(6, 8, generator=g), torch.randn(6, 8, generator=g)
+    targets = torch.randint(0, 50, (6,), generator=g)
+    expected = kl_and_nll_sums(head.logits(h_tuned), head.logits(h_base), targets)
+    stats = stats_from_logits(head.logits(h_base), head, targets)
+    got = kl_and_nll_sums_from_stats(h_tuned, head, stats, targets)
+    for e, x in zip(expected, got, strict=True):
+        assert float(x) == pytest.approx(float(e), rel=1e-5, abs=1e-5)
+    assert float(got[0]) > 0.1  # a real difference, measured the same way
+
+
 def test_spread_subset_keeps_the_ends_and_count():
     assert spread_subset(10, 0) == list(range(10))
     assert spread_subset(10, 20) == list(range(10))
@@ -87,6 +109,12 @@ def test_kl_is_zero_for_the_base_and_positive_after_a_change(tiny_dir, tokenizer
     assert moved["kl_to_base"] > 1e-4
     assert moved["probe_perplexity"] != pytest.approx(alone["probe_perplexity"], rel=1e-6)
     assert moved["base_probe_perplexity"] == pytest.approx(alone["probe_perplexity"], rel=1e-5)  # the adapter off
+    # the base's statistics stand in for its pass: the same three numbers from one forward, of the adapter model
+    stats = base_statistics(model, examples, tokenizer.pad_token_id, batch_size=4)
+    from_stats = measure_drift(model, examples, tokenizer.pad_token_id, base_stats=stats)
+    assert from_stats["kl_to_base"] == pytest.approx(moved["kl_to_base"], abs=1e-6)  # per token, after cancellation
+    for key in ("probe_perplexity", "base_probe_perplexity"):
+        assert from_stats[key] == pytest.approx(moved[key], rel=1e-5)
 
     # a model that attends per packed example reads a micro-batch as one row, the system prompt once: the
     # same numbers as one padded row per example
@@ -217,7 +245,9 @@ def test_guard_rail_warning_for_a_high_full_learning_rate(tmp_path, chat_file):
     assert cfg.guard_rail_warnings() == []
 
 
-def test_eval_command(tmp_path, chat_file, probe_file, capsys):
+def test_eval_command(tmp_path, chat_file, probe_file, capsys, tunesmith_home, tiny_dir, tokenizer):
+    from peft import PeftModel
+
     base = ["eval", "--model", "tiny-random-llama", "--probe", str(probe_file), "--precision", "fp32", "--json"]
     assert main(base + ["--data", str(chat_file)]) == 0
     alone = json.loads(capsys.readouterr().out)
@@ -227,6 +257,18 @@ def test_eval_command(tmp_path, chat_file, probe_file, capsys):
     tuned = json.loads(capsys.readouterr().out)
     assert tuned["kl_to_base"] > 0
     assert tuned["base_probe_perplexity"] == pytest.approx(alone["probe_perplexity"], rel=1e-5)
+    # the base's side came from one pass, cached: a second eval reads it back and gives the same numbers as
+    # the two forwards over the full vocabulary do
+    assert list((tunesmith_home / "probes").glob(f"{tiny_dir.name}-*-stats-fp32.safetensors"))
+    assert main(base + ["--adapter", str(result.output)]) == 0
+    assert json.loads(capsys.readouterr().out) == tuned
+    model = PeftModel.from_pretrained(load_model(tiny_dir, torch.device("cpu")), str(result.output))
+    items = load_probe(probe_file)
+    examples = probe_examples(tokenizer, items, [i.answer for i in items])
+    two_passes = measure_drift(model, examples, tokenizer.pad_token_id)
+    assert tuned["kl_to_base"] == pytest.approx(two_passes["kl_to_base"], abs=1e-6)
+    for key in ("probe_perplexity", "base_probe_perplexity"):
+        assert tuned[key] == pytest.approx(two_passes[key], rel=1e-5)
     assert main(base + ["--adapter", str(result.output), "--base", "tiny-random-llama"]) == 2
     assert "give one" in capsys.readouterr().err
 

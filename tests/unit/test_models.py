@@ -79,7 +79,7 @@ def test_the_cpu_isa_is_read_from_the_flags_and_capped_by_the_emulation_variable
 
     from tunesmith.models.load import cpu_isa
 
-    for name in ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY"):
+    for name in ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY", "MKL_ENABLE_INSTRUCTIONS"):
         monkeypatch.delenv(name, raising=False)
     sapphire_rapids = "processor : 0\nflags : fpu sse4_1 avx2 fma avx512f avx512bw avx512_bf16 amx_bf16 amx_tile\n"
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
@@ -96,3 +96,5 @@ def test_the_cpu_isa_is_read_from_the_flags_and_capped_by_the_emulation_variable
     monkeypatch.setenv("ATEN_CPU_CAPABILITY", "avx512")
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_BF16")
     assert cpu_isa(sapphire_rapids) == "avx512_bf16"
+    monkeypatch.setenv("MKL_ENABLE_INSTRUCTIONS", "AVX2")  # fp32 matmuls are MKL's: capped there too
+    assert cpu_isa(sapphire_rapids) == "avx2"

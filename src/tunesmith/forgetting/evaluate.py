@@ -1,6 +1,7 @@
 """`tunesmith eval`: drift from the base on the probe, and task metrics, for a base, an adapter or a model.
 
     model (+ adapter) and its base -> probe + the base's answers (cached) -> probe_perplexity, kl_to_base
+    (with an adapter, the base's statistics are cached too: one forward, of the adapter model, per eval)
     [task data] -> task_loss / task_perplexity on its assistant turns; when every reference answer is a
     JSON object, greedy answers scored by json_valid and per-field accuracy as well
 
@@ -78,9 +79,10 @@ def evaluate_model(
     """The numbers `tunesmith eval` prints; `progress`: bars for answering, measuring and task answers."""
     # heavy: deferred for CLI start-up
     from tunesmith.forgetting.guard import spread_subset
-    from tunesmith.forgetting.measure import measure_drift
-    from tunesmith.forgetting.probe import base_answers, load_probe, probe_examples
+    from tunesmith.forgetting.measure import base_statistics, measure_drift, shares_base_head
+    from tunesmith.forgetting.probe import base_answers, cached_base_stats, load_probe, probe_examples
     from tunesmith.models import resolve_model_dir
+    from tunesmith.models.forward import unwrap
     from tunesmith.models.inference import load_for_inference
     from tunesmith.models.load import autocast_dtype
 
@@ -107,7 +109,26 @@ def evaluate_model(
         "probe_prompts": len(examples),
     }
     label = "eval: drift on the probe" if progress else None
-    drift = measure_drift(tuned, examples, tokenizer.pad_token_id, base=reference, amp_dtype=amp, progress=label)
+    pad = tokenizer.pad_token_id
+    if adapter and shares_base_head(tuned):
+        # the base's side of the KL from its statistics, cached with its answers: one forward, of the tuned model
+        stats = cached_base_stats(
+            base_dir,
+            examples,
+            str(amp).removeprefix("torch.") if amp else "fp32",
+            lambda todo: base_statistics(
+                tuned,
+                todo,
+                pad,
+                amp_dtype=amp,
+                progress="eval: the base on the probe (once, cached)" if progress else None,
+            ),
+        )
+        if not getattr(unwrap(tuned), "is_quantized", False):
+            tuned.merge_adapter()  # W + BA once: the same function, without LoRA's extra matmuls per layer
+        drift = measure_drift(tuned, examples, pad, amp_dtype=amp, progress=label, base_stats=stats)
+    else:
+        drift = measure_drift(tuned, examples, pad, base=reference, amp_dtype=amp, progress=label)
     result.update(drift)
     result["probe_ppl_increase"] = result["probe_perplexity"] / result["base_probe_perplexity"] - 1.0
     if convs is not None:

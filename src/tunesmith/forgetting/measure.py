@@ -7,19 +7,30 @@
 The answers are the base's greedy replies, so the base scores its lowest perplexity on them and the KL of
 the base to itself is exactly 0. KL(base ‖ tuned) is large where the tuned model has lost mass on what
 the base would say: the forgetting we care about, not the new behaviour the fine-tune was meant to add.
+
+When the tuned model keeps the base's LM head (a LoRA adapter, which never wraps the head), the base's
+side of the KL needs no second forward: with z = W h + b the tuned logits and p the base's distribution,
+
+    Σ_v p_v log q_v = Σ_v p_v z_v − logsumexp(z) = m · h + p · b − logsumexp(z),    m = Wᵀ p  ([hidden])
+
+so four numbers per answer token from one base pass (`BaseStats`: m, Σ p log p, p · b, log p(y); m and
+p · b are stored relative to the answer token's row, for precision), cached
+with the base's answers, give the exact KL and both perplexities from the tuned pass alone.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
+from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from tunesmith.data.packing import collate_packed, collate_padded
 from tunesmith.data.templates import IGNORE, TokenizedExample
 from tunesmith.models.attention import packs_flat
-from tunesmith.models.forward import autocast, final_hidden
+from tunesmith.models.forward import Head, autocast, final_hidden, unwrap
 from tunesmith.progress import progress_bar
 
 
@@ -41,10 +52,88 @@ def kl_and_nll_sums(
     return kl, nll, base_nll
 
 
+@dataclass
+class BaseStats:
+    """What the KL needs of the base at each answer token of one example (module docstring): m = Wᵀ p
+    [n, hidden], Σ p log p [n], p · b [n] and log p(y) [n], in fp32."""
+
+    expected_embedding: torch.Tensor
+    neg_entropy: torch.Tensor
+    expected_bias: torch.Tensor
+    logp: torch.Tensor
+
+    FIELDS = ("expected_embedding", "neg_entropy", "expected_bias", "logp")
+
+    @staticmethod
+    def cat(stats: list[BaseStats]) -> BaseStats:
+        return BaseStats(*(torch.cat([getattr(s, f) for s in stats]) for f in BaseStats.FIELDS))
+
+    def rows(self, start: int, stop: int) -> BaseStats:
+        return BaseStats(*(getattr(self, f)[start:stop] for f in BaseStats.FIELDS))
+
+    def clone(self) -> BaseStats:
+        """A copy owning its memory (`rows` gives views of the batch's tensors)."""
+        return BaseStats(*(getattr(self, f).clone() for f in BaseStats.FIELDS))
+
+
+def kl_and_nll_sums_from_stats(
+    tuned_hidden: torch.Tensor, head: Head, base: BaseStats, targets: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The same three sums as `kl_and_nll_sums`, from the tuned model's head inputs h [N, H] and the base's
+    statistics at the same N positions, for a head z = W h + b (no soft-cap) the base shares:
+
+    KL(p ‖ q) = Σ p log p − Σ p log q,   Σ p log q = m · h + p · b + log q(y)   (m, p · b taken relative to y)
+    −log q(y) = logsumexp(z) − z_y,      −log p(y)
+    """
+    h = head.hidden(tuned_hidden).float()
+    z = F.linear(h, head.weight.float(), None if head.bias is None else head.bias.float())
+    log_q_y = z.gather(-1, targets[:, None])[:, 0] - torch.logsumexp(z, dim=-1)
+    relative = (base.expected_embedding.double() * h.double()).sum(-1) + base.expected_bias.double()
+    kl = (base.neg_entropy.double() - relative - log_q_y.double()).sum()
+    return kl.float(), -log_q_y.sum(), -base.logp.sum()
+
+
+def stats_from_logits(base_logits: torch.Tensor, head: Head, targets: torch.Tensor) -> BaseStats:
+    """BaseStats at N positions from the base's logits there [N, V]: p = softmax(z),
+
+    m = Σ_v p_v (w_v − w_y) = Wᵀ p − w_y,   p · b − b_y
+
+    taken relative to the target's row (the base's own greedy token), so that m · h is the small
+    Σ p z − z_y (a few nats), not two logit-sized numbers whose difference fp32 would blur."""
+    log_p = torch.log_softmax(base_logits.float(), dim=-1)
+    p = log_p.exp()
+    p = p / p.sum(-1, keepdim=True)  # fp32's logsumexp scales every p alike by ~1e-6: Σ p z would carry it whole
+    weight = head.weight.float()
+    bias = head.bias.float() if head.bias is not None else None
+    return BaseStats(
+        p @ weight - weight[targets],
+        (p * log_p).sum(-1),
+        p @ bias - bias[targets] if bias is not None else p.new_zeros(p.shape[0]),
+        log_p.gather(-1, targets[:, None])[:, 0],
+    )
+
+
+def shares_base_head(model: torch.nn.Module) -> bool:
+    """Whether the base's statistics give this model's KL exactly: a PEFT model whose adapters leave the LM
+    head a plain linear layer (LoRA's "all-linear" never targets it) with no soft-cap."""
+    if getattr(model, "disable_adapter", None) is None:
+        return False
+    head = unwrap(model).get_output_embeddings()
+    inner = unwrap(model)
+    text = getattr(inner.config, "get_text_config", lambda: inner.config)()
+    return type(head) is torch.nn.Linear and getattr(text, "final_logit_softcapping", None) is None
+
+
+def _answer_hidden(model: torch.nn.Module, batch, keep: torch.Tensor) -> tuple[torch.Tensor, Head]:
+    """The final hidden states at the trained (answer) positions only, [N, H], and the LM head."""
+    hidden, head = final_hidden(model, batch)
+    return hidden.reshape(-1, hidden.shape[-1])[keep], head
+
+
 def _answer_logits(model: torch.nn.Module, batch, keep: torch.Tensor) -> torch.Tensor:
     """Logits at the trained (answer) positions only: [N, V]."""
-    hidden, head = final_hidden(model, batch)
-    return head.logits(hidden.reshape(-1, hidden.shape[-1])[keep])
+    hidden, head = _answer_hidden(model, batch, keep)
+    return head.logits(hidden)
 
 
 def base_context(model: torch.nn.Module, base: torch.nn.Module | None):
@@ -65,6 +154,62 @@ def _switched_off(model):
         yield model
 
 
+def _answer_batches(model: torch.nn.Module, examples: list[TokenizedExample], pad_id: int, batch_size: int, bar):
+    """(batch, keep, targets, examples) per micro-batch, in eval mode: one packed row (the shared prompt prefix
+    once) where the model attends per packed example, padded rows otherwise; answer positions come out in
+    example order either way."""
+    device = next(model.parameters()).device
+    flat = packs_flat(model)
+    was_training = model.training
+    model.eval()
+    try:
+        for start in range(0, len(examples), batch_size):
+            some = examples[start : start + batch_size]
+            width = sum(len(e.input_ids) for e in some)  # one row
+            batch = collate_packed(some, width, pad_id, True, True) if flat else collate_padded(some, pad_id)
+            batch = batch.to(device)
+            keep = batch.targets.reshape(-1) != IGNORE
+            yield batch, keep, batch.targets.reshape(-1)[keep], some
+            bar.update(len(some))
+    finally:
+        model.train(was_training)
+        bar.close()
+
+
+@torch.no_grad()
+def base_statistics(
+    model: torch.nn.Module,
+    examples: list[TokenizedExample],
+    pad_id: int,
+    base: torch.nn.Module | None = None,
+    batch_size: int = 8,
+    amp_dtype: torch.dtype | None = None,
+    chunk: int = 1024,
+    progress: str | None = None,
+) -> list[BaseStats]:
+    """The base's `BaseStats` for each example (`base`, or `model` with its adapters switched off)."""
+    out: list[BaseStats] = []
+    bar = progress_bar(len(examples), progress, "prompt")
+    with base_context(model, base) as b:
+        for batch, keep, targets, some in _answer_batches(b, examples, pad_id, batch_size, bar):
+            device = batch.input_ids.device
+            with autocast(device, amp_dtype):
+                hidden, head = _answer_hidden(b, batch, keep)
+            hidden = hidden.float()  # the head in fp32 (m = Wᵀ p would lose digits in bf16)
+            stats = BaseStats.cat(
+                [
+                    stats_from_logits(head.logits(hidden[i : i + chunk]), head, targets[i : i + chunk])
+                    for i in range(0, targets.numel(), chunk)
+                ]
+            )
+            offsets = [0]
+            for e in some:  # answer positions come in example order (`_answer_batches`)
+                offsets.append(offsets[-1] + e.num_targets)
+            assert offsets[-1] == targets.numel()
+            out += [stats.rows(a, z).clone() for a, z in zip(offsets, offsets[1:])]
+    return out
+
+
 @torch.no_grad()
 def measure_drift(
     model: torch.nn.Module,
@@ -75,26 +220,32 @@ def measure_drift(
     amp_dtype: torch.dtype | None = None,
     chunk: int = 1024,
     progress: str | None = None,
+    base_stats: list[BaseStats] | None = None,
 ) -> dict[str, float]:
     """probe_perplexity, base_probe_perplexity and kl_to_base of `model` over `examples` (prompt + base
     answer, answer tokens trained). The base is `base`, or `model` with its adapters off; `base is model`
-    means "this is the base" and gives kl_to_base = 0 exactly without a second pass. A model that attends
-    per packed example reads each micro-batch as one row, a prompt prefix the examples share (the chat
-    template's system prompt) once. `progress`: a progress bar's label."""
-    device = next(model.parameters()).device
-    flat = packs_flat(model)
-    was_training = model.training
-    model.eval()
+    means "this is the base" and gives kl_to_base = 0 exactly without a second pass; `base_stats` (one per
+    example, from `base_statistics`, for a model that `shares_base_head`) stand in for the base's pass. A
+    model that attends per packed example reads each micro-batch as one row, a prompt prefix the examples
+    share (the chat template's system prompt) once. `progress`: a progress bar's label."""
     kl_sum, nll_sum, base_nll_sum, count = 0.0, 0.0, 0.0, 0
     bar = progress_bar(len(examples), progress, "prompt")
-    try:
-        for start in range(0, len(examples), batch_size):
-            some = examples[start : start + batch_size]
-            width = sum(len(e.input_ids) for e in some)  # one row
-            batch = collate_packed(some, width, pad_id, True, True) if flat else collate_padded(some, pad_id)
-            batch = batch.to(device)
-            keep = batch.targets.reshape(-1) != IGNORE
-            targets = batch.targets.reshape(-1)[keep]
+    done = 0
+    for batch, keep, targets, some in _answer_batches(model, examples, pad_id, batch_size, bar):
+        device = batch.input_ids.device
+        if base_stats is not None:
+            with autocast(device, amp_dtype):
+                hidden, head = _answer_hidden(model, batch, keep)
+            stats = BaseStats.cat(base_stats[done : done + len(some)])
+            if stats.logp.numel() != targets.numel():
+                raise ValueError("base statistics do not match these examples' answer tokens")
+            sums = [  # the head in fp32, as `base_statistics` applies it
+                kl_and_nll_sums_from_stats(
+                    hidden[i : i + chunk], head, stats.rows(i, i + chunk), targets[i : i + chunk]
+                )
+                for i in range(0, targets.numel(), chunk)
+            ]
+        else:
             with autocast(device, amp_dtype):
                 tuned = _answer_logits(model, batch, keep)
                 if base is model:
@@ -102,18 +253,16 @@ def measure_drift(
                 else:
                     with base_context(model, base) as b:
                         reference = _answer_logits(b, batch, keep)
-            for i in range(0, targets.numel(), chunk):  # [chunk, V] fp32 at a time
-                kl, nll, base_nll = kl_and_nll_sums(
-                    tuned[i : i + chunk], reference[i : i + chunk], targets[i : i + chunk]
-                )
-                kl_sum += float(kl)
-                nll_sum += float(nll)
-                base_nll_sum += float(base_nll)
-            count += int(targets.numel())
-            bar.update(len(some))
-    finally:
-        model.train(was_training)
-        bar.close()
+            sums = [  # [chunk, V] fp32 at a time
+                kl_and_nll_sums(tuned[i : i + chunk], reference[i : i + chunk], targets[i : i + chunk])
+                for i in range(0, targets.numel(), chunk)
+            ]
+        for kl, nll, base_nll in sums:
+            kl_sum += float(kl)
+            nll_sum += float(nll)
+            base_nll_sum += float(base_nll)
+        count += int(targets.numel())
+        done += len(some)
     if count == 0:
         raise ValueError("the probe has no answer tokens")
     return {

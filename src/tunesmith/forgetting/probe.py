@@ -11,14 +11,18 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from tunesmith.atomic import atomic_write_text
+import torch
+
+from tunesmith.atomic import atomic_write_bytes, atomic_write_text
 from tunesmith.data.formats import Conversation
 from tunesmith.data.prompts import load_prompt_file
 from tunesmith.data.templates import TokenizedExample, tokenize_conversations
 from tunesmith.errors import DataError
+from tunesmith.forgetting.measure import BaseStats
 from tunesmith.generation import generate_chat
 from tunesmith.models.inference import load_for_inference
 from tunesmith.models.registry import tunesmith_home
@@ -116,3 +120,31 @@ def probe_examples(tokenizer, items: list[ProbeItem], answers: list[str]) -> lis
         if answer.strip()
     ]
     return tokenize_conversations(tokenizer, convs)
+
+
+def _example_key(example: TokenizedExample) -> str:
+    """The token ids and which of them are scored: all that the base's statistics depend on, given the base."""
+    data = json.dumps([example.input_ids, example.labels]).encode()
+    return hashlib.sha256(data).hexdigest()[:24]
+
+
+def cached_base_stats(
+    model_dir: Path,
+    examples: list[TokenizedExample],
+    precision: str,
+    compute: Callable[[list[TokenizedExample]], list[BaseStats]],
+) -> list[BaseStats]:
+    """The base's `BaseStats` for each example, cached beside its answers per base and `precision` (the
+    autocast it ran under), keyed by the example's tokens; `compute` runs the base on the ones never seen."""
+    from safetensors.torch import load, save  # heavy: deferred with torch's
+
+    cache = _cache_file(model_dir)
+    cache = cache.with_name(f"{cache.stem}-stats-{precision}.safetensors")
+    known: dict[str, torch.Tensor] = load(cache.read_bytes()) if cache.is_file() else {}
+    keys = [_example_key(e) for e in examples]
+    todo = {k: e for k, e in zip(keys, examples) if f"{k}.logp" not in known}
+    if todo:
+        for k, stats in zip(todo, compute(list(todo.values()))):
+            known.update({f"{k}.{f}": getattr(stats, f).contiguous() for f in BaseStats.FIELDS})
+        atomic_write_bytes(cache, save(known))
+    return [BaseStats(*(known[f"{k}.{f}"] for f in BaseStats.FIELDS)) for k in keys]

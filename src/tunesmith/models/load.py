@@ -57,15 +57,18 @@ CPU_ISAS = {
     "avx512_bf16": ("AVX-512 BF16", {"avx512_bf16"}),
     "amx": ("AMX", {"amx_bf16", "amx_tile"}),  # and the kernel granting the tiles (_is_amx_tile_supported)
 }
-# the emulation caps (ONEDNN_MAX_CPU_ISA for oneDNN's matmuls, ATEN_CPU_CAPABILITY for ATen's vector kernels)
+# the emulation caps (ONEDNN_MAX_CPU_ISA for oneDNN's matmuls, ATEN_CPU_CAPABILITY for ATen's vector kernels,
+# MKL_ENABLE_INSTRUCTIONS for MKL's: fp32 torch.mm goes to MKL, which the other two leave on AVX-512)
 _ONEDNN_CAP = {"sse41": "baseline", "avx": "baseline", "avx2": "avx2", "avx2_vnni": "avx2", "avx2_vnni_2": "avx2"}
 _ONEDNN_CAP |= {"avx512_core": "avx512", "avx512_core_vnni": "avx512", "avx512_core_bf16": "avx512_bf16"}
 _ATEN_CAP = {"default": "baseline", "avx2": "avx2", "avx512": "amx"}  # ATen has no bf16 level of its own
+_MKL_CAP = {"sse4_2": "baseline", "avx": "baseline", "avx2": "avx2", "avx512": "avx512", "avx512_e1": "avx512"}
 
 
 def cpu_isa(cpuinfo: str | None = None) -> str:
     """The best of CPU_ISAS this CPU has (/proc/cpuinfo's flags; AMX only where the kernel grants its tiles),
-    capped by ONEDNN_MAX_CPU_ISA and ATEN_CPU_CAPABILITY, so that an emulated AVX2 machine says AVX2."""
+    capped by ONEDNN_MAX_CPU_ISA, ATEN_CPU_CAPABILITY and MKL_ENABLE_INSTRUCTIONS, so that an emulated AVX2
+    machine says AVX2."""
     if cpuinfo is None:
         try:
             cpuinfo = Path("/proc/cpuinfo").read_text()
@@ -80,6 +83,7 @@ def cpu_isa(cpuinfo: str | None = None) -> str:
     caps = [
         _ONEDNN_CAP.get(os.environ.get("ONEDNN_MAX_CPU_ISA", "").lower(), "amx"),
         _ATEN_CAP.get(os.environ.get("ATEN_CPU_CAPABILITY", "").lower(), "amx"),
+        _MKL_CAP.get(os.environ.get("MKL_ENABLE_INSTRUCTIONS", "").lower(), "amx"),
     ]
     return min([found, *caps], key=list(CPU_ISAS).index)
 
