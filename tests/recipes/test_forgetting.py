@@ -110,8 +110,8 @@ def test_kl_is_zero_for_the_base_and_positive_after_a_change(tiny_dir, tokenizer
     assert moved["probe_perplexity"] != pytest.approx(alone["probe_perplexity"], rel=1e-6)
     assert moved["base_probe_perplexity"] == pytest.approx(alone["probe_perplexity"], rel=1e-5)  # the adapter off
     # the base's statistics stand in for its pass: the same three numbers from one forward, of the adapter model
-    stats = base_statistics(model, examples, tokenizer.pad_token_id, batch_size=4)
-    from_stats = measure_drift(model, examples, tokenizer.pad_token_id, base_stats=stats)
+    stats = base_statistics(model, examples, tokenizer.pad_token_id)
+    from_stats = measure_drift(model, examples, tokenizer.pad_token_id, batch_size=4, base_stats=stats)  # 2 batches
     assert from_stats["kl_to_base"] == pytest.approx(moved["kl_to_base"], abs=1e-6)  # per token, after cancellation
     for key in ("probe_perplexity", "base_probe_perplexity"):
         assert from_stats[key] == pytest.approx(moved[key], rel=1e-5)

@@ -178,19 +178,14 @@ def _answer_batches(model: torch.nn.Module, examples: list[TokenizedExample], pa
 
 @torch.no_grad()
 def base_statistics(
-    model: torch.nn.Module,
-    examples: list[TokenizedExample],
-    pad_id: int,
-    base: torch.nn.Module | None = None,
-    batch_size: int = 8,
-    amp_dtype: torch.dtype | None = None,
-    chunk: int = 1024,
-    progress: str | None = None,
+    model: torch.nn.Module, examples: list[TokenizedExample], pad_id: int, amp_dtype=None, progress=None
 ) -> list[BaseStats]:
-    """The base's `BaseStats` for each example (`base`, or `model` with its adapters switched off)."""
+    """The base's `BaseStats` for each example: `model` (a PEFT model) with its adapters switched off, in
+    `measure_drift`'s micro-batches and chunks. `progress`: a progress bar's label."""
+    batch_size, chunk = 8, 1024
     out: list[BaseStats] = []
     bar = progress_bar(len(examples), progress, "prompt")
-    with base_context(model, base) as b:
+    with base_context(model, None) as b:
         for batch, keep, targets, some in _answer_batches(b, examples, pad_id, batch_size, bar):
             device = batch.input_ids.device
             with autocast(device, amp_dtype):
