@@ -231,6 +231,52 @@ def collate_shared_prefixes(examples: list[TokenizedExample], groups: list[tuple
     )
 
 
+def collate_groups(examples: list[TokenizedExample], group_size: int, pad_id: int, share_prompt: bool) -> Batch:
+    """Completions sampled `group_size` to a prompt (prompt-major, each example its prompt + completion).
+
+    `share_prompt` (a model with per-example attention, models/attention.py): one row in which each
+    group's prompt appears once and each completion continues it (`collate_shared_prefixes`):
+
+        row:        [ prompt p_0..p_P-2 | p_P-1 c1_1..c1_n | p_P-1 c2_1..c2_m | ... | next prompt ... ]
+        positions:    0 .. P-2            P-1 .. P-1+n       P-1 .. P-1+m
+
+    every token's hidden state what it is in its own sequence, with (K - 1)·(P - 1) fewer tokens per
+    group. Otherwise one completion per padded row. Example ids are the examples' indices either way.
+    """
+    if not share_prompt:
+        return collate_padded(examples, pad_id)
+    groups = []
+    for start in range(0, len(examples), group_size):
+        members = list(range(start, min(start + group_size, len(examples))))
+        lead = examples[start]
+        shared = min(shared_prefix_length(lead, examples[i]) for i in members)
+        groups.append((max(0, shared - 1), members))  # each member restarts from the last prompt token
+    return collate_shared_prefixes(examples, groups)
+
+
+def target_positions(batch: Batch, num_examples: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where each example's targets lie in the flattened batch, in order: `index` [num_examples, L] into
+    `batch.targets.reshape(-1)` and `mask` [num_examples, L] (L: the most targets any example has).
+
+    A per-token tensor laid out like the batch, read as `values.reshape(-1)[index]`, holds example i's
+    tokens in row i from column 0 on, whatever the layout (padded, packed, prompts shared): a loss that
+    works row by row sees the same inputs from each.
+    """
+    flat = batch.targets.reshape(-1)
+    where = (flat != IGNORE).nonzero().squeeze(1)  # ascending: an example's targets in their order
+    owner = batch.example_ids.reshape(-1)[where]
+    owner, order = torch.sort(owner, stable=True)
+    where = where[order]
+    counts = torch.bincount(owner, minlength=num_examples)
+    rank = torch.arange(len(where), device=flat.device) - (torch.cumsum(counts, 0) - counts)[owner]
+    width = max(1, int(counts.max()))
+    index = torch.zeros((num_examples, width), dtype=torch.long, device=flat.device)
+    mask = torch.zeros((num_examples, width), dtype=torch.bool, device=flat.device)
+    index[owner, rank] = where
+    mask[owner, rank] = True
+    return index, mask
+
+
 def collate(
     examples: list[TokenizedExample],
     packing: bool,

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, cast
 import torch
 import torch.nn.functional as F
 
-from tunesmith.data.packing import Batch
+from tunesmith.data.packing import Batch, target_positions
 from tunesmith.losses.sft import IGNORE, LinearLogps, sequence_logps, target_logps, token_nll_sum
 from tunesmith.models.attention import packs_flat
 from tunesmith.models.kernels import liger_target_logps, uses_liger
@@ -154,10 +154,18 @@ def batch_sequence_logps(
 
 
 def batch_token_logps(
-    model: torch.nn.Module, batch: Batch, amp_dtype: torch.dtype | None = None, temperature: float = 1.0
+    model: torch.nn.Module,
+    batch: Batch,
+    amp_dtype: torch.dtype | None = None,
+    temperature: float = 1.0,
+    num_examples: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """log π(y_t | y_<t) at every trained position, laid out like the batch: ([rows, T] fp32, bool mask),
     plus the final hidden states [rows, T, H] (a value head reads them).
+
+    With `num_examples`, laid out per example instead, whatever the batch's rows (padded, or completions
+    sharing their prompt's copy): row i holds example i's trained tokens from column 0 on
+    ([num_examples, L], mask, hidden [num_examples, L, H]; `data.packing.target_positions`).
 
     With a sampling temperature τ, π is softmax(logits / τ): the distribution the tokens were sampled
     from, so that policy ratios and KL estimates are taken under the policy that produced them."""
@@ -175,7 +183,11 @@ def batch_token_logps(
             linear_logps=head.fused_logps,
         )
     logps = torch.zeros(mask.shape, dtype=torch.float32, device=mask.device).masked_scatter(mask, logps.float())
-    return logps, mask, hidden
+    if num_examples is None:
+        return logps, mask, hidden
+    index, mask = target_positions(batch, num_examples)
+    logps = torch.where(mask, logps.reshape(-1)[index], 0.0)
+    return logps, mask, hidden.reshape(-1, hidden.shape[-1])[index]
 
 
 def batch_last_hidden(

@@ -22,17 +22,17 @@ from dataclasses import dataclass
 import torch
 
 from tunesmith.config.schema import GRPOConfig
-from tunesmith.data.packing import Batch, collate_padded
+from tunesmith.data.packing import Batch, collate_groups, target_positions
 from tunesmith.data.prompts import PromptRow, load_prompt_file
 from tunesmith.data.templates import TokenizedExample
 from tunesmith.errors import DataError
 from tunesmith.losses.grpo import grpo_loss, loss_denominator
-from tunesmith.losses.sft import IGNORE
 from tunesmith.models.forward import adapter_off, batch_token_logps, eval_mode
 from tunesmith.recipes import RECIPES
 from tunesmith.rollout.advantages import group_advantages
 from tunesmith.rollout.rewards import missing_reward_fields, parse_reward_specs, score_completions
 from tunesmith.rollout.sampling import completion_example, prompt_ids, rollout_seed, sample_prompts
+from tunesmith.train.model_setup import shares_prompts
 from tunesmith.train.order import step_indices
 from tunesmith.train.run import OnEvent, Run, RunResult, Say, finish_run, open_run, start_run
 from tunesmith.train.step import optimizer_step
@@ -64,8 +64,9 @@ class Rollout:
     """One micro-batch of prompts, whole groups: the completions as a batch and what training needs of them."""
 
     scored: Scored
-    batch: Batch  # prompt + completion, the completion's tokens trained
+    batch: Batch  # prompt + completion, the completion's tokens trained; each prompt once where the model allows
     advantages: torch.Tensor  # [completions]
+    mask: torch.Tensor  # [completions, tokens]: each completion's tokens from column 0, as log-probs come
     old_logp: torch.Tensor | None = None  # the sampling policy's, when epochs_per_step > 1
     ref_logp: torch.Tensor | None = None  # the base's, when kl_coef > 0
 
@@ -104,9 +105,12 @@ class Scorer:
         return totals, parts
 
 
-def rollout(run: Run[GRPOConfig], score: Scorer, rows: list[PromptRow], at_step: int, index: int) -> Rollout:
+def rollout(
+    run: Run[GRPOConfig], score: Scorer, rows: list[PromptRow], at_step: int, index: int, share_prompts: bool
+) -> Rollout:
     """K completions for each prompt of micro-batch `index` of the step, sampled with its own seed (the same
-    whichever process samples it), scored, with advantages normalised within each prompt's group."""
+    whichever process samples it), scored, with advantages normalised within each prompt's group; batched
+    for scoring with each prompt once and its K completions continuing it where `share_prompts`."""
     cfg, tokenizer, k = run.cfg, run.tokenizer, run.cfg.grpo.group_size
     seed = rollout_seed(cfg.train.seed, at_step, index)
     p_ids, completions = sample_prompts(
@@ -126,10 +130,12 @@ def rollout(run: Run[GRPOConfig], score: Scorer, rows: list[PromptRow], at_step:
     scored = Scored(
         [r.messages[-1]["content"] for r in group_rows], texts, [len(c) for c in completions], totals, parts
     )
+    batch = collate_groups(examples, k, tokenizer.pad_token_id, share_prompts).to(run.device)
     return Rollout(
         scored,
-        collate_padded(examples, tokenizer.pad_token_id).to(run.device),
+        batch,
         group_advantages(torch.tensor(totals), k, scale=cfg.grpo.loss_type != "dr_grpo").to(run.device),
+        target_positions(batch, len(examples))[1],
     )
 
 
@@ -168,21 +174,25 @@ def update(run: Run[GRPOConfig], mine: list[Rollout], n_seqs: int) -> tuple[dict
     """The policy update on this process's rollouts (epochs_per_step passes, an optimizer step each):
     the step's mean loss, clip fraction, KL and entropy estimate, and the last gradient norm."""
     g, model, amp, temperature = run.cfg.grpo, run.model, run.amp_dtype, run.cfg.sampling.temperature
+
+    def token_logps(r: Rollout) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        # per completion, [K·N, tokens], whether its batch shares the prompts or pads rows
+        return batch_token_logps(model, r.batch, amp, temperature, len(r.advantages))
+
     with torch.no_grad():
         for r in mine:
             if g.epochs_per_step > 1:  # later passes need the sampling policy's own log-probs
-                r.old_logp = batch_token_logps(model, r.batch, amp, temperature)[0]
+                r.old_logp = token_logps(r)[0]
             if g.kl_coef > 0:
                 with adapter_off(model):
-                    r.ref_logp = batch_token_logps(model, r.batch, amp, temperature)[0]
+                    r.ref_logp = token_logps(r)[0]
     sums: dict[str, float] = {"loss": 0.0, "clip_fraction": 0.0, "kl": 0.0, "entropy": 0.0}
     # what the step's loss divides by (completions, tokens, or completions x max tokens), over every process
-    masks = [r.batch.targets != IGNORE for r in mine]
-    denominator = run.dist.sum(loss_denominator(g.loss_type, masks, run.cfg.sampling.max_new_tokens))
+    denominator = run.dist.sum(loss_denominator(g.loss_type, [r.mask for r in mine], run.cfg.sampling.max_new_tokens))
     grad_norm = 0.0
     for epoch in range(g.epochs_per_step):
         for r in mine:
-            logp, mask, _ = batch_token_logps(model, r.batch, amp, temperature)
+            logp, mask, _ = token_logps(r)
             old = r.old_logp if r.old_logp is not None else logp.detach()  # one pass: ratio 1, grad of A·log π
             loss, stats = grpo_loss(
                 logp,
@@ -222,6 +232,7 @@ def run_grpo(cfg: GRPOConfig, say: Say = print, progress: bool = True, on_event:
     eval_prompts = load_prompt_file(cfg.data.eval) if cfg.data.eval else []
     score = Scorer(cfg, prompts + eval_prompts, run.device, run.tokenizer.pad_token_id)
     open_run(run, len(prompts))
+    share_prompts = shares_prompts(run.model, run.model_dir)  # scoring runs each prompt once per group
     samples_log = run.open_log("samples.jsonl")
     mbs, n_prompts = cfg.train.micro_batch_size, len(prompts)  # prompts per micro-batch, K completions each
     run.say(
@@ -240,7 +251,7 @@ def run_grpo(cfg: GRPOConfig, say: Say = print, progress: bool = True, on_event:
         n_seqs = len(rows) * g.group_size  # the step's completions, over all processes
         run.model.eval()  # sampling: no dropout; each process takes every N-th micro-batch of prompts
         mine = [
-            rollout(run, score, rows[start : start + mbs], run.step, index)
+            rollout(run, score, rows[start : start + mbs], run.step, index, share_prompts)
             for index, start in run.dist.share(list(enumerate(range(0, len(rows), mbs))))
         ]
         run.model.train()

@@ -19,7 +19,7 @@ from tunesmith.losses.sft import IGNORE
 from tunesmith.models import load_model
 from tunesmith.models.attention import packs_flat, pairs_in_positions
 from tunesmith.models.forward import batch_sequence_logps, decoder_layers, eval_mode, unwrap
-from tunesmith.models.load import fp32_weight_bytes, keep_4bit_differentiable, weight_bytes
+from tunesmith.models.load import fp32_weight_bytes, keep_4bit_differentiable, needs_remote_code, weight_bytes
 
 if TYPE_CHECKING:
     from peft import PeftModel
@@ -111,6 +111,15 @@ def row_layout_errors(model: torch.nn.Module) -> dict[str, float]:
             if not diff <= 1e-3 + 1e-4 * float(alone.abs().max()):  # summation order in fp32, nothing more
                 errors[name] = diff
     return errors
+
+
+def shares_prompts(model: torch.nn.Module, model_dir: Path) -> bool:
+    """Whether completions sampled from one prompt can continue one copy of it in a row (grpo's scoring,
+    `collate_groups`): models that attend per example; one with its own code (--trust-remote-code) only
+    where the probe finds those rows exact, else each completion keeps a padded row of its own."""
+    if not packs_flat(model):
+        return False
+    return not needs_remote_code(model_dir) or SHARED_PREFIX not in row_layout_errors(model)
 
 
 def check_row_layouts(model: torch.nn.Module, model_dir: Path, packing: bool, pair_rows: bool) -> None:
