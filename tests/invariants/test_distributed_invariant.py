@@ -139,7 +139,12 @@ def runs(tmp_path_factory) -> Path:
         [*ppo, "--out", str(root / "one-ppo")],
         [*full, "--max-steps", "2", "--out", str(root / "one-full")],
     ):
-        assert main(argv) == 0, argv
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # as each torchrun process runs (OMP_NUM_THREADS=1): the same matmul blocking
+        try:
+            assert main(argv) == 0, argv
+        finally:
+            torch.set_num_threads(threads)
     commands = [
         [*reward, "--out", str(root / "two-reward")],
         [*dpo, "--max-steps", "2", "--out", str(root / "two-dpo")],  # then resumed as two processes
