@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from tunesmith.data.templates import IGNORE, TokenizedExample
+from tunesmith.models.attention import has_sliding_window
 from tunesmith.models.forward import autocast
 
 
@@ -49,24 +50,57 @@ def sample_completions(
     for r, p in enumerate(prompts):  # left padding: generation continues from every row's right edge
         ids[r, width - len(p) :] = torch.tensor(p)
         mask[r, width - len(p) :] = 1
+    ids, mask = ids.to(device), mask.to(device)
     with autocast(device, amp_dtype):
+        if k > 1 and not has_sliding_window(model.config):
+            # each prompt pre-filled once, its KV cache repeated for its k samples: k-1 prompt forwards fewer
+            cache = prefilled_cache(model, ids, mask, k, max_new_tokens)
+            ids, mask, k_rows = ids.repeat_interleave(k, 0), mask.repeat_interleave(k, 0), 1
+            extra = {"past_key_values": cache, "disable_compile": True}
+        else:
+            k_rows, extra = k, {}
         out = model.generate(
-            input_ids=ids.to(device),
-            attention_mask=mask.to(device),
+            input_ids=ids,
+            attention_mask=mask,
             do_sample=True,
             temperature=temperature,
             top_p=top_p,
             top_k=None,
             max_new_tokens=max_new_tokens,
-            num_return_sequences=k,
+            num_return_sequences=k_rows,
             pad_token_id=pad_id,
             eos_token_id=eos_id,
+            **extra,
         )
     completions = []
     for row in out[:, width:].tolist():
         cut = row.index(eos_id) + 1 if eos_id in row else len(row)
         completions.append(row[:cut])
     return completions
+
+
+def prefilled_cache(model, ids: torch.Tensor, mask: torch.Tensor, k: int, max_new_tokens: int):
+    """A static KV cache for k samples of each left-padded prompt row: every row but its last token run once,
+    at the positions `generate` gives them (the count of real tokens before each), and repeated k times
+    (prompt-major), with room for `max_new_tokens`. `generate` then runs only the last prompt token of each
+    of the k·rows rows, and decodes them together."""
+    from transformers import DynamicCache, StaticCache  # heavy: deferred with transformers
+
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    prefix = DynamicCache(config=model.config)
+    model(
+        input_ids=ids[:, :-1],
+        attention_mask=mask[:, :-1],
+        position_ids=positions[:, :-1],
+        past_key_values=prefix,
+        use_cache=True,
+        logits_to_keep=1,
+    )
+    cache = StaticCache(config=model.config, max_cache_len=ids.shape[1] + max_new_tokens)
+    for i, layer in enumerate(prefix.layers):
+        keys, values = layer.keys, layer.values  # type: ignore[union-attr]
+        cache.update(keys.repeat_interleave(k, 0), values.repeat_interleave(k, 0), i)  # type: ignore[union-attr]
+    return cache
 
 
 def completion_example(prompt: list[int], completion: list[int], where: str) -> TokenizedExample:

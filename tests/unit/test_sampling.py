@@ -1,0 +1,93 @@
+"""Rollout sampling pre-fills each prompt once and repeats its KV cache for the group's K samples
+(rollout/sampling.py): the same distribution as `generate` with `num_return_sequences`, which pre-fills
+every prompt K times."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+import torch
+
+from tunesmith.models import load_model
+from tunesmith.rollout import sampling
+from tunesmith.rollout.sampling import prompt_ids, sample_completions
+
+# The tiny random model's logits are nearly flat (std 0.16): at this temperature a few tokens share most
+# of the mass, so a few hundred samples show the distribution.
+TEMPERATURE = 0.08
+
+
+@pytest.fixture(scope="module")
+def model_and_prompts(tiny_dir, tokenizer):
+    model = load_model(tiny_dir, torch.device("cpu"))
+    messages = [[{"role": "user", "content": "Say something."}], [{"role": "user", "content": "Hi " * 9}]]
+    prompts = [prompt_ids(tokenizer, m, 64) for m in messages]
+    assert len(prompts[0]) != len(prompts[1])  # rows of different lengths: left padding in the batch
+    return model, prompts
+
+
+def _sample(model, prompts, tokenizer, k, seed, temperature=TEMPERATURE, max_new_tokens=2):
+    return sample_completions(
+        model, prompts, k, temperature, 1.0, max_new_tokens, tokenizer.pad_token_id, -1, None, seed=seed
+    )
+
+
+def _plain(model, prompts, tokenizer, k, seed, temperature=TEMPERATURE, max_new_tokens=2):
+    """Plain `generate` sampling: left-padded prompts, num_return_sequences=k, no cache given."""
+    width = max(len(p) for p in prompts)
+    ids = torch.tensor([[tokenizer.pad_token_id] * (width - len(p)) + p for p in prompts])
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        out = model.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            do_sample=True,
+            temperature=temperature,
+            top_p=1.0,
+            top_k=None,
+            max_new_tokens=max_new_tokens,
+            num_return_sequences=k,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=-1,
+        )
+    return out[:, width:].tolist()
+
+
+def _total_variation(a: list[int], b: list[int], bins: int = 5) -> float:
+    """Total variation between two samples' frequencies of the `bins` tokens most common in both together,
+    the rest pooled as one outcome (a long tail of tokens seen once would make two samples of one
+    distribution look apart)."""
+    top = [t for t, _ in Counter(a + b).most_common(bins)]
+    ca, cb = (Counter(t if t in top else -1 for t in x) for x in (a, b))
+    return 0.5 * sum(abs(ca[t] / len(a) - cb[t] / len(b)) for t in [*top, -1])
+
+
+def test_prefilled_sampling_draws_what_plain_generate_draws(model_and_prompts, tokenizer):
+    model, prompts = model_and_prompts
+    k = 300
+    ours = _sample(model, prompts, tokenizer, k, seed=1)
+    theirs = _plain(model, prompts, tokenizer, k, seed=2)  # another seed: independent samples
+    hotter = _plain(model, prompts, tokenizer, k, seed=3, temperature=2 * TEMPERATURE)
+    for prompt in range(len(prompts)):
+        for position in range(2):  # the first token (the cache's last prompt position) and the next one
+            rows = range(prompt * k, (prompt + 1) * k)
+            a = [ours[r][position] for r in rows]
+            b = [theirs[r][position] for r in rows]
+            c = [hotter[r][position] for r in rows]
+            assert len(set(a)) > 1  # a distribution, not one token
+            # two samples of 300 from one distribution over 6 outcomes: TV ~0.05; the test tells another one apart
+            assert _total_variation(a, b) < 0.12, (prompt, position)
+            assert _total_variation(b, c) > 0.2, (prompt, position)
+
+
+def test_same_seed_same_samples_as_without_the_shared_prefill(model_and_prompts, tokenizer, monkeypatch):
+    """In fp32 the pre-filled cache holds what generate's own pre-fill computes: the same seed draws the same
+    tokens as the plain path (taken here by declaring the model windowed, where the pre-fill is not used)."""
+    model, prompts = model_and_prompts
+    ours = _sample(model, prompts, tokenizer, 4, seed=5, temperature=0.7, max_new_tokens=8)
+    monkeypatch.setattr(sampling, "has_sliding_window", lambda config: True)
+    plain = _sample(model, prompts, tokenizer, 4, seed=5, temperature=0.7, max_new_tokens=8)
+    assert ours == plain
+    assert len({tuple(c) for c in ours}) > 1
