@@ -1,4 +1,5 @@
-"""Scoring of one demo-sized GRPO micro-batch, padded rows against each prompt once (issue 20, requirement 2).
+"""Sampling and scoring of one demo-sized GRPO micro-batch: each prompt pre-filled once against K times, and
+scored in padded rows against once per group (issue 20, requirements 1 and 2).
 
 Run from the repository root (CPU, about a minute once the embedded model is cached):
 
@@ -10,7 +11,9 @@ completions of 24, 40, 56 and 64 random tokens, at temperature 0.7. Timed: the r
 adapter switched off, no gradient) and the policy's forward + backward, in each layout of `collate_groups`:
 padded rows (every completion repeats its prompt) and shared (the prompt once, its K completions continuing
 it). Both layouts are timed in alternation, `--rounds` times after one untimed warm-up each; the best round
-counts. The log-probs of the two layouts are compared as well. Writes
+counts. The log-probs of the two layouts are compared as well. Sampling (64 new tokens, the same 4 prompts,
+K = 4, one seed) is timed the same way with the prompt pre-filled once and its KV cache repeated for the K
+samples, and with `generate`'s own K pre-fills, and the two draws compared. Writes
 results/grpo_scoring-<date>-<host>-<precision>.json.
 """
 
@@ -45,7 +48,7 @@ def main() -> None:
     from tunesmith.models import load_tokenizer, resolve_model_dir
     from tunesmith.models.forward import adapter_off, batch_token_logps
     from tunesmith.models.load import autocast_dtype, cpu_description
-    from tunesmith.rollout.sampling import completion_example, prompt_ids
+    from tunesmith.rollout.sampling import completion_example, prompt_ids, sample_completions
     from tunesmith.train.model_setup import build_trainable_model
 
     device = torch.device("cpu")
@@ -77,14 +80,36 @@ def main() -> None:
         times = {"tokens": batch.input_ids.numel(), "reference_s": t1 - t0, "policy_s": t2 - t1, "total_s": t2 - t0}
         return times, logp.detach()
 
+    prompts_ids = [prompt_ids(tokenizer, row["messages"], 256) for row in rows]
+
+    def sample(once: bool) -> tuple[dict, list[list[int]]]:
+        model.eval()  # as the recipe samples: no dropout
+        t0 = time.perf_counter()
+        drawn = sample_completions(
+            model, prompts_ids, K, TEMPERATURE, 1.0, 64, tokenizer.pad_token_id, tokenizer.eos_token_id, amp, 0, once
+        )
+        model.train()
+        return {"sampling_s": time.perf_counter() - t0, "new_tokens": sum(map(len, drawn))}, drawn
+
     best: dict[str, dict] = {}
     logps: dict[str, torch.Tensor] = {}
+    draws: dict[str, list[list[int]]] = {}
+    for rnd in range(a.rounds + 1):
+        for name, once in (("pre-fill K times", False), ("pre-fill once", True)):
+            times, draws[name] = sample(once)
+            if rnd > 0 and (name not in best or times["sampling_s"] < best[name]["sampling_s"]):
+                best[name] = times
+    same = sum(x == y for x, y in zip(draws["pre-fill K times"], draws["pre-fill once"]))
     for rnd in range(a.rounds + 1):
         for name, share in (("padded", False), ("shared", True)):
             times, logps[name] = score(share)
             if rnd > 0 and (name not in best or times["total_s"] < best[name]["total_s"]):
                 best[name] = times
-    for name, t in best.items():
+    for name in ("pre-fill K times", "pre-fill once"):
+        print(f"sampling, {name:16s} {best[name]['sampling_s']:.2f} s ({best[name]['new_tokens']} new tokens)")
+    print(f"the same completions for the same seed: {same}/{len(draws['pre-fill once'])}")
+    for name in ("padded", "shared"):
+        t = best[name]
         print(
             f"{name:7s} tokens {t['tokens']:5d}  reference {t['reference_s']:.2f} s  "
             f"policy fwd+bwd {t['policy_s']:.2f} s  total {t['total_s']:.2f} s"
@@ -103,7 +128,9 @@ def main() -> None:
             "group_size": K,
             "completion_tokens": COMPLETION_TOKENS,
             "rounds": a.rounds,
-            "layouts": best,
+            "layouts": {name: best[name] for name in ("padded", "shared")},
+            "sampling": {name: best[name] for name in ("pre-fill K times", "pre-fill once")},
+            "same_completions": same,
             "speedup": speedup,
             "max_logp_diff": diff,
         },

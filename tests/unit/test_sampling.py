@@ -10,7 +10,6 @@ import pytest
 import torch
 
 from tunesmith.models import load_model
-from tunesmith.rollout import sampling
 from tunesmith.rollout.sampling import prompt_ids, sample_completions
 
 # The tiny random model's logits are nearly flat (std 0.16): at this temperature a few tokens share most
@@ -82,12 +81,12 @@ def test_prefilled_sampling_draws_what_plain_generate_draws(model_and_prompts, t
             assert _total_variation(b, c) > 0.2, (prompt, position)
 
 
-def test_same_seed_same_samples_as_without_the_shared_prefill(model_and_prompts, tokenizer, monkeypatch):
+def test_same_seed_same_samples_as_without_the_shared_prefill(model_and_prompts, tokenizer):
     """In fp32 the pre-filled cache holds what generate's own pre-fill computes: the same seed draws the same
-    tokens as the plain path (taken here by declaring the model windowed, where the pre-fill is not used)."""
+    tokens as generate's k pre-fills (`prefill_once=False`)."""
     model, prompts = model_and_prompts
     ours = _sample(model, prompts, tokenizer, 4, seed=5, temperature=0.7, max_new_tokens=8)
-    monkeypatch.setattr(sampling, "has_sliding_window", lambda config: True)
-    plain = _sample(model, prompts, tokenizer, 4, seed=5, temperature=0.7, max_new_tokens=8)
+    pad = tokenizer.pad_token_id
+    plain = sample_completions(model, prompts, 4, 0.7, 1.0, 8, pad, -1, None, seed=5, prefill_once=False)
     assert ours == plain
     assert len({tuple(c) for c in ours}) > 1

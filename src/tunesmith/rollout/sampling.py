@@ -34,16 +34,21 @@ def sample_completions(
     eos_id: int,
     amp_dtype,
     seed: int | None = None,
+    prefill_once: bool = True,
 ) -> list[list[int]]:
     """k sampled completions per prompt (prompt-major order), each cut after its first end-of-turn token.
 
     With `seed`, sampling draws from a generator seeded with it, and the global random state (dropout,
-    the rest of training) is left as it was."""
+    the rest of training) is left as it was. `prefill_once`: each prompt's KV cache computed once and
+    repeated for its k samples (`prefilled_cache`; not for a windowed model, whose cache transformers
+    keeps its own way), rather than `generate`'s k pre-fills of it."""
     device = next(model.parameters()).device
     if seed is not None:
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(seed)
-            return sample_completions(model, prompts, k, temperature, top_p, max_new_tokens, pad_id, eos_id, amp_dtype)
+            return sample_completions(
+                model, prompts, k, temperature, top_p, max_new_tokens, pad_id, eos_id, amp_dtype, None, prefill_once
+            )
     width = max(len(p) for p in prompts)
     ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(prompts), width), dtype=torch.long)
@@ -52,7 +57,7 @@ def sample_completions(
         mask[r, width - len(p) :] = 1
     ids, mask = ids.to(device), mask.to(device)
     with autocast(device, amp_dtype):
-        if k > 1 and not has_sliding_window(model.config):
+        if prefill_once and k > 1 and not has_sliding_window(model.config):
             # each prompt pre-filled once, its KV cache repeated for its k samples: k-1 prompt forwards fewer
             cache = prefilled_cache(model, ids, mask, k, max_new_tokens)
             ids, mask, k_rows = ids.repeat_interleave(k, 0), mask.repeat_interleave(k, 0), 1
