@@ -14,8 +14,9 @@ from tunesmith.cli import main
 from tunesmith.config.schema import SFTConfig
 from tunesmith.data.prepare import mix_replay, prepare_sft_data
 from tunesmith.errors import ConfigError
-from tunesmith.forgetting.guard import spread_subset
+from tunesmith.forgetting.guard import ForgettingGuard, spread_subset
 from tunesmith.forgetting.measure import (
+    base_perplexity,
     base_statistics,
     kl_and_nll_sums,
     kl_and_nll_sums_from_stats,
@@ -122,6 +123,31 @@ def test_kl_is_zero_for_the_base_and_positive_after_a_change(tiny_dir, tokenizer
     assert packs_flat(packed)
     packed_alone = measure_drift(packed, examples, tokenizer.pad_token_id, base=packed)
     assert packed_alone["probe_perplexity"] == pytest.approx(alone["probe_perplexity"], rel=1e-5)
+
+
+def test_the_guard_measures_lora_in_one_forward_with_the_same_numbers(tiny_dir, tokenizer, probe_file):
+    """With an adapter the guard runs the base once, at its start; its later measurements (one forward) give
+    what two forwards give."""
+    from peft import LoraConfig, get_peft_model
+
+    model = get_peft_model(load_model(tiny_dir, torch.device("cpu")), LoraConfig(r=4, target_modules="all-linear"))
+    cfg = _cfg(tiny_dir.parent, "unused", probe_file, probe_file, every=1)
+    guard = ForgettingGuard(
+        cfg.forgetting, model, tokenizer, tiny_dir, "lora", torch.device("cpu"), None, lambda s: None
+    )
+    assert guard.stats is not None and len(guard.stats) == len(guard.examples)
+    assert guard.base_perplexity == pytest.approx(
+        base_perplexity(model, guard.examples, tokenizer.pad_token_id), rel=1e-5
+    )
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)
+    measured = guard.measure(model, 1)
+    two_forwards = measure_drift(model, guard.examples, tokenizer.pad_token_id)
+    assert measured["kl_to_base"] > 1e-4
+    assert measured["kl_to_base"] == pytest.approx(two_forwards["kl_to_base"], abs=1e-6)
+    assert measured["probe_perplexity"] == pytest.approx(two_forwards["probe_perplexity"], rel=1e-5)
 
 
 def test_base_answers_are_generated_once_and_cached(tiny_dir, tmp_path, tunesmith_home):

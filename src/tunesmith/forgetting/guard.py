@@ -7,16 +7,19 @@
     end:     over budget -> the last weights within budget become the result
 
 The base is the same model with its adapters switched off (lora/qlora: no extra memory); full
-fine-tuning keeps a frozen copy of the base for the measurement.
+fine-tuning keeps a frozen copy of the base for the measurement. With an adapter the base runs once, at the
+start: its statistics on the probe (forgetting.measure.BaseStats) stand in for its pass at every later
+measurement, which is then one forward, of the model being trained.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
 
-from tunesmith.forgetting.measure import base_perplexity, measure_drift
+from tunesmith.forgetting.measure import BaseStats, base_perplexity, base_statistics, measure_drift, shares_base_head
 from tunesmith.forgetting.probe import base_answers, load_probe, probe_examples
 from tunesmith.models import load_model
 
@@ -48,9 +51,16 @@ class ForgettingGuard:
         answers = base_answers(items, model_dir, say=say)
         self.examples = probe_examples(tokenizer, items, answers)
         self.base: torch.nn.Module | None = None
+        self.stats: list[BaseStats] | None = None
         if method == "full":
             self.base = load_model(model_dir, device).eval().requires_grad_(False)
-        self.base_perplexity = base_perplexity(model, self.examples, self.pad_id, self.base, amp_dtype)
+            self.base_perplexity = base_perplexity(model, self.examples, self.pad_id, self.base, amp_dtype)
+        elif shares_base_head(model):
+            self.stats = base_statistics(model, self.examples, self.pad_id, amp_dtype)
+            logp = torch.cat([s.logp for s in self.stats])
+            self.base_perplexity = math.exp(-float(logp.double().mean()))
+        else:
+            self.base_perplexity = base_perplexity(model, self.examples, self.pad_id, None, amp_dtype)
         self.kept_step = 0
         self.kept = self._snapshot(model)
         self.stop_reason: str | None = None
@@ -76,7 +86,9 @@ class ForgettingGuard:
 
     def measure(self, model, step: int) -> dict[str, float]:
         """The drift of `model` now; checks the budget and remembers the weights when within it."""
-        m = measure_drift(model, self.examples, self.pad_id, base=self.base, amp_dtype=self.amp_dtype)
+        m = measure_drift(
+            model, self.examples, self.pad_id, base=self.base, amp_dtype=self.amp_dtype, base_stats=self.stats
+        )
         m["probe_ppl_increase"] = m["probe_perplexity"] / self.base_perplexity - 1.0
         over = []
         if self.opts.max_kl is not None and m["kl_to_base"] > self.opts.max_kl:
