@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from tunesmith.data.packing import collate_packed, collate_padded
 from tunesmith.data.templates import IGNORE, TokenizedExample
 from tunesmith.models.attention import packs_flat
-from tunesmith.models.forward import Head, autocast, final_hidden, unwrap
+from tunesmith.models.forward import Head, autocast, final_hidden, lm_head, unwrap
 from tunesmith.progress import progress_bar
 
 
@@ -118,10 +118,7 @@ def shares_base_head(model: torch.nn.Module) -> bool:
     head a plain linear layer (LoRA's "all-linear" never targets it) with no soft-cap."""
     if getattr(model, "disable_adapter", None) is None:
         return False
-    head = unwrap(model).get_output_embeddings()
-    inner = unwrap(model)
-    text = getattr(inner.config, "get_text_config", lambda: inner.config)()
-    return type(head) is torch.nn.Linear and getattr(text, "final_logit_softcapping", None) is None
+    return type(unwrap(model).get_output_embeddings()) is torch.nn.Linear and lm_head(model).softcap is None
 
 
 def _answer_hidden(model: torch.nn.Module, batch, keep: torch.Tensor) -> tuple[torch.Tensor, Head]:
