@@ -10,7 +10,7 @@ import torch
 from tests.conftest import chat_rows
 from tests.families.tiny import FAMILIES, WINDOW, build_tiny
 from tunesmith.data.formats import Conversation, parse_row
-from tunesmith.data.packing import collate_packed, collate_padded, collate_shared_prompt
+from tunesmith.data.packing import collate_packed, collate_padded, collate_pair_prompts
 from tunesmith.data.templates import tokenize_conversations
 from tunesmith.losses.sft import IGNORE
 from tunesmith.models import load_model
@@ -91,9 +91,7 @@ def test_dpo_rows_equal_separate_sequences(family, family_dirs, tokenizer):
     chosen, rejected = [t.chosen for t in tokenized], [t.rejected for t in tokenized]
     with torch.no_grad():
         alone, counts_a = batch_sequence_logps(model, collate_padded(chosen + rejected, tokenizer.pad_token_id), 6)
-        shared, counts_b = batch_sequence_logps(
-            model, collate_shared_prompt(chosen, rejected, tokenizer.pad_token_id, flat=True), 6
-        )
+        shared, counts_b = batch_sequence_logps(model, collate_pair_prompts(chosen, rejected), 6)
     assert min(len(e.input_ids) for e in chosen) > 2 * WINDOW
     assert counts_a.tolist() == counts_b.tolist()
     torch.testing.assert_close(alone, shared, atol=1e-4, rtol=1e-5)

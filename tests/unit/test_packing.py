@@ -146,7 +146,7 @@ def test_shared_prompt_rows_give_each_sequence_its_own_logps(tiny_dir):
     two separate padded sequences (including a completion pair that shares its first tokens)."""
     import torch
 
-    from tunesmith.data.packing import collate_padded, collate_shared_prompt, shared_prefix_length
+    from tunesmith.data.packing import collate_padded, collate_pair_prompts, collate_shared_prompt, shared_prefix_length
     from tunesmith.data.templates import IGNORE, TokenizedExample
     from tunesmith.models import load_model
     from tunesmith.models.forward import batch_sequence_logps
@@ -166,7 +166,11 @@ def test_shared_prompt_rows_give_each_sequence_its_own_logps(tiny_dir):
     with torch.no_grad():
         expected, n_exp = batch_sequence_logps(model, collate_padded(chosen + rejected, 0), 6)
         got, n_got = batch_sequence_logps(model, shared, 6)
-        flat, n_flat = batch_sequence_logps(model, collate_shared_prompt(chosen, rejected, 0, flat=True), 6)
+        one_row = collate_pair_prompts(chosen, rejected)
+        flat, n_flat = batch_sequence_logps(model, one_row, 6)
+    # one row, no padding: each prompt but its last token once, both replies restarting from that token
+    assert one_row.input_ids.shape == (1, (3 + 4 + 3) + (1 + 6 + 2) + (4 + 2 + 5))
+    assert one_row.num_tokens == shared.num_tokens == 30
     assert torch.equal(n_exp, n_got)
     assert torch.allclose(got, expected, atol=1e-5), (got, expected)
     assert torch.equal(n_exp, n_flat) and torch.allclose(flat, expected, atol=1e-5), (flat, expected)

@@ -101,7 +101,7 @@ class PreferenceDataConfig:
     packing: bool = opt(
         False,
         "--packing",
-        "pack the micro-batch's sequences into one row instead of one row per pair with the prompt computed once",
+        "pack the micro-batch's sequences into one row, each with its own prompt, instead of each pair's prompt once",
     )
 
     def check(self) -> None:

@@ -14,7 +14,7 @@ example's own tokens attend to that copy (`prefix_groups`, `collate_shared_prefi
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -295,9 +295,7 @@ def shared_prefix_length(a: TokenizedExample, b: TokenizedExample) -> int:
     return common_untrained(a.input_ids, trained_from(a), b.input_ids, trained_from(b))
 
 
-def collate_shared_prompt(
-    chosen: list[TokenizedExample], rejected: list[TokenizedExample], pad_id: int, flat: bool = False
-) -> Batch:
+def collate_shared_prompt(chosen: list[TokenizedExample], rejected: list[TokenizedExample], pad_id: int) -> Batch:
     """One row per pair: the prompt once, then the chosen reply, then the rejected reply.
 
         row:       [ prompt p_0..p_P-1 | chosen c_1..c_C | p_P-1 r_1..r_R ]
@@ -307,11 +305,9 @@ def collate_shared_prompt(
     The rejected segment restarts from a copy of the last prompt token (whose output predicts r_1)
     and sees the shared prompt but never the chosen reply, so every token's hidden state is exactly
     what it would be in its own sequence, while the prompt (often half the tokens) is computed once.
-    Example ids: chosen i -> i, rejected i -> n + i, as in collate([*chosen, *rejected]).
-
-    `flat` (a model with per-example attention, models/attention.py): no mask at all, the positions say
-    it, since a segment whose positions restart at P-1 continues the first P-1 tokens of its row's first
-    segment; this is also what keeps a sliding window exact, which a custom 4-D mask would override.
+    Example ids: chosen i -> i, rejected i -> n + i, as in collate([*chosen, *rejected]). Rows are padded
+    to the longest pair, and the 4-D mask makes attention cost (and keep for backward) width² per row:
+    for models without per-example attention; the others take `collate_pair_prompts`.
     """
     n = len(chosen)
     starts = [max(0, shared_prefix_length(c, r) - 1) for c, r in zip(chosen, rejected)]
@@ -321,7 +317,7 @@ def collate_shared_prompt(
     targets = torch.full((n, width), IGNORE, dtype=torch.long)
     positions = torch.zeros((n, width), dtype=torch.long)
     owner = torch.full((n, width), -1, dtype=torch.long)
-    mask = None if flat else torch.tril(torch.ones(width, width, dtype=torch.bool)).repeat(n, 1, 1)
+    mask = torch.tril(torch.ones(width, width, dtype=torch.bool)).repeat(n, 1, 1)
     for b, (c, r, s) in enumerate(zip(chosen, rejected, starts)):
         lc, lr = len(c.input_ids), len(r.input_ids) - s
         ids[b, :lc] = torch.tensor(c.input_ids)
@@ -332,18 +328,31 @@ def collate_shared_prompt(
         targets[b, lc : lc + lr] = torch.tensor(shifted_targets(r.labels)[s:])
         positions[b, lc : lc + lr] = torch.arange(s, s + lr)
         owner[b, lc : lc + lr] = n + b
-        if mask is None:
-            continue
         mask[b, lc:, s:lc] = (
             False  # the rejected reply never sees the chosen one (nor the prompt copy it restarts from)
         )
         pad = torch.arange(lc + lr, width)
         mask[b, pad, :] = False
         mask[b, pad, pad] = True  # padding attends to itself only (no empty softmax rows)
-    real = sum(lengths)
-    return Batch(
-        ids, targets, positions, None if mask is None else mask[:, None], real, int((targets != IGNORE).sum()), owner
-    )
+    return Batch(ids, targets, positions, mask[:, None], sum(lengths), int((targets != IGNORE).sum()), owner)
+
+
+def collate_pair_prompts(chosen: list[TokenizedExample], rejected: list[TokenizedExample]) -> Batch:
+    """n pairs in one row, no padding, each pair's prompt once and both replies continuing it, for a model
+    with per-example attention (models/attention.py; `collate_shared_prefixes` with a group per pair):
+
+        row:        [ prompt p_0..p_P-2 | p_P-1 c_1..c_C | p_P-1 r_1..r_R | next pair's prompt ... ]
+        positions:    0 .. P-2            P-1 .. P-1+C     P-1 .. P-1+R     0 ..
+
+    Every token's hidden state is what it is in its own sequence, and attention costs Σ segment² rather
+    than `collate_shared_prompt`'s rows padded to the longest pair; the positions carry the layout, which
+    also keeps a sliding window exact. Example ids: chosen i -> i, rejected i -> n + i; num_tokens counts
+    the tokens the row holds, as `collate_shared_prompt`'s do (each prompt once).
+    """
+    n = len(chosen)
+    groups = [(max(0, shared_prefix_length(c, r) - 1), [i, n + i]) for i, (c, r) in enumerate(zip(chosen, rejected))]
+    row = collate_shared_prefixes(chosen + rejected, groups)
+    return replace(row, num_tokens=row.input_ids.shape[1])
 
 
 def collate_pairs(
@@ -353,13 +362,15 @@ def collate_pairs(
     max_length: int,
     pad_id: int,
     flat: bool = False,
-    in_positions: bool = False,
 ) -> Batch:
     """Both sides of n pairs for one forward; example ids: chosen i -> i, rejected i -> n + i.
 
-    Default: one row per pair with the prompt computed once (its layout in position ids rather than a
-    mask when `in_positions`); `packing`: the 2n sequences packed into rows.
+    Default: each pair's prompt computed once, in one row with no padding for a model with per-example
+    attention (`flat`: `collate_pair_prompts`), else one padded row per pair under a 4-D mask
+    (`collate_shared_prompt`); `packing`: the 2n sequences packed into rows.
     """
     if packing:
         return collate_packed(chosen + rejected, max_length, pad_id, flat)
-    return collate_shared_prompt(chosen, rejected, pad_id, in_positions)
+    if flat:
+        return collate_pair_prompts(chosen, rejected)
+    return collate_shared_prompt(chosen, rejected, pad_id)

@@ -246,8 +246,9 @@ def pairs_in_positions(model: torch.nn.Module) -> bool:
     """Whether a preference row (prompt once, both replies) must carry its layout in position ids rather
     than a custom 4-D mask: models with a sliding window (transformers applies a caller's 4-D mask as it
     is, window or not) or eager soft-capped attention (which adds masks, and a bool one would be wrong).
-    Other models keep the 4-D mask: one batched attention call per layer, ~15% faster on the CPU than
-    a call per segment. A model that needs it but cannot attend per example is refused."""
+    A model that needs it but cannot attend per example is refused. (Every model that attends per example
+    takes its pairs in one flat row anyway, `data.packing.collate_pair_prompts`: no padding to the longest
+    pair, and no width² attention kept per row for backward.)"""
     config = _config(model)
     needs = has_sliding_window(config) or getattr(config, "_attn_implementation", None) == NAME_EAGER
     if needs and not packs_flat(model):

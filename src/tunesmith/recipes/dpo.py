@@ -69,8 +69,8 @@ def pair_forward(
 ) -> Forward:
     """Chosen and rejected sequences in ONE forward.
 
-    Default: one row per pair with the prompt computed once (`collate_shared_prompt`); with packing,
-    the 2n sequences packed into one row (`collate_packed`). Both give each sequence its own exact log-prob.
+    Default: each pair's prompt computed once (`collate_pairs`: one flat row, or a row per pair); with
+    packing, the 2n sequences packed into one row (`collate_packed`). Both give each sequence its own exact log-prob.
     """
     batch = collate_pairs_for(
         model, [p.chosen for p in pairs], [p.rejected for p in pairs], packing, max_length, pad_id

@@ -34,8 +34,11 @@ def collate_pairs_for(
     max_length: int,
     pad_id: int,
 ):
-    """`collate_pairs` in the row layout this model's attention takes (flat positions, pairs in positions)."""
-    return collate_pairs(chosen, rejected, packing, max_length, pad_id, packs_flat(model), pairs_in_positions(model))
+    """`collate_pairs` in the row layout this model's attention takes: one flat row where it attends per
+    example, else padded pair rows under a 4-D mask, which a model whose pairs need their layout in
+    positions (a sliding window, soft-capped attention) cannot take: `pairs_in_positions` refuses it."""
+    pairs_in_positions(model)
+    return collate_pairs(chosen, rejected, packing, max_length, pad_id, packs_flat(model))
 
 
 def human_bytes(n: int) -> str:
