@@ -17,7 +17,7 @@ side runs in its own fresh subprocess, which reports its peak RSS (ru_maxrss). p
 their wall seconds; tokens/s = non-padding tokens of the timed steps (prompt+chosen and prompt+rejected, each with
 the model's chat template and truncated to 128 tokens; counted once here) / the same seconds (TRL: a TrainerCallback
 from on_step_begin to on_step_end; tunesmith: `step_s` in its metrics.jsonl). tunesmith runs in its default
-layout (one row per pair, the prompt computed once: fewer tokens computed than counted here) and, in an extra row
+layout (the pairs in one row, each prompt computed once: fewer tokens computed than counted here) and, in an extra row
 with each of the --extra flags (default --packing; bench/run.py asks for --compile). Prints a table and writes bench/results/dpo_vs_trl-<date>-<host>.json (see --results-dir).
 """
 
@@ -336,7 +336,7 @@ def main() -> None:
                 table.append(r)
                 if not packing:
                     notes.append(
-                        f"{name}: one row per pair with the prompt computed once: "
+                        f"{name}: each pair's prompt computed once: "
                         f"{r['tokens_computed_share']:.0%} of the sequence tokens went through the model"
                     )
                 if not r["tokens_match_harness"] or not r["pairs_match"]:

@@ -1,5 +1,5 @@
-"""What the bench scripts share: child processes that report their peak RSS, timed rows and their ratios,
-tunesmith's data order, result files, and the matmul peak and model FLOPs that MFU needs.
+"""What the bench scripts share: child processes that report their peak RSS (and trace it by phase), timed rows and
+their ratios, tunesmith's data order, result files, and the matmul peak and model FLOPs that MFU needs.
 
 Not a benchmark. The scripts import it as a sibling module (`from harness import ...`), which works because
 `python bench/<script>.py` puts bench/ first on sys.path.
@@ -16,6 +16,7 @@ import resource
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -34,9 +35,136 @@ def default_model_dir() -> str:
     return p.stdout.strip().splitlines()[-1]
 
 
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def rss_parts() -> dict:
+    """This process's resident memory now, in MB, by what backs it (/proc/self/smaps): anonymous memory (the
+    heap: tensors, Python objects, allocator caches), *.safetensors files mapped (weights read in place),
+    shared libraries, and other files."""
+    parts = dict(anonymous_mb=0.0, safetensors_mb=0.0, libraries_mb=0.0, other_files_mb=0.0)
+    key = "anonymous_mb"
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            head = line.split(maxsplit=6)
+            if len(head) >= 5 and "-" in head[0] and ":" in head[3]:  # a mapping's first line
+                path = head[5].strip() if len(head) > 5 else ""
+                key = (
+                    "anonymous_mb"
+                    if not path.startswith("/")
+                    else "safetensors_mb"
+                    if path.endswith(".safetensors")
+                    else "libraries_mb"
+                    if ".so" in path
+                    else "other_files_mb"
+                )
+            elif head[0] == "Rss:":
+                parts[key] += int(head[1]) / 1024
+    return parts
+
+
+class RssTrace:
+    """Samples this process's RSS every `interval` seconds in a thread, and what the training loop is doing
+    (`phase`: setup until the first forward, then forward / backward / optimizer step, marked by global torch
+    hooks that both sides run through), as segments of consecutive samples in one phase with their start, end
+    and highest RSS. At the first forward and at each new high it also reads what backs the RSS (rss_parts).
+    A sampled trace: a peak shorter than the interval shows in ru_maxrss (emit) but not here."""
+
+    def __init__(self, interval: float = 0.02):
+        import torch
+        from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
+
+        self.phase, self.depth, self.interval, self.segments = "setup", 0, interval, []
+        self.first_forward: dict | None = None
+        self.at_peak: dict = {}
+        self.done = threading.Event()
+        self.hooks = [
+            torch.nn.modules.module.register_module_forward_pre_hook(self._enter_forward),
+            torch.nn.modules.module.register_module_forward_hook(self._leave_forward),
+            register_optimizer_step_pre_hook(lambda *a: self._set("optimizer step")),
+            register_optimizer_step_post_hook(lambda *a: self._set("other")),
+        ]
+        self.backward = backward = torch.autograd.backward  # Tensor.backward calls it by this name
+
+        def traced_backward(*args, **kw):
+            self._set("backward")
+            try:
+                return backward(*args, **kw)
+            finally:
+                self._set("other")
+
+        torch.autograd.backward = traced_backward
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _set(self, phase: str) -> None:
+        self.phase = phase
+
+    def _enter_forward(self, module, args) -> None:
+        if self.depth == 0:
+            if self.first_forward is None:
+                self.first_forward = dict(rss_mb=self._rss(), **rss_parts())
+            self._set("forward")
+        self.depth += 1
+
+    def _leave_forward(self, module, args, out) -> None:
+        self.depth -= 1
+        if self.depth == 0:
+            self._set("other")
+
+    @staticmethod
+    def _rss() -> float:
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * PAGE / 2**20
+
+    def _run(self) -> None:
+        high, read_at = 0.0, 0.0
+        while not self.done.is_set():
+            rss, phase = self._rss(), self.phase
+            # a new high: what backs it (reading smaps takes milliseconds: at most every 0.2 s, so the parts
+            # are those of a sample within 32 MB or 0.2 s of the traced peak)
+            if rss > high + 32 and time.perf_counter() - read_at > 0.2:
+                high, read_at = rss, time.perf_counter()
+                self.at_peak = dict(rss_mb=rss, phase=phase, **rss_parts())
+            if self.segments and self.segments[-1]["phase"] == phase:
+                seg = self.segments[-1]
+                seg["end_mb"], seg["max_mb"] = rss, max(seg["max_mb"], rss)
+            else:
+                start = self.segments[-1]["end_mb"] if self.segments else rss
+                self.segments.append(dict(phase=phase, start_mb=start, end_mb=rss, max_mb=max(start, rss)))
+            time.sleep(self.interval)
+
+    def stop(self) -> None:
+        """Ends the sampling and takes the hooks out."""
+        import torch
+
+        self.done.set()
+        self.thread.join()
+        for hook in self.hooks:
+            hook.remove()
+        torch.autograd.backward = self.backward
+
+    def summary(self) -> dict:
+        """Per phase: the RSS it added and kept (sum over its segments of end - start) and the most it rose
+        above its start at once; what backed the RSS when the first forward began (all but activations:
+        imports, weights, data) and at the traced peak."""
+        phases: dict[str, dict] = {}
+        for s in self.segments:
+            p = phases.setdefault(s["phase"], dict(kept_mb=0.0, transient_mb=0.0))
+            p["kept_mb"] += s["end_mb"] - s["start_mb"]
+            p["transient_mb"] = max(p["transient_mb"], s["max_mb"] - s["start_mb"])
+        return dict(phases=phases, first_forward=self.first_forward, peak=self.at_peak)
+
+
+TRACE: RssTrace | None = None
+
+
 def emit(obj: dict) -> None:
-    """Child side: peak RSS of this process, then one JSON line, the last on stdout."""
+    """Child side: peak RSS of this process (and its traced phases), then one JSON line, the last on stdout."""
     obj["maxrss_kib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    if TRACE is not None:  # stopped first: a sampling thread left running at exit aborts the interpreter
+        TRACE.stop()
+        obj["rss_trace"] = TRACE.summary()
     print(json.dumps(obj), flush=True)
 
 
@@ -81,7 +209,10 @@ def side_by_side_parser(doc: str, data: str, extra: str, extra_help: str) -> arg
 
 
 def child_side(a, child_trl, tunesmith_argv) -> None:
-    """Child side of a side-by-side bench: the TRL side (child_trl(a)) or the tunesmith command (its argv)."""
+    """Child side of a side-by-side bench: the TRL side (child_trl(a)) or the tunesmith command (its argv),
+    with its RSS traced (RssTrace) from the start."""
+    global TRACE
+    TRACE = RssTrace()  # imports torch: its import counts as setup
     if a.child == "trl":
         return child_trl(a)
     child_tunesmith(tunesmith_argv(a.model, a.data, a.steps, a.seed, a.out, json.loads(a.flags)))
@@ -243,6 +374,7 @@ def tunesmith_row(
         losses=[r.get("loss") for r in recs],
         child_wall_s=wall,
         threads=res["threads"],
+        rss_trace=res.get("rss_trace"),
         **extra,
     )
     return side, recs

@@ -6,7 +6,7 @@ Run from the repository root (CPU, about a minute):
 
 Builds what `tunesmith sft` trains in bench/run.py's SFT job: SmolLM2-135M-Instruct in fp32 (per-example
 attention), PEFT LoRA r16 / alpha 32 / dropout 0 on all linear layers, the first 8 examples of the demo's
-support data that keep part of their reply when cut to --max-length, loss on the assistant replies,
+support data (--data: another file's) that keep part of their reply when cut to --max-length, loss on the assistant replies,
 packed as `tunesmith sft` packs them (their shared system prompt once; --no-shared-prefix: once per
 example). It runs two untimed steps (the compile, with --compile), times three,
 then profiles one and prints the operators by self CPU time, and the share of the step that `aten::mm`
@@ -28,6 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--max-length", type=int, default=128)
+    ap.add_argument("--data", default=str(ROOT / "src/tunesmith/demo/data/support_train.jsonl"), help="SFT JSONL")
     ap.add_argument("--compile", action="store_true", help="compile the decoder layers as --compile does")
     ap.add_argument("--rows", type=int, default=25, help="operators to list")
     ap.add_argument("--by-shape", action="store_true", help="also list the operators by input shape")
@@ -60,7 +61,7 @@ def main() -> None:
         compile_layers(model)
     model.train()
     examples = []
-    for e in tokenize_conversations(tokenizer, load_sft_file(ROOT / "src/tunesmith/demo/data/support_train.jsonl")):
+    for e in tokenize_conversations(tokenizer, load_sft_file(Path(a.data))):
         e.input_ids, e.labels = e.input_ids[: a.max_length], e.labels[: a.max_length]  # --overlength truncate
         if any(t != -100 for t in e.labels[1:]) and len(examples) < 8:  # as the bench: rows left with a reply
             examples.append(e)

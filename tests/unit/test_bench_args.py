@@ -41,3 +41,53 @@ def test_mfu_counts_a_shared_prefix_once_for_the_rows_that_share_it(tiny_dir, mo
     both = run.step_flops("dpo-lora", dpo, c, shape, {})
     once = run.step_flops("dpo-lora", dpo, c, shape, {"shares_prompt": True})
     assert once[0] == pytest.approx(both[0] - run.sft_flops(c, shape, 49, 0) - run.reference_flops(c, shape, 49, 0))
+
+
+def test_short_data_family_has_the_shapes_it_names(monkeypatch):
+    """bench/data_family.py: short chats with no system prompt, mixed lengths spread over the range the
+    issue names, multi-turn chats of 2-4 exchanges, and DPO pairs whose prompt is the chat before its last
+    reply; the same seed gives the same rows."""
+    fam = _script("data_family", monkeypatch)
+    count = lambda text: len(text.split())  # noqa: E731 (a word count stands in for the tokenizer)
+    short = fam.sft_rows("short", 40, 0, count)
+    assert all([m["role"] for m in r["messages"]] == ["user", "assistant"] for r in short)
+    mixed = [sum(count(m["content"]) for m in r["messages"]) for r in fam.sft_rows("mixed", 200, 0, count)]
+    assert min(mixed) < 10 and max(mixed) > 300  # openers of a word or two, and pasted pages
+    turns = {len(r["messages"]) // 2 for r in fam.sft_rows("multiturn", 60, 0, count)}
+    assert turns == {2, 3, 4}
+    for kind in fam.KINDS:
+        chats, pairs = fam.sft_rows(kind, 20, 3, count), fam.dpo_rows(kind, 20, 3, count)
+        assert chats == fam.sft_rows(kind, 20, 3, count) and pairs == fam.dpo_rows(kind, 20, 3, count)
+        for chat, pair in zip(chats, pairs):
+            assert pair["prompt"][-1]["role"] == "user" and len(pair["prompt"]) == len(chat["messages"]) - 1
+            assert pair["chosen"] != pair["rejected"]
+    with pytest.raises(ValueError, match="unknown kind"):
+        fam.sft_rows("long", 1, 0, count)
+
+
+def test_rss_trace_names_the_training_phases(monkeypatch):
+    """harness.RssTrace: setup until the first forward, then forward, backward and the optimizer step,
+    each seen by the sampler; the RSS at the first forward broken down by what backs it."""
+    import time
+
+    import torch
+
+    harness = _script("harness", monkeypatch)
+    trace = harness.RssTrace(interval=0.001)
+    time.sleep(0.05)
+    model = torch.nn.Sequential(torch.nn.Linear(256, 256), torch.nn.Linear(256, 1))
+    opt = torch.optim.AdamW(model.parameters())
+    slow = lambda *a: time.sleep(0.05)  # noqa: E731 (each phase lasts long enough to be sampled)
+    model[0].register_forward_hook(slow)
+    model[0].weight.register_hook(lambda g: slow())
+    opt.register_step_pre_hook(slow)
+    model(torch.randn(8, 256)).sum().backward()
+    opt.step()
+    time.sleep(0.05)
+    trace.stop()
+    s = trace.summary()
+    assert ["setup", "forward", "backward", "optimizer step"] == [p for p in s["phases"] if p != "other"]
+    parts = s["first_forward"]
+    assert parts["anonymous_mb"] > 0 and parts["libraries_mb"] > 0
+    assert abs(parts["rss_mb"] - sum(v for k, v in parts.items() if k != "rss_mb")) < 0.05 * parts["rss_mb"]
+    assert torch.autograd.backward is trace.backward  # stop() put it back
