@@ -1,8 +1,9 @@
 """The short-data family (issue 20): SFT chats and DPO pairs without a long shared prompt, built from the demo's
 tone data, for `bench/family.py`.
 
-Not a benchmark. Each dataset is a pure function of its seed and the demo data (customer messages, a good and a
-bad reply to each), written as JSONL in the formats tunesmith and TRL both read:
+Not a benchmark (`python bench/data_family.py sft multiturn 96 out.jsonl` writes one dataset). Each dataset
+is a pure function of its seed and the demo data (customer messages, a good and a bad reply to each),
+written as JSONL in the formats tunesmith and TRL both read:
 
   short       one user message, one reply, no system prompt of its own (the model's chat template may add
               its default one, as it would for a user's data): ~60-100 tokens.
@@ -105,3 +106,26 @@ def dpo_rows(kind: str, n: int, seed: int, count) -> list[dict]:
 def write(path: str | Path, rows: list[dict]) -> str:
     Path(path).write_text("".join(json.dumps(r) + "\n" for r in rows))
     return str(path)
+
+
+def main() -> None:
+    """`python bench/data_family.py sft multiturn 96 out.jsonl`: one dataset of the family, as family.py builds it."""
+    import argparse
+
+    from harness import default_model_dir
+    from transformers import AutoTokenizer
+
+    ap = argparse.ArgumentParser(description=main.__doc__)
+    ap.add_argument("job", choices=["sft", "dpo"])
+    ap.add_argument("kind", choices=KINDS)
+    ap.add_argument("n", type=int)
+    ap.add_argument("out")
+    ap.add_argument("--seed", type=int, default=0)
+    a = ap.parse_args()
+    tok = AutoTokenizer.from_pretrained(default_model_dir())
+    rows = (sft_rows if a.job == "sft" else dpo_rows)(a.kind, a.n, a.seed, lambda text: len(tok(text)["input_ids"]))
+    print(f"wrote {write(a.out, rows)}")
+
+
+if __name__ == "__main__":
+    main()

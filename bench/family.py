@@ -2,7 +2,7 @@
 
 Run from the repository root (CPU; about 45 minutes on 2 cores for all six jobs):
 
-    PYTHONPATH=src python bench/family.py [--jobs sft-short,...] [--steps 6] [--suffix -avx2]
+    PYTHONPATH=src python bench/family.py [--jobs sft-short,...] [--steps 6] [--suffix=-avx2]
 
 Each job runs `sft_vs_trl.py` or `dpo_vs_trl.py` (their harness, settings and checks; tunesmith at its
 defaults, TRL at its fastest correct setting: no gradient checkpointing, no packing) on one dataset of
@@ -143,7 +143,7 @@ def main() -> None:
     ap.add_argument("--jobs", default=",".join(JOBS), help=f"comma-separated, of {', '.join(JOBS)}")
     ap.add_argument("--steps", type=int, default=6, help="optimizer steps per side (the first is not timed)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--suffix", default="", help="added to the results' file names (e.g. -avx2)")
+    ap.add_argument("--suffix", default="", help="added to the results' file names (e.g. --suffix=-avx2)")
     ap.add_argument("--results-dir", default=str(ROOT / "bench/results"))
     ap.add_argument("--render", metavar="JSON", help="print the tables of a results file of this script; run nothing")
     a = ap.parse_args()

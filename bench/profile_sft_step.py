@@ -3,6 +3,7 @@
 Run from the repository root (CPU, about a minute):
 
     PYTHONPATH=src python bench/profile_sft_step.py [--max-length 128] [--compile] [--no-shared-prefix] [--rows 25] [--bf16] [--by-shape]
+                                                  [--data FILE] [--saved]
 
 Builds what `tunesmith sft` trains in bench/run.py's SFT job: SmolLM2-135M-Instruct in fp32 (per-example
 attention), PEFT LoRA r16 / alpha 32 / dropout 0 on all linear layers, the first 8 examples of the demo's
@@ -10,7 +11,8 @@ support data (--data: another file's) that keep part of their reply when cut to 
 packed as `tunesmith sft` packs them (their shared system prompt once; --no-shared-prefix: once per
 example). It runs two untimed steps (the compile, with --compile), times three,
 then profiles one and prints the operators by self CPU time, and the share of the step that `aten::mm`
-takes with its achieved GFLOP/s against a 4096² fp32 matmul measured here.
+takes with its achieved GFLOP/s against a 4096² fp32 matmul measured here. `--saved` first counts what
+one forward keeps for backward (the activations, without the weights it saves by reference).
 """
 
 from __future__ import annotations
@@ -32,6 +34,9 @@ def main() -> None:
     ap.add_argument("--compile", action="store_true", help="compile the decoder layers as --compile does")
     ap.add_argument("--rows", type=int, default=25, help="operators to list")
     ap.add_argument("--by-shape", action="store_true", help="also list the operators by input shape")
+    ap.add_argument(
+        "--saved", action="store_true", help="also count the activations autograd keeps for backward (MB, MB/token)"
+    )
     ap.add_argument("--bf16", action="store_true", help="bf16 autocast, as precision auto picks on AMX")
     ap.add_argument(
         "--no-shared-prefix",
@@ -71,6 +76,8 @@ def main() -> None:
     def step() -> None:
         batch_nll_sum(model, batch, torch.bfloat16 if a.bf16 else None).backward()
 
+    if a.saved:
+        print(json.dumps(saved_activations(model, batch), indent=1))
     for _ in range(2):
         step()
     times = []
@@ -118,6 +125,31 @@ def main() -> None:
             indent=1,
         )
     )
+
+
+def saved_activations(model, batch) -> dict:
+    """What one forward keeps for backward: the distinct storages autograd saves (saved_tensors_hooks),
+    less the model's own weights, which it saves by reference."""
+    from tunesmith.models.forward import batch_nll_sum
+
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    seen: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in params:
+            seen[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = batch_nll_sum(model, batch)
+    del loss
+    mb = sum(seen.values()) / 2**20
+    return {
+        "saved_activations_mb": round(mb, 1),
+        "row_tokens": batch.input_ids.numel(),
+        "mb_per_token": round(mb / batch.input_ids.numel(), 3),
+    }
 
 
 if __name__ == "__main__":
