@@ -13,8 +13,9 @@ padded rows (every completion repeats its prompt) and shared (the prompt once, i
 it). Both layouts are timed in alternation, `--rounds` times after one untimed warm-up each; the best round
 counts. The log-probs of the two layouts are compared as well. Sampling (64 new tokens, the same 4 prompts,
 K = 4, one seed) is timed the same way with the prompt pre-filled once and its KV cache repeated for the K
-samples, and with `generate`'s own K pre-fills, and the two draws compared. Writes
-results/grpo_scoring-<date>-<host>-<precision>.json.
+samples (decoded together, each row leaving the batch at its end of turn), and with `generate`'s own K
+pre-fills (every row decoded to the longest), and the two draws compared (`--sampling-data`: other
+prompts for this part). Writes results/grpo_scoring-<date>-<host>-<precision>[-<sampling data name>].json.
 """
 
 from __future__ import annotations
@@ -39,6 +40,11 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--precision", default="auto")
     ap.add_argument("--results", default=str(Path(__file__).with_name("results")))
+    ap.add_argument(
+        "--sampling-data",
+        help="JSONL whose first 4 rows' `prompt` (or `messages` but the last) are sampled instead of the demo's "
+        "(e.g. src/tunesmith/demo/data/tone_train.jsonl: replies that end before 64 tokens)",
+    )
     a = ap.parse_args()
 
     from tunesmith.config.schema import GRPOConfig
@@ -80,7 +86,11 @@ def main() -> None:
         times = {"tokens": batch.input_ids.numel(), "reference_s": t1 - t0, "policy_s": t2 - t1, "total_s": t2 - t0}
         return times, logp.detach()
 
-    prompts_ids = [prompt_ids(tokenizer, row["messages"], 256) for row in rows]
+    sampled = rows
+    if a.sampling_data:
+        lines = Path(a.sampling_data).read_text().splitlines()[:PROMPTS]
+        sampled = [{"messages": r.get("prompt") or r["messages"][:-1]} for r in map(json.loads, lines)]
+    prompts_ids = [prompt_ids(tokenizer, row["messages"], 256) for row in sampled]
 
     def sample(once: bool) -> tuple[dict, list[list[int]]]:
         model.eval()  # as the recipe samples: no dropout
@@ -130,12 +140,13 @@ def main() -> None:
             "rounds": a.rounds,
             "layouts": {name: best[name] for name in ("padded", "shared")},
             "sampling": {name: best[name] for name in ("pre-fill K times", "pre-fill once")},
+            "sampling_prompts": a.sampling_data or "the demo's extraction prompts",
             "same_completions": same,
             "speedup": speedup,
             "max_logp_diff": diff,
         },
         a.results,
-        f"-{str(amp).removeprefix('torch.') if amp else 'fp32'}",
+        f"-{str(amp).removeprefix('torch.') if amp else 'fp32'}{'-' + Path(a.sampling_data).stem if a.sampling_data else ''}",
     )
 
 

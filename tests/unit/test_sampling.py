@@ -1,6 +1,6 @@
 """Rollout sampling pre-fills each prompt once and repeats its KV cache for the group's K samples
-(rollout/sampling.py): the same distribution as `generate` with `num_return_sequences`, which pre-fills
-every prompt K times."""
+(rollout/sampling.py) and decodes the rows together, each leaving the batch at its end of turn: the same
+distribution as `generate` with `num_return_sequences`, which pre-fills every prompt K times."""
 
 from __future__ import annotations
 
@@ -90,3 +90,25 @@ def test_same_seed_same_samples_as_without_the_shared_prefill(model_and_prompts,
     plain = sample_completions(model, prompts, 4, 0.7, 1.0, 8, pad, -1, None, seed=5, prefill_once=False)
     assert ours == plain
     assert len({tuple(c) for c in ours}) > 1
+
+
+def test_a_row_leaves_the_batch_at_its_end_of_turn(model_and_prompts, tokenizer):
+    """`decode` drops each row at its first end-of-turn token: the steps after it run the other rows only,
+    and its completion ends there."""
+    model, prompts = model_and_prompts
+    # at temperature 1 the tiny model's draws are all but uniform over its vocabulary: the first row's
+    # second token, made the end of turn, is drawn by no other row in the first two steps
+    plain = _sample(model, prompts, tokenizer, 3, seed=0, temperature=1.0, max_new_tokens=4)
+    end = plain[0][1]
+    assert all(end not in row[:2] for row in plain[1:]) and plain[0][0] != end
+    widths: list[int] = []
+    hook = model.register_forward_pre_hook(
+        lambda m, args, kw: widths.append(kw["input_ids"].shape[0]), with_kwargs=True
+    )
+    try:
+        out = sample_completions(model, prompts, 3, 1.0, 1.0, 4, tokenizer.pad_token_id, end, None, seed=0)
+    finally:
+        hook.remove()
+    assert out[0] == plain[0][:2]  # the same draws until the row ended, and nothing after its end
+    assert [row[:2] for row in out[1:]] == [row[:2] for row in plain[1:]]
+    assert widths[:3] == [2, 6, 6] and widths[3] == 5  # pre-fill, two steps of 6 rows, then 5

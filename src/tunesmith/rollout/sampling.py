@@ -40,8 +40,9 @@ def sample_completions(
 
     With `seed`, sampling draws from a generator seeded with it, and the global random state (dropout,
     the rest of training) is left as it was. `prefill_once`: each prompt's KV cache computed once and
-    repeated for its k samples (`prefilled_cache`; not for a windowed model, whose cache transformers
-    keeps its own way), rather than `generate`'s k pre-fills of it."""
+    repeated for its k samples (`prefilled_cache`), and the rows decoded by `decode`, which drops each
+    one as it ends, rather than `generate`'s k pre-fills and decoding every row to the longest (a windowed
+    model, whose cache transformers keeps its own way, always takes `generate`)."""
     device = next(model.parameters()).device
     if seed is not None:
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
@@ -57,13 +58,11 @@ def sample_completions(
         mask[r, width - len(p) :] = 1
     ids, mask = ids.to(device), mask.to(device)
     with autocast(device, amp_dtype):
-        if prefill_once and k > 1 and not has_sliding_window(model.config):
+        if prefill_once and not has_sliding_window(model.config):
             # each prompt pre-filled once, its KV cache repeated for its k samples: k-1 prompt forwards fewer
             cache = prefilled_cache(model, ids, mask, k, max_new_tokens)
-            ids, mask, k_rows = ids.repeat_interleave(k, 0), mask.repeat_interleave(k, 0), 1
-            extra = {"past_key_values": cache, "disable_compile": True}
-        else:
-            k_rows, extra = k, {}
+            ids, mask = ids.repeat_interleave(k, 0), mask.repeat_interleave(k, 0)
+            return decode(model, cache, ids, mask, temperature, top_p, max_new_tokens, eos_id)
         out = model.generate(
             input_ids=ids,
             attention_mask=mask,
@@ -72,16 +71,57 @@ def sample_completions(
             top_p=top_p,
             top_k=None,
             max_new_tokens=max_new_tokens,
-            num_return_sequences=k_rows,
+            num_return_sequences=k,
             pad_token_id=pad_id,
             eos_token_id=eos_id,
-            **extra,
         )
     completions = []
     for row in out[:, width:].tolist():
         cut = row.index(eos_id) + 1 if eos_id in row else len(row)
         completions.append(row[:cut])
     return completions
+
+
+def decode(model, cache, ids: torch.Tensor, mask: torch.Tensor, temperature: float, top_p: float, n: int, eos_id: int):
+    """Up to n tokens sampled after each left-padded row of `ids`, whose tokens but the last are in `cache`
+    (`prefilled_cache`), all rows decoded together; a row leaves the batch (and the cache) at its first
+    `eos_id`, so no step computes a finished row. Each step draws as `generate(do_sample=True)` does:
+    temperature, then top-p, with transformers' own warpers, then one multinomial draw per row."""
+    from transformers.generation.logits_process import TemperatureLogitsWarper, TopPLogitsWarper  # heavy
+
+    warpers = [TemperatureLogitsWarper(temperature)] + ([TopPLogitsWarper(top_p)] if top_p < 1.0 else [])
+    rows = torch.arange(ids.shape[0], device=ids.device)  # the rows still decoding, as indices into ids
+    out: list[list[int]] = [[] for _ in range(ids.shape[0])]
+    last, positions = ids[:, -1:], mask.sum(-1, keepdim=True) - 1
+    for step in range(n):
+        logits = (
+            model(
+                input_ids=last,
+                attention_mask=mask,
+                position_ids=positions,
+                past_key_values=cache,
+                cache_position=torch.tensor([ids.shape[1] - 1 + step], device=ids.device),
+                use_cache=True,
+            )
+            .logits[:, -1]
+            .float()
+        )
+        for warp in warpers:
+            logits = warp(last, logits)
+        tokens = torch.multinomial(torch.softmax(logits, dim=-1), num_samples=1)  # [rows, 1]
+        for r, t in zip(rows.tolist(), tokens[:, 0].tolist()):
+            out[r].append(t)
+        going = tokens[:, 0] != eos_id
+        if not bool(going.any()) or step == n - 1:
+            break
+        if not bool(going.all()):  # finished rows leave the batch and the cache
+            keep = going.nonzero().squeeze(1)
+            rows, tokens, mask, positions = rows[keep], tokens[keep], mask[keep], positions[keep]
+            for layer in cache.layers:
+                layer.keys, layer.values = layer.keys[keep], layer.values[keep]
+        last, positions = tokens, positions + 1
+        mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
+    return out
 
 
 def prefilled_cache(model, ids: torch.Tensor, mask: torch.Tensor, k: int, max_new_tokens: int):
