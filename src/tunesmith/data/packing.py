@@ -306,8 +306,8 @@ def collate_shared_prompt(chosen: list[TokenizedExample], rejected: list[Tokeniz
     and sees the shared prompt but never the chosen reply, so every token's hidden state is exactly
     what it would be in its own sequence, while the prompt (often half the tokens) is computed once.
     Example ids: chosen i -> i, rejected i -> n + i, as in collate([*chosen, *rejected]). Rows are padded
-    to the longest pair, and the 4-D mask makes attention cost (and keep for backward) width² per row:
-    for models without per-example attention; the others take `collate_pair_prompts`.
+    to the longest pair and attend over its whole width: for models without per-example attention; the
+    others take `collate_pair_prompts`.
     """
     n = len(chosen)
     starts = [max(0, shared_prefix_length(c, r) - 1) for c, r in zip(chosen, rejected)]

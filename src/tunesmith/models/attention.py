@@ -248,7 +248,7 @@ def pairs_in_positions(model: torch.nn.Module) -> bool:
     is, window or not) or eager soft-capped attention (which adds masks, and a bool one would be wrong).
     A model that needs it but cannot attend per example is refused. (Every model that attends per example
     takes its pairs in one flat row anyway, `data.packing.collate_pair_prompts`: no padding to the longest
-    pair, and no width² attention kept per row for backward.)"""
+    pair, and attention over each segment rather than the padded width.)"""
     config = _config(model)
     needs = has_sliding_window(config) or getattr(config, "_attn_implementation", None) == NAME_EAGER
     if needs and not packs_flat(model):
