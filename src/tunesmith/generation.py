@@ -23,7 +23,7 @@ from typing import Any, cast
 import torch
 
 from tunesmith.models.attention import has_sliding_window
-from tunesmith.models.forward import autocast
+from tunesmith.models.forward import decoding
 from tunesmith.models.load import autocast_dtype
 from tunesmith.progress import progress_bar
 
@@ -72,7 +72,7 @@ def generate_chat(
             idx = order[start : start + batch_size]
             rows = [tokenizer(texts[i], add_special_tokens=False)["input_ids"] for i in idx]
             sample = temperature > 0
-            with autocast(device, amp):
+            with decoding(model, device, amp):
                 enc = prefix_cached_batch(model, rows, tokenizer.pad_token_id, device, max_new_tokens)
                 out = model.generate(
                     **enc,
@@ -176,7 +176,7 @@ def stream_reply(
     text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     enc = tokenizer(text, return_tensors="pt", add_special_tokens=False).to(device)
     sample = temperature > 0
-    with autocast(device, autocast_dtype(precision, device)):
+    with decoding(model, device, autocast_dtype(precision, device)):
         out = model.generate(
             **enc,
             max_new_tokens=max_new_tokens,

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from tunesmith.models import load_model
-from tunesmith.rollout.sampling import prompt_ids, sample_completions
+from tunesmith.rollout import sampling
+from tunesmith.rollout.sampling import draw, prompt_ids, sample_completions
 
 # The tiny random model's logits are nearly flat (std 0.16): at this temperature a few tokens share most
 # of the mass, so a few hundred samples show the distribution.
@@ -81,15 +82,27 @@ def test_prefilled_sampling_draws_what_plain_generate_draws(model_and_prompts, t
             assert _total_variation(b, c) > 0.2, (prompt, position)
 
 
-def test_same_seed_same_samples_as_without_the_shared_prefill(model_and_prompts, tokenizer):
-    """In fp32 the pre-filled cache holds what generate's own pre-fill computes: the same seed draws the same
-    tokens as generate's k pre-fills (`prefill_once=False`)."""
+def test_prefilled_cache_decodes_what_generate_decodes(model_and_prompts, tokenizer, monkeypatch):
+    """In fp32 the pre-filled cache holds what generate's own pre-fill computes: drawing as `generate` draws
+    (one `torch.multinomial` per step, in place of `draw`), the same seed gives the same tokens as generate's
+    k pre-fills (`prefill_once=False`), over 8 steps."""
     model, prompts = model_and_prompts
+    monkeypatch.setattr(sampling, "draw", lambda probs: torch.multinomial(probs, num_samples=1))
     ours = _sample(model, prompts, tokenizer, 4, seed=5, temperature=0.7, max_new_tokens=8)
     pad = tokenizer.pad_token_id
     plain = sample_completions(model, prompts, 4, 0.7, 1.0, 8, pad, -1, None, seed=5, prefill_once=False)
     assert ours == plain
     assert len({tuple(c) for c in ours}) > 1
+
+
+def test_draw_takes_each_index_with_its_probability():
+    probs = torch.tensor([[0.5, 0.0, 0.3, 0.2, 0.0], [0.0, 0.0, 0.0, 0.0, 1.0]]).repeat(10_000, 1)
+    torch.manual_seed(0)
+    drawn = draw(probs)[:, 0].view(10_000, 2)
+    first = torch.bincount(drawn[:, 0], minlength=5).float() / 10_000
+    assert (first - probs[0]).abs().max() < 0.015  # 10,000 draws: standard error <= 0.005
+    assert first[1] == 0 and first[4] == 0  # zero probability: never drawn
+    assert bool((drawn[:, 1] == 4).all())
 
 
 def test_a_row_leaves_the_batch_at_its_end_of_turn(model_and_prompts, tokenizer):

@@ -101,6 +101,76 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+@contextlib.contextmanager
+def decoding(model: torch.nn.Module, device: torch.device, dtype: torch.dtype | None) -> Iterator[None]:
+    """Autocast to `dtype` for decoding, with each frozen `nn.Linear`'s weight and bias a `dtype` copy while
+    inside, and each LoRA layer's active update folded into its base layer's copy (W + B A · scale) and the
+    LoRA layer bypassed.
+
+    Autocast keeps no cast of a frozen weight from one call to the next, so decoding a token at a time under
+    plain autocast converts the whole model at every token: on a 2-core CPU that made bf16 decoding slower
+    than fp32 (16.0 s against 12.3 s for 16 completions of 64 tokens; 9.4 s with the copies). The copies are
+    made once per context; the model computes what plain autocast computes up to the rounding of W + B A to
+    `dtype`. Every module and parameter is put back on exit. Plain autocast without `dtype`, or where a LoRA
+    layer cannot be folded (a quantized or trained base, DoRA and the other variants)."""
+    swaps = [] if dtype is None else (_low_precision_linears(model, dtype) or [])
+    previous = [(owner, name, getattr(owner, name)) for owner, name, _ in swaps]
+    try:
+        for owner, name, replacement in swaps:
+            setattr(owner, name, replacement)
+        with autocast(device, dtype):
+            yield
+    finally:
+        for owner, name, original in reversed(previous):
+            setattr(owner, name, original)
+
+
+Swap = tuple[torch.nn.Module, str, object]  # (owner, attribute, replacement)
+
+
+def _low_precision_linears(model: torch.nn.Module, dtype: torch.dtype) -> list[Swap] | None:
+    """The swaps `decoding` makes, as (owner, attribute, replacement): a LoRA layer replaced in its parent by
+    its base layer, whose weight becomes W + its active adapters' B A · scale in `dtype`; any other frozen
+    linear's weight and bias in `dtype`. None if some LoRA layer cannot be folded that way."""
+    from peft.tuners.lora import Linear as LoraLinear  # heavy: deferred with peft
+    from peft.tuners.lora import LoraLayer
+
+    swaps: list[Swap] = []
+    folded: set[int] = set()  # the LoRA layers' modules, their base layers included
+
+    def plain(module: object) -> torch.nn.Linear | None:
+        """`module` if it is exactly an nn.Linear (not a quantized subclass) with a frozen weight."""
+        if not isinstance(module, torch.nn.Linear) or type(module) is not torch.nn.Linear:
+            return None
+        return None if module.weight.requires_grad else module
+
+    def cast(linear: torch.nn.Linear, weight: torch.Tensor) -> None:
+        swaps.append((linear, "weight", torch.nn.Parameter(weight.to(dtype), requires_grad=False)))
+        if linear.bias is not None:
+            swaps.append((linear, "bias", torch.nn.Parameter(linear.bias.to(dtype), requires_grad=False)))
+
+    with torch.no_grad():
+        for name, module in model.named_modules():
+            if not isinstance(module, LoraLayer):
+                continue
+            base = plain(module.get_base_layer())
+            if not isinstance(module, LoraLinear) or base is None or (module.merged and module.disable_adapters):
+                return None
+            active = [] if module.merged or module.disable_adapters else module.active_adapters
+            active = [a for a in active if a in module.lora_A]
+            if any(module.use_dora.get(a) or module.lora_bias.get(a) or a in module.lora_variant for a in active):
+                return None
+            folded.update(id(m) for m in module.modules())
+            parent, _, attribute = name.rpartition(".")
+            swaps.append((model.get_submodule(parent), attribute, base))
+            cast(base, base.weight + sum((module.get_delta_weight(a) for a in active), torch.zeros(())))
+        for other in model.modules():
+            linear = plain(other)
+            if linear is not None and id(linear) not in folded:
+                cast(linear, linear.weight)
+    return swaps
+
+
 def final_hidden(model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, Head]:
     """The decoder body's last hidden states and the LM head, without the head's full-vocabulary pass."""
     inner = unwrap(model)

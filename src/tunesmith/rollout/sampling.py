@@ -6,7 +6,7 @@ import torch
 
 from tunesmith.data.templates import IGNORE, TokenizedExample
 from tunesmith.models.attention import has_sliding_window
-from tunesmith.models.forward import autocast
+from tunesmith.models.forward import decoding
 
 
 def prompt_ids(tokenizer, messages: list[dict], max_prompt_length: int) -> list[int]:
@@ -57,7 +57,7 @@ def sample_completions(
         ids[r, width - len(p) :] = torch.tensor(p)
         mask[r, width - len(p) :] = 1
     ids, mask = ids.to(device), mask.to(device)
-    with autocast(device, amp_dtype):
+    with decoding(model, device, amp_dtype):
         if prefill_once and not has_sliding_window(model.config):
             # each prompt pre-filled once, its KV cache repeated for its k samples: k-1 prompt forwards fewer
             cache = prefilled_cache(model, ids, mask, k, max_new_tokens)
@@ -85,8 +85,8 @@ def sample_completions(
 def decode(model, cache, ids: torch.Tensor, mask: torch.Tensor, temperature: float, top_p: float, n: int, eos_id: int):
     """Up to n tokens sampled after each left-padded row of `ids`, whose tokens but the last are in `cache`
     (`prefilled_cache`), all rows decoded together; a row leaves the batch (and the cache) at its first
-    `eos_id`, so no step computes a finished row. Each step draws as `generate(do_sample=True)` does:
-    temperature, then top-p, with transformers' own warpers, then one multinomial draw per row."""
+    `eos_id`, so no step computes a finished row. Each step's distribution is `generate(do_sample=True)`'s:
+    temperature, then top-p, with transformers' own warpers; one token is drawn per row by `draw`."""
     from transformers.generation.logits_process import TemperatureLogitsWarper, TopPLogitsWarper  # heavy
 
     warpers = [TemperatureLogitsWarper(temperature)] + ([TopPLogitsWarper(top_p)] if top_p < 1.0 else [])
@@ -108,7 +108,7 @@ def decode(model, cache, ids: torch.Tensor, mask: torch.Tensor, temperature: flo
         )
         for warp in warpers:
             logits = warp(last, logits)
-        tokens = torch.multinomial(torch.softmax(logits, dim=-1), num_samples=1)  # [rows, 1]
+        tokens = draw(torch.softmax(logits, dim=-1))  # [rows, 1]
         for r, t in zip(rows.tolist(), tokens[:, 0].tolist()):
             out[r].append(t)
         going = tokens[:, 0] != eos_id
@@ -122,6 +122,16 @@ def decode(model, cache, ids: torch.Tensor, mask: torch.Tensor, temperature: flo
         last, positions = tokens, positions + 1
         mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
     return out
+
+
+def draw(probs: torch.Tensor) -> torch.Tensor:
+    """One index per row of `probs` [rows, n] (each row sums to ~1), drawn with probability probs[r, i]: the
+    first i whose cumulative sum exceeds u · total, u ~ U[0, 1). A zero-probability index is never drawn.
+    `torch.multinomial` draws an exponential per vocabulary entry instead: 16-19 ms a step for 16 rows of
+    49,152 on a 2-core CPU, against 0.4 ms here. Returns [rows, 1]."""
+    cdf = probs.cumsum(-1)
+    u = torch.rand(probs.shape[0], 1, device=probs.device, dtype=cdf.dtype) * cdf[:, -1:]
+    return torch.searchsorted(cdf, u, right=True).clamp_(max=probs.shape[-1] - 1)
 
 
 def prefilled_cache(model, ids: torch.Tensor, mask: torch.Tensor, k: int, max_new_tokens: int):
