@@ -1,5 +1,6 @@
 """GRPO scores K completions that continue one copy of their prompt exactly as K padded rows: the same token
-log-probs (policy and reference), loss and gradients."""
+log-probs (policy and reference), loss and gradients. PPO's rollouts, packed into one row without padding
+(groups of one), give what their padded rows give: log-probs, values, losses and gradients."""
 
 from __future__ import annotations
 
@@ -8,12 +9,13 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from tunesmith.config.schema import GRPOConfig, LoraConfig
+from tunesmith.config.schema import GRPOConfig, LoraConfig, PPOConfig
 from tunesmith.data.packing import collate_groups, target_positions
 from tunesmith.models.attention import packs_flat
 from tunesmith.models.forward import adapter_off, batch_token_logps
+from tunesmith.recipes import ppo
 from tunesmith.recipes.grpo import Rollout, Scored, update
-from tunesmith.rollout.advantages import group_advantages
+from tunesmith.rollout.advantages import gae, group_advantages
 from tunesmith.rollout.sampling import completion_example, prompt_ids
 from tunesmith.train.distributed import Dist
 from tunesmith.train.model_setup import build_trainable_model
@@ -113,6 +115,58 @@ def test_grpo_update_is_the_same_in_both_layouts(policy, tokenizer, loss_type):
     assert sums_a["clip_fraction"] > 0  # the second epoch's ratios moved past the clip range
     for key in sums_a:
         assert sums_a[key] == pytest.approx(sums_b[key], abs=1e-5), key
+    assert norm_a > 0 and norm_a == pytest.approx(norm_b, rel=1e-5)
+    for epoch_a, epoch_b in zip(grads_a, grads_b):
+        for a, b in zip(epoch_a, epoch_b):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_ppo_rollouts_in_one_row_equal_padded_rows(policy, tokenizer):
+    """Eight rollouts (prompt + completion each): old log-probs and values, then two PPO epochs of clipped
+    policy + value loss, the same from padded rows and from one unpadded row."""
+    examples = _groups(tokenizer, policy.config.vocab_size)
+    n = len(examples)
+    cfg = PPOConfig(model="tiny-random-llama")
+    cfg.ppo.ppo_epochs, cfg.train.max_grad_norm, cfg.sampling.temperature = 2, 0.0, 0.7
+    head = torch.nn.Linear(policy.config.hidden_size, 1)
+    torch.nn.init.normal_(head.weight, std=0.5, generator=torch.Generator().manual_seed(3))
+    policy.value_head = head
+    params = [p for p in policy.parameters() if p.requires_grad]
+    scores = torch.linspace(-1.0, 2.0, n)
+    results = {}
+    try:
+        for flat in (False, True):
+            batch = collate_groups(examples, 1, tokenizer.pad_token_id, flat)
+            assert batch.input_ids.shape[0] == (1 if flat else n)
+            with torch.no_grad():
+                old_logp, old_values, mask = ppo.policy_forward(policy, head, batch, None, 0.7, n)
+            advantages, returns = gae(scores[:, None] * mask, old_values, mask, 1.0, 0.95)
+            roll = [
+                {"batch": batch, "old_logp": old_logp, "old_values": old_values, "mask": mask, "scores": scores}
+                | {"advantages": advantages, "returns": returns}
+            ]
+            first = [p.detach().clone() for p in params]
+            optimizer = _KeepGrads(params)
+            run = SimpleNamespace(
+                cfg=cfg, model=policy, amp_dtype=None, dist=Dist(), params=params, optimizer=optimizer
+            )
+            sums, grad_norm = ppo.update(run, roll, n)
+            results[flat] = (old_logp, old_values, mask, sums, grad_norm, optimizer.grads)
+            with torch.no_grad():
+                for p, q in zip(params, first):
+                    p.copy_(q)
+    finally:
+        del policy.value_head
+    (logp_a, values_a, mask_a, sums_a, norm_a, grads_a), (logp_b, values_b, mask_b, sums_b, norm_b, grads_b) = (
+        results[False],
+        results[True],
+    )
+    assert torch.equal(mask_a, mask_b) and mask_a.sum(1).tolist() == [7, 1, 12, 4] * 2
+    torch.testing.assert_close(logp_a, logp_b, atol=1e-5, rtol=0)
+    torch.testing.assert_close(values_a, values_b, atol=1e-5, rtol=0)
+    assert sums_a["clip_fraction"] > 0  # the second epoch's ratios moved past the clip range
+    for key in sums_a:
+        assert sums_a[key] == pytest.approx(sums_b[key], rel=1e-5, abs=1e-5), key
     assert norm_a > 0 and norm_a == pytest.approx(norm_b, rel=1e-5)
     for epoch_a, epoch_b in zip(grads_a, grads_b):
         for a, b in zip(epoch_a, epoch_b):

@@ -28,7 +28,7 @@ from safetensors.torch import save
 
 from tunesmith.atomic import atomic_write_bytes
 from tunesmith.config.schema import PPOConfig
-from tunesmith.data.packing import Batch, collate_padded
+from tunesmith.data.packing import Batch, collate_groups
 from tunesmith.data.prompts import PromptRow, load_prompt_file
 from tunesmith.errors import ModelError
 from tunesmith.losses.kl import AdaptiveKLController, FixedKLController, kl_k1, masked_mean
@@ -39,7 +39,7 @@ from tunesmith.models.reward import find_reward_model, load_reward_head, new_rew
 from tunesmith.recipes import RECIPES
 from tunesmith.rollout.advantages import gae, per_token_rewards
 from tunesmith.rollout.sampling import completion_example, rollout_seed, sample_prompts
-from tunesmith.train.model_setup import save_trained
+from tunesmith.train.model_setup import save_trained, shares_prompts
 from tunesmith.train.order import step_indices
 from tunesmith.train.run import OnEvent, Run, RunResult, Say, finish_run, open_run, start_run
 from tunesmith.train.step import optimizer_step
@@ -51,11 +51,11 @@ POLICY, REWARD = "default", "reward"
 
 
 def policy_forward(
-    model: torch.nn.Module, value_head: torch.nn.Linear, batch: Batch, amp_dtype, temperature: float = 1.0
+    model: torch.nn.Module, value_head: torch.nn.Linear, batch: Batch, amp_dtype, temperature: float, n: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per-token log π(y_t | y_<t) (π at the sampling temperature) and V(s_t) at the response positions:
-    ([rows, T], [rows, T], mask)."""
-    logps, mask, hidden = batch_token_logps(model, batch, amp_dtype, temperature)
+    """Per-token log π(y_t | y_<t) (π at the sampling temperature) and V(s_t) at the response positions of
+    the batch's n rollouts, each from column 0 whatever the batch's layout: ([n, T], [n, T], mask)."""
+    logps, mask, hidden = batch_token_logps(model, batch, amp_dtype, temperature, n)
     values = value_head(hidden[mask].float()).squeeze(-1)
     return logps, torch.zeros(mask.shape, dtype=torch.float32, device=mask.device).masked_scatter(mask, values), mask
 
@@ -94,23 +94,29 @@ def reward_scores(model: PeftModel, head: torch.nn.Linear, batch: Batch, n: int,
 
 @torch.no_grad()
 def rollout(
-    run: Run[PPOConfig], reward_head: torch.nn.Linear, kl_coef: float, rows: list[PromptRow], at_step: int, index: int
+    run: Run[PPOConfig],
+    reward_head: torch.nn.Linear,
+    kl_coef: float,
+    rows: list[PromptRow],
+    at_step: int,
+    index: int,
+    flat: bool,
 ) -> dict[str, Any]:
     """One completion for each prompt of micro-batch `index` of the step, sampled with its own seed, and
     the rollout statistics: old log-probs and values (policy), reference log-probs (adapters off), the
-    reward model's score, per-token rewards and GAE."""
+    reward model's score, per-token rewards and GAE. `flat`: the rollouts share one row without padding
+    (a model that attends per example), else a padded row each."""
     cfg, model, amp, tokenizer = run.cfg, run.model, run.amp_dtype, run.tokenizer
     o, s, value_head = cfg.ppo, cfg.sampling, run.model.value_head
     seed = rollout_seed(cfg.train.seed, at_step, index)
     p_ids, completions = sample_prompts(
         model, tokenizer, [r.messages for r in rows], 1, s, cfg.data.max_prompt_length, amp, seed
     )
-    batch = collate_padded(
-        [completion_example(p, c, r.where) for p, c, r in zip(p_ids, completions, rows)], tokenizer.pad_token_id
-    ).to(run.device)
-    old_logp, old_values, mask = policy_forward(model, value_head, batch, amp, s.temperature)
+    examples = [completion_example(p, c, r.where) for p, c, r in zip(p_ids, completions, rows)]
+    batch = collate_groups(examples, 1, tokenizer.pad_token_id, flat).to(run.device)  # groups of one
+    old_logp, old_values, mask = policy_forward(model, value_head, batch, amp, s.temperature, len(rows))
     with adapter_off(model):
-        ref_logp = policy_forward(model, value_head, batch, amp, s.temperature)[0]
+        ref_logp = policy_forward(model, value_head, batch, amp, s.temperature, len(rows))[0]
     scores = reward_scores(model, reward_head, batch, len(rows), amp)
     kl = kl_k1(old_logp, ref_logp) * mask
     rewards = per_token_rewards(scores, kl, mask, kl_coef)
@@ -136,7 +142,8 @@ def update(run: Run[PPOConfig], roll: list[dict[str, Any]], n_rollouts: int) -> 
     grad_norm = 0.0
     for epoch in range(o.ppo_epochs):
         for r in roll:
-            logp, values, mask = policy_forward(model, model.value_head, r["batch"], amp, run.cfg.sampling.temperature)
+            temperature, n = run.cfg.sampling.temperature, len(r["scores"])
+            logp, values, mask = policy_forward(model, model.value_head, r["batch"], amp, temperature, n)
             pl, pstats = ppo_policy_loss(logp, r["old_logp"], r["advantages"], mask, o.clip_range)
             vl, vstats = ppo_value_loss(values, r["old_values"], r["returns"], mask, o.clip_range_value)
             share = len(r["scores"]) / n_rollouts
@@ -190,6 +197,7 @@ def run_ppo(cfg: PPOConfig, say: Say = print, progress: bool = True, on_event: O
     open_run(run, len(prompts), attach=attach)
     kl_ctl.value = run.counters["kl_coef"]  # a resumed run's adapted coefficient
     samples_log = run.open_log("samples.jsonl")
+    flat = shares_prompts(run.model, run.model_dir)  # the rollouts in one row, no padding
     mbs, n_prompts = cfg.train.micro_batch_size, len(prompts)
     run.say(
         f"ppo on {n_prompts} prompts, {run.total_steps} steps of {o.rollouts_per_step} rollouts x {o.ppo_epochs} "
@@ -205,7 +213,7 @@ def run_ppo(cfg: PPOConfig, say: Say = print, progress: bool = True, on_event: O
         rows = [prompts[i] for i in step_indices(n_prompts, cfg.train.batch_size, cfg.train.seed, run.step)]
         run.model.eval()  # each process samples every N-th micro-batch, with that micro-batch's own seed
         roll = [
-            rollout(run, reward_head[0], kl_ctl.value, rows[start : start + mbs], run.step, index)
+            rollout(run, reward_head[0], kl_ctl.value, rows[start : start + mbs], run.step, index, flat)
             for index, start in run.dist.share(list(enumerate(range(0, len(rows), mbs))))
         ]
         if o.whiten_advantages:  # across the whole batch of rollouts (every process's), not per micro-batch
