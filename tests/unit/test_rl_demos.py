@@ -45,3 +45,15 @@ def test_demo_out_replaces_only_its_own_directory(tmp_path, module, marker):
     (previous / marker).parent.mkdir(parents=True)
     (previous / marker).write_text("")
     module.check_out(previous)
+
+
+def test_ppo_demo_gain_is_paired_by_message():
+    """Two messages, two replies each: d = (mean after − mean before) per message = [1.0, 3.0], gain 2.0,
+    s.e. = sd(d) / sqrt(2) = sqrt(2) / sqrt(2) = 1.0. The messages' spread (0 against 10) cancels in d,
+    where independent standard errors of the before and after means would count it."""
+    before = [0.0, 0.0, 10.0, 10.0]
+    after = [0.5, 1.5, 13.0, 13.0]
+    gain, se = ppo.paired_gain(before, after, per=2)
+    assert gain == pytest.approx(2.0) and se == pytest.approx(1.0)
+    unpaired = (ppo.stderr(before) ** 2 + ppo.stderr(after) ** 2) ** 0.5
+    assert unpaired > 3 * se

@@ -32,7 +32,7 @@ def register(sub) -> None:
         "--max-steps",
         type=int,
         help="optimizer steps (default 72 sft and 24 dpo, of 8 examples; "
-        "18 grpo, of 4 prompts x 4 samples; 16 ppo, of 8 rollouts)",
+        "48 grpo, of 4 prompts x 4 samples; 16 ppo, of 8 rollouts)",
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(

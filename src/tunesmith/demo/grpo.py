@@ -28,7 +28,7 @@ from tunesmith.demo.run import check_out as run_check_out
 from tunesmith.demo.task import extraction_instruction
 from tunesmith.train.metrics import read_metrics
 
-DEFAULT_STEPS = 18
+DEFAULT_STEPS = 48
 HELDOUT = 40  # held-out prompts scored before and after
 REWARDS = ("json_valid", "json_fields")
 

@@ -31,7 +31,7 @@ from tunesmith.demo.run import check_out as run_check_out
 from tunesmith.train.metrics import read_metrics
 
 DEFAULT_STEPS = 16
-HELDOUT = 32  # held-out messages
+HELDOUT = 120  # held-out messages: all of the DPO demo's
 SAMPLES_PER_MESSAGE = 2  # sampled replies per held-out message, before and after
 TEMPERATURE = 0.7
 MAX_NEW_TOKENS = 48
@@ -99,6 +99,15 @@ def stderr(xs: list[float]) -> float:
     return (sum((x - m) ** 2 for x in xs) / max(1, len(xs) - 1) / len(xs)) ** 0.5
 
 
+def paired_gain(before: list[float], after: list[float], per: int) -> tuple[float, float]:
+    """The mean gain and its standard error with the replies paired by message (prompt-major, `per` each):
+    d_i = mean(after_i) − mean(before_i) for each message i, gain = mean(d), s.e. = stderr(d). What a
+    message itself draws (some get high rewards whatever the model) cancels in d_i; two independent
+    standard errors, sqrt(se_before² + se_after²), would count it twice."""
+    d = [(sum(after[i : i + per]) - sum(before[i : i + per])) / per for i in range(0, len(before), per)]
+    return sum(d) / len(d), stderr(d)
+
+
 def check_out(out: Path) -> None:
     """Replace a previous PPO demo's directory, never anything else."""
     run_check_out(out, "reward/config.yaml", "a PPO demo")
@@ -150,6 +159,8 @@ def run_ppo_demo(
             "replies": len(base_scores),
             "base_stderr": stderr(base_scores),
             "tuned_stderr": stderr(tuned_scores),
+            **dict(zip(("gain", "gain_stderr"), paired_gain(base_scores, tuned_scores, every))),
+            "messages": len(prompts),
             "base_scores": base_scores,
             "tuned_scores": tuned_scores,
         },
@@ -193,6 +204,8 @@ def format_table(report: dict) -> str:
         f"{'metric':44s} {'before':>8s} {'after':>8s}",
         f"{'reward of sampled held-out replies':44s} {h['base']:8.3f} {h['tuned']:8.3f}   "
         f"(± {h['base_stderr']:.2f} / ± {h['tuned_stderr']:.2f} s.e., {h['replies']} replies)",
+        f"{'gain, paired by message':44s} {h['gain']:+8.3f} ± {h['gain_stderr']:.3f} s.e. "
+        f"({h['gain'] / h['gain_stderr']:.1f} s.e., {h['messages']} messages)",
         f"{'reward of rollouts (first/second half)':44s} {r['first_half']:8.3f} {r['second_half']:8.3f}",
         f"{'words per held-out reply':44s} {report['words_per_reply']['base']:8.1f} "
         f"{report['words_per_reply']['tuned']:8.1f}",
