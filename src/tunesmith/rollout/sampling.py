@@ -127,9 +127,9 @@ def decode(model, cache, ids: torch.Tensor, mask: torch.Tensor, temperature: flo
 def draw(probs: torch.Tensor) -> torch.Tensor:
     """One index per row of `probs` [rows, n] (each row sums to ~1), drawn with probability probs[r, i]: the
     first i whose cumulative sum exceeds u · total, u ~ U[0, 1). A zero-probability index is never drawn.
-    `torch.multinomial` draws an exponential for every vocabulary entry instead, which on the CPU cost more
-    than the rest of a few rows' decoding step around it (bench/grpo_scoring.py in fp32: 11.7 s -> 9.9 s
-    for 16 completions of 64 tokens with this draw). Returns [rows, 1]."""
+    `torch.multinomial` draws an exponential for every vocabulary entry instead, a sizeable share of a few
+    rows' decoding step on the CPU (bench/grpo_scoring.py in fp32: 11.7 s -> 9.9 s for 16 completions of
+    64 tokens with this draw). Returns [rows, 1]."""
     cdf = probs.cumsum(-1)
     u = torch.rand(probs.shape[0], 1, device=probs.device, dtype=cdf.dtype) * cdf[:, -1:]
     return torch.searchsorted(cdf, u, right=True).clamp_(max=probs.shape[-1] - 1)
