@@ -790,9 +790,11 @@ NOT_COUNTED = {
     "dpo": "the reference log-probs (a forward without gradients, or computed once before training) are not counted",
     "kto": "the reference and KL-estimate forwards (without gradients) are not counted",
     "reward": "counted as if the scalar head were the LM head (logits memory, head FLOPs): an overestimate",
-    "grpo": "only the training forward/backward is counted: not the sampling (KV cache) or the reference pass",
-    "ppo": "only the policy's training forward/backward is counted: not the sampling (KV cache), the reference "
-    "pass, the value head or the reward model's scoring",
+    "grpo": "only the training forward/backward is counted: not the sampling (KV cache; under bf16 autocast also "
+    "a bf16 copy of the frozen linear weights, half their fp32 size) or the reference pass",
+    "ppo": "only the policy's training forward/backward is counted: not the sampling (KV cache; under bf16 "
+    "autocast also a bf16 copy of the frozen linear weights, half their fp32 size), the reference pass, the value "
+    "head or the reward model's scoring",
 }
 
 
