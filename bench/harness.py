@@ -260,6 +260,22 @@ def run_side(script: str, side: str, a, data: str, out: str, flags=(), settings=
     return run_child(cmd, f"{side} child")
 
 
+def stage_timer(stages: list[dict], fn, stage):
+    """fn, timed into the current step's entry of `stages` (stage: a name, or a function of no arguments giving
+    one or None for an untimed call); calls before the first step are not counted."""
+
+    def timed(*args, **kw):
+        t = time.perf_counter()
+        try:
+            return fn(*args, **kw)
+        finally:
+            name = stage() if callable(stage) else stage
+            if stages and name:
+                stages[-1][name] += time.perf_counter() - t
+
+    return timed
+
+
 def step_timer(step_s: list[float]):
     """A TrainerCallback that appends each optimizer step's wall seconds (on_step_begin to on_step_end) to step_s."""
     from transformers import TrainerCallback

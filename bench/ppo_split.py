@@ -14,8 +14,9 @@ import argparse
 import collections
 import json
 import tempfile
-import time
 from pathlib import Path
+
+from harness import stage_timer
 
 import tunesmith.recipes.ppo as ppo
 from tunesmith.cli import main as tunesmith_main
@@ -28,21 +29,10 @@ def main() -> None:
     ap.add_argument("--precision", default="auto")
     ap.add_argument("--steps", type=int, default=3)
     a = ap.parse_args()
-    seconds: dict[str, float] = collections.defaultdict(float)
-
-    def timed(name, fn):
-        def wrapper(*args, **kw):
-            start = time.perf_counter()
-            try:
-                return fn(*args, **kw)
-            finally:
-                seconds[name] += time.perf_counter() - start
-
-        return wrapper
-
-    ppo.sample_prompts = timed("sampling", ppo.sample_prompts)
-    ppo.rollout = timed("rollout", ppo.rollout)
-    ppo.update = timed("update", ppo.update)
+    stages: list[dict[str, float]] = [collections.defaultdict(float)]  # one entry: the whole run's seconds
+    ppo.sample_prompts = stage_timer(stages, ppo.sample_prompts, "sampling")
+    ppo.rollout = stage_timer(stages, ppo.rollout, "rollout")
+    ppo.update = stage_timer(stages, ppo.update, "update")
     with tempfile.TemporaryDirectory() as out:
         argv = ["ppo", "--model", "smollm2-135m-instruct", "--method", "lora", "--save-every", "0", "--no-progress"]
         argv += ["--overwrite", "--precision", a.precision, "--reward-model", a.reward_model, "--prompts", a.prompts]
@@ -52,7 +42,7 @@ def main() -> None:
             raise SystemExit("tunesmith ppo failed")
         rows = [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
     steps = [r["step_s"] for r in rows if "step_s" in r]
-    per_step = {k: v / len(steps) for k, v in seconds.items()}
+    per_step = {k: v / len(steps) for k, v in stages[0].items()}
     per_step["rollout without sampling"] = per_step.pop("rollout") - per_step["sampling"]
     print(
         f"precision {a.precision}: "

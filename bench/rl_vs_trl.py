@@ -41,7 +41,6 @@ import json
 import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 from harness import (
@@ -51,6 +50,7 @@ from harness import (
     peft_lora,
     run_child,
     side_by_side_result,
+    stage_timer,
     step_timer,
     tunesmith_layout,
     versions,
@@ -61,22 +61,6 @@ from harness import (
 PROMPTS, K, LR, KL_COEF, CLIP, TEMPERATURE = 4, 4, 3e-4, 0.04, 0.2, 0.7
 LORA = dict(r=16, alpha=32, dropout=0.0)
 STAGES = ("sampling", "rewards", "reference")
-
-
-def stage_timer(stages: list[dict], fn, stage):
-    """fn, timed into the current step's entry of `stages` (stage: a name, or a function of no arguments giving
-    one or None for an untimed call); calls before the first step are not counted."""
-
-    def timed(*args, **kw):
-        t = time.perf_counter()
-        try:
-            return fn(*args, **kw)
-        finally:
-            name = stage() if callable(stage) else stage
-            if stages and name:
-                stages[-1][name] += time.perf_counter() - t
-
-    return timed
 
 
 def no_grad_stage():
