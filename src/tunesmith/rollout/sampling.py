@@ -138,7 +138,7 @@ def draw(probs: torch.Tensor) -> torch.Tensor:
 def prefilled_cache(model, ids: torch.Tensor, mask: torch.Tensor, k: int, max_new_tokens: int):
     """A static KV cache for k samples of each left-padded prompt row: every row but its last token run once,
     at the positions `generate` gives them (the count of real tokens before each), and repeated k times
-    (prompt-major), with room for `max_new_tokens`. `generate` then runs only the last prompt token of each
+    (prompt-major), with room for `max_new_tokens`. `decode` then runs only the last prompt token of each
     of the k·rows rows, and decodes them together."""
     from transformers import DynamicCache, StaticCache  # heavy: deferred with transformers
 
