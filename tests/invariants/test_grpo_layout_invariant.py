@@ -54,6 +54,35 @@ class _KeepGrads:
             p.grad = None
 
 
+def _stepped(update_fn, cfg, policy, *args) -> tuple[dict, float, list]:
+    """update_fn(run, *args) stepping with _KeepGrads: (its sums, grad norm, each epoch's gradients). The
+    trainable parameters are put back afterwards, so the other layout starts from the same policy."""
+    params = [p for p in policy.parameters() if p.requires_grad]
+    first = [p.detach().clone() for p in params]
+    optimizer = _KeepGrads(params)
+    run = SimpleNamespace(cfg=cfg, model=policy, amp_dtype=None, dist=Dist(), params=params, optimizer=optimizer)
+    try:
+        sums, grad_norm = update_fn(run, *args)
+    finally:
+        with torch.no_grad():
+            for p, q in zip(params, first):
+                p.copy_(q)
+    return sums, grad_norm, optimizer.grads
+
+
+def _assert_same_update(padded, shared, sums_rel: float | None = None) -> None:
+    """Two `_stepped` results: the same logged sums, gradient norm and gradients, and a second epoch whose
+    ratios moved past the clip range."""
+    (sums_a, norm_a, grads_a), (sums_b, norm_b, grads_b) = padded, shared
+    assert sums_a["clip_fraction"] > 0  # the second epoch's ratios moved past the clip range
+    for key in sums_a:
+        assert sums_a[key] == pytest.approx(sums_b[key], rel=sums_rel, abs=1e-5), key
+    assert norm_a > 0 and norm_a == pytest.approx(norm_b, rel=1e-5)
+    for epoch_a, epoch_b in zip(grads_a, grads_b):
+        for a, b in zip(epoch_a, epoch_b):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
 @pytest.fixture(scope="module")
 def policy(tiny_dir):
     cfg = GRPOConfig(model="tiny-random-llama", method="lora")
@@ -97,28 +126,13 @@ def test_grpo_update_is_the_same_in_both_layouts(policy, tokenizer, loss_type):
     cfg.grpo.loss_type, cfg.train.max_grad_norm, cfg.sampling.temperature = loss_type, 0.0, 0.7
     examples = _groups(tokenizer, policy.config.vocab_size)
     advantages = group_advantages(torch.tensor([1.0, 0.0, 0.5, 2.0, 0.0, 1.0, 1.0, 3.0]), K)
-    params = [p for p in policy.parameters() if p.requires_grad]
     results = {}
     for share in (False, True):
         batch = collate_groups(examples, K, tokenizer.pad_token_id, share)  # one micro-batch, both groups
         mine = [Rollout(Scored([], [], [], [], {}), batch, advantages, target_positions(batch, len(examples))[1])]
-        first = [p.detach().clone() for p in params]
-        optimizer = _KeepGrads(params)
-        run = SimpleNamespace(cfg=cfg, model=policy, amp_dtype=None, dist=Dist(), params=params, optimizer=optimizer)
-        sums, grad_norm = update(run, mine, len(examples))  # epoch 2 runs the stepped policy: ratios ≠ 1
-        results[share] = (sums, grad_norm, optimizer.grads)
-        with torch.no_grad():
-            for p, q in zip(params, first):
-                p.copy_(q)
-    (sums_a, norm_a, grads_a), (sums_b, norm_b, grads_b) = results[False], results[True]
-    assert sums_a.keys() == sums_b.keys() == {"loss", "clip_fraction", "kl", "entropy"}
-    assert sums_a["clip_fraction"] > 0  # the second epoch's ratios moved past the clip range
-    for key in sums_a:
-        assert sums_a[key] == pytest.approx(sums_b[key], abs=1e-5), key
-    assert norm_a > 0 and norm_a == pytest.approx(norm_b, rel=1e-5)
-    for epoch_a, epoch_b in zip(grads_a, grads_b):
-        for a, b in zip(epoch_a, epoch_b):
-            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+        results[share] = _stepped(update, cfg, policy, mine, len(examples))  # epoch 2: the stepped policy, ratios ≠ 1
+    assert results[False][0].keys() == results[True][0].keys() == {"loss", "clip_fraction", "kl", "entropy"}
+    _assert_same_update(results[False], results[True])
 
 
 def test_ppo_rollouts_in_one_row_equal_padded_rows(policy, tokenizer):
@@ -131,7 +145,6 @@ def test_ppo_rollouts_in_one_row_equal_padded_rows(policy, tokenizer):
     head = torch.nn.Linear(policy.config.hidden_size, 1)
     torch.nn.init.normal_(head.weight, std=0.5, generator=torch.Generator().manual_seed(3))
     policy.value_head = head
-    params = [p for p in policy.parameters() if p.requires_grad]
     scores = torch.linspace(-1.0, 2.0, n)
     results = {}
     try:
@@ -145,29 +158,11 @@ def test_ppo_rollouts_in_one_row_equal_padded_rows(policy, tokenizer):
                 {"batch": batch, "old_logp": old_logp, "old_values": old_values, "mask": mask, "scores": scores}
                 | {"advantages": advantages, "returns": returns}
             ]
-            first = [p.detach().clone() for p in params]
-            optimizer = _KeepGrads(params)
-            run = SimpleNamespace(
-                cfg=cfg, model=policy, amp_dtype=None, dist=Dist(), params=params, optimizer=optimizer
-            )
-            sums, grad_norm = ppo.update(run, roll, n)
-            results[flat] = (old_logp, old_values, mask, sums, grad_norm, optimizer.grads)
-            with torch.no_grad():
-                for p, q in zip(params, first):
-                    p.copy_(q)
+            results[flat] = (old_logp, old_values, mask, _stepped(ppo.update, cfg, policy, roll, n))
     finally:
         del policy.value_head
-    (logp_a, values_a, mask_a, sums_a, norm_a, grads_a), (logp_b, values_b, mask_b, sums_b, norm_b, grads_b) = (
-        results[False],
-        results[True],
-    )
+    (logp_a, values_a, mask_a, update_a), (logp_b, values_b, mask_b, update_b) = results[False], results[True]
     assert torch.equal(mask_a, mask_b) and mask_a.sum(1).tolist() == [7, 1, 12, 4] * 2
     torch.testing.assert_close(logp_a, logp_b, atol=1e-5, rtol=0)
     torch.testing.assert_close(values_a, values_b, atol=1e-5, rtol=0)
-    assert sums_a["clip_fraction"] > 0  # the second epoch's ratios moved past the clip range
-    for key in sums_a:
-        assert sums_a[key] == pytest.approx(sums_b[key], rel=1e-5, abs=1e-5), key
-    assert norm_a > 0 and norm_a == pytest.approx(norm_b, rel=1e-5)
-    for epoch_a, epoch_b in zip(grads_a, grads_b):
-        for a, b in zip(epoch_a, epoch_b):
-            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+    _assert_same_update(update_a, update_b, sums_rel=1e-5)
